@@ -1,0 +1,516 @@
+//! The image cache, the library's public Rust API: it resolves references
+//! against the local store first and the registry second, fetches an image's
+//! manifest and config for a platform, and turns its layers into verified,
+//! uncompressed tar files. The C API is a thin skin over this module.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::Reference;
+
+use crate::digest::{check_size, Digest};
+use crate::error::{Error, Result};
+use crate::fs::{self, PendingFile};
+use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader};
+use crate::manifest::{self, Descriptor, Document};
+use crate::platform::Platform;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// How an [`ImageCache`] is set up. Every setting has a default.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    store: Option<PathBuf>,
+    platform: Option<Platform>,
+    insecure_registries: Vec<String>,
+    max_concurrent_layers: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            store: None,
+            platform: None,
+            insecure_registries: Vec::new(),
+            max_concurrent_layers: 3,
+        }
+    }
+}
+
+impl CacheOptions {
+    /// Defaults: no store, the host's platform, three layers at a time.
+    pub fn new() -> CacheOptions {
+        CacheOptions::default()
+    }
+
+    /// Keeps images in the OCI image layout at `dir` (created if missing),
+    /// and resolves references there before asking a registry. Without a
+    /// store, references are still resolved and layers still extracted.
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> CacheOptions {
+        self.store = Some(dir.into());
+        self
+    }
+
+    /// The platform picked from multi-platform images unless a call names
+    /// another. Default: [`Platform::host`].
+    pub fn platform(mut self, platform: Platform) -> CacheOptions {
+        self.platform = Some(platform);
+        self
+    }
+
+    /// Reaches `host` (`host[:port]`) over plain HTTP. Loopback registries
+    /// always are; every other host needs HTTPS unless listed here.
+    pub fn insecure_registry(mut self, host: impl Into<String>) -> CacheOptions {
+        self.insecure_registries.push(host.into());
+        self
+    }
+
+    /// How many layers [`ImageCache::extract_layers`] and
+    /// [`ImageCache::rootfs`] fetch at once (default 3, at least 1).
+    pub fn max_concurrent_layers(mut self, n: usize) -> CacheOptions {
+        self.max_concurrent_layers = n;
+        self
+    }
+}
+
+/// An image's manifest and config for one platform, and its layers. Layer
+/// blobs are not downloaded until a layer is asked for.
+#[derive(Debug, Clone)]
+pub struct Image {
+    reference: String,
+    repository: Reference,
+    digest: Digest,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    layers: Vec<Layer>,
+}
+
+impl Image {
+    /// The normalized reference, e.g. `docker.io/library/alpine:3.20`.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The digest of the platform's image manifest (not of the index).
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The manifest's exact bytes.
+    pub fn manifest(&self) -> &[u8] {
+        &self.manifest
+    }
+
+    /// The config's exact bytes (JSON).
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    fn layer(&self, index: usize) -> Result<&Layer> {
+        self.layers.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "layer index {index} is out of range: {} has {} layers",
+                self.reference,
+                self.layers.len()
+            ))
+        })
+    }
+}
+
+/// One layer of an [`Image`]: its compressed blob and the diff_id of its
+/// uncompressed tar.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    media_type: String,
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+    urls: Option<Vec<String>>,
+}
+
+impl Layer {
+    /// The blob's media type, e.g. `application/vnd.oci.image.layer.v1.tar+gzip`.
+    pub fn media_type(&self) -> &str {
+        &self.media_type
+    }
+
+    /// The digest of the compressed blob.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The size of the compressed blob in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The digest of the uncompressed tar, from the image config.
+    pub fn diff_id(&self) -> &Digest {
+        &self.diff_id
+    }
+}
+
+/// A local store plus the registries behind it. Cheap to clone; clones
+/// share everything, and all methods may be called from many tasks at once.
+#[derive(Clone)]
+pub struct ImageCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    store: Option<Store>,
+    platform: Platform,
+    max_concurrent_layers: usize,
+    // One lock per layer tar being written, so that concurrent callers asking
+    // for the same layer download it once: the others wait and then find it.
+    extracting: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+/// Blobs read from a registry during one `fetch_image`, to be stored.
+type Fetched = Vec<(Digest, Vec<u8>)>;
+
+impl ImageCache {
+    /// Opens the store (if any) and prepares the registry clients.
+    pub fn new(options: CacheOptions) -> Result<ImageCache> {
+        if options.max_concurrent_layers == 0 {
+            return Err(Error::InvalidArgument(
+                "max_concurrent_layers must be at least 1".into(),
+            ));
+        }
+        let store = options.store.as_deref().map(Store::open).transpose()?;
+        Ok(ImageCache {
+            inner: Arc::new(Inner {
+                registry: Registry::new(options.insecure_registries)?,
+                store,
+                platform: options.platform.unwrap_or_else(Platform::host),
+                max_concurrent_layers: options.max_concurrent_layers,
+                extracting: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The digest `reference` names: its pinned digest, else the one the
+    /// store records for it, else the registry's. For a multi-platform image
+    /// this is the index's digest.
+    pub async fn resolve(&self, reference: &str) -> Result<Digest> {
+        let reference = parse_reference(reference)?;
+        if let Some(pinned) = reference.digest() {
+            return Digest::parse(pinned);
+        }
+        if let Some(store) = &self.inner.store {
+            if let Some(descriptor) = store.lookup(&reference.whole())? {
+                return descriptor.digest();
+            }
+        }
+        self.inner.registry.resolve(&reference).await
+    }
+
+    /// Reads the manifest and config of `reference` for `platform` (default:
+    /// the cache's), following an index or manifest list to the platform's
+    /// manifest. Everything read is verified; with a store, what came from a
+    /// registry is written to it and the image is recorded in `index.json`.
+    pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
+        let reference = parse_reference(reference)?;
+        let name = reference.whole();
+        let platform = platform.unwrap_or(&self.inner.platform);
+        let mut fetched = Fetched::new();
+
+        let (top, top_digest) = self.top_manifest(&reference, &mut fetched).await?;
+        let (document, top_media_type) = manifest::parse(&top, &format!("manifest {name}"))?;
+        let (manifest, digest, config, layers) = match document {
+            Document::Manifest { config, layers } => {
+                (top.clone(), top_digest.clone(), config, layers)
+            }
+            Document::Index { manifests } => {
+                let entry = select_platform(&manifests, platform, &name)?;
+                let digest = entry.digest()?;
+                let what = format!("manifest {digest} of {name}");
+                let by_digest = reference.clone_with_digest(digest.to_string());
+                let registry = &self.inner.registry;
+                let bytes = self
+                    .load(&digest, &mut fetched, async {
+                        Ok(registry.manifest(&by_digest).await?.0)
+                    })
+                    .await?;
+                check_size(bytes.len() as u64, entry.size, &what)?;
+                match manifest::parse(&bytes, &what)?.0 {
+                    Document::Manifest { config, layers } => (bytes, digest, config, layers),
+                    Document::Index { .. } => {
+                        return Err(Error::Unsupported(format!(
+                            "{what} is an index inside an index"
+                        )))
+                    }
+                }
+            }
+        };
+
+        let config_digest = config.digest()?;
+        let config_bytes = self
+            .load(
+                &config_digest,
+                &mut fetched,
+                self.inner
+                    .registry
+                    .small_blob(&reference, &config_digest, config.size),
+            )
+            .await?;
+        let diff_ids =
+            manifest::diff_ids(&config_bytes, &format!("config {config_digest} of {name}"))?;
+        if diff_ids.len() != layers.len() {
+            return Err(Error::InvalidContent(format!(
+                "{name}: the manifest lists {} layers but the config {} diff_ids",
+                layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let layers = layers
+            .into_iter()
+            .zip(diff_ids)
+            .map(|(descriptor, diff_id)| {
+                Ok(Layer {
+                    digest: descriptor.digest()?,
+                    media_type: descriptor.media_type,
+                    size: descriptor.size,
+                    diff_id,
+                    urls: descriptor.urls,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        if let Some(store) = &self.inner.store {
+            let top = Descriptor {
+                media_type: top_media_type,
+                digest: top_digest.to_string(),
+                size: top.len() as u64,
+                ..Descriptor::default()
+            };
+            record(store, &name, &fetched, top)?;
+        }
+        Ok(Image {
+            reference: name,
+            repository: reference,
+            digest,
+            manifest,
+            config: config_bytes,
+            layers,
+        })
+    }
+
+    /// Streams layer `index` of `image`, uncompressed. The stream reaches its
+    /// end only after the blob's digest and size and the tar's diff_id
+    /// matched; a mismatch is a read error.
+    pub async fn fetch_layer(&self, image: &Image, index: usize) -> Result<LayerReader> {
+        let check = layer_check(image, index)?;
+        let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
+        Ok(layer::stream(check, blob, copy))
+    }
+
+    /// Writes layer `index` of `image` to `dst/<alg>/<hex of diff_id>`
+    /// (replacing any file there) and returns it opened read-only at offset
+    /// 0. `dst` must exist. The file appears whole and verified, or not at all.
+    pub async fn extract_layer(&self, image: &Image, index: usize, dst: &Path) -> Result<File> {
+        let dst = existing_dir(dst)?;
+        self.extract(image, index, &dst, false).await
+    }
+
+    /// [`extract_layer`](Self::extract_layer) for every layer, bottom first,
+    /// several at once (see [`CacheOptions::max_concurrent_layers`]).
+    pub async fn extract_layers(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
+        self.extract_all(image, dst, false).await
+    }
+
+    /// Files for every layer of `image`, bottom first: layers already in
+    /// `dst` are opened without touching the network, missing ones are
+    /// fetched and extracted. `dst` must exist.
+    pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
+        self.extract_all(image, dst, true).await
+    }
+
+    async fn extract_all(&self, image: &Image, dst: &Path, reuse: bool) -> Result<Vec<File>> {
+        let dst = existing_dir(dst)?;
+        futures_util::stream::iter(0..image.layers.len())
+            .map(|index| self.extract(image, index, &dst, reuse))
+            .buffered(self.inner.max_concurrent_layers)
+            .try_collect()
+            .await
+    }
+
+    async fn extract(&self, image: &Image, index: usize, dst: &Path, reuse: bool) -> Result<File> {
+        let layer = image.layer(index)?;
+        let path = layer::tar_path(dst, &layer.diff_id);
+        let lock = self.inner.extraction_lock(&path);
+        let _writing = lock.lock().await;
+        if reuse {
+            if let Some(file) = fs::open_if_exists(&path)? {
+                return Ok(file);
+            }
+        }
+        let check = layer_check(image, index)?;
+        let (blob, copy) = self.open_blob(image, layer).await?;
+        layer::extract(check, blob, copy, dst).await
+    }
+
+    /// The layer's blob from the store if it has it, else from the registry
+    /// with a pending store copy when there is a store.
+    async fn open_blob(&self, image: &Image, layer: &Layer) -> Result<(Blob, Option<PendingFile>)> {
+        let store = self.inner.store.as_ref();
+        if let Some(file) = store
+            .map(|s| s.open_blob(&layer.digest))
+            .transpose()?
+            .flatten()
+        {
+            return Ok((Blob::Local(file), None));
+        }
+        let stream = self
+            .inner
+            .registry
+            .blob(&image.repository, &layer.digest, layer.size, &layer.urls)
+            .await?;
+        let copy = store.map(|s| s.ingest(&layer.digest)).transpose()?;
+        Ok((Blob::Remote(stream), copy))
+    }
+
+    /// The top-level manifest or index of `reference`: from the store when it
+    /// has the pinned or recorded digest, else from the registry.
+    async fn top_manifest(
+        &self,
+        reference: &Reference,
+        fetched: &mut Fetched,
+    ) -> Result<(Vec<u8>, Digest)> {
+        if let Some(store) = &self.inner.store {
+            let local = match reference.digest() {
+                Some(pinned) => Some(Digest::parse(pinned)?),
+                None => store
+                    .lookup(&reference.whole())?
+                    .map(|d| d.digest())
+                    .transpose()?,
+            };
+            if let Some(digest) = local {
+                if let Some(content) = store.read_blob(&digest)? {
+                    return Ok((content, digest));
+                }
+            }
+        }
+        let (content, digest) = self.inner.registry.manifest(reference).await?;
+        fetched.push((digest.clone(), content.clone()));
+        Ok((content, digest))
+    }
+
+    /// Blob `digest` from the store, else from `remote` (noted in `fetched`).
+    async fn load(
+        &self,
+        digest: &Digest,
+        fetched: &mut Fetched,
+        remote: impl Future<Output = Result<Vec<u8>>>,
+    ) -> Result<Vec<u8>> {
+        if let Some(store) = &self.inner.store {
+            if let Some(content) = store.read_blob(digest)? {
+                return Ok(content);
+            }
+        }
+        let content = remote.await?;
+        fetched.push((digest.clone(), content.clone()));
+        Ok(content)
+    }
+}
+
+impl Inner {
+    fn extraction_lock(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .extracting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lock) = locks.get(path).and_then(Weak::upgrade) {
+            return lock;
+        }
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(path.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// Writes the blobs fetched for an image to the store, then records the
+/// image under `name`: `index.json` changes last, and only once all its
+/// content is in place.
+fn record(store: &Store, name: &str, fetched: &Fetched, top: Descriptor) -> Result<()> {
+    for (digest, content) in fetched {
+        store.write_blob(digest, content)?;
+    }
+    let recorded = store.lookup(name)?.map(|d| d.digest);
+    if recorded.as_deref() != Some(top.digest.as_str()) {
+        store.tag(name, &top)?;
+    }
+    Ok(())
+}
+
+fn parse_reference(reference: &str) -> Result<Reference> {
+    reference
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("reference {reference:?}: {e}")))
+}
+
+/// The index entry for `platform`, or for the best compatible one.
+fn select_platform<'a>(
+    entries: &'a [Descriptor],
+    platform: &Platform,
+    name: &str,
+) -> Result<&'a Descriptor> {
+    for candidate in platform.compatible() {
+        if let Some(entry) = entries
+            .iter()
+            .find(|e| e.platform().as_ref() == Some(&candidate))
+        {
+            return Ok(entry);
+        }
+    }
+    let available: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.platform().map(|p| p.to_string()))
+        .collect();
+    Err(Error::NotFound(format!(
+        "{name} has no manifest for platform {platform}; available: {}",
+        available.join(", ")
+    )))
+}
+
+fn layer_check(image: &Image, index: usize) -> Result<LayerCheck> {
+    let layer = image.layer(index)?;
+    let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
+    let compression = Compression::of(&layer.media_type).map_err(|e| match e {
+        Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
+        other => other,
+    })?;
+    Ok(LayerCheck {
+        what,
+        digest: layer.digest.clone(),
+        size: layer.size,
+        diff_id: layer.diff_id.clone(),
+        compression,
+    })
+}
+
+/// `dst`, made absolute, so that one layer tar has one lock whatever
+/// spelling of the directory callers use.
+fn existing_dir(dst: &Path) -> Result<PathBuf> {
+    let absolute = dst
+        .canonicalize()
+        .map_err(|e| Error::io("destination directory", dst, e))?;
+    if !absolute.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "destination {} is not a directory",
+            dst.display()
+        )));
+    }
+    Ok(absolute)
+}

@@ -1,0 +1,396 @@
+//! Layers: which media types are handled, and the pipeline that turns a
+//! compressed blob into a verified, uncompressed tar, either a file created
+//! atomically at `dst/<alg>/<hex of diff_id>` or a stream. The blob is read
+//! once: the same pass hashes it, copies it to the store if asked, and feeds
+//! the decompressor, whose output is hashed against the diff_id. That work
+//! runs on a blocking thread fed from the network through a bounded channel.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::digest::{check_size, Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::fs::{self, PendingFile, CONTENT_MODE};
+
+/// Chunks in flight between the network and the decompressor, and between
+/// the decompressor and a stream's reader.
+const CHANNEL_DEPTH: usize = 16;
+/// Uncompressed bytes gathered before each hash update and write.
+const OUTPUT_BUFFER: usize = 256 << 10;
+
+/// How a layer's blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression of a layer media type, or an unsupported error naming it.
+    pub(crate) fn of(media_type: &str) -> Result<Compression> {
+        Ok(match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
+            other => return Err(Error::Unsupported(format!("layer media type {other:?}"))),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// What a layer's bytes must match.
+pub(crate) struct LayerCheck {
+    /// Names the layer in error messages, e.g. `layer 2 (sha256:…) of REF`.
+    pub what: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub diff_id: Digest,
+    pub compression: Compression,
+}
+
+/// Where a layer's compressed bytes come from.
+pub(crate) enum Blob {
+    /// Chunks from the network; errors in it wrap an [`Error`].
+    Remote(Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>),
+    Local(File),
+}
+
+/// Where the tar of `diff_id` lives under `dst`.
+pub(crate) fn tar_path(dst: &Path, diff_id: &Digest) -> PathBuf {
+    dst.join(diff_id.algorithm()).join(diff_id.hex())
+}
+
+/// Writes the layer to [`tar_path`] atomically, after both digests matched,
+/// commits `copy` (the blob's store copy) likewise, and opens the tar afresh.
+pub(crate) async fn extract(
+    check: LayerCheck,
+    blob: Blob,
+    copy: Option<PendingFile>,
+    dst: &Path,
+) -> Result<File> {
+    let path = tar_path(dst, &check.diff_id);
+    let input = Input::start(blob, copy, &check);
+    blocking(move || {
+        fs::create_dir_all(path.parent().expect("tar paths have a parent"))?;
+        let tar = PendingFile::create(path.clone(), CONTENT_MODE)?;
+        let (tar, copy) = unpack(&check, input, tar)?;
+        tar.commit()?;
+        copy.map_or(Ok(()), PendingFile::commit)?;
+        fs::open_read_only(&path)
+    })
+    .await
+}
+
+/// Streams the uncompressed layer. The stream ends only after both digests
+/// matched; a mismatch is an error, never an end of stream.
+pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -> LayerReader {
+    let input = Input::start(blob, copy, &check);
+    let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+    let failure = sender.clone();
+    tokio::task::spawn_blocking(move || {
+        let outcome = unpack(&check, input, ChannelWriter(sender))
+            .and_then(|(_, copy)| copy.map_or(Ok(()), PendingFile::commit));
+        if let Err(err) = outcome {
+            // Nobody is left to tell if the reader is gone.
+            let _ = failure.blocking_send(Err(err.into_io()));
+        }
+    });
+    LayerReader {
+        receiver,
+        chunk: Bytes::new(),
+        failed: None,
+    }
+}
+
+/// Runs `work` on a blocking thread; a panic there goes on in the caller.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(Error::Canceled(
+            "the runtime shut down during extraction".into(),
+        )),
+    }
+}
+
+/// Decompresses `input` into `out`, checking the blob's size and digest and
+/// the output's diff_id. Returns `out` and the blob's store copy, neither
+/// committed.
+fn unpack<W: Write>(
+    check: &LayerCheck,
+    mut input: Input,
+    out: W,
+) -> Result<(W, Option<PendingFile>)> {
+    let hashing = HashingWriter {
+        inner: out,
+        hasher: check.diff_id.hasher(),
+    };
+    let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, hashing);
+    let decoded = match check.compression {
+        Compression::None => io::copy(&mut input, &mut out),
+        Compression::Gzip => io::copy(&mut flate2::read::MultiGzDecoder::new(&mut input), &mut out),
+        Compression::Zstd => {
+            zstd::Decoder::new(&mut input).and_then(|mut d| io::copy(&mut d, &mut out))
+        }
+    };
+    if let Err(err) = decoded {
+        // Errors of our own come from the network or the output: report them.
+        // Anything else is the decoder's, and a corrupt blob usually shows up
+        // there first, so check the blob before blaming the compression.
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Err(Error::from_io(err, |e| Error::Io(e.to_string())));
+        }
+        input.finish(&check.what)?;
+        return Err(Error::InvalidContent(format!(
+            "{}: corrupt {} stream: {err}",
+            check.what,
+            check.compression.name()
+        )));
+    }
+    let copy = input.finish(&check.what)?;
+    let hashing = out
+        .into_inner()
+        .map_err(|e| Error::from_io(e.into_error(), |e| Error::Io(e.to_string())))?;
+    let what = format!("{} uncompressed (diff_id)", check.what);
+    hashing.hasher.finish().expect(&check.diff_id, &what)?;
+    Ok((hashing.inner, copy))
+}
+
+/// The compressed bytes, read synchronously by the decompressor, hashed and
+/// copied to the store as they pass.
+struct Input {
+    source: Source,
+    chunk: Bytes,
+    hasher: Hasher,
+    received: u64,
+    size: u64,
+    copy: Option<PendingFile>,
+    digest: Digest,
+}
+
+enum Source {
+    Channel(mpsc::Receiver<io::Result<Bytes>>),
+    File(File),
+}
+
+impl Input {
+    /// Starts reading `blob`; a remote one is pulled by a task on the runtime.
+    fn start(blob: Blob, copy: Option<PendingFile>, check: &LayerCheck) -> Input {
+        let source = match blob {
+            Blob::Local(file) => Source::File(file),
+            Blob::Remote(mut stream) => {
+                let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+                tokio::spawn(async move {
+                    while let Some(chunk) = stream.next().await {
+                        let last = chunk.is_err();
+                        if sender.send(chunk).await.is_err() || last {
+                            break;
+                        }
+                    }
+                });
+                Source::Channel(receiver)
+            }
+        };
+        Input {
+            source,
+            chunk: Bytes::new(),
+            hasher: check.digest.hasher(),
+            received: 0,
+            size: check.size,
+            copy,
+            digest: check.digest.clone(),
+        }
+    }
+
+    /// Reads what the decompressor left, then checks size and digest.
+    fn finish(mut self, what: &str) -> Result<Option<PendingFile>> {
+        io::copy(&mut self, &mut io::sink())
+            .map_err(|e| Error::from_io(e, |e| Error::Io(e.to_string())))?;
+        check_size(self.received, self.size, what)?;
+        self.hasher.finish().expect(&self.digest, what)?;
+        Ok(self.copy)
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.source {
+            Source::File(file) => file.read(buf).map_err(|e| {
+                Error::Io(format!("reading store blob {}: {e}", self.digest)).into_io()
+            })?,
+            Source::Channel(receiver) => {
+                if self.chunk.is_empty() {
+                    match receiver.blocking_recv() {
+                        Some(chunk) => self.chunk = chunk?,
+                        None => return Ok(0),
+                    }
+                }
+                let n = buf.len().min(self.chunk.len());
+                buf[..n].copy_from_slice(&self.chunk.split_to(n));
+                n
+            }
+        };
+        self.received += n as u64;
+        if self.received > self.size {
+            let err = Error::DigestMismatch(format!(
+                "blob {} is larger than its descriptor's {} bytes",
+                self.digest, self.size
+            ));
+            return Err(err.into_io());
+        }
+        self.hasher.update(&buf[..n]);
+        if let Some(copy) = &mut self.copy {
+            copy.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+}
+
+/// Hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hands the decompressor's output to a [`LayerReader`].
+struct ChannelWriter(mpsc::Sender<io::Result<Bytes>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| Error::Canceled("the layer reader was dropped".into()).into_io())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An uncompressed layer, streamed (see [`crate::ImageCache::fetch_layer`]).
+///
+/// Read errors are `io::Error`s that wrap an [`Error`]; get it back with
+/// `err.get_ref().and_then(|e| e.downcast_ref::<oci_cache::Error>())`. An
+/// error is final: every later read returns it again.
+pub struct LayerReader {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+    failed: Option<Error>,
+}
+
+impl AsyncRead for LayerReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if let Some(err) = &this.failed {
+                return Poll::Ready(Err(err.clone().into_io()));
+            }
+            if !this.chunk.is_empty() {
+                let n = buf.remaining().min(this.chunk.len());
+                buf.put_slice(&this.chunk.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.receiver.poll_recv(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(chunk)) => this.chunk = chunk,
+                Some(Err(err)) => {
+                    this.failed = Some(Error::from_io(err, |e| Error::Io(e.to_string())))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_layer_media_type_maps_to_its_compression() {
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar", Compression::None),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                Compression::None,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Compression::Gzip,
+            ),
+        ];
+        for (media_type, compression) in cases {
+            assert_eq!(
+                Compression::of(media_type).unwrap(),
+                compression,
+                "{media_type}"
+            );
+        }
+        let Err(Error::Unsupported(msg)) =
+            Compression::of("application/vnd.oci.image.layer.v1.tar+lz4")
+        else {
+            panic!()
+        };
+        assert!(msg.contains("tar+lz4"), "{msg}");
+    }
+}
