@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need on a fresh Debian
+# machine: the registry the tests start, the tools that read the store back,
+# and the C toolchain pieces the crates build against.
+set -euo pipefail
+
+packages=(docker-registry skopeo umoci jq zstd curl gcc make pkg-config libssl-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
