@@ -219,6 +219,9 @@ impl ImageCache {
     /// the cache's), following an index or manifest list to the platform's
     /// manifest. Everything read is verified; with a store, what came from a
     /// registry is written to it and the image is recorded in `index.json`.
+    ///
+    /// A tag the store already records is served from the store without
+    /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         let reference = parse_reference(reference)?;
         let name = reference.whole();

@@ -1,0 +1,929 @@
+//! Integration-test harness (owned by the tests): a real CNCF distribution
+//! registry per test, deterministic image fixtures pushed to it, a fake
+//! registry for content a real one refuses to serve, and file-tree helpers.
+//!
+//! Everything here is synchronous and blocking. Calling it from a
+//! `#[tokio::test(flavor = "multi_thread")]` body is fine as long as no
+//! library future is in flight on the same task at that moment.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+// ---------------------------------------------------------------------------
+// Media types
+
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const OCI_NONDIST_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+pub const OCI_NONDIST_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const OCI_NONDIST_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_FOREIGN_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
+/// Layer types a registry accepts in a manifest only with `urls`.
+fn needs_urls(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        OCI_NONDIST_TAR | OCI_NONDIST_GZIP | OCI_NONDIST_ZSTD | DOCKER_FOREIGN_GZIP
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Real registry
+
+const REGISTRY_INSTALL: &str = "apt-get install -y --no-install-recommends docker-registry";
+
+fn registry_binary() -> PathBuf {
+    let usr_bin = PathBuf::from("/usr/bin/docker-registry");
+    if usr_bin.is_file() {
+        return usr_bin;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("docker-registry"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "docker-registry (CNCF distribution) is not installed; these tests need it: \
+             {REGISTRY_INSTALL}"
+        )
+    })
+}
+
+/// A CNCF distribution registry on a loopback port, with its own storage,
+/// stopped when dropped.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    host: String,
+    child: Option<Child>,
+    sentinels: AtomicUsize,
+}
+
+impl Registry {
+    /// Starts a registry and waits until `GET /v2/` answers 200.
+    pub fn start() -> Registry {
+        let binary = registry_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("oci-cache-registry-")
+            .tempdir()
+            .expect("creating the registry's temp dir");
+        let mut last_failure = String::new();
+        // The port is free when picked but may be taken before the registry
+        // binds it, so a start that dies early is retried on a new port.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let host = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            let storage = dir.path().join("storage");
+            let secret = format!("test-secret-{port}-{}", std::process::id());
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: warn\n  accesslog:\n    disabled: false\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                     http:\n  addr: {host}\n  secret: {secret}\n\
+                     validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n",
+                    storage.display()
+                ),
+            )
+            .expect("writing registry config");
+            let log_path = dir.path().join("registry.log");
+            let log = File::options()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .expect("opening registry log");
+            let mut command = Command::new(&binary);
+            command
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("cloning log handle"))
+                .stderr(log);
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("REGISTRY_") {
+                    command.env_remove(key);
+                }
+            }
+            let mut child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            match wait_ready(&mut child, &host, &log_path, Duration::from_secs(10)) {
+                Ok(()) => {
+                    return Registry {
+                        dir,
+                        host,
+                        child: Some(child),
+                        sentinels: AtomicUsize::new(0),
+                    }
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_failure = why;
+                }
+            }
+        }
+        panic!("docker-registry did not come up: {last_failure}");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    /// The registry's own storage directory.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The registry's stdout (access log) and stderr, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the registry and reaps it; later calls do nothing.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// How many `GET /v2/<repo>/blobs/<digest>` requests the registry has
+    /// logged, whatever their status.
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        self.settle_log();
+        let suffix = format!("/blobs/{digest} HTTP/");
+        self.log()
+            .lines()
+            .filter_map(access_log_request)
+            .filter(|request| request.starts_with("GET /v2/") && request.contains(&suffix))
+            .count()
+    }
+
+    /// All access-log request lines (`METHOD PATH PROTO`), for debugging.
+    pub fn requests(&self) -> Vec<String> {
+        self.settle_log();
+        self.log()
+            .lines()
+            .filter_map(access_log_request)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The registry logs a request when its handler returns, which can be a
+    /// moment after the client saw the last byte. A sentinel request that
+    /// shows up in the log, followed by a log that stops growing, means
+    /// every earlier request has been written out.
+    fn settle_log(&self) {
+        if self.child.is_none() {
+            return;
+        }
+        let n = self.sentinels.fetch_add(1, Ordering::SeqCst);
+        let sentinel = format!("/v2/?log-sentinel={n}");
+        let _ = http(&self.host, "GET", &sentinel, &[], &[]);
+        let needle = format!("\"GET {sentinel} HTTP/");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut previous = None;
+        loop {
+            let log = self.log();
+            let len = log.len();
+            if log.contains(&needle) && previous == Some(len) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "registry access log never showed {needle} (is the access log enabled?); log:\n{log}"
+                );
+            }
+            previous = Some(len);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_ready(child: &mut Child, host: &str, log: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "registry on {host} exited with {status} before answering; log:\n{}",
+                log_text()
+            ));
+        }
+        // Another process that got the same port could answer too: only a
+        // request that shows up in this registry's own log proves it is ours.
+        let probe = format!("/v2/?ready-probe={}", host.replace(':', "-"));
+        if let Ok(response) = http(host, "GET", &probe, &[], &[]) {
+            let needle = format!("\"GET {probe} HTTP/");
+            let seen_until = Instant::now() + Duration::from_secs(1);
+            while response.status == 200 && Instant::now() < seen_until {
+                if log_text().contains(&needle) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "registry on {host} did not answer GET /v2/ with 200 within {timeout:?}; log:\n{}",
+                log_text()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The request part of an Apache combined log line:
+/// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "agent"`.
+fn access_log_request(line: &str) -> Option<&str> {
+    let start = line.find("] \"")? + 3;
+    let rest = &line[start..];
+    let end = rest.find('"')?;
+    Some(&rest[..end])
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+// ---------------------------------------------------------------------------
+// A minimal blocking HTTP/1.1 client (Connection: close)
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
+/// One request to `host`; `path` may carry a query.
+pub fn http(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw, method == "HEAD")
+}
+
+fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let split = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head_text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if head {
+        body.clear();
+    } else if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+/// A tar of regular files with fixed metadata, so equal input gives equal bytes.
+pub fn tar_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        builder
+            .append_data(&mut header, path, *content)
+            .expect("appending to a tar in memory");
+    }
+    builder.into_inner().expect("finishing a tar in memory")
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip in memory");
+    encoder.finish().expect("gzip in memory")
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd in memory")
+}
+
+/// `sha256:<hex>`.
+pub fn sha256(data: &[u8]) -> String {
+    let hash = Sha256::digest(data);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A layer: its media type, the tar it claims to be (whose digest becomes
+/// the config's diff_id) and the blob pushed for it. Use `with_type` with a
+/// `tar` the blob does not decompress to, for a wrong diff_id.
+#[derive(Debug, Clone)]
+pub struct FixtureLayer {
+    pub media_type: String,
+    pub tar: Vec<u8>,
+    pub blob: Vec<u8>,
+}
+
+impl FixtureLayer {
+    pub fn plain(tar: Vec<u8>) -> FixtureLayer {
+        FixtureLayer::with_type(OCI_LAYER_TAR, tar.clone(), tar)
+    }
+
+    pub fn gzip(tar: Vec<u8>) -> FixtureLayer {
+        let blob = gzip(&tar);
+        FixtureLayer::with_type(OCI_LAYER_GZIP, tar, blob)
+    }
+
+    pub fn zstd(tar: Vec<u8>) -> FixtureLayer {
+        let blob = zstd(&tar);
+        FixtureLayer::with_type(OCI_LAYER_ZSTD, tar, blob)
+    }
+
+    pub fn with_type(media_type: &str, tar: Vec<u8>, blob: Vec<u8>) -> FixtureLayer {
+        FixtureLayer {
+            media_type: media_type.to_owned(),
+            tar,
+            blob,
+        }
+    }
+
+    /// Compresses `tar` as `media_type` says (by its suffix).
+    pub fn of_type(media_type: &str, tar: Vec<u8>) -> FixtureLayer {
+        let blob = if media_type.ends_with("gzip") {
+            gzip(&tar)
+        } else if media_type.ends_with("zstd") {
+            zstd(&tar)
+        } else {
+            tar.clone()
+        };
+        FixtureLayer::with_type(media_type, tar, blob)
+    }
+}
+
+/// `(os, architecture, variant)`.
+pub type PlatformSpec<'a> = (&'a str, &'a str, Option<&'a str>);
+
+/// An image as built (and usually pushed): exact bytes and digests.
+#[derive(Debug, Clone)]
+pub struct PushedImage {
+    pub manifest: Vec<u8>,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    pub layers: Vec<FixtureLayer>,
+    pub layer_digests: Vec<String>,
+    pub diff_ids: Vec<String>,
+}
+
+/// Builds config and manifest bytes without pushing anything. Layers that
+/// need `urls` point at `http://<url_host>/v2/<repo>/blobs/<digest>`.
+pub fn build_image(
+    url_host: &str,
+    repo: &str,
+    layers: Vec<FixtureLayer>,
+    docker_types: bool,
+    platform: PlatformSpec,
+) -> PushedImage {
+    let (os, architecture, variant) = platform;
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(&l.tar)).collect();
+    let layer_digests: Vec<String> = layers.iter().map(|l| sha256(&l.blob)).collect();
+    let mut config = json!({
+        "architecture": architecture,
+        "os": os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    if let Some(variant) = variant {
+        config["variant"] = json!(variant);
+    }
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = sha256(&config);
+    let (manifest_type, config_type) = if docker_types {
+        (DOCKER_MANIFEST, DOCKER_CONFIG)
+    } else {
+        (OCI_MANIFEST, OCI_CONFIG)
+    };
+    let layer_descriptors: Vec<Value> = layers
+        .iter()
+        .zip(&layer_digests)
+        .map(|(layer, digest)| {
+            let mut descriptor = json!({
+                "mediaType": layer.media_type,
+                "digest": digest,
+                "size": layer.blob.len(),
+            });
+            if needs_urls(&layer.media_type) {
+                descriptor["urls"] = json!([format!("http://{url_host}/v2/{repo}/blobs/{digest}")]);
+            }
+            descriptor
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
+        "layers": layer_descriptors,
+    }))
+    .unwrap();
+    PushedImage {
+        manifest_digest: sha256(&manifest),
+        manifest,
+        manifest_media_type: manifest_type.to_owned(),
+        config,
+        config_digest,
+        layers,
+        layer_digests,
+        diff_ids,
+    }
+}
+
+/// Uploads a blob with a POST then a monolithic PUT.
+pub fn push_blob(host: &str, repo: &str, blob: &[u8]) -> String {
+    let digest = sha256(blob);
+    let started = http(
+        host,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("POST upload to {host}: {e}"));
+    assert_eq!(
+        started.status,
+        202,
+        "starting a blob upload: {}",
+        started.describe()
+    );
+    let location = started.header("Location").expect("upload Location header");
+    let path = match location.find("://") {
+        Some(scheme_end) => {
+            let after = &location[scheme_end + 3..];
+            &after[after.find('/').unwrap_or(after.len())..]
+        }
+        None => location,
+    };
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let put_path = format!("{path}{separator}digest={digest}");
+    let done = http(
+        host,
+        "PUT",
+        &put_path,
+        &[("Content-Type", "application/octet-stream")],
+        blob,
+    )
+    .unwrap_or_else(|e| panic!("PUT blob to {host}: {e}"));
+    assert_eq!(
+        done.status,
+        201,
+        "finishing blob upload of {digest}: {}",
+        done.describe()
+    );
+    digest
+}
+
+/// PUTs manifest bytes unchanged under `reference` (a tag or a digest).
+pub fn push_manifest(host: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
+    let response = http(
+        host,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", media_type)],
+        body,
+    )
+    .unwrap_or_else(|e| panic!("PUT manifest to {host}: {e}"));
+    assert_eq!(
+        response.status,
+        201,
+        "pushing manifest {repo}:{reference}: {}",
+        response.describe()
+    );
+    assert_eq!(
+        response.header("Docker-Content-Digest"),
+        Some(sha256(body).as_str()),
+        "the registry must keep manifest bytes unchanged"
+    );
+}
+
+/// Builds and pushes an image (config, every layer blob, then the manifest
+/// under `tag`, or by digest when `tag` is `None`). Blocking.
+pub fn push_image(
+    host: &str,
+    repo: &str,
+    tag: Option<&str>,
+    layers: Vec<FixtureLayer>,
+    docker_types: bool,
+    platform: PlatformSpec,
+) -> PushedImage {
+    let image = build_image(host, repo, layers, docker_types, platform);
+    push_blob(host, repo, &image.config);
+    for layer in &image.layers {
+        push_blob(host, repo, &layer.blob);
+    }
+    let reference = tag.unwrap_or(&image.manifest_digest);
+    push_manifest(
+        host,
+        repo,
+        reference,
+        &image.manifest_media_type,
+        &image.manifest,
+    );
+    image
+}
+
+/// Pushes an OCI index (or Docker manifest list) of already pushed images,
+/// each entry carrying its platform. Returns the index bytes and digest.
+pub fn push_index(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    entries: &[(&PushedImage, PlatformSpec)],
+    docker_types: bool,
+) -> (Vec<u8>, String) {
+    let index_type = if docker_types {
+        DOCKER_MANIFEST_LIST
+    } else {
+        OCI_INDEX
+    };
+    let manifests: Vec<Value> = entries
+        .iter()
+        .map(|(image, (os, architecture, variant))| {
+            let mut platform = json!({"architecture": architecture, "os": os});
+            if let Some(variant) = variant {
+                platform["variant"] = json!(variant);
+            }
+            json!({
+                "mediaType": image.manifest_media_type,
+                "digest": image.manifest_digest,
+                "size": image.manifest.len(),
+                "platform": platform,
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": index_type,
+        "manifests": manifests,
+    }))
+    .unwrap();
+    push_manifest(host, repo, tag, index_type, &body);
+    let digest = sha256(&body);
+    (body, digest)
+}
+
+// ---------------------------------------------------------------------------
+// Fake registry
+
+/// One canned response.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A tiny HTTP/1.1 server serving a fixed route table, for content a real
+/// registry would refuse to store (it verifies digests on upload).
+pub struct FakeRegistry {
+    host: String,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeRegistry {
+    /// Serves `GET /v2/` with 200 and nothing else until routes are added.
+    pub fn start() -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let host = listener.local_addr().unwrap().to_string();
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
+        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        routes.lock().unwrap().insert(
+            "/v2/".into(),
+            Route {
+                status: 200,
+                content_type: "application/json".into(),
+                headers: vec![],
+                body: b"{}".to_vec(),
+            },
+        );
+        let thread = {
+            let (routes, counts, stopping) = (routes.clone(), counts.clone(), stopping.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (routes, counts) = (routes.clone(), counts.clone());
+                    std::thread::spawn(move || serve_fake(stream, &routes, &counts));
+                }
+            })
+        };
+        FakeRegistry {
+            host,
+            routes,
+            counts,
+            stopping,
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves an image: the manifest under `tag` and its digest (with its
+    /// `mediaType` as Content-Type, default OCI), the config, and `blobs`
+    /// exactly as given, whatever they hash to.
+    pub fn with_image(
+        repo: &str,
+        tag: &str,
+        manifest: &[u8],
+        config: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> FakeRegistry {
+        let fake = FakeRegistry::start();
+        fake.add_image(repo, tag, manifest, config, blobs);
+        fake
+    }
+
+    pub fn add_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        manifest: &[u8],
+        config: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) {
+        let manifest_type = serde_json::from_slice::<Value>(manifest)
+            .ok()
+            .and_then(|v| v.get("mediaType")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| OCI_MANIFEST.to_owned());
+        let digest = sha256(manifest);
+        let manifest_route = Route {
+            status: 200,
+            content_type: manifest_type,
+            headers: vec![("Docker-Content-Digest".into(), digest.clone())],
+            body: manifest.to_vec(),
+        };
+        self.route(
+            &format!("/v2/{repo}/manifests/{tag}"),
+            manifest_route.clone(),
+        );
+        self.route(&format!("/v2/{repo}/manifests/{digest}"), manifest_route);
+        self.blob(repo, &sha256(config), config.to_vec());
+        for (digest, bytes) in blobs {
+            self.blob(repo, &digest, bytes);
+        }
+    }
+
+    /// Serves `bytes` as blob `digest` of `repo`.
+    pub fn blob(&self, repo: &str, digest: &str, bytes: Vec<u8>) {
+        self.route(
+            &format!("/v2/{repo}/blobs/{digest}"),
+            Route {
+                status: 200,
+                content_type: "application/octet-stream".into(),
+                headers: vec![("Docker-Content-Digest".into(), digest.to_owned())],
+                body: bytes,
+            },
+        );
+    }
+
+    pub fn route(&self, path: &str, route: Route) {
+        self.routes.lock().unwrap().insert(path.to_owned(), route);
+    }
+
+    pub fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    /// Requests (any method) seen for `path`, query excluded.
+    pub fn requests(&self, path: &str) -> usize {
+        self.counts.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(&self.host);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_fake(
+    mut stream: TcpStream,
+    routes: &Mutex<HashMap<String, Route>>,
+    counts: &Mutex<HashMap<String, usize>>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&raw, b"\r\n\r\n").is_none() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let mut request_line = head.lines().next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+
+    let route = routes.lock().unwrap().get(&path).cloned();
+    let route = match route {
+        Some(route) if method == "GET" || method == "HEAD" => route,
+        Some(_) => error_route(405, "UNSUPPORTED", "method not allowed"),
+        None if path.contains("/manifests/") => {
+            error_route(404, "MANIFEST_UNKNOWN", "manifest unknown")
+        }
+        None if path.contains("/blobs/") => {
+            error_route(404, "BLOB_UNKNOWN", "blob unknown to registry")
+        }
+        None => error_route(404, "NAME_UNKNOWN", "repository name not known to registry"),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Docker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n",
+        route.status,
+        reason(route.status),
+        route.content_type,
+        route.body.len()
+    );
+    for (name, value) in &route.headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    let mut out = response.into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(&route.body);
+    }
+    let _ = stream.write_all(&out);
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn error_route(status: u16, code: &str, message: &str) -> Route {
+    Route {
+        status,
+        content_type: "application/json; charset=utf-8".into(),
+        headers: vec![],
+        body: serde_json::to_vec(&json!({"errors": [{"code": code, "message": message}]})).unwrap(),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Status",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File trees
+
+/// Every non-directory entry under `dir` (hidden ones included), sorted;
+/// empty if `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.expect("reading a directory entry");
+            let file_type = entry.file_type().expect("file type");
+            if file_type.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The required external tool at `name`, or a panic naming how to install it.
+pub fn require_tool(name: &str, install: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {install}"))
+}
