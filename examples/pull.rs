@@ -24,7 +24,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn pull(reference: &str, store: &str, dst: &str, platform: Option<&String>) -> oci_cache::Result<()> {
+async fn pull(
+    reference: &str,
+    store: &str,
+    dst: &str,
+    platform: Option<&String>,
+) -> oci_cache::Result<()> {
     let mut options = CacheOptions::new().store(store);
     if let Some(platform) = platform {
         options = options.platform(platform.parse::<Platform>()?);
@@ -36,7 +41,10 @@ async fn pull(reference: &str, store: &str, dst: &str, platform: Option<&String>
     let files = cache.rootfs(&image, Path::new(dst)).await?;
     println!("{} {}", image.reference(), image.digest());
     for (layer, file) in image.layers().iter().zip(&files) {
-        let size = file.metadata().map_err(|e| oci_cache::Error::Io(e.to_string()))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| oci_cache::Error::Io(e.to_string()))?
+            .len();
         println!("{} {size}", layer.diff_id());
     }
     eprintln!("{} layers in {:.2?}", files.len(), started.elapsed());
