@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian
 # machine: the registry the tests start, the tools that read the store back,
-# and the C toolchain pieces the crates build against.
+# the C/C++ and Go toolchains and valgrind for the C and Go tests, and the
+# pinned cbindgen the header is generated with.
 set -euo pipefail
 
-packages=(docker-registry skopeo umoci jq zstd curl gcc make pkg-config libssl-dev)
+packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make pkg-config libssl-dev valgrind golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -16,3 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+cbindgen_version=0.29.4
+if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $cbindgen_version" ]; then
+    cargo install --quiet --locked cbindgen --version "$cbindgen_version"
+fi

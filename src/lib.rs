@@ -31,6 +31,7 @@
 mod cache;
 mod digest;
 mod error;
+pub mod ffi;
 mod fs;
 mod layer;
 mod manifest;

@@ -1,0 +1,166 @@
+//! `oci_cache`: an `ImageCache` plus the tokio runtime its blocking C calls
+//! wait on, and `oci_cache_resolve`.
+
+use std::ffi::c_char;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::{select, Either};
+use once_cell::sync::OnceCell;
+use tokio::runtime::Runtime;
+
+use super::options::{oci_cache_options, oci_call_options, oci_cancel};
+use super::{
+    arg, boundary, check_pid, oci_error, oci_status, out, quiet, str_arg, Failure, Outcome,
+    OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL, OCI_E_INVALID_ARGUMENT,
+};
+use crate::cache::ImageCache;
+
+/// An image cache: a local store, the registries behind it, and the runtime
+/// its calls run on. Thread-safe: share it between threads freely. Images
+/// and readers made from it keep what they need alive, so it may be freed
+/// before them.
+pub struct oci_cache {
+    pub(crate) cache: ImageCache,
+    runtime: OnceCell<Runtime>,
+    worker_threads: usize,
+    pid: u32,
+}
+
+impl oci_cache {
+    /// Runs `work` on the cache's runtime and waits for it on the calling
+    /// thread, returning early with `OCI_E_CANCELED` when `options`' token
+    /// is triggered.
+    pub(crate) fn run<T>(
+        &self,
+        options: *const oci_call_options,
+        work: impl Future<Output = crate::Result<T>>,
+    ) -> Outcome<T> {
+        check_pid(self.pid)?;
+        // SAFETY: NULL or call options handed out by this library.
+        let cancel: Option<&oci_cancel> =
+            unsafe { options.as_ref() }.and_then(|o| o.cancel.as_deref());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Failure::new(
+                OCI_E_INVALID_ARGUMENT,
+                "a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock",
+            ));
+        }
+        let runtime = self.runtime.get_or_try_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.worker_threads)
+                .thread_name("oci-cache")
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(OCI_E_INTERNAL, format!("starting the runtime: {e}")))
+        })?;
+        let outcome = runtime.block_on(async {
+            let Some(cancel) = cancel else {
+                return work.await;
+            };
+            match select(std::pin::pin!(work), std::pin::pin!(cancel.triggered())).await {
+                Either::Left((result, _)) => result,
+                Either::Right(((), _)) => Err(oci_cancel::canceled()),
+            }
+        });
+        Ok(outcome?)
+    }
+
+    /// A new counted reference to the cache behind `ptr`, for objects that
+    /// must keep it alive.
+    pub(crate) fn share(ptr: *const oci_cache) -> Outcome<Arc<oci_cache>> {
+        arg(ptr, "cache")?;
+        // SAFETY: `ptr` came from Arc::into_raw in oci_cache_new and is live.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            Ok(Arc::from_raw(ptr))
+        }
+    }
+}
+
+impl Drop for oci_cache {
+    fn drop(&mut self) {
+        // A forked child has none of the runtime's threads: shutting it down
+        // would wait for them forever. Leak it instead.
+        if std::process::id() != self.pid {
+            if let Some(runtime) = self.runtime.take() {
+                std::mem::forget(runtime);
+            }
+        }
+    }
+}
+
+/// Opens a cache with `options` (NULL = defaults). The runtime starts on the
+/// first call that needs it.
+#[no_mangle]
+pub extern "C" fn oci_cache_new(
+    options: *const oci_cache_options,
+    cache_out: *mut *mut oci_cache,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache_out = out(cache_out, "cache_out")?;
+        let defaults = oci_cache_options::default();
+        // SAFETY: NULL or options handed out by oci_cache_options_new.
+        let options = unsafe { options.as_ref() }.unwrap_or(&defaults);
+        let cache = oci_cache {
+            cache: ImageCache::new(options.options.clone())?,
+            runtime: OnceCell::new(),
+            worker_threads: options.worker_threads,
+            pid: std::process::id(),
+        };
+        *cache_out = Arc::into_raw(Arc::new(cache)).cast_mut();
+        Ok(())
+    })
+}
+
+/// Releases the caller's reference to `cache`. Images and readers made from
+/// it stay usable; the runtime stops when the last of them is freed. NULL
+/// is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_cache_free(cache: *mut oci_cache) {
+    quiet((), || {
+        if !cache.is_null() {
+            // SAFETY: a cache handed out by oci_cache_new, released once.
+            drop(unsafe { Arc::from_raw(cache.cast_const()) });
+        }
+    })
+}
+
+/// Writes the digest `reference` names (`"sha256:<hex>"`, NUL-terminated)
+/// to `digest_out`: its pinned digest, else the store's record of it, else
+/// the registry's. For a multi-platform image this is the index's digest.
+/// `OCI_E_BUFFER_TOO_SMALL` if `digest_cap` bytes cannot hold it and its
+/// NUL (72 bytes always suffice for sha256, 136 for sha512).
+#[no_mangle]
+pub extern "C" fn oci_cache_resolve(
+    cache: *mut oci_cache,
+    reference: *const c_char,
+    options: *const oci_call_options,
+    digest_out: *mut c_char,
+    digest_cap: usize,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let reference = str_arg(reference, "reference")?;
+        out(digest_out, "digest_out")?;
+        let digest = cache.run(options, cache.cache.resolve(reference))?;
+        let digest = digest.as_str().as_bytes();
+        if digest.len() + 1 > digest_cap {
+            return Err(Failure::new(
+                OCI_E_BUFFER_TOO_SMALL,
+                format!(
+                    "digest_out holds {digest_cap} bytes; {} are needed",
+                    digest.len() + 1
+                ),
+            ));
+        }
+        // SAFETY: `digest_out` has `digest_cap` writable bytes, checked above to be enough.
+        unsafe {
+            std::ptr::copy_nonoverlapping(digest.as_ptr(), digest_out.cast::<u8>(), digest.len());
+            *digest_out.add(digest.len()) = 0;
+        }
+        Ok(())
+    })
+}

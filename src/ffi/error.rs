@@ -1,0 +1,120 @@
+//! Status codes, the `oci_error` object, and the library version.
+
+use std::ffi::{c_char, CString};
+
+use super::{quiet, Failure};
+
+/// The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
+/// code. Fixed width, so it never depends on the size of a C enum. The
+/// values are stable across releases.
+pub type oci_status = i32;
+
+/// Success.
+pub const OCI_OK: oci_status = 0;
+/// A NULL pointer, a string that is not UTF-8, a malformed reference,
+/// platform or option, an out-of-range index, or a blocking call made from
+/// inside the library's runtime or a callback.
+pub const OCI_E_INVALID_ARGUMENT: oci_status = -1;
+/// A manifest, blob, tag, repository or platform that does not exist,
+/// locally or in the registry.
+pub const OCI_E_NOT_FOUND: oci_status = -2;
+/// The registry answered 401 or 403, a token exchange failed, or
+/// credentials are missing.
+pub const OCI_E_UNAUTHORIZED: oci_status = -3;
+/// A media type, schema version or digest algorithm the library does not handle.
+pub const OCI_E_UNSUPPORTED: oci_status = -4;
+/// Content that does not hash to its descriptor's digest or its diff_id,
+/// or whose size differs from the descriptor's.
+pub const OCI_E_DIGEST_MISMATCH: oci_status = -5;
+/// Malformed JSON, an oversized manifest or config, or a corrupt gzip/zstd stream.
+pub const OCI_E_INVALID_CONTENT: oci_status = -6;
+/// A connection, TLS or HTTP failure talking to a registry.
+pub const OCI_E_NETWORK: oci_status = -7;
+/// A local file system error; the message names the path and the OS error.
+pub const OCI_E_IO: oci_status = -8;
+/// The call's cancel token was triggered.
+pub const OCI_E_CANCELED: oci_status = -9;
+/// A deadline or stall timeout expired.
+pub const OCI_E_TIMEOUT: oci_status = -10;
+/// The caller's array or buffer is too small; the message gives the size needed.
+pub const OCI_E_BUFFER_TOO_SMALL: oci_status = -11;
+/// A handle was used in a child process after `fork()`.
+pub const OCI_E_FORKED: oci_status = -12;
+/// A bug in the library (a Rust panic) caught at the boundary.
+pub const OCI_E_INTERNAL: oci_status = -13;
+
+/// Major version of the library this header belongs to.
+pub const OCI_CACHE_VERSION_MAJOR: u32 = 0;
+/// Minor version of the library this header belongs to.
+pub const OCI_CACHE_VERSION_MINOR: u32 = 1;
+/// Patch version of the library this header belongs to.
+pub const OCI_CACHE_VERSION_PATCH: u32 = 0;
+
+/// A detailed error: a status code and a message naming the reference,
+/// digest, path or URL involved. Owned by the caller, who frees it with
+/// `oci_error_free`. Immutable: may be read from any thread.
+pub struct oci_error {
+    code: oci_status,
+    message: CString,
+}
+
+impl oci_error {
+    pub(crate) fn boxed(failure: Failure) -> *mut oci_error {
+        // Interior NULs would cut the message short in C: show them instead.
+        let message =
+            CString::new(failure.message.replace('\0', "\\0")).expect("NULs were replaced");
+        Box::into_raw(Box::new(oci_error {
+            code: failure.code,
+            message,
+        }))
+    }
+}
+
+/// The status code of `err`; `OCI_E_INVALID_ARGUMENT` if `err` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_error_code(err: *const oci_error) -> oci_status {
+    quiet(OCI_E_INTERNAL, || {
+        // SAFETY: NULL or an error handed out by this library.
+        unsafe { err.as_ref() }.map_or(OCI_E_INVALID_ARGUMENT, |e| e.code)
+    })
+}
+
+/// The message of `err`, valid until `oci_error_free(err)`; NULL if `err` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_error_message(err: *const oci_error) -> *const c_char {
+    quiet(std::ptr::null(), || {
+        // SAFETY: NULL or an error handed out by this library.
+        unsafe { err.as_ref() }.map_or(std::ptr::null(), |e| e.message.as_ptr())
+    })
+}
+
+/// Frees `err`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_error_free(err: *mut oci_error) {
+    quiet((), || {
+        if !err.is_null() {
+            // SAFETY: an error handed out by this library, freed once.
+            drop(unsafe { Box::from_raw(err) });
+        }
+    })
+}
+
+/// The library's version, `"MAJOR.MINOR.PATCH"`; a static string. It agrees
+/// with the `OCI_CACHE_VERSION_*` macros of the header it was built with.
+#[no_mangle]
+pub extern "C" fn oci_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_macros_agree_with_the_crate_version() {
+        let macros = format!(
+            "{OCI_CACHE_VERSION_MAJOR}.{OCI_CACHE_VERSION_MINOR}.{OCI_CACHE_VERSION_PATCH}"
+        );
+        assert_eq!(macros, env!("CARGO_PKG_VERSION"));
+    }
+}

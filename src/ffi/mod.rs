@@ -1,0 +1,152 @@
+//! The C ABI: opaque handles over the Rust API, status codes, error objects,
+//! and the boundary every `extern "C"` function runs inside (null and UTF-8
+//! checks, panic catching, fork detection). One file per C object, as in
+//! `include/oci_cache.h`; each exported function is a thin skin over a
+//! documented Rust function.
+
+// C names, and `extern "C"` functions that take pointers: `unsafe fn` would
+// mean nothing to a C caller; the header states each pointer's contract and
+// every pointer is NULL-checked before use.
+#![allow(non_camel_case_types, clippy::not_unsafe_ptr_arg_deref)]
+
+use std::any::Any;
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::Error;
+
+pub mod cache;
+pub mod error;
+pub mod image;
+pub mod layer;
+pub mod options;
+
+pub use error::*;
+
+/// A failure on its way out to C: a status code and its message.
+pub(crate) struct Failure {
+    code: oci_status,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: oci_status, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Failure {
+        Failure::new(OCI_E_INVALID_ARGUMENT, message)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Failure {
+        let code = match &err {
+            Error::InvalidArgument(_) => OCI_E_INVALID_ARGUMENT,
+            Error::NotFound(_) => OCI_E_NOT_FOUND,
+            Error::Unauthorized(_) => OCI_E_UNAUTHORIZED,
+            Error::Unsupported(_) => OCI_E_UNSUPPORTED,
+            Error::DigestMismatch(_) => OCI_E_DIGEST_MISMATCH,
+            Error::InvalidContent(_) => OCI_E_INVALID_CONTENT,
+            Error::Network(_) => OCI_E_NETWORK,
+            Error::Io(_) => OCI_E_IO,
+            Error::Canceled(_) => OCI_E_CANCELED,
+            Error::Timeout(_) => OCI_E_TIMEOUT,
+        };
+        Failure::new(code, err.to_string())
+    }
+}
+
+pub(crate) type Outcome<T = ()> = Result<T, Failure>;
+
+/// Runs `body` as the whole of an `extern "C"` function that reports
+/// failures through `err_out`: a panic becomes `OCI_E_INTERNAL` with its
+/// message, and `*err_out` is written only on failure (when not NULL).
+pub(crate) fn boundary(err_out: *mut *mut oci_error, body: impl FnOnce() -> Outcome) -> oci_status {
+    let failure = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return OCI_OK,
+        Ok(Err(failure)) => failure,
+        Err(panic) => Failure::new(
+            OCI_E_INTERNAL,
+            format!("internal error: {}", panic_message(&panic)),
+        ),
+    };
+    let code = failure.code;
+    if !err_out.is_null() {
+        // SAFETY: the caller passes either NULL or a writable `oci_error *`.
+        unsafe { *err_out = oci_error::boxed(failure) };
+    }
+    code
+}
+
+/// Runs a getter or destructor body, which has no way to report errors:
+/// a panic gives `fallback`.
+pub(crate) fn quiet<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+/// Borrows the object behind a pointer the caller passed in.
+pub(crate) fn arg<'a, T>(ptr: *const T, name: &str) -> Outcome<&'a T> {
+    // SAFETY: a non-NULL pointer from the caller points to a live `T` handed
+    // out by this library, as the header requires.
+    unsafe { ptr.as_ref() }.ok_or_else(|| Failure::invalid(format!("{name} is NULL")))
+}
+
+/// Mutably borrows the object behind a pointer the caller passed in.
+pub(crate) fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Outcome<&'a mut T> {
+    // SAFETY: as in `arg`, and the header says such objects are used by one
+    // thread at a time.
+    unsafe { ptr.as_mut() }.ok_or_else(|| Failure::invalid(format!("{name} is NULL")))
+}
+
+/// Checks an output pointer, which is written only once the call succeeded.
+pub(crate) fn out<'a, T>(ptr: *mut T, name: &str) -> Outcome<&'a mut T> {
+    arg_mut(ptr, name)
+}
+
+/// Borrows a NUL-terminated UTF-8 string argument for the length of the call.
+pub(crate) fn str_arg<'a>(ptr: *const c_char, name: &str) -> Outcome<&'a str> {
+    if ptr.is_null() {
+        return Err(Failure::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: the caller passes a NUL-terminated string that outlives the call.
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str()
+        .map_err(|e| Failure::invalid(format!("{name} is not valid UTF-8: {e}")))
+}
+
+/// Like [`str_arg`], but NULL is `None`.
+pub(crate) fn optional_str_arg<'a>(ptr: *const c_char, name: &str) -> Outcome<Option<&'a str>> {
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        str_arg(ptr, name).map(Some)
+    }
+}
+
+/// Fails with `OCI_E_FORKED` when a handle made by process `owner` is used
+/// in another one: its runtime's threads did not survive `fork()`.
+pub(crate) fn check_pid(owner: u32) -> Outcome {
+    if std::process::id() == owner {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            OCI_E_FORKED,
+            format!(
+                "handle created in process {owner} used in forked child {}",
+                std::process::id()
+            ),
+        ))
+    }
+}
