@@ -11,7 +11,7 @@ use tokio::runtime::Runtime;
 
 use super::options::{oci_cache_options, oci_call_options, oci_cancel};
 use super::{
-    arg, boundary, check_pid, oci_error, oci_status, out, quiet, str_arg, Failure, Outcome,
+    arg, boundary, check_pid, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL, OCI_E_INVALID_ARGUMENT,
 };
 use crate::cache::ImageCache;
@@ -58,6 +58,9 @@ impl oci_cache {
             let Some(cancel) = cancel else {
                 return work.await;
             };
+            if cancel.is_triggered() {
+                return Err(oci_cancel::canceled());
+            }
             match select(std::pin::pin!(work), std::pin::pin!(cancel.triggered())).await {
                 Either::Left((result, _)) => result,
                 Either::Right(((), _)) => Err(oci_cancel::canceled()),
@@ -119,12 +122,7 @@ pub extern "C" fn oci_cache_new(
 /// is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_cache_free(cache: *mut oci_cache) {
-    quiet((), || {
-        if !cache.is_null() {
-            // SAFETY: a cache handed out by oci_cache_new, released once.
-            drop(unsafe { Arc::from_raw(cache.cast_const()) });
-        }
-    })
+    free_arc(cache.cast_const())
 }
 
 /// Writes the digest `reference` names (`"sha256:<hex>"`, NUL-terminated)

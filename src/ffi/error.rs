@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::{quiet, Failure};
+use super::{free_box, quiet, Failure};
 
 /// The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 /// code. Fixed width, so it never depends on the size of a C enum. The
@@ -91,12 +91,7 @@ pub extern "C" fn oci_error_message(err: *const oci_error) -> *const c_char {
 /// Frees `err`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_error_free(err: *mut oci_error) {
-    quiet((), || {
-        if !err.is_null() {
-            // SAFETY: an error handed out by this library, freed once.
-            drop(unsafe { Box::from_raw(err) });
-        }
-    })
+    free_box(err)
 }
 
 /// The library's version, `"MAJOR.MINOR.PATCH"`; a static string. It agrees

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::cache::oci_cache;
 use super::options::oci_call_options;
 use super::{
-    arg, boundary, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure, Outcome,
-    OCI_E_INVALID_CONTENT,
+    arg, boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
+    Outcome, OCI_E_INVALID_CONTENT,
 };
 use crate::cache::Image;
 use crate::platform::Platform;
@@ -170,10 +170,5 @@ pub extern "C" fn oci_image_layer_size(image: *const oci_image, index: usize) ->
 /// Frees `image`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_image_free(image: *mut oci_image) {
-    quiet((), || {
-        if !image.is_null() {
-            // SAFETY: an image handed out by oci_fetch_image, freed once.
-            drop(unsafe { Box::from_raw(image) });
-        }
-    })
+    free_box(image)
 }

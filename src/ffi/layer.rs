@@ -14,7 +14,7 @@ use super::cache::oci_cache;
 use super::image::oci_image;
 use super::options::oci_call_options;
 use super::{
-    arg, arg_mut, boundary, oci_error, oci_status, out, quiet, str_arg, Failure, Outcome,
+    arg, arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL,
 };
 use crate::error::Error;
@@ -83,12 +83,7 @@ pub extern "C" fn oci_layer_reader_read(
 /// Frees `reader`, stopping its download. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_layer_reader_free(reader: *mut oci_layer_reader) {
-    quiet((), || {
-        if !reader.is_null() {
-            // SAFETY: a reader handed out by oci_fetch_layer, freed once.
-            drop(unsafe { Box::from_raw(reader) });
-        }
-    })
+    free_box(reader)
 }
 
 /// Writes layer `index` of `image` to `dst/<alg>/<hex of diff_id>`

@@ -88,6 +88,27 @@ pub(crate) fn quiet<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
+/// Frees a handle made by `Box::into_raw`. NULL is a no-op.
+pub(crate) fn free_box<T>(ptr: *mut T) {
+    quiet((), || {
+        if !ptr.is_null() {
+            // SAFETY: a handle this library boxed, freed once, as the header requires.
+            drop(unsafe { Box::from_raw(ptr) });
+        }
+    })
+}
+
+/// Releases one reference to a handle made by `Arc::into_raw`. NULL is a no-op.
+pub(crate) fn free_arc<T>(ptr: *const T) {
+    quiet((), || {
+        if !ptr.is_null() {
+            // SAFETY: a handle this library made with Arc::into_raw, whose
+            // caller's reference is released once, as the header requires.
+            drop(unsafe { std::sync::Arc::from_raw(ptr) });
+        }
+    })
+}
+
 fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
     panic
         .downcast_ref::<&str>()

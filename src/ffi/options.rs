@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::{
-    arg, arg_mut, boundary, oci_status, out, quiet, str_arg, Failure, OCI_E_INVALID_ARGUMENT,
+    arg, arg_mut, boundary, free_arc, free_box, oci_status, out, str_arg, Failure,
+    OCI_E_INVALID_ARGUMENT,
 };
 use crate::cache::CacheOptions;
 use crate::error::Error;
@@ -133,12 +134,7 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
 /// Frees `options`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_cache_options_free(options: *mut oci_cache_options) {
-    quiet((), || {
-        if !options.is_null() {
-            // SAFETY: options handed out by oci_cache_options_new, freed once.
-            drop(unsafe { Box::from_raw(options) });
-        }
-    })
+    free_box(options)
 }
 
 /// A cancel token. Trigger it from any thread to make every call using it
@@ -150,11 +146,16 @@ pub struct oci_cancel {
 }
 
 impl oci_cancel {
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.triggered.load(Ordering::Acquire)
+    }
+
     /// Completes once the token is triggered.
     pub(crate) async fn triggered(&self) {
         loop {
+            // Registered before the check, so a trigger in between still wakes us.
             let woken = self.wake.notified();
-            if self.triggered.load(Ordering::Acquire) {
+            if self.is_triggered() {
                 return;
             }
             woken.await;
@@ -194,12 +195,7 @@ pub extern "C" fn oci_cancel_trigger(cancel: *mut oci_cancel) -> oci_status {
 /// it alive. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_cancel_free(cancel: *mut oci_cancel) {
-    quiet((), || {
-        if !cancel.is_null() {
-            // SAFETY: a token handed out by oci_cancel_new, released once.
-            drop(unsafe { Arc::from_raw(cancel.cast_const()) });
-        }
-    })
+    free_arc(cancel.cast_const())
 }
 
 /// Per-call settings, passed as `const oci_call_options *` to every long
@@ -242,10 +238,5 @@ pub extern "C" fn oci_call_options_set_cancel(
 /// Frees `options`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_call_options_free(options: *mut oci_call_options) {
-    quiet((), || {
-        if !options.is_null() {
-            // SAFETY: options handed out by oci_call_options_new, freed once.
-            drop(unsafe { Box::from_raw(options) });
-        }
-    })
+    free_box(options)
 }
