@@ -199,6 +199,8 @@ void oci_image_free(oci_image *image);
 oci_status oci_fetch_layer(oci_cache *cache, const oci_image *image, size_t index, const oci_call_options *options, oci_layer_reader **reader_out, oci_error **err_out);
 
 // Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
+// The cancel token of the options given to `oci_fetch_layer` applies to
+// every read.
 // `*n_out == 0` means the end of the layer, reported only after the blob's
 // digest and size and the tar's diff_id were verified; a mismatch is an
 // error (`OCI_E_DIGEST_MISMATCH`), never an end. After an error every read

@@ -169,7 +169,8 @@ pub struct ImageCache {
 struct Inner {
     registry: Registry,
     store: Option<Store>,
-    platform: Platform,
+    // None: the host's, applied to indexes only.
+    platform: Option<Platform>,
     max_concurrent_layers: usize,
     // One lock per layer tar being written, so that concurrent callers asking
     // for the same layer download it once: the others wait and then find it.
@@ -192,7 +193,7 @@ impl ImageCache {
             inner: Arc::new(Inner {
                 registry: Registry::new(options.insecure_registries)?,
                 store,
-                platform: options.platform.unwrap_or_else(Platform::host),
+                platform: options.platform,
                 max_concurrent_layers: options.max_concurrent_layers,
                 extracting: Mutex::new(HashMap::new()),
             }),
@@ -217,7 +218,9 @@ impl ImageCache {
 
     /// Reads the manifest and config of `reference` for `platform` (default:
     /// the cache's), following an index or manifest list to the platform's
-    /// manifest. Everything read is verified; with a store, what came from a
+    /// manifest. A platform set here or in [`CacheOptions::platform`] must
+    /// also match a single-platform image's config; the host default only
+    /// picks from indexes. Everything read is verified; with a store, what came from a
     /// registry is written to it and the image is recorded in `index.json`.
     ///
     /// A tag the store already records is served from the store without
@@ -225,11 +228,16 @@ impl ImageCache {
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         let reference = parse_reference(reference)?;
         let name = reference.whole();
-        let platform = platform.unwrap_or(&self.inner.platform);
+        // A platform the caller chose is enforced even on single-platform
+        // images; the host default only picks from indexes, as docker does.
+        let explicit_platform = platform.or(self.inner.platform.as_ref());
+        let host = Platform::host();
+        let platform = explicit_platform.unwrap_or(&host);
         let mut fetched = Fetched::new();
 
         let (top, top_digest) = self.top_manifest(&reference, &mut fetched).await?;
         let (document, top_media_type) = manifest::parse(&top, &format!("manifest {name}"))?;
+        let from_index = matches!(document, Document::Index { .. });
         let (manifest, digest, config, layers) = match document {
             Document::Manifest { config, layers } => {
                 (top.clone(), top_digest.clone(), config, layers)
@@ -267,8 +275,18 @@ impl ImageCache {
                     .small_blob(&reference, &config_digest, config.size),
             )
             .await?;
-        let diff_ids =
-            manifest::diff_ids(&config_bytes, &format!("config {config_digest} of {name}"))?;
+        let summary =
+            manifest::config_summary(&config_bytes, &format!("config {config_digest} of {name}"))?;
+        if let (Some(wanted), Some(built_for), false) =
+            (explicit_platform, &summary.platform, from_index)
+        {
+            if !wanted.compatible().contains(built_for) {
+                return Err(Error::NotFound(format!(
+                    "{name} is a single-platform image for {built_for}, not {wanted}"
+                )));
+            }
+        }
+        let diff_ids = summary.diff_ids;
         if diff_ids.len() != layers.len() {
             return Err(Error::InvalidContent(format!(
                 "{name}: the manifest lists {} layers but the config {} diff_ids",

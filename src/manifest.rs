@@ -117,10 +117,21 @@ pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<(Document, String)> {
     Ok((document, media_type))
 }
 
-/// The diff_ids an image config lists, bottom layer first, each validated.
-pub(crate) fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>> {
+/// What the cache needs from an image config.
+pub(crate) struct ConfigSummary {
+    /// The layers' diff_ids, bottom first, each validated.
+    pub diff_ids: Vec<Digest>,
+    /// The platform the image is built for, when the config says.
+    pub platform: Option<Platform>,
+}
+
+/// Reads the diff_ids and platform of an image config.
+pub(crate) fn config_summary(config: &[u8], what: &str) -> Result<ConfigSummary> {
     #[derive(Deserialize)]
     struct Config {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
         rootfs: RootFs,
     }
     #[derive(Deserialize)]
@@ -129,12 +140,19 @@ pub(crate) fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>> {
     }
     let config: Config = serde_json::from_slice(config)
         .map_err(|e| Error::InvalidContent(format!("{what} is not a valid image config: {e}")))?;
-    config
+    let diff_ids = config
         .rootfs
         .diff_ids
         .iter()
         .map(|d| Digest::parse(d))
-        .collect()
+        .collect::<Result<_>>()?;
+    let platform = match (&config.os, &config.architecture) {
+        (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
+            Some(Platform::new(os, arch, config.variant.as_deref()))
+        }
+        _ => None,
+    };
+    Ok(ConfigSummary { diff_ids, platform })
 }
 
 #[cfg(test)]
@@ -169,12 +187,20 @@ mod tests {
     }
 
     #[test]
-    fn diff_ids_are_validated() {
+    fn config_diff_ids_are_validated_and_platform_read() {
         let bad = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:../x"]}}"#;
-        assert!(matches!(diff_ids(bad, "c"), Err(Error::InvalidArgument(_))));
         assert!(matches!(
-            diff_ids(b"{}", "c"),
+            config_summary(bad, "c"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            config_summary(b"{}", "c"),
             Err(Error::InvalidContent(_))
         ));
+        let arm = br#"{"os":"linux","architecture":"arm","variant":"v6","rootfs":{"diff_ids":[]}}"#;
+        let summary = config_summary(arm, "c").unwrap();
+        assert_eq!(summary.platform.unwrap().to_string(), "linux/arm/v6");
+        let bare = br#"{"rootfs":{"diff_ids":[]}}"#;
+        assert!(config_summary(bare, "c").unwrap().platform.is_none());
     }
 }

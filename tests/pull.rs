@@ -1092,3 +1092,47 @@ async fn unreachable_registry_is_a_network_error_naming_the_host() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chosen_platform_is_enforced_on_single_platform_images() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_image(
+        &host,
+        "single",
+        Some("arm64"),
+        vec![FixtureLayer::gzip(distinct_tar("single"))],
+        false,
+        ("linux", "arm64", Some("v8")),
+    );
+    let reference = format!("{host}/single:arm64");
+
+    // The host default picks from indexes only, as docker does.
+    let image = within("default", new_cache(None).fetch_image(&reference, None))
+        .await
+        .unwrap();
+    assert_eq!(image.digest().to_string(), pushed.manifest_digest);
+
+    let cache = new_cache(None);
+    let arm64 = platform("linux/arm64");
+    let image = within("arm64", cache.fetch_image(&reference, Some(&arm64)))
+        .await
+        .unwrap();
+    assert_eq!(image.digest().to_string(), pushed.manifest_digest);
+
+    let amd64 = platform("linux/amd64");
+    match within("amd64", cache.fetch_image(&reference, Some(&amd64))).await {
+        Err(Error::NotFound(msg)) => {
+            assert!(
+                msg.contains("linux/arm64") && msg.contains("linux/amd64"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let pinned = ImageCache::new(CacheOptions::new().platform(amd64)).unwrap();
+    assert!(matches!(
+        within("option", pinned.fetch_image(&reference, None)).await,
+        Err(Error::NotFound(_))
+    ));
+}

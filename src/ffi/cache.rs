@@ -36,10 +36,16 @@ impl oci_cache {
         options: *const oci_call_options,
         work: impl Future<Output = crate::Result<T>>,
     ) -> Outcome<T> {
+        self.run_cancelable(oci_call_options::cancel_of(options).as_deref(), work)
+    }
+
+    /// [`run`](Self::run) with the cancel token itself.
+    pub(crate) fn run_cancelable<T>(
+        &self,
+        cancel: Option<&oci_cancel>,
+        work: impl Future<Output = crate::Result<T>>,
+    ) -> Outcome<T> {
         check_pid(self.pid)?;
-        // SAFETY: NULL or call options handed out by this library.
-        let cancel: Option<&oci_cancel> =
-            unsafe { options.as_ref() }.and_then(|o| o.cancel.as_deref());
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Failure::new(
                 OCI_E_INVALID_ARGUMENT,

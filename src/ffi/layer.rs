@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use super::cache::oci_cache;
 use super::image::oci_image;
-use super::options::oci_call_options;
+use super::options::{oci_call_options, oci_cancel};
 use super::{
     arg, arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL,
@@ -25,6 +25,8 @@ use crate::layer::LayerReader;
 pub struct oci_layer_reader {
     reader: LayerReader,
     cache: Arc<oci_cache>,
+    // The token of the options `oci_fetch_layer` was given: reads obey it too.
+    cancel: Option<Arc<oci_cancel>>,
 }
 
 /// Starts streaming layer `index` of `image`, uncompressed. Read it with
@@ -44,12 +46,19 @@ pub extern "C" fn oci_fetch_layer(
         let image = oci_image::get(image)?;
         let reader_out = out(reader_out, "reader_out")?;
         let reader = cache.run(options, cache.cache.fetch_layer(&image.image, index))?;
-        *reader_out = Box::into_raw(Box::new(oci_layer_reader { reader, cache }));
+        let cancel = oci_call_options::cancel_of(options);
+        *reader_out = Box::into_raw(Box::new(oci_layer_reader {
+            reader,
+            cache,
+            cancel,
+        }));
         Ok(())
     })
 }
 
 /// Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
+/// The cancel token of the options given to `oci_fetch_layer` applies to
+/// every read.
 /// `*n_out == 0` means the end of the layer, reported only after the blob's
 /// digest and size and the tar's diff_id were verified; a mismatch is an
 /// error (`OCI_E_DIGEST_MISMATCH`), never an end. After an error every read
@@ -68,8 +77,12 @@ pub extern "C" fn oci_layer_reader_read(
         let n_out = out(n_out, "n_out")?;
         // SAFETY: the caller gives `cap` writable bytes at `buf`.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, cap) };
-        let oci_layer_reader { reader, cache } = reader;
-        let read = cache.run(std::ptr::null(), async {
+        let oci_layer_reader {
+            reader,
+            cache,
+            cancel,
+        } = reader;
+        let read = cache.run_cancelable(cancel.as_deref(), async {
             reader
                 .read(buf)
                 .await

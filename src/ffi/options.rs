@@ -206,6 +206,14 @@ pub struct oci_call_options {
     pub(crate) cancel: Option<Arc<oci_cancel>>,
 }
 
+impl oci_call_options {
+    /// The cancel token of the options behind `ptr`, if any (NULL = none).
+    pub(crate) fn cancel_of(ptr: *const oci_call_options) -> Option<Arc<oci_cancel>> {
+        // SAFETY: NULL or call options handed out by oci_call_options_new.
+        unsafe { ptr.as_ref() }.and_then(|o| o.cancel.clone())
+    }
+}
+
 /// Makes call options with nothing set.
 #[no_mangle]
 pub extern "C" fn oci_call_options_new(options_out: *mut *mut oci_call_options) -> oci_status {
