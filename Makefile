@@ -51,3 +51,4 @@ test: setup header-check lib
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	$(CARGO) test
+	cd go && test -z "$$(gofmt -l .)" && GOPROXY=off go vet ./... && GOPROXY=off go test -race -count=1 ./...

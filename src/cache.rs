@@ -181,7 +181,7 @@ struct Inner {
 type Fetched = Vec<(Digest, Vec<u8>)>;
 
 impl ImageCache {
-    /// Opens the store (if any) and prepares the registry clients.
+    /// Opens the store (if any). Registry clients are made on first use.
     pub fn new(options: CacheOptions) -> Result<ImageCache> {
         if options.max_concurrent_layers == 0 {
             return Err(Error::InvalidArgument(
@@ -191,7 +191,7 @@ impl ImageCache {
         let store = options.store.as_deref().map(Store::open).transpose()?;
         Ok(ImageCache {
             inner: Arc::new(Inner {
-                registry: Registry::new(options.insecure_registries)?,
+                registry: Registry::new(options.insecure_registries),
                 store,
                 platform: options.platform,
                 max_concurrent_layers: options.max_concurrent_layers,

@@ -17,6 +17,7 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use once_cell::sync::OnceCell;
 
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
@@ -32,47 +33,50 @@ pub(crate) type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send
 
 /// Clients for every registry this cache talks to.
 pub(crate) struct Registry {
-    https: Client,
-    plain_http: Client,
+    https: OnceCell<Client>,
+    plain_http: OnceCell<Client>,
     insecure_hosts: Vec<String>,
 }
 
 impl Registry {
     /// `insecure_hosts` (`host[:port]`) are reached over plain HTTP, as are
     /// loopback hosts; everything else needs HTTPS.
-    pub(crate) fn new(insecure_hosts: Vec<String>) -> Result<Registry> {
-        let build = |protocol| {
+    pub(crate) fn new(insecure_hosts: Vec<String>) -> Registry {
+        Registry {
+            https: OnceCell::new(),
+            plain_http: OnceCell::new(),
+            insecure_hosts,
+        }
+    }
+
+    /// The client for `reference`'s registry, built on first use: building
+    /// one loads the system's CA certificates, which a warm cache never needs.
+    async fn client(&self, reference: &Reference) -> Result<&Client> {
+        let host = reference.resolve_registry();
+        let (cell, protocol) = if is_loopback(host) || self.insecure_hosts.iter().any(|h| h == host)
+        {
+            (&self.plain_http, ClientProtocol::Http)
+        } else {
+            (&self.https, ClientProtocol::Https)
+        };
+        let client = cell.get_or_try_init(|| {
             Client::try_from(ClientConfig {
                 protocol,
                 user_agent: USER_AGENT,
                 ..ClientConfig::default()
             })
             .map_err(|e| Error::InvalidArgument(format!("registry client configuration: {e}")))
-        };
-        Ok(Registry {
-            https: build(ClientProtocol::Https)?,
-            plain_http: build(ClientProtocol::Http)?,
-            insecure_hosts,
-        })
-    }
-
-    async fn client(&self, reference: &Reference) -> &Client {
-        let host = reference.resolve_registry();
-        let client = if is_loopback(host) || self.insecure_hosts.iter().any(|h| h == host) {
-            &self.plain_http
-        } else {
-            &self.https
-        };
+        })?;
         // Blob pulls take no credentials argument: register them for the host first.
         client
             .store_auth_if_needed(host, &RegistryAuth::Anonymous)
             .await;
-        client
+        Ok(client)
     }
 
     /// The digest the registry has for `reference` (a HEAD request when it can).
     pub(crate) async fn resolve(&self, reference: &Reference) -> Result<Digest> {
-        let client = self.client(reference).await;
+        let client = self.client(reference).await?;
         let digest = client
             .fetch_manifest_digest(reference, &RegistryAuth::Anonymous)
             .await
@@ -91,7 +95,7 @@ impl Registry {
             IMAGE_MANIFEST_MEDIA_TYPE,
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ];
-        let client = self.client(reference).await;
+        let client = self.client(reference).await?;
         let (body, digest) = client
             .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accepted)
             .await
@@ -125,7 +129,7 @@ impl Registry {
             digest: digest.as_str(),
             urls,
         };
-        let client = self.client(reference).await;
+        let client = self.client(reference).await?;
         let stream = client
             .pull_blob_stream(reference, &descriptor)
             .await

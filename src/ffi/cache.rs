@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 use super::options::{oci_cache_options, oci_call_options, oci_cancel};
 use super::{
     arg, boundary, check_pid, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome,
-    OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL, OCI_E_INVALID_ARGUMENT,
+    OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
 use crate::cache::ImageCache;
 
@@ -47,10 +47,7 @@ impl oci_cache {
     ) -> Outcome<T> {
         check_pid(self.pid)?;
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Failure::new(
-                OCI_E_INVALID_ARGUMENT,
-                "a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock",
-            ));
+            return Err(Failure::invalid("a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock"));
         }
         let runtime = self.runtime.get_or_try_init(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -58,7 +55,12 @@ impl oci_cache {
                 .thread_name("oci-cache")
                 .enable_all()
                 .build()
-                .map_err(|e| Failure::new(OCI_E_INTERNAL, format!("starting the runtime: {e}")))
+                .map_err(|e| {
+                    Failure::new(
+                        OCI_E_INTERNAL,
+                        format!("internal: starting the runtime: {e}"),
+                    )
+                })
         })?;
         let outcome = runtime.block_on(async {
             let Some(cancel) = cancel else {
@@ -155,7 +157,7 @@ pub extern "C" fn oci_cache_resolve(
             return Err(Failure::new(
                 OCI_E_BUFFER_TOO_SMALL,
                 format!(
-                    "digest_out holds {digest_cap} bytes; {} are needed",
+                    "buffer too small: digest_out holds {digest_cap} bytes; {} are needed",
                     digest.len() + 1
                 ),
             ));

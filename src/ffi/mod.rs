@@ -37,8 +37,8 @@ impl Failure {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Failure {
-        Failure::new(OCI_E_INVALID_ARGUMENT, message)
+    pub(crate) fn invalid(message: impl Into<String>) -> Failure {
+        Error::InvalidArgument(message.into()).into()
     }
 }
 
@@ -71,7 +71,7 @@ pub(crate) fn boundary(err_out: *mut *mut oci_error, body: impl FnOnce() -> Outc
         Ok(Err(failure)) => failure,
         Err(panic) => Failure::new(
             OCI_E_INTERNAL,
-            format!("internal error: {}", panic_message(&panic)),
+            format!("internal: {}", panic_message(&panic)),
         ),
     };
     let code = failure.code;
@@ -165,7 +165,7 @@ pub(crate) fn check_pid(owner: u32) -> Outcome {
         Err(Failure::new(
             OCI_E_FORKED,
             format!(
-                "handle created in process {owner} used in forked child {}",
+                "forked: handle created in process {owner} used in child {}",
                 std::process::id()
             ),
         ))

@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use super::{
-    arg, arg_mut, boundary, free_arc, free_box, oci_status, out, str_arg, Failure,
-    OCI_E_INVALID_ARGUMENT,
-};
+use super::{arg, arg_mut, boundary, free_arc, free_box, oci_status, out, str_arg, Failure};
 use crate::cache::CacheOptions;
 use crate::error::Error;
 use crate::platform::Platform;
@@ -44,7 +41,8 @@ impl Default for oci_cache_options {
 #[no_mangle]
 pub extern "C" fn oci_cache_options_new(options_out: *mut *mut oci_cache_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        *out(options_out, "options_out")? = Box::into_raw(Box::default());
+        let slot = out(options_out, "options_out")?;
+        *slot = Box::into_raw(Box::default());
         Ok(())
     })
 }
@@ -102,10 +100,7 @@ pub extern "C" fn oci_cache_options_set_worker_threads(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         if threads == 0 {
-            return Err(Failure::new(
-                OCI_E_INVALID_ARGUMENT,
-                "worker threads must be at least 1",
-            ));
+            return Err(Failure::invalid("worker threads must be at least 1"));
         }
         arg_mut(options, "options")?.worker_threads = threads;
         Ok(())
@@ -121,10 +116,7 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         if layers == 0 {
-            return Err(Failure::new(
-                OCI_E_INVALID_ARGUMENT,
-                "max concurrent layers must be at least 1",
-            ));
+            return Err(Failure::invalid("max concurrent layers must be at least 1"));
         }
         arg_mut(options, "options")?.update(|o| o.max_concurrent_layers(layers));
         Ok(())
@@ -171,11 +163,12 @@ impl oci_cancel {
 #[no_mangle]
 pub extern "C" fn oci_cancel_new(cancel_out: *mut *mut oci_cancel) -> oci_status {
     boundary(std::ptr::null_mut(), || {
+        let slot = out(cancel_out, "cancel_out")?;
         let cancel = Arc::new(oci_cancel {
             triggered: AtomicBool::new(false),
             wake: Notify::new(),
         });
-        *out(cancel_out, "cancel_out")? = Arc::into_raw(cancel).cast_mut();
+        *slot = Arc::into_raw(cancel).cast_mut();
         Ok(())
     })
 }
@@ -218,7 +211,8 @@ impl oci_call_options {
 #[no_mangle]
 pub extern "C" fn oci_call_options_new(options_out: *mut *mut oci_call_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        *out(options_out, "options_out")? = Box::into_raw(Box::default());
+        let slot = out(options_out, "options_out")?;
+        *slot = Box::into_raw(Box::default());
         Ok(())
     })
 }

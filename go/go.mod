@@ -1,0 +1,3 @@
+module oci-cache/go
+
+go 1.19

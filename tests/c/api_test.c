@@ -1,0 +1,1227 @@
+/*
+ * api_test.c: the C-level tests of liboci_cache's ABI, as a C caller sees
+ * it through include/oci_cache.h. It owns the checks on status codes, error
+ * objects, output and fd contracts, free order, fork and threads.
+ *
+ * tests/c_api.rs builds and runs it (also under valgrind): that driver
+ * starts the registries, pushes the fixtures, and passes every host,
+ * reference and expected value in OCI_TEST_* environment variables. The
+ * last line printed is "N passed, M failed"; the driver checks N, so a
+ * check that silently stops running is a failure too. By hand, with those
+ * variables set: OCI_TEST_VERBOSE=1 prints every expected error message,
+ * OCI_TEST_TIMINGS=1 the time each test took.
+ */
+#include "oci_cache.h" /* first, so the header is seen to stand on its own */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATH_CAP 4096
+#define LAYERS 3
+
+/* ------------------------------------------------------------------------ */
+/* Checks */
+
+static int passed, failed;
+/* What the checks are about, printed with a failure: a line number alone is
+ * ambiguous in helpers called for several layers or calls. */
+static char context[256];
+
+static void set_context(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(context, sizeof context, format, args);
+    va_end(args);
+}
+
+static const char *status_name(oci_status status) {
+    switch (status) {
+    case OCI_OK: return "OCI_OK";
+    case OCI_E_INVALID_ARGUMENT: return "OCI_E_INVALID_ARGUMENT";
+    case OCI_E_NOT_FOUND: return "OCI_E_NOT_FOUND";
+    case OCI_E_UNAUTHORIZED: return "OCI_E_UNAUTHORIZED";
+    case OCI_E_UNSUPPORTED: return "OCI_E_UNSUPPORTED";
+    case OCI_E_DIGEST_MISMATCH: return "OCI_E_DIGEST_MISMATCH";
+    case OCI_E_INVALID_CONTENT: return "OCI_E_INVALID_CONTENT";
+    case OCI_E_NETWORK: return "OCI_E_NETWORK";
+    case OCI_E_IO: return "OCI_E_IO";
+    case OCI_E_CANCELED: return "OCI_E_CANCELED";
+    case OCI_E_TIMEOUT: return "OCI_E_TIMEOUT";
+    case OCI_E_BUFFER_TOO_SMALL: return "OCI_E_BUFFER_TOO_SMALL";
+    case OCI_E_FORKED: return "OCI_E_FORKED";
+    case OCI_E_INTERNAL: return "OCI_E_INTERNAL";
+    default: return "(unknown status)";
+    }
+}
+
+static void report_failure(const char *file, int line, const char *what) {
+    failed++;
+    fprintf(stderr, "%s:%d: FAILED: %s\n", file, line, what);
+    if (context[0])
+        fprintf(stderr, "    while: %s\n", context);
+}
+
+static void check_at(const char *file, int line, int ok, const char *what, const oci_error *err) {
+    if (ok) {
+        passed++;
+        return;
+    }
+    report_failure(file, line, what);
+    if (err)
+        fprintf(stderr, "    oci_error %s: %s\n", status_name(oci_error_code(err)),
+                oci_error_message(err));
+}
+
+#define CHECK(cond) check_at(__FILE__, __LINE__, (cond) != 0, #cond, NULL)
+#define CHECK_E(cond, err) check_at(__FILE__, __LINE__, (cond) != 0, #cond, (err))
+
+/* One check: the call returned `want`, and (when err_out was given) left an
+ * error with the same code whose message is non-empty and contains
+ * `needle1` and `needle2` (either may be NULL). Frees the error. */
+static void expect_error_at(const char *file, int line, const char *call, oci_status status,
+                            oci_status want, oci_error **errp, const char *needle1,
+                            const char *needle2) {
+    oci_error *err = errp ? *errp : NULL;
+    const char *message = err ? oci_error_message(err) : NULL;
+    char what[1024];
+    const char *problem = NULL;
+    if (status != want)
+        problem = "wrong status";
+    else if (errp && !err)
+        problem = "no oci_error written";
+    else if (err && oci_error_code(err) != want)
+        problem = "oci_error_code differs from the status";
+    else if (err && (!message || !message[0]))
+        problem = "empty message";
+    else if (err && needle1 && !strstr(message, needle1))
+        problem = "message lacks the first expected text";
+    else if (err && needle2 && !strstr(message, needle2))
+        problem = "message lacks the second expected text";
+    if (!problem) {
+        passed++;
+        /* To read what callers will see, e.g. when judging a message. */
+        if (getenv("OCI_TEST_VERBOSE"))
+            fprintf(stderr, "%s:%d: %s: %s\n", file, line, status_name(status),
+                    message ? message : "(no oci_error asked for)");
+    } else {
+        snprintf(what, sizeof what, "%s: %s (got %s, want %s)", call, problem,
+                 status_name(status), status_name(want));
+        report_failure(file, line, what);
+        if (needle1)
+            fprintf(stderr, "    message should contain: \"%s\"\n", needle1);
+        if (needle2)
+            fprintf(stderr, "    message should contain: \"%s\"\n", needle2);
+        if (message)
+            fprintf(stderr, "    message: %s\n", message);
+    }
+    if (errp) {
+        oci_error_free(*errp);
+        *errp = NULL;
+    }
+}
+
+#define EXPECT_ERROR(call, want, errp, needle1, needle2)                                         \
+    expect_error_at(__FILE__, __LINE__, #call, (call), (want), (errp), (needle1), (needle2))
+
+/* One check: the call succeeded and left *errp alone. */
+static void expect_ok_at(const char *file, int line, const char *call, oci_status status,
+                         oci_error **errp) {
+    char what[1024];
+    if (status == OCI_OK && (!errp || !*errp)) {
+        passed++;
+        return;
+    }
+    snprintf(what, sizeof what, "%s: got %s, want OCI_OK", call, status_name(status));
+    report_failure(file, line, what);
+    if (errp && *errp) {
+        fprintf(stderr, "    message: %s\n", oci_error_message(*errp));
+        oci_error_free(*errp);
+        *errp = NULL;
+    }
+}
+
+#define EXPECT_OK(call, errp) expect_ok_at(__FILE__, __LINE__, #call, (call), (errp))
+
+static void finish(void) {
+    printf("%d passed, %d failed\n", passed, failed);
+    fflush(stdout);
+}
+
+/* For set-up the rest depends on: stop at once, visibly. */
+static void require_at(const char *file, int line, int ok, const char *what, oci_error *err) {
+    if (ok)
+        return;
+    report_failure(file, line, what);
+    if (err)
+        fprintf(stderr, "    oci_error %s: %s\n", status_name(oci_error_code(err)),
+                oci_error_message(err));
+    fprintf(stderr, "stopping: later checks depend on this\n");
+    finish();
+    exit(1);
+}
+
+#define REQUIRE(cond) require_at(__FILE__, __LINE__, (cond) != 0, #cond, NULL)
+#define REQUIRE_OK(call, err)                                                                    \
+    do {                                                                                         \
+        oci_status require_status_ = (call);                                                     \
+        require_at(__FILE__, __LINE__, require_status_ == OCI_OK, #call, (err));                 \
+    } while (0)
+
+/* Output pointers are pre-filled with this to show they were left alone. */
+static char sentinel_object;
+#define SENTINEL ((void *)&sentinel_object)
+#define SENTINEL_FD (-2)
+
+/* ------------------------------------------------------------------------ */
+/* What the driver passes in */
+
+struct layer_expect {
+    const char *digest, *diff_id, *media_type;
+    long long size, tar_size;
+};
+
+static struct {
+    const char *host, *fake, *dead, *tmp;
+    const char *app_digest, *multi_digest, *other_digest;
+    const char *host_platform, *other_platform;
+    const char *odd_media_type, *corrupt_digest;
+    struct layer_expect layers[LAYERS];
+    char app_ref[256], multi_ref[256], odd_ref[256], missing_tag_ref[256], missing_repo_ref[256];
+    char corrupt_ref[256], garbled_ref[256], secret_ref[256], dead_ref[256];
+} cfg;
+
+static const char *env(const char *name) {
+    const char *value = getenv(name);
+    if (!value || !value[0]) {
+        fprintf(stderr, "%s is not set: run this through tests/c_api.rs (cargo test --test c_api)\n",
+                name);
+        exit(2);
+    }
+    return value;
+}
+
+static long long env_number(const char *name) {
+    const char *text = env(name);
+    char *end;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno || *end) {
+        fprintf(stderr, "%s=%s is not a number\n", name, text);
+        exit(2);
+    }
+    return value;
+}
+
+static void load_config(void) {
+    cfg.host = env("OCI_TEST_HOST");
+    cfg.fake = env("OCI_TEST_FAKE");
+    cfg.dead = env("OCI_TEST_DEAD");
+    cfg.tmp = env("OCI_TEST_TMP");
+    cfg.app_digest = env("OCI_TEST_APP_DIGEST");
+    cfg.multi_digest = env("OCI_TEST_MULTI_DIGEST");
+    cfg.other_digest = env("OCI_TEST_OTHER_DIGEST");
+    cfg.host_platform = env("OCI_TEST_HOST_PLATFORM");
+    cfg.other_platform = env("OCI_TEST_OTHER_PLATFORM");
+    cfg.odd_media_type = env("OCI_TEST_ODD_MEDIA_TYPE");
+    cfg.corrupt_digest = env("OCI_TEST_CORRUPT_DIGEST");
+    for (int i = 0; i < LAYERS; i++) {
+        char name[64];
+        struct layer_expect *layer = &cfg.layers[i];
+        snprintf(name, sizeof name, "OCI_TEST_LAYER%d_DIGEST", i);
+        layer->digest = env(name);
+        snprintf(name, sizeof name, "OCI_TEST_LAYER%d_DIFF_ID", i);
+        layer->diff_id = env(name);
+        snprintf(name, sizeof name, "OCI_TEST_LAYER%d_MEDIA_TYPE", i);
+        layer->media_type = env(name);
+        snprintf(name, sizeof name, "OCI_TEST_LAYER%d_SIZE", i);
+        layer->size = env_number(name);
+        snprintf(name, sizeof name, "OCI_TEST_LAYER%d_TAR_SIZE", i);
+        layer->tar_size = env_number(name);
+    }
+    snprintf(cfg.app_ref, sizeof cfg.app_ref, "%s/c/app:v1", cfg.host);
+    snprintf(cfg.multi_ref, sizeof cfg.multi_ref, "%s/c/multi:v1", cfg.host);
+    snprintf(cfg.odd_ref, sizeof cfg.odd_ref, "%s/c/odd:v1", cfg.host);
+    snprintf(cfg.missing_tag_ref, sizeof cfg.missing_tag_ref, "%s/c/app:no-such-tag", cfg.host);
+    snprintf(cfg.missing_repo_ref, sizeof cfg.missing_repo_ref, "%s/c/no-such-repo:v1", cfg.host);
+    snprintf(cfg.corrupt_ref, sizeof cfg.corrupt_ref, "%s/c/corrupt:v1", cfg.fake);
+    snprintf(cfg.garbled_ref, sizeof cfg.garbled_ref, "%s/c/garbled:v1", cfg.fake);
+    snprintf(cfg.secret_ref, sizeof cfg.secret_ref, "%s/c/secret:v1", cfg.fake);
+    snprintf(cfg.dead_ref, sizeof cfg.dead_ref, "%s/c/app:v1", cfg.dead);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Helpers */
+
+/* A new empty directory TMP/name, written to `path`. */
+static void make_dir(char *path, const char *name) {
+    snprintf(path, PATH_CAP, "%s/%s", cfg.tmp, name);
+    if (mkdir(path, 0700) != 0) {
+        fprintf(stderr, "mkdir %s: %s\n", path, strerror(errno));
+        REQUIRE(!"making a test directory");
+    }
+}
+
+/* Where layer i's tar lives under dst: dst/sha256/<hex>. */
+static void layer_path(char *path, const char *dst, size_t i) {
+    const char *diff_id = cfg.layers[i].diff_id;
+    const char *colon = strchr(diff_id, ':');
+    snprintf(path, PATH_CAP, "%s/sha256/%s", dst, colon ? colon + 1 : diff_id);
+}
+
+/* Open fds of this process, sockets aside: the runtime opens and closes
+ * pooled registry connections on its own schedule, while a leaked layer
+ * file, pipe or eventfd stays. */
+static int count_open_fds(void) {
+    DIR *dir = opendir("/proc/self/fd");
+    REQUIRE(dir != NULL);
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char target[PATH_CAP];
+        ssize_t len = readlinkat(dirfd(dir), entry->d_name, target, sizeof target - 1);
+        target[len > 0 ? len : 0] = '\0';
+        if (strncmp(target, "socket:", 7) != 0)
+            count++;
+    }
+    closedir(dir);
+    return count;
+}
+
+/* Entries directly in `path` ("." and ".." aside). */
+static int count_entries(const char *path) {
+    DIR *dir = opendir(path);
+    if (!dir)
+        return -1;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL)
+        if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0)
+            count++;
+    closedir(dir);
+    return count;
+}
+
+/* Regular files anywhere under `path`, temporary ones included. */
+static int count_regular_files(const char *path) {
+    DIR *dir = opendir(path);
+    if (!dir)
+        return -1;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        if (S_ISREG(st.st_mode)) {
+            count++;
+        } else if (S_ISDIR(st.st_mode)) {
+            char child[PATH_CAP];
+            snprintf(child, sizeof child, "%s/%s", path, entry->d_name);
+            int below = count_regular_files(child);
+            count += below > 0 ? below : 0;
+        }
+    }
+    closedir(dir);
+    return count;
+}
+
+/* Everything `fd` yields from where it stands; NULL on a read error. */
+static unsigned char *read_all(int fd, size_t *len_out) {
+    size_t cap = 1 << 16, len = 0;
+    unsigned char *buf = malloc(cap);
+    REQUIRE(buf != NULL);
+    for (;;) {
+        if (len == cap) {
+            unsigned char *bigger = realloc(buf, cap *= 2);
+            REQUIRE(bigger != NULL);
+            buf = bigger;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    *len_out = len;
+    return buf;
+}
+
+/* The fd reads to exactly the bytes of the file at `path`. */
+static int same_content(int fd, const char *path) {
+    size_t fd_len = 0, file_len = 0;
+    unsigned char *from_fd = read_all(fd, &fd_len);
+    int file = open(path, O_RDONLY | O_CLOEXEC);
+    unsigned char *from_file = file >= 0 ? read_all(file, &file_len) : NULL;
+    if (file >= 0)
+        close(file);
+    int same = from_fd && from_file && fd_len == file_len && memcmp(from_fd, from_file, fd_len) == 0;
+    free(from_fd);
+    free(from_file);
+    return same;
+}
+
+static void close_fds(int *fds, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static int all_fds_are(const int *fds, size_t n, int value) {
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] != value)
+            return 0;
+    return 1;
+}
+
+static double seconds_since(const struct timespec *start) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + (double)(now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* Six checks: the fd contract of the header, for layer i under dst. */
+static void check_layer_fd(int fd, const char *dst, size_t i) {
+    char path[PATH_CAP];
+    struct stat st, at_path;
+    int flags = fcntl(fd, F_GETFL);
+    CHECK(flags != -1 && (flags & O_ACCMODE) == O_RDONLY);
+    int fd_flags = fcntl(fd, F_GETFD);
+    CHECK(fd_flags != -1 && (fd_flags & FD_CLOEXEC));
+    CHECK(lseek(fd, 0, SEEK_CUR) == 0);
+    CHECK(write(fd, "x", 1) == -1);
+    CHECK(fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == cfg.layers[i].tar_size);
+    layer_path(path, dst, i);
+    /* The fd is the file at its documented path, not some other copy. */
+    CHECK(stat(path, &at_path) == 0 && at_path.st_dev == st.st_dev && at_path.st_ino == st.st_ino);
+}
+
+static oci_cache *open_cache(const char *store) {
+    oci_cache_options *options = NULL;
+    oci_cache *cache = NULL;
+    oci_error *err = NULL;
+    REQUIRE_OK(oci_cache_options_new(&options), NULL);
+    if (store)
+        REQUIRE_OK(oci_cache_options_set_store(options, store), NULL);
+    REQUIRE_OK(oci_cache_new(options, &cache, &err), err);
+    oci_cache_options_free(options);
+    return cache;
+}
+
+static oci_image *fetch(oci_cache *cache, const char *reference) {
+    oci_image *image = NULL;
+    oci_error *err = NULL;
+    REQUIRE_OK(oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
+    return image;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tests */
+
+static void test_version(void) {
+    char expected[64];
+    set_context("oci_version");
+    snprintf(expected, sizeof expected, "%d.%d.%d", OCI_CACHE_VERSION_MAJOR,
+             OCI_CACHE_VERSION_MINOR, OCI_CACHE_VERSION_PATCH);
+    CHECK(oci_version() != NULL && strcmp(oci_version(), expected) == 0);
+}
+
+static void test_free_null(void) {
+    set_context("free functions given NULL");
+    oci_cache_options_free(NULL);
+    oci_cache_free(NULL);
+    oci_image_free(NULL);
+    oci_layer_reader_free(NULL);
+    oci_error_free(NULL);
+    oci_cancel_free(NULL);
+    oci_call_options_free(NULL);
+    CHECK(oci_error_code(NULL) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_error_message(NULL) == NULL);
+}
+
+static void test_null_arguments(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    oci_layer_reader *reader = SENTINEL;
+    char dst[PATH_CAP];
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    int fd = SENTINEL_FD;
+    char digest[128] = "untouched";
+    make_dir(dst, "null-args");
+
+    set_context("NULL arguments of oci_cache_new");
+    EXPECT_ERROR(oci_cache_new(NULL, NULL, &err), OCI_E_INVALID_ARGUMENT, &err, "cache_out", NULL);
+    /* err_out is optional: the status alone still says what happened. */
+    CHECK(oci_cache_new(NULL, NULL, NULL) == OCI_E_INVALID_ARGUMENT);
+
+    set_context("NULL arguments of oci_fetch_image");
+    EXPECT_ERROR(oci_fetch_image(NULL, cfg.app_ref, NULL, NULL, &image, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "cache", NULL);
+    EXPECT_ERROR(oci_fetch_image(cache, NULL, NULL, NULL, &image, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "reference", NULL);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.app_ref, NULL, NULL, NULL, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "image_out", NULL);
+    CHECK(oci_fetch_image(cache, NULL, NULL, NULL, &image, NULL) == OCI_E_INVALID_ARGUMENT);
+    CHECK(image == SENTINEL);
+
+    set_context("NULL arguments of oci_cache_resolve");
+    EXPECT_ERROR(oci_cache_resolve(NULL, cfg.app_ref, NULL, digest, sizeof digest, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "cache", NULL);
+    EXPECT_ERROR(oci_cache_resolve(cache, NULL, NULL, digest, sizeof digest, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "reference", NULL);
+    EXPECT_ERROR(oci_cache_resolve(cache, cfg.app_ref, NULL, NULL, 72, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "digest_out", NULL);
+    CHECK(strcmp(digest, "untouched") == 0);
+
+    set_context("NULL arguments of oci_rootfs");
+    EXPECT_ERROR(oci_rootfs(NULL, app, dst, NULL, fds, LAYERS, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "cache", NULL);
+    EXPECT_ERROR(oci_rootfs(cache, NULL, dst, NULL, fds, LAYERS, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "image", NULL);
+    EXPECT_ERROR(oci_rootfs(cache, app, NULL, NULL, fds, LAYERS, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "dst", NULL);
+    EXPECT_ERROR(oci_rootfs(cache, app, dst, NULL, NULL, LAYERS, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "fds_out", NULL);
+    CHECK(all_fds_are(fds, LAYERS, SENTINEL_FD));
+
+    set_context("NULL arguments of oci_extract_layers and oci_extract_layer");
+    EXPECT_ERROR(oci_extract_layers(cache, app, dst, NULL, NULL, LAYERS, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "fds_out", NULL);
+    EXPECT_ERROR(oci_extract_layers(cache, NULL, dst, NULL, fds, LAYERS, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "image", NULL);
+    EXPECT_ERROR(oci_extract_layer(NULL, app, 0, dst, NULL, &fd, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "cache", NULL);
+    EXPECT_ERROR(oci_extract_layer(cache, NULL, 0, dst, NULL, &fd, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "image", NULL);
+    EXPECT_ERROR(oci_extract_layer(cache, app, 0, NULL, NULL, &fd, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "dst", NULL);
+    EXPECT_ERROR(oci_extract_layer(cache, app, 0, dst, NULL, NULL, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "fd_out", NULL);
+    CHECK(fd == SENTINEL_FD && all_fds_are(fds, LAYERS, SENTINEL_FD));
+    /* None of these may have written anything. */
+    CHECK(count_entries(dst) == 0);
+
+    set_context("NULL arguments of oci_fetch_layer and oci_layer_reader_read");
+    EXPECT_ERROR(oci_fetch_layer(NULL, app, 0, NULL, &reader, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "cache", NULL);
+    EXPECT_ERROR(oci_fetch_layer(cache, NULL, 0, NULL, &reader, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "image", NULL);
+    EXPECT_ERROR(oci_fetch_layer(cache, app, 0, NULL, NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "reader_out", NULL);
+    CHECK(reader == SENTINEL);
+    {
+        uint8_t buf[16];
+        size_t n = 12345;
+        oci_layer_reader *live = NULL;
+        EXPECT_ERROR(oci_layer_reader_read(NULL, buf, sizeof buf, &n, &err),
+                     OCI_E_INVALID_ARGUMENT, &err, "reader", NULL);
+        /* A reader freed unread: its download stops; valgrind sees the rest. */
+        EXPECT_OK(oci_fetch_layer(cache, app, 2, NULL, &live, &err), &err);
+        EXPECT_ERROR(oci_layer_reader_read(live, NULL, sizeof buf, &n, &err),
+                     OCI_E_INVALID_ARGUMENT, &err, "buf", NULL);
+        EXPECT_ERROR(oci_layer_reader_read(live, buf, sizeof buf, NULL, &err),
+                     OCI_E_INVALID_ARGUMENT, &err, "n_out", NULL);
+        CHECK(n == 12345);
+        oci_layer_reader_free(live);
+    }
+
+    set_context("NULL arguments of the option builders");
+    {
+        oci_cache_options *options = NULL;
+        oci_call_options *call = NULL;
+        oci_cancel *cancel = NULL;
+        CHECK(oci_cache_options_new(NULL) == OCI_E_INVALID_ARGUMENT);
+        REQUIRE_OK(oci_cache_options_new(&options), NULL);
+        CHECK(oci_cache_options_set_store(NULL, cfg.tmp) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_store(options, NULL) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_platform(NULL, "linux/amd64") == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_platform(options, NULL) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_add_insecure_registry(NULL, "example.com") ==
+              OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_add_insecure_registry(options, NULL) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_worker_threads(NULL, 1) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_max_concurrent_layers(NULL, 1) == OCI_E_INVALID_ARGUMENT);
+        oci_cache_options_free(options);
+
+        CHECK(oci_cancel_new(NULL) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cancel_trigger(NULL) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_call_options_new(NULL) == OCI_E_INVALID_ARGUMENT);
+        REQUIRE_OK(oci_cancel_new(&cancel), NULL);
+        CHECK(oci_call_options_set_cancel(NULL, cancel) == OCI_E_INVALID_ARGUMENT);
+        REQUIRE_OK(oci_call_options_new(&call), NULL);
+        /* NULL is allowed here: it removes the token. */
+        CHECK(oci_call_options_set_cancel(call, NULL) == OCI_OK);
+        oci_call_options_free(call);
+        oci_cancel_free(cancel);
+    }
+}
+
+static void test_getters(const oci_image *app) {
+    set_context("getters given a NULL image");
+    CHECK(oci_image_reference(NULL) == NULL);
+    CHECK(oci_image_digest(NULL) == NULL);
+    CHECK(oci_image_config(NULL) == NULL);
+    CHECK(oci_image_layer_count(NULL) == 0);
+    CHECK(oci_image_layer_digest(NULL, 0) == NULL);
+    CHECK(oci_image_layer_diff_id(NULL, 0) == NULL);
+    CHECK(oci_image_layer_media_type(NULL, 0) == NULL);
+    CHECK(oci_image_layer_size(NULL, 0) == -1);
+
+    set_context("layer getters given an index out of range");
+    CHECK(oci_image_layer_digest(app, LAYERS) == NULL);
+    CHECK(oci_image_layer_diff_id(app, LAYERS) == NULL);
+    CHECK(oci_image_layer_media_type(app, LAYERS) == NULL);
+    CHECK(oci_image_layer_size(app, LAYERS) == -1);
+    CHECK(oci_image_layer_digest(app, SIZE_MAX) == NULL);
+    CHECK(oci_image_layer_size(app, SIZE_MAX) == -1);
+}
+
+static void test_bad_strings(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    char digest[128] = "untouched";
+    oci_cache_options *options = NULL;
+    const char *not_utf8 = "\xff\xfe";
+
+    set_context("strings that are not UTF-8");
+    EXPECT_ERROR(oci_fetch_image(cache, not_utf8, NULL, NULL, &image, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "UTF-8", "reference");
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.app_ref, not_utf8, NULL, &image, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "UTF-8", "platform");
+    EXPECT_ERROR(oci_cache_resolve(cache, not_utf8, NULL, digest, sizeof digest, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "UTF-8", NULL);
+    EXPECT_ERROR(oci_rootfs(cache, app, not_utf8, NULL, fds, LAYERS, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "UTF-8", "dst");
+    REQUIRE_OK(oci_cache_options_new(&options), NULL);
+    CHECK(oci_cache_options_set_store(options, not_utf8) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_add_insecure_registry(options, not_utf8) == OCI_E_INVALID_ARGUMENT);
+
+    set_context("malformed reference, platform and options");
+    EXPECT_ERROR(oci_fetch_image(cache, "Not A Reference!", NULL, NULL, &image, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "Not A Reference!", NULL);
+    EXPECT_ERROR(oci_cache_resolve(cache, "Not A Reference!", NULL, digest, sizeof digest, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "Not A Reference!", NULL);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.app_ref, "linux", NULL, &image, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "linux", NULL);
+    CHECK(oci_cache_options_set_platform(options, "linux") == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_set_worker_threads(options, 0) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_set_max_concurrent_layers(options, 0) == OCI_E_INVALID_ARGUMENT);
+    /* The failed setters left the options usable. */
+    CHECK(oci_cache_options_set_platform(options, "linux/arm64/v8") == OCI_OK);
+    oci_cache_options_free(options);
+
+    CHECK(image == SENTINEL && strcmp(digest, "untouched") == 0 &&
+          all_fds_are(fds, LAYERS, SENTINEL_FD));
+}
+
+static void test_not_found(oci_cache *cache) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+
+    set_context("a missing tag, repository and platform");
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.missing_tag_ref, NULL, NULL, &image, &err),
+                 OCI_E_NOT_FOUND, &err, "c/app:no-such-tag", NULL);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.missing_repo_ref, NULL, NULL, &image, &err),
+                 OCI_E_NOT_FOUND, &err, "c/no-such-repo", NULL);
+    /* The message lists what is there, so a caller can tell the user. */
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.multi_ref, "windows/amd64", NULL, &image, &err),
+                 OCI_E_NOT_FOUND, &err, "linux/amd64", "linux/arm64");
+    CHECK(image == SENTINEL);
+}
+
+static void test_resolve(oci_cache *cache) {
+    oci_error *err = SENTINEL;
+    char digest[128];
+    size_t len = strlen(cfg.app_digest);
+
+    set_context("oci_cache_resolve");
+    EXPECT_OK(oci_cache_resolve(cache, cfg.app_ref, NULL, digest, sizeof digest, &err), NULL);
+    /* err_out is written only on failure. */
+    CHECK(err == SENTINEL);
+    CHECK(strcmp(digest, cfg.app_digest) == 0);
+    err = NULL;
+    EXPECT_OK(oci_cache_resolve(cache, cfg.multi_ref, NULL, digest, sizeof digest, &err), &err);
+    CHECK(strcmp(digest, cfg.multi_digest) == 0);
+
+    /* Exactly enough room: the digest and its NUL. */
+    memset(digest, 'Z', sizeof digest);
+    EXPECT_OK(oci_cache_resolve(cache, cfg.app_ref, NULL, digest, len + 1, &err), &err);
+    CHECK(strcmp(digest, cfg.app_digest) == 0);
+
+    set_context("oci_cache_resolve into a buffer one byte short");
+    memset(digest, 'Z', sizeof digest);
+    {
+        char needed[32];
+        snprintf(needed, sizeof needed, "%zu", len + 1);
+        EXPECT_ERROR(oci_cache_resolve(cache, cfg.app_ref, NULL, digest, len, &err),
+                     OCI_E_BUFFER_TOO_SMALL, &err, needed, NULL);
+    }
+    {
+        int untouched = 1;
+        for (size_t i = 0; i < sizeof digest; i++)
+            untouched &= digest[i] == 'Z';
+        CHECK(untouched);
+    }
+}
+
+static void test_fds_too_small(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    char dst[PATH_CAP];
+    make_dir(dst, "too-small");
+
+    set_context("fds_cap below the layer count");
+    int before = count_open_fds();
+    EXPECT_ERROR(oci_rootfs(cache, app, dst, NULL, fds, LAYERS - 1, &err), OCI_E_BUFFER_TOO_SMALL,
+                 &err, " 3 ", NULL);
+    EXPECT_ERROR(oci_extract_layers(cache, app, dst, NULL, fds, 0, &err), OCI_E_BUFFER_TOO_SMALL,
+                 &err, " 3 ", NULL);
+    CHECK(count_open_fds() == before);
+    CHECK(all_fds_are(fds, LAYERS, SENTINEL_FD));
+    /* "before any work": nothing fetched, nothing written. */
+    CHECK(count_entries(dst) == 0);
+}
+
+static void test_network(oci_cache *cache) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    char digest[128] = "untouched";
+
+    set_context("a registry nobody listens on (%s)", cfg.dead);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.dead_ref, NULL, NULL, &image, &err), OCI_E_NETWORK,
+                 &err, cfg.dead, NULL);
+    EXPECT_ERROR(oci_cache_resolve(cache, cfg.dead_ref, NULL, digest, sizeof digest, &err),
+                 OCI_E_NETWORK, &err, cfg.dead, NULL);
+    CHECK(image == SENTINEL && strcmp(digest, "untouched") == 0);
+}
+
+static void test_unsupported(oci_cache *cache) {
+    oci_error *err = NULL;
+    oci_layer_reader *reader = SENTINEL;
+    int fds[1] = {SENTINEL_FD};
+    char dst[PATH_CAP];
+    make_dir(dst, "unsupported");
+
+    set_context("a layer of unsupported media type (%s)", cfg.odd_ref);
+    oci_image *odd = fetch(cache, cfg.odd_ref);
+    CHECK(oci_image_layer_count(odd) == 1);
+    EXPECT_ERROR(oci_rootfs(cache, odd, dst, NULL, fds, 1, &err), OCI_E_UNSUPPORTED, &err,
+                 cfg.odd_media_type, NULL);
+    EXPECT_ERROR(oci_fetch_layer(cache, odd, 0, NULL, &reader, &err), OCI_E_UNSUPPORTED, &err,
+                 cfg.odd_media_type, NULL);
+    CHECK(fds[0] == SENTINEL_FD && reader == SENTINEL);
+    CHECK(count_entries(dst) == 0);
+    oci_image_free(odd);
+}
+
+static void test_corrupt(oci_cache *cache) {
+    oci_error *err = NULL;
+    int fds[1] = {SENTINEL_FD};
+    char dst[PATH_CAP];
+    make_dir(dst, "corrupt");
+
+    set_context("a blob whose bytes do not match its digest (%s)", cfg.corrupt_ref);
+    oci_image *image = fetch(cache, cfg.corrupt_ref);
+    int before = count_open_fds();
+    EXPECT_ERROR(oci_rootfs(cache, image, dst, NULL, fds, 1, &err), OCI_E_DIGEST_MISMATCH, &err,
+                 cfg.corrupt_digest, NULL);
+    CHECK(fds[0] == SENTINEL_FD);
+    /* Atomic creation: no tar, and no temporary file left behind either. */
+    CHECK(count_regular_files(dst) == 0);
+    CHECK(count_open_fds() == before);
+
+    set_context("streaming a corrupt blob with oci_layer_reader_read");
+    oci_layer_reader *reader = NULL;
+    EXPECT_OK(oci_fetch_layer(cache, image, 0, NULL, &reader, &err), &err);
+    if (reader) {
+        uint8_t buf[4096];
+        size_t n = 0, total = 0;
+        int saw_end = 0, reads = 0;
+        oci_status status;
+        /* The bound only keeps a broken reader from spinning forever. */
+        while ((status = oci_layer_reader_read(reader, buf, sizeof buf, &n, &err)) == OCI_OK &&
+               reads++ < 100000) {
+            if (n == 0) {
+                saw_end = 1;
+                break;
+            }
+            total += n;
+        }
+        /* A mismatch must never look like the end of the layer. */
+        CHECK(!saw_end);
+        EXPECT_ERROR(status, OCI_E_DIGEST_MISMATCH, &err, NULL, NULL);
+        n = 777;
+        EXPECT_ERROR(oci_layer_reader_read(reader, buf, sizeof buf, &n, &err),
+                     OCI_E_DIGEST_MISMATCH, &err, NULL, NULL);
+        CHECK(n == 777);
+        oci_layer_reader_free(reader);
+    } else {
+        CHECK(!"no reader to stream the corrupt layer with");
+        CHECK(0);
+        CHECK(0);
+        CHECK(0);
+    }
+    oci_image_free(image);
+}
+
+static void test_bad_registry_answers(oci_cache *cache) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    char digest[128] = "untouched";
+
+    set_context("a manifest that is not JSON (%s)", cfg.garbled_ref);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.garbled_ref, NULL, NULL, &image, &err),
+                 OCI_E_INVALID_CONTENT, &err, "c/garbled", NULL);
+    set_context("a registry answering 401 (%s)", cfg.secret_ref);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.secret_ref, NULL, NULL, &image, &err),
+                 OCI_E_UNAUTHORIZED, &err, "c/secret", NULL);
+    EXPECT_ERROR(oci_cache_resolve(cache, cfg.secret_ref, NULL, digest, sizeof digest, &err),
+                 OCI_E_UNAUTHORIZED, &err, "c/secret", NULL);
+    CHECK(image == SENTINEL && strcmp(digest, "untouched") == 0);
+}
+
+static void test_missing_dst(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    int fd = SENTINEL_FD;
+    char dst[PATH_CAP];
+    snprintf(dst, sizeof dst, "%s/no-such-dir", cfg.tmp);
+
+    set_context("a dst that does not exist (%s)", dst);
+    EXPECT_ERROR(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), OCI_E_IO, &err, dst, NULL);
+    EXPECT_ERROR(oci_extract_layers(cache, app, dst, NULL, fds, LAYERS, &err), OCI_E_IO, &err, dst,
+                 NULL);
+    EXPECT_ERROR(oci_extract_layer(cache, app, 0, dst, NULL, &fd, &err), OCI_E_IO, &err, dst, NULL);
+    CHECK(fd == SENTINEL_FD && all_fds_are(fds, LAYERS, SENTINEL_FD));
+    /* Not created behind the caller's back either. */
+    CHECK(access(dst, F_OK) != 0);
+}
+
+static void test_cancel(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    oci_cancel *cancel = NULL;
+    oci_call_options *options = NULL;
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    char dst[PATH_CAP];
+    make_dir(dst, "cancel");
+
+    set_context("a triggered cancel token");
+    REQUIRE_OK(oci_cancel_new(&cancel), NULL);
+    REQUIRE_OK(oci_call_options_new(&options), NULL);
+    CHECK(oci_call_options_set_cancel(options, cancel) == OCI_OK);
+    CHECK(oci_cancel_trigger(cancel) == OCI_OK);
+    /* A triggered token stays triggered; triggering again is harmless. */
+    CHECK(oci_cancel_trigger(cancel) == OCI_OK);
+    /* The options hold their own reference: the token outlives this free. */
+    oci_cancel_free(cancel);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.app_ref, NULL, options, &image, &err), OCI_E_CANCELED,
+                 &err, NULL, NULL);
+    EXPECT_ERROR(oci_rootfs(cache, app, dst, options, fds, LAYERS, &err), OCI_E_CANCELED, &err,
+                 NULL, NULL);
+    CHECK(image == SENTINEL && all_fds_are(fds, LAYERS, SENTINEL_FD));
+    CHECK(count_entries(dst) == 0);
+    /* Removing the token makes the same options plain again. */
+    CHECK(oci_call_options_set_cancel(options, NULL) == OCI_OK);
+    image = NULL;
+    EXPECT_OK(oci_fetch_image(cache, cfg.app_ref, NULL, options, &image, &err), &err);
+    CHECK(image != NULL && image != SENTINEL);
+    oci_image_free(image);
+    oci_call_options_free(options);
+}
+
+static void test_happy_path(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    char expected_ref[300], dst[PATH_CAP], path[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1}, more[LAYERS] = {-1, -1, -1};
+    int one = -1;
+    make_dir(dst, "happy");
+
+    set_context("the getters of %s", cfg.app_ref);
+    snprintf(expected_ref, sizeof expected_ref, "%s/c/app:v1", cfg.host);
+    CHECK(oci_image_reference(app) && strcmp(oci_image_reference(app), expected_ref) == 0);
+    CHECK(oci_image_digest(app) && strcmp(oci_image_digest(app), cfg.app_digest) == 0);
+    CHECK(oci_image_config(app) && strstr(oci_image_config(app), "\"diff_ids\""));
+    REQUIRE(oci_image_layer_count(app) == LAYERS);
+    for (size_t i = 0; i < LAYERS; i++) {
+        const struct layer_expect *want = &cfg.layers[i];
+        const char *digest = oci_image_layer_digest(app, i);
+        const char *diff_id = oci_image_layer_diff_id(app, i);
+        const char *media_type = oci_image_layer_media_type(app, i);
+        set_context("the getters of layer %zu of %s", i, cfg.app_ref);
+        CHECK(digest && strcmp(digest, want->digest) == 0);
+        CHECK(diff_id && strcmp(diff_id, want->diff_id) == 0);
+        CHECK(media_type && strcmp(media_type, want->media_type) == 0);
+        CHECK(oci_image_layer_size(app, i) == want->size);
+    }
+
+    set_context("oci_rootfs of %s, cold", cfg.app_ref);
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    for (size_t i = 0; i < LAYERS; i++) {
+        set_context("oci_rootfs fd of layer %zu", i);
+        check_layer_fd(fds[i], dst, i);
+    }
+    CHECK(fds[0] != fds[1] && fds[1] != fds[2] && fds[0] != fds[2]);
+
+    set_context("oci_extract_layer 1 of %s", cfg.app_ref);
+    EXPECT_OK(oci_extract_layer(cache, app, 1, dst, NULL, &one, &err), &err);
+    check_layer_fd(one, dst, 1);
+    CHECK(one >= 0 && one != fds[0] && one != fds[1] && one != fds[2]);
+
+    set_context("oci_extract_layers of %s", cfg.app_ref);
+    EXPECT_OK(oci_extract_layers(cache, app, dst, NULL, more, LAYERS, &err), &err);
+    for (size_t i = 0; i < LAYERS; i++) {
+        set_context("oci_extract_layers fd of layer %zu", i);
+        check_layer_fd(more[i], dst, i);
+    }
+    /* Replacing the files did not disturb what the earlier fds read. */
+    set_context("the first oci_rootfs fds after the files were replaced");
+    for (size_t i = 0; i < LAYERS; i++) {
+        struct stat st;
+        CHECK(fstat(fds[i], &st) == 0 && st.st_size == cfg.layers[i].tar_size);
+    }
+    close_fds(fds, LAYERS);
+    close_fds(more, LAYERS);
+    if (one >= 0)
+        close(one);
+
+    set_context("what is under dst after all that");
+    CHECK(count_regular_files(dst) == LAYERS);
+    for (size_t i = 0; i < LAYERS; i++) {
+        layer_path(path, dst, i);
+        CHECK(access(path, R_OK) == 0);
+    }
+
+    set_context("%s for the host's platform and for %s", cfg.multi_ref, cfg.other_platform);
+    {
+        oci_image *multi = fetch(cache, cfg.multi_ref);
+        oci_image *named = NULL, *other = NULL;
+        /* The host's entry is app's manifest: the image digest is that, not the index's. */
+        CHECK(strcmp(oci_image_digest(multi), cfg.app_digest) == 0);
+        EXPECT_OK(oci_fetch_image(cache, cfg.multi_ref, cfg.host_platform, NULL, &named, &err),
+                  &err);
+        CHECK(named && strcmp(oci_image_digest(named), cfg.app_digest) == 0);
+        oci_image_free(named);
+        EXPECT_OK(oci_fetch_image(cache, cfg.multi_ref, cfg.other_platform, NULL, &other, &err),
+                  &err);
+        CHECK(other && strcmp(oci_image_digest(other), cfg.other_digest) == 0);
+        oci_image_free(other);
+        oci_image_free(multi);
+    }
+}
+
+static void test_fetch_layer_range(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_layer_reader *reader = SENTINEL;
+    int fd = SENTINEL_FD;
+    char dst[PATH_CAP];
+    make_dir(dst, "range");
+
+    set_context("a layer index out of range");
+    EXPECT_ERROR(oci_fetch_layer(cache, app, LAYERS, NULL, &reader, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "3", NULL);
+    EXPECT_ERROR(oci_extract_layer(cache, app, LAYERS, dst, NULL, &fd, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "3", NULL);
+    CHECK(reader == SENTINEL && fd == SENTINEL_FD);
+}
+
+/* Runs in the forked child: 0 when every handle refused work and the fd
+ * still read, else the number of problems (printed). */
+static int forked_child(oci_cache *cache, oci_image *app, const char *dst, int fd) {
+    int problems = 0;
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+
+    oci_status status = oci_fetch_image(cache, cfg.app_ref, NULL, NULL, &image, &err);
+    if (status != OCI_E_FORKED || image != SENTINEL || oci_error_code(err) != OCI_E_FORKED) {
+        fprintf(stderr, "child: oci_fetch_image gave %s: %s\n", status_name(status),
+                err ? oci_error_message(err) : "(no error)");
+        problems++;
+    }
+    oci_error_free(err);
+    err = NULL;
+    status = oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err);
+    if (status != OCI_E_FORKED || !all_fds_are(fds, LAYERS, SENTINEL_FD)) {
+        fprintf(stderr, "child: oci_rootfs gave %s: %s\n", status_name(status),
+                err ? oci_error_message(err) : "(no error)");
+        problems++;
+    }
+    oci_error_free(err);
+    /* "At once": no waiting on a runtime whose threads did not survive. */
+    if (seconds_since(&start) > 5.0) {
+        fprintf(stderr, "child: the refused calls took %.1f s\n", seconds_since(&start));
+        problems++;
+    }
+
+    size_t len = 0;
+    unsigned char *content = read_all(fd, &len);
+    if (!content || (long long)len != cfg.layers[0].tar_size) {
+        fprintf(stderr, "child: the pre-fork fd read %zu bytes, want %lld\n", len,
+                cfg.layers[0].tar_size);
+        problems++;
+    }
+    free(content);
+    close(fd);
+
+    /* Must return, not wait for threads that exist only in the parent. */
+    oci_image_free(app);
+    oci_cache_free(cache);
+    return problems;
+}
+
+static void test_fork(oci_cache *cache, oci_image *app) {
+    oci_error *err = NULL;
+    char dst[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    int verdict_pipe[2];
+    make_dir(dst, "fork");
+
+    set_context("handles used in a forked child");
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    REQUIRE(pipe(verdict_pipe) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        /* A hang becomes a failure (SIGALRM) instead of a stuck test. */
+        alarm(20);
+        close(verdict_pipe[0]);
+        int ok = forked_child(cache, app, dst, fds[0]) == 0;
+        /* The verdict goes through a pipe as well as the exit code: under
+         * valgrind the exit code is valgrind's (see below). */
+        ssize_t written = write(verdict_pipe[1], ok ? "y" : "n", 1);
+        _exit(ok && written == 1 ? 0 : 1);
+    }
+    close(verdict_pipe[1]);
+    char verdict = 0;
+    ssize_t got;
+    while ((got = read(verdict_pipe[0], &verdict, 1)) < 0 && errno == EINTR)
+        ;
+    close(verdict_pipe[0]);
+    int status = 0;
+    pid_t waited;
+    while ((waited = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    /* The child frees a cache whose runtime threads did not survive the
+     * fork, and the library leaks that runtime on purpose (shutting it down
+     * would wait forever). Under valgrind those leaks make the child exit
+     * with valgrind's error code; OCI_TEST_VALGRIND_EXIT names it. The
+     * child's own checks still count, through the verdict. */
+    const char *valgrind_exit = getenv("OCI_TEST_VALGRIND_EXIT");
+    int exit_ok = waited == pid && WIFEXITED(status) &&
+                  (WEXITSTATUS(status) == 0 ||
+                   (valgrind_exit && WEXITSTATUS(status) == atoi(valgrind_exit)));
+    if (waited == pid && WIFSIGNALED(status))
+        fprintf(stderr, "fork child died of signal %d\n", WTERMSIG(status));
+    else if (!exit_ok)
+        fprintf(stderr, "fork child exited with %d\n", WEXITSTATUS(status));
+    CHECK(got == 1 && verdict == 'y' && exit_ok);
+
+    /* The parent's handles were untouched by the child's frees. */
+    {
+        int again[LAYERS] = {-1, -1, -1};
+        EXPECT_OK(oci_rootfs(cache, app, dst, NULL, again, LAYERS, &err), &err);
+        close_fds(again, LAYERS);
+    }
+    close_fds(fds, LAYERS);
+}
+
+static void test_fd_growth(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    char dst[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    int failures = 0;
+    make_dir(dst, "fd-growth");
+
+    set_context("200 warm oci_rootfs calls");
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    close_fds(fds, LAYERS);
+    int before = count_open_fds();
+    for (int round = 0; round < 200; round++) {
+        if (oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err) != OCI_OK) {
+            if (!failures++)
+                fprintf(stderr, "warm oci_rootfs: %s\n", oci_error_message(err));
+            oci_error_free(err);
+            err = NULL;
+            continue;
+        }
+        close_fds(fds, LAYERS);
+    }
+    CHECK(failures == 0);
+    CHECK(count_open_fds() == before);
+}
+
+struct worker {
+    pthread_t thread;
+    oci_cache *cache;
+    const oci_image *image;
+    const char *dst;
+    int failures;
+    char first_failure[512];
+};
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    for (int round = 0; round < 20; round++) {
+        int fds[LAYERS] = {-1, -1, -1};
+        oci_error *err = NULL;
+        oci_status status = oci_rootfs(w->cache, w->image, w->dst, NULL, fds, LAYERS, &err);
+        if (status != OCI_OK) {
+            if (!w->failures++)
+                snprintf(w->first_failure, sizeof w->first_failure, "%s: %s", status_name(status),
+                         err ? oci_error_message(err) : "(no error)");
+            oci_error_free(err);
+            continue;
+        }
+        close_fds(fds, LAYERS);
+    }
+    return NULL;
+}
+
+static void test_threads(oci_cache *cache, const oci_image *app) {
+    char dst[PATH_CAP];
+    struct worker workers[4];
+    make_dir(dst, "threads");
+
+    set_context("4 threads sharing a cache and an image, 20 oci_rootfs each into one dst");
+    for (int i = 0; i < 4; i++) {
+        workers[i] = (struct worker){.cache = cache, .image = app, .dst = dst};
+        REQUIRE(pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        REQUIRE(pthread_join(workers[i].thread, NULL) == 0);
+        if (workers[i].failures)
+            fprintf(stderr, "thread %d: %d failures, first: %s\n", i, workers[i].failures,
+                    workers[i].first_failure);
+        CHECK(workers[i].failures == 0);
+    }
+    CHECK(count_regular_files(dst) == LAYERS);
+}
+
+/* Last: takes over the shared cache and image and frees them, the cache
+ * first (under valgrind a cache costs seconds, so the test makes just one). */
+static void test_free_order(oci_cache *cache, oci_image *app) {
+    oci_error *err = NULL;
+    char dst[PATH_CAP], path[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    oci_layer_reader *reader = NULL;
+    make_dir(dst, "free-order");
+
+    set_context("freeing the cache before its image, fds and reader");
+    oci_image *image = app;
+    oci_image *multi = fetch(cache, cfg.multi_ref);
+    EXPECT_OK(oci_rootfs(cache, image, dst, NULL, fds, LAYERS, &err), &err);
+    EXPECT_OK(oci_fetch_layer(cache, image, 1, NULL, &reader, &err), &err);
+
+    /* The usual order for one image, the other order for the rest. */
+    oci_image_free(multi);
+    oci_cache_free(cache);
+    CHECK(oci_image_reference(image) && strstr(oci_image_reference(image), "/c/app:v1"));
+    CHECK(oci_image_layer_count(image) == LAYERS);
+    CHECK(oci_image_layer_diff_id(image, 2) &&
+          strcmp(oci_image_layer_diff_id(image, 2), cfg.layers[2].diff_id) == 0);
+    oci_image_free(image);
+
+    for (size_t i = 0; i < LAYERS; i++) {
+        set_context("reading the fd of layer %zu after both frees", i);
+        layer_path(path, dst, i);
+        CHECK(fds[i] >= 0 && same_content(fds[i], path));
+    }
+    close_fds(fds, LAYERS);
+
+    set_context("reading a layer reader to its end after the cache and image were freed");
+    if (reader) {
+        uint8_t buf[8192];
+        size_t n = 0, total = 0;
+        oci_status status;
+        int reads = 0;
+        while ((status = oci_layer_reader_read(reader, buf, sizeof buf, &n, &err)) == OCI_OK &&
+               n > 0 && reads++ < 100000)
+            total += n;
+        EXPECT_OK(status, &err);
+        CHECK((long long)total == cfg.layers[1].tar_size);
+        /* The end stays the end. */
+        n = 777;
+        EXPECT_OK(oci_layer_reader_read(reader, buf, sizeof buf, &n, &err), &err);
+        CHECK(n == 0);
+        oci_layer_reader_free(reader);
+    } else {
+        CHECK(!"no reader");
+        CHECK(0);
+        CHECK(0);
+        CHECK(0);
+    }
+}
+
+/* With OCI_TEST_TIMINGS set, each test's wall time goes to stderr: valgrind
+ * makes some of them slow, and the driver has a time budget. */
+#define TIMED(call)                                                                              \
+    do {                                                                                         \
+        struct timespec timed_start_;                                                            \
+        clock_gettime(CLOCK_MONOTONIC, &timed_start_);                                           \
+        call;                                                                                    \
+        if (getenv("OCI_TEST_TIMINGS"))                                                          \
+            fprintf(stderr, "%-50s %6.2f s\n", #call, seconds_since(&timed_start_));             \
+    } while (0)
+
+int main(void) {
+    /* A dead peer must fail a call, not kill the test. */
+    signal(SIGPIPE, SIG_IGN);
+    load_config();
+
+    TIMED(test_version());
+    TIMED(test_free_null());
+
+    /* With a store, as a runtime would run it: tags resolve locally once fetched. */
+    char store[PATH_CAP];
+    snprintf(store, sizeof store, "%s/store", cfg.tmp);
+    oci_cache *cache = open_cache(store);
+    oci_image *app = fetch(cache, cfg.app_ref);
+
+    TIMED(test_null_arguments(cache, app));
+    TIMED(test_getters(app));
+    TIMED(test_bad_strings(cache, app));
+    TIMED(test_not_found(cache));
+    TIMED(test_resolve(cache));
+    TIMED(test_fds_too_small(cache, app));
+    TIMED(test_network(cache));
+    TIMED(test_unsupported(cache));
+    TIMED(test_corrupt(cache));
+    TIMED(test_bad_registry_answers(cache));
+    TIMED(test_missing_dst(cache, app));
+    TIMED(test_cancel(cache, app));
+    TIMED(test_happy_path(cache, app));
+    TIMED(test_fetch_layer_range(cache, app));
+    TIMED(test_fork(cache, app));
+    TIMED(test_fd_growth(cache, app));
+    TIMED(test_threads(cache, app));
+    TIMED(test_free_order(cache, app));
+    finish();
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,610 @@
+//! The C ABI as a C program uses it: the header compiles as C11 and C++17,
+//! `examples-c` builds against the shared and the static library and pulls
+//! an image (cold, then warm with the registry gone), and
+//! `tests/c/api_test.c` checks every status code, the error, output and fd
+//! contracts, free order, fork and threads, once plainly and once under
+//! valgrind. This file only sets the stage (registries, fixtures, builds)
+//! and judges what the programs report.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The checks `tests/c/api_test.c` runs when nothing is skipped. Keep it in
+/// step with that file: the count is what shows that no check silently
+/// stopped running.
+const API_TEST_CHECKS: usize = 232;
+
+const ODD_MEDIA_TYPE: &str = "application/vnd.example.layer.v1.tar+lz4";
+
+/// Generous bounds: a hang fails the test with the output so far.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+const VALGRIND_LIMIT: Duration = Duration::from_secs(120);
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/release`, holding the libraries `make lib` builds.
+fn library_dir() -> PathBuf {
+    let dir = manifest_dir().join("target").join("release");
+    for name in ["liboci_cache.so", "liboci_cache.a"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing: run `make lib` first (make test does)",
+            dir.join(name).display()
+        );
+    }
+    warn_if_stale(&dir.join("liboci_cache.so"));
+    dir
+}
+
+/// These tests run the C libraries, not the code cargo just compiled: say
+/// so when the sources are newer, since the results may then mislead.
+fn warn_if_stale(library: &Path) {
+    let modified = |path: &Path| path.metadata().and_then(|m| m.modified()).ok();
+    let Some(built) = modified(library) else {
+        return;
+    };
+    let newest_source = files_under(&manifest_dir().join("src"))
+        .into_iter()
+        .chain([manifest_dir().join("Cargo.toml")])
+        .filter_map(|path| Some((modified(&path)?, path)))
+        .max_by_key(|(time, _)| *time);
+    if let Some((time, path)) = newest_source {
+        if time > built {
+            eprintln!(
+                "warning: {} is newer than {}: these tests use the library as built; \
+                 run `make lib` to test the current sources",
+                path.display(),
+                library.display()
+            );
+        }
+    }
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The other architecture of `c/multi:v1`.
+fn other_arch() -> &'static str {
+    if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+}
+
+/// Bytes that do not compress (xorshift from a fixed seed), so a layer's
+/// blob is about as large as its tar.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Fixtures {
+    app: PushedImage,
+    other: PushedImage,
+    index_digest: String,
+    corrupt: PushedImage,
+}
+
+/// `c/app:v1` (gzip, zstd and plain tar layers), `c/multi:v1` (an index
+/// whose host entry is app's manifest) and `c/odd:v1` (a layer type nobody
+/// handles) in the real registry.
+fn push_fixtures(host: &str) -> (PushedImage, PushedImage, String) {
+    let host_platform = ("linux", host_arch(), None);
+    let motd = "Welcome to the C API test image.\n".repeat(600);
+    let config = format!(
+        "{{\"listen\": \"0.0.0.0:8080\", \"note\": \"{}\"}}\n",
+        "x".repeat(3000)
+    );
+    let app = push_image(
+        host,
+        "c/app",
+        Some("v1"),
+        vec![
+            FixtureLayer::gzip(tar_layer(&[
+                ("etc/motd", motd.as_bytes()),
+                ("etc/hostname", b"c-api\n"),
+            ])),
+            FixtureLayer::zstd(tar_layer(&[(
+                "usr/lib/libnoise.so",
+                noise(0x0c1_cafe, 300_000).as_slice(),
+            )])),
+            FixtureLayer::plain(tar_layer(&[
+                ("app/run.sh", b"#!/bin/sh\nexec /app/server\n"),
+                ("app/config.json", config.as_bytes()),
+            ])),
+        ],
+        false,
+        host_platform,
+    );
+    let other = push_image(
+        host,
+        "c/multi",
+        None,
+        vec![FixtureLayer::gzip(tar_layer(&[(
+            "arch.txt",
+            other_arch().as_bytes(),
+        )]))],
+        false,
+        ("linux", other_arch(), None),
+    );
+    // An index may only name manifests its own repository has.
+    push_blob(host, "c/multi", &app.config);
+    for layer in &app.layers {
+        push_blob(host, "c/multi", &layer.blob);
+    }
+    push_manifest(
+        host,
+        "c/multi",
+        &app.manifest_digest,
+        &app.manifest_media_type,
+        &app.manifest,
+    );
+    let (_, index_digest) = push_index(
+        host,
+        "c/multi",
+        "v1",
+        &[
+            (&app, host_platform),
+            (&other, ("linux", other_arch(), None)),
+        ],
+        false,
+    );
+    let odd_tar = tar_layer(&[("odd.txt", b"compressed with something else\n")]);
+    push_image(
+        host,
+        "c/odd",
+        Some("v1"),
+        vec![FixtureLayer::with_type(
+            ODD_MEDIA_TYPE,
+            odd_tar,
+            b"not lz4, not anything".to_vec(),
+        )],
+        false,
+        host_platform,
+    );
+    (app, other, index_digest)
+}
+
+/// What a real registry refuses to serve: `c/corrupt:v1` (a layer blob
+/// whose bytes do not match its digest, same size), `c/garbled:v1` (a
+/// manifest that is not JSON) and `c/secret:v1` (401).
+fn fake_fixtures(fake: &FakeRegistry) -> PushedImage {
+    let tar = tar_layer(&[("data/values.txt", "1 2 3 4 5\n".repeat(2000).as_bytes())]);
+    let corrupt = build_image(
+        &fake.host(),
+        "c/corrupt",
+        vec![FixtureLayer::plain(tar.clone())],
+        false,
+        ("linux", host_arch(), None),
+    );
+    let mut flipped = tar;
+    // Inside the file's content, past its 512-byte header: still a tar.
+    flipped[1000] ^= 0xff;
+    fake.add_image(
+        "c/corrupt",
+        "v1",
+        &corrupt.manifest,
+        &corrupt.config,
+        vec![(corrupt.layer_digests[0].clone(), flipped)],
+    );
+
+    let garbled = b"this is not a manifest {".to_vec();
+    fake.route(
+        "/v2/c/garbled/manifests/v1",
+        Route {
+            status: 200,
+            content_type: OCI_MANIFEST.into(),
+            headers: vec![("Docker-Content-Digest".into(), sha256(&garbled))],
+            body: garbled,
+        },
+    );
+    fake.route(
+        "/v2/c/secret/manifests/v1",
+        Route {
+            status: 401,
+            content_type: "application/json; charset=utf-8".into(),
+            headers: vec![("WWW-Authenticate".into(), "Basic realm=\"x\"".into())],
+            body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#
+                .to_vec(),
+        },
+    );
+    corrupt
+}
+
+/// A loopback port nobody listens on (free a moment ago).
+fn dead_host() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let host = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    host
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "{} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion, killing it after `limit`.
+fn run(what: &str, command: &mut Command, limit: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break (status, false);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break (child.wait().expect("reaping a killed child"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ran = Run {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        took: started.elapsed(),
+    };
+    assert!(
+        !timed_out,
+        "{what} did not finish within {limit:?}: {}",
+        ran.describe()
+    );
+    eprintln!("{what}: {} in {:.1?}", ran.status, ran.took);
+    ran
+}
+
+fn compile(what: &str, command: &mut Command) {
+    let ran = run(what, command, RUN_LIMIT);
+    assert!(
+        ran.status.success(),
+        "{what} failed: {}\ncommand: {command:?}",
+        ran.describe()
+    );
+}
+
+/// Checks `dst` holds exactly app's layer tars, byte for byte.
+fn assert_app_layers(dst: &Path, app: &PushedImage) {
+    let mut expected: Vec<PathBuf> = app
+        .diff_ids
+        .iter()
+        .map(|d| dst.join("sha256").join(d.strip_prefix("sha256:").unwrap()))
+        .collect();
+    expected.sort();
+    assert_eq!(files_under(dst), expected, "files under {}", dst.display());
+    for (diff_id, layer) in app.diff_ids.iter().zip(&app.layers) {
+        let path = dst
+            .join("sha256")
+            .join(diff_id.strip_prefix("sha256:").unwrap());
+        let content = std::fs::read(&path).unwrap();
+        assert!(
+            content == layer.tar,
+            "{} has {} bytes ({}), expected the layer's {} bytes",
+            path.display(),
+            content.len(),
+            sha256(&content),
+            layer.tar.len()
+        );
+    }
+}
+
+/// What `pull` prints for app: `<diff_id> <tar size>` per layer, bottom first.
+fn pull_output(app: &PushedImage) -> String {
+    app.diff_ids
+        .iter()
+        .zip(&app.layers)
+        .map(|(diff_id, layer)| format!("{diff_id} {}\n", layer.tar.len()))
+        .collect()
+}
+
+fn pull(program: &Path, args: &[&Path]) -> Run {
+    let name = program.file_name().unwrap().to_string_lossy().into_owned();
+    run(&name, Command::new(program).args(args), RUN_LIMIT)
+}
+
+fn assert_pulled(ran: &Run, app: &PushedImage, what: &str) {
+    assert!(ran.status.success(), "{what}: {}", ran.describe());
+    assert_eq!(ran.stdout, pull_output(app), "{what}: {}", ran.describe());
+}
+
+/// Sets everything api_test.c reads.
+fn api_test_env(command: &mut Command, fixtures: &Fixtures, hosts: (&str, &str, &str), tmp: &Path) {
+    let (host, fake, dead) = hosts;
+    let app = &fixtures.app;
+    command
+        .env("OCI_TEST_HOST", host)
+        .env("OCI_TEST_FAKE", fake)
+        .env("OCI_TEST_DEAD", dead)
+        .env("OCI_TEST_TMP", tmp)
+        .env("OCI_TEST_APP_DIGEST", &app.manifest_digest)
+        .env("OCI_TEST_MULTI_DIGEST", &fixtures.index_digest)
+        .env("OCI_TEST_OTHER_DIGEST", &fixtures.other.manifest_digest)
+        .env("OCI_TEST_HOST_PLATFORM", format!("linux/{}", host_arch()))
+        .env("OCI_TEST_OTHER_PLATFORM", format!("linux/{}", other_arch()))
+        .env("OCI_TEST_ODD_MEDIA_TYPE", ODD_MEDIA_TYPE)
+        .env(
+            "OCI_TEST_CORRUPT_DIGEST",
+            &fixtures.corrupt.layer_digests[0],
+        );
+    for (i, layer) in app.layers.iter().enumerate() {
+        command
+            .env(format!("OCI_TEST_LAYER{i}_DIGEST"), &app.layer_digests[i])
+            .env(format!("OCI_TEST_LAYER{i}_DIFF_ID"), &app.diff_ids[i])
+            .env(format!("OCI_TEST_LAYER{i}_MEDIA_TYPE"), &layer.media_type)
+            .env(
+                format!("OCI_TEST_LAYER{i}_SIZE"),
+                layer.blob.len().to_string(),
+            )
+            .env(
+                format!("OCI_TEST_LAYER{i}_TAR_SIZE"),
+                layer.tar.len().to_string(),
+            );
+    }
+}
+
+/// Checks an api_test run: exit 0, and a last line counting every check.
+fn assert_api_test(ran: &Run, tmp: &Path, host: &str, app: &PushedImage, what: &str) {
+    let last = ran.stdout.lines().last().unwrap_or_default();
+    let expected = format!("{API_TEST_CHECKS} passed, 0 failed");
+    assert!(
+        ran.status.success() && last == expected,
+        "{what}: expected exit 0 and a last line {expected:?}, got {:?}: {}",
+        last,
+        ran.describe()
+    );
+    // The files the C side checked by fd are the layers, byte for byte.
+    for dir in ["happy", "free-order", "fork", "fd-growth", "threads"] {
+        assert_app_layers(&tmp.join(dir), app);
+    }
+    // Its cache kept a store, recording what it fetched by reference.
+    let index = std::fs::read_to_string(tmp.join("store/index.json")).unwrap_or_default();
+    let ref_name = format!("\"org.opencontainers.image.ref.name\":\"{host}/c/app:v1\"");
+    assert!(
+        index.replace(": ", ":").contains(&ref_name),
+        "{what}: the store's index.json does not record {host}/c/app:v1: {index}"
+    );
+}
+
+/// The byte count of a leak summary line such as
+/// `==123==    definitely lost: 1,024 bytes in 3 blocks`.
+fn lost_bytes(line: &str) -> u64 {
+    let after = line.split_once("lost:").map_or("", |(_, rest)| rest);
+    let number: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("no byte count in {line:?}"))
+}
+
+#[test]
+fn c_programs_use_the_c_abi() {
+    let started = Instant::now();
+    let lib = library_dir();
+    let root = manifest_dir();
+    let include = root.join("include");
+    let work = tempfile::Builder::new()
+        .prefix("oci-cache-c-api-")
+        .tempdir()
+        .expect("creating a temp dir");
+    let work = work.path();
+
+    // Builds first: a program that does not compile needs no registry.
+    let api_test = work.join("api_test");
+    compile(
+        "cc api_test.c",
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-D_POSIX_C_SOURCE=200809L", "-g", "-I"])
+            .arg(&include)
+            .arg(root.join("tests/c/api_test.c"))
+            .arg("-o")
+            .arg(&api_test)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-loci_cache")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lpthread"),
+    );
+    compile(
+        "the header as C11",
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-fsyntax-only", "-x", "c"])
+            .arg(include.join("oci_cache.h")),
+    );
+    compile(
+        "the header as C++17",
+        Command::new("g++")
+            .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-fsyntax-only", "-I"])
+            .arg(&include)
+            .arg(root.join("tests/c/header_cpp.cpp")),
+    );
+    // -B: the Makefile does not know pull-static depends on liboci_cache.a.
+    compile(
+        "make -C examples-c",
+        Command::new("make")
+            .arg("-B")
+            .arg("-C")
+            .arg(root.join("examples-c"))
+            .arg(format!("OCI_CACHE_LIB={}", lib.display()))
+            .arg("CC=cc"),
+    );
+    let pull_shared = root.join("examples-c/pull-shared");
+    let pull_static = root.join("examples-c/pull-static");
+
+    let mut registry = Registry::start();
+    let host = registry.host();
+    let (app, other, index_digest) = push_fixtures(&host);
+    let fake = FakeRegistry::start();
+    let corrupt = fake_fixtures(&fake);
+    let fixtures = Fixtures {
+        app,
+        other,
+        index_digest,
+        corrupt,
+    };
+    let app = &fixtures.app;
+    let dead = dead_host();
+    eprintln!(
+        "registries up, fixtures pushed at {:.1?}",
+        started.elapsed()
+    );
+
+    // The example, cold: both link styles, with a store and without.
+    let app_ref = PathBuf::from(format!("{host}/c/app:v1"));
+    let dir = |name: &str| {
+        let path = work.join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    };
+    let (shared_dst, shared_store) = (dir("shared-dst"), work.join("shared-store"));
+    let (static_dst, static_store) = (dir("static-dst"), work.join("static-store"));
+    let bare_dst = dir("bare-dst");
+    let ran = pull(&pull_shared, &[&app_ref, &shared_dst, &shared_store]);
+    assert_pulled(&ran, app, "pull-shared, cold");
+    assert_app_layers(&shared_dst, app);
+    let ran = pull(&pull_static, &[&app_ref, &static_dst, &static_store]);
+    assert_pulled(&ran, app, "pull-static, cold");
+    assert_app_layers(&static_dst, app);
+    let ran = pull(&pull_shared, &[&app_ref, &bare_dst]);
+    assert_pulled(&ran, app, "pull-shared without a store");
+    for program in [&pull_shared, &pull_static] {
+        let ran = pull(program, &[Path::new("Not A Reference!"), &bare_dst]);
+        assert!(
+            ran.status.code() == Some(1)
+                && ran.stdout.is_empty()
+                && ran.stderr.contains("oci_fetch_image"),
+            "{}: a bad reference should exit 1 naming oci_fetch_image: {}",
+            program.display(),
+            ran.describe()
+        );
+    }
+    assert_app_layers(&bare_dst, app);
+
+    // api_test.c, plainly, then under valgrind, each in its own directory.
+    let fake_host = fake.host();
+    let hosts = (host.as_str(), fake_host.as_str(), dead.as_str());
+    let plain_tmp = dir("api-plain");
+    let mut command = Command::new(&api_test);
+    api_test_env(&mut command, &fixtures, hosts, &plain_tmp);
+    let ran = run("api_test", &mut command, RUN_LIMIT);
+    assert_api_test(&ran, &plain_tmp, &host, app, "api_test");
+
+    require_tool(
+        "valgrind",
+        "apt-get install -y --no-install-recommends valgrind",
+    );
+    let valgrind_tmp = dir("api-valgrind");
+    let valgrind_log = work.join("valgrind.log");
+    let mut command = Command::new("valgrind");
+    command
+        .args([
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=99",
+            "--child-silent-after-fork=yes",
+            "--num-callers=40",
+        ])
+        .arg(format!("--log-file={}", valgrind_log.display()))
+        .arg(&api_test);
+    api_test_env(&mut command, &fixtures, hosts, &valgrind_tmp);
+    // The forked child leaks its cache's runtime on purpose (its threads did
+    // not survive the fork), so valgrind, silent there, still makes the
+    // child exit 99: api_test.c accepts that code from the child alone.
+    command.env("OCI_TEST_VALGRIND_EXIT", "99");
+    let ran = run("api_test under valgrind", &mut command, VALGRIND_LIMIT);
+    let log = std::fs::read_to_string(&valgrind_log).unwrap_or_default();
+    let with_log = || format!("{}\n--- valgrind log\n{log}", ran.describe());
+    assert!(
+        log.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind found errors: {}",
+        with_log()
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("definitely lost:") || l.contains("indirectly lost:"))
+    {
+        assert_eq!(lost_bytes(line), 0, "valgrind: {line}\n{}", with_log());
+    }
+    assert_api_test(&ran, &valgrind_tmp, &host, app, "api_test under valgrind");
+
+    // Last, the warm path with the registry gone: the store and dst suffice,
+    // and the layer files are opened where they are, not written again.
+    let inodes = |dst: &Path| -> Vec<u64> {
+        files_under(dst)
+            .iter()
+            .map(|path| path.metadata().unwrap().ino())
+            .collect()
+    };
+    let (shared_inodes, static_inodes) = (inodes(&shared_dst), inodes(&static_dst));
+    registry.stop();
+    let ran = pull(&pull_shared, &[&app_ref, &shared_dst, &shared_store]);
+    assert_pulled(&ran, app, "pull-shared, warm, registry stopped");
+    let ran = pull(&pull_static, &[&app_ref, &static_dst, &static_store]);
+    assert_pulled(&ran, app, "pull-static, warm, registry stopped");
+    assert_app_layers(&shared_dst, app);
+    assert_app_layers(&static_dst, app);
+    assert_eq!(
+        inodes(&shared_dst),
+        shared_inodes,
+        "pull-shared rewrote layers"
+    );
+    assert_eq!(
+        inodes(&static_dst),
+        static_inodes,
+        "pull-static rewrote layers"
+    );
+    eprintln!("c_api done in {:.1?}", started.elapsed());
+}
