@@ -47,6 +47,7 @@ install: lib
 	    oci-cache.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/oci-cache.pc
 
 test: setup header-check lib
+	bash scripts/install-check.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
