@@ -170,3 +170,43 @@ pub extern "C" fn oci_cache_resolve(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+    use std::ptr::{null, null_mut};
+
+    use super::*;
+    use crate::ffi::{oci_error_free, oci_error_message, OCI_E_INVALID_ARGUMENT, OCI_OK};
+
+    #[test]
+    fn blocking_calls_from_inside_a_runtime_fail_instead_of_deadlocking() {
+        let mut cache = null_mut();
+        assert_eq!(oci_cache_new(null(), &mut cache, null_mut()), OCI_OK);
+        let inside = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let reference = c"registry.example/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let (status, message) = inside.block_on(async {
+            let mut digest = [0 as c_char; 80];
+            let mut err = null_mut();
+            let status = oci_cache_resolve(
+                cache,
+                reference.as_ptr(),
+                null(),
+                digest.as_mut_ptr(),
+                digest.len(),
+                &mut err,
+            );
+            // SAFETY: the call failed, so `err` is a live error with a C string message.
+            let message = unsafe { CStr::from_ptr(oci_error_message(err)) }
+                .to_string_lossy()
+                .into_owned();
+            oci_error_free(err);
+            (status, message)
+        });
+        assert_eq!(status, OCI_E_INVALID_ARGUMENT);
+        assert!(message.contains("deadlock"), "{message}");
+        oci_cache_free(cache);
+    }
+}
