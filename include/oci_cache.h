@@ -79,6 +79,15 @@ typedef struct oci_layer_reader oci_layer_reader;
 // values are stable across releases.
 typedef int32_t oci_status;
 
+// A progress callback: called with `user_data`, the layer's index (bottom
+// first), its blob digest, the compressed bytes received so far and the
+// blob's size, and the uncompressed bytes written so far and their total
+// (-1 while unknown: the total is given with a layer's last report). It
+// runs on the thread that made the call, never concurrently with itself;
+// returning non-zero cancels the call (`OCI_E_CANCELED`). It must not make
+// blocking oci_* calls: they fail with `OCI_E_INVALID_ARGUMENT`.
+typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *digest, uint64_t downloaded, int64_t download_total, uint64_t written, int64_t written_total);
+
 // Success.
 #define OCI_OK 0
 
@@ -245,6 +254,28 @@ oci_status oci_cache_options_set_platform(oci_cache_options *options, const char
 // always are; other hosts need HTTPS unless added here.
 oci_status oci_cache_options_add_insecure_registry(oci_cache_options *options, const char *host);
 
+// Presents `username` and `password` to `host` (`"host[:port]"` as in
+// references; Docker Hub is `"index.docker.io"`), overriding auth files.
+oci_status oci_cache_options_add_credentials(oci_cache_options *options, const char *host, const char *username, const char *password);
+
+// Reads credentials from the docker/podman auth file at `path` only,
+// instead of looking in `$REGISTRY_AUTH_FILE`,
+// `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
+// and `~/.docker/config.json`.
+oci_status oci_cache_options_set_auth_file(oci_cache_options *options, const char *path);
+
+// Trusts the CA certificates in the PEM file at `pem_path` for every registry.
+oci_status oci_cache_options_add_ca_certificate(oci_cache_options *options, const char *pem_path);
+
+// Trusts the CA certificates in the PEM file at `pem_path` for `host`
+// (`"host[:port]"`) only.
+oci_status oci_cache_options_add_host_ca_certificate(oci_cache_options *options, const char *host, const char *pem_path);
+
+// How many times a request is tried on connection trouble, 5xx or 429
+// (default 4, at least 1); also how many times an interrupted blob
+// download is resumed.
+oci_status oci_cache_options_set_attempts(oci_cache_options *options, uint32_t attempts);
+
 // Threads of the cache's internal runtime (default 2, at least 1). Blocking
 // work (decompression, hashing, disk writes) runs on separate threads.
 oci_status oci_cache_options_set_worker_threads(oci_cache_options *options, size_t threads);
@@ -272,6 +303,19 @@ oci_status oci_call_options_new(oci_call_options **options_out);
 // Makes calls using `options` cancelable with `cancel` (NULL removes it).
 // The options hold their own reference to the token.
 oci_status oci_call_options_set_cancel(oci_call_options *options, oci_cancel *cancel);
+
+// Fails calls using `options` with `OCI_E_TIMEOUT` once they have run for
+// `ms` milliseconds (0 removes the deadline).
+oci_status oci_call_options_set_deadline_ms(oci_call_options *options, uint64_t ms);
+
+// Fails calls using `options` with `OCI_E_TIMEOUT` when a registry sends
+// nothing (no response, or no next bytes of one) for `ms` milliseconds
+// (0 removes the limit).
+oci_status oci_call_options_set_stall_timeout_ms(oci_call_options *options, uint64_t ms);
+
+// Reports progress of calls using `options` to `callback` with
+// `user_data` (see `oci_progress_fn`); a NULL callback removes it.
+oci_status oci_call_options_set_progress(oci_call_options *options, oci_progress_fn callback, void *user_data);
 
 // Frees `options`. NULL is a no-op.
 void oci_call_options_free(oci_call_options *options);

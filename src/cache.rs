@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, Weak};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 
+use crate::call::CallOptions;
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{self, PendingFile};
 use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
-use crate::registry::Registry;
+use crate::registry::{Limits, Registry, RegistryConfig};
 use crate::store::Store;
 
 /// How an [`ImageCache`] is set up. Every setting has a default.
@@ -26,7 +27,7 @@ use crate::store::Store;
 pub struct CacheOptions {
     store: Option<PathBuf>,
     platform: Option<Platform>,
-    insecure_registries: Vec<String>,
+    registry: RegistryConfig,
     max_concurrent_layers: usize,
 }
 
@@ -35,7 +36,7 @@ impl Default for CacheOptions {
         CacheOptions {
             store: None,
             platform: None,
-            insecure_registries: Vec::new(),
+            registry: RegistryConfig::default(),
             max_concurrent_layers: 3,
         }
     }
@@ -65,7 +66,58 @@ impl CacheOptions {
     /// Reaches `host` (`host[:port]`) over plain HTTP. Loopback registries
     /// always are; every other host needs HTTPS unless listed here.
     pub fn insecure_registry(mut self, host: impl Into<String>) -> CacheOptions {
-        self.insecure_registries.push(host.into());
+        self.registry.insecure_hosts.push(host.into());
+        self
+    }
+
+    /// Presents `username` and `password` to `host` (`host[:port]`, as in
+    /// references; Docker Hub is `index.docker.io`). Overrides auth files.
+    pub fn credentials(
+        mut self,
+        host: impl Into<String>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> CacheOptions {
+        self.registry
+            .credentials
+            .explicit
+            .push((host.into(), username.into(), password.into()));
+        self
+    }
+
+    /// Reads credentials from this docker/podman auth file only, instead of
+    /// looking in `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// `$DOCKER_CONFIG/config.json` and `~/.docker/config.json`.
+    pub fn auth_file(mut self, path: impl Into<PathBuf>) -> CacheOptions {
+        self.registry.credentials.auth_file = Some(path.into());
+        self
+    }
+
+    /// How many times a request is tried when it fails on connection
+    /// trouble, 5xx or 429 (default 4, at least 1), with exponential backoff
+    /// and jitter between tries; also how many times an interrupted blob
+    /// download is resumed.
+    pub fn attempts(mut self, attempts: u32) -> CacheOptions {
+        self.registry.attempts = attempts;
+        self
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` for every registry.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> CacheOptions {
+        self.registry.ca_certificates.push(path.into());
+        self
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` for `host`
+    /// (`host[:port]`) only.
+    pub fn host_ca_certificate(
+        mut self,
+        host: impl Into<String>,
+        path: impl Into<PathBuf>,
+    ) -> CacheOptions {
+        self.registry
+            .host_ca_certificates
+            .push((host.into(), path.into()));
         self
     }
 
@@ -164,6 +216,7 @@ impl Layer {
 #[derive(Clone)]
 pub struct ImageCache {
     inner: Arc<Inner>,
+    call: CallOptions,
 }
 
 struct Inner {
@@ -188,22 +241,45 @@ impl ImageCache {
                 "max_concurrent_layers must be at least 1".into(),
             ));
         }
+        if options.registry.attempts == 0 {
+            return Err(Error::InvalidArgument("attempts must be at least 1".into()));
+        }
         let store = options.store.as_deref().map(Store::open).transpose()?;
         Ok(ImageCache {
             inner: Arc::new(Inner {
-                registry: Registry::new(options.insecure_registries),
+                registry: Registry::new(options.registry),
                 store,
                 platform: options.platform,
                 max_concurrent_layers: options.max_concurrent_layers,
                 extracting: Mutex::new(HashMap::new()),
             }),
+            call: CallOptions::default(),
         })
+    }
+
+    /// This cache, with `options` applied to every call made through the
+    /// returned clone (which shares everything else with `self`).
+    pub fn with_call_options(&self, options: CallOptions) -> ImageCache {
+        ImageCache {
+            inner: self.inner.clone(),
+            call: options,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            stall_timeout: self.call.stall_limit(),
+        }
     }
 
     /// The digest `reference` names: its pinned digest, else the one the
     /// store records for it, else the registry's. For a multi-platform image
     /// this is the index's digest.
     pub async fn resolve(&self, reference: &str) -> Result<Digest> {
+        self.call.bounded(self.resolve_now(reference)).await
+    }
+
+    async fn resolve_now(&self, reference: &str) -> Result<Digest> {
         let reference = parse_reference(reference)?;
         if let Some(pinned) = reference.digest() {
             return Digest::parse(pinned);
@@ -213,7 +289,7 @@ impl ImageCache {
                 return descriptor.digest();
             }
         }
-        self.inner.registry.resolve(&reference).await
+        self.inner.registry.resolve(&reference, self.limits()).await
     }
 
     /// Reads the manifest and config of `reference` for `platform` (default:
@@ -226,6 +302,12 @@ impl ImageCache {
     /// A tag the store already records is served from the store without
     /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
+        self.call
+            .bounded(self.fetch_image_now(reference, platform))
+            .await
+    }
+
+    async fn fetch_image_now(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         let reference = parse_reference(reference)?;
         let name = reference.whole();
         // A platform the caller chose is enforced even on single-platform
@@ -248,9 +330,10 @@ impl ImageCache {
                 let what = format!("manifest {digest} of {name}");
                 let by_digest = reference.clone_with_digest(digest.to_string());
                 let registry = &self.inner.registry;
+                let limits = self.limits();
                 let bytes = self
                     .load(&digest, &mut fetched, async {
-                        Ok(registry.manifest(&by_digest).await?.0)
+                        Ok(registry.manifest(&by_digest, limits).await?.0)
                     })
                     .await?;
                 check_size(bytes.len() as u64, entry.size, &what)?;
@@ -270,9 +353,12 @@ impl ImageCache {
             .load(
                 &config_digest,
                 &mut fetched,
-                self.inner
-                    .registry
-                    .small_blob(&reference, &config_digest, config.size),
+                self.inner.registry.small_blob(
+                    &reference,
+                    &config_digest,
+                    config.size,
+                    self.limits(),
+                ),
             )
             .await?;
         let summary =
@@ -331,9 +417,13 @@ impl ImageCache {
     /// end only after the blob's digest and size and the tar's diff_id
     /// matched; a mismatch is a read error.
     pub async fn fetch_layer(&self, image: &Image, index: usize) -> Result<LayerReader> {
-        let check = layer_check(image, index)?;
-        let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
-        Ok(layer::stream(check, blob, copy))
+        self.call
+            .bounded(async {
+                let check = self.layer_check(image, index)?;
+                let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
+                Ok(layer::stream(check, blob, copy))
+            })
+            .await
     }
 
     /// Writes layer `index` of `image` to `dst/<alg>/<hex of diff_id>`
@@ -341,7 +431,9 @@ impl ImageCache {
     /// 0. `dst` must exist. The file appears whole and verified, or not at all.
     pub async fn extract_layer(&self, image: &Image, index: usize, dst: &Path) -> Result<File> {
         let dst = existing_dir(dst)?;
-        self.extract(image, index, &dst, false).await
+        self.call
+            .bounded(self.extract(image, index, &dst, false))
+            .await
     }
 
     /// [`extract_layer`](Self::extract_layer) for every layer, bottom first,
@@ -359,11 +451,11 @@ impl ImageCache {
 
     async fn extract_all(&self, image: &Image, dst: &Path, reuse: bool) -> Result<Vec<File>> {
         let dst = existing_dir(dst)?;
-        futures_util::stream::iter(0..image.layers.len())
+        let all = futures_util::stream::iter(0..image.layers.len())
             .map(|index| self.extract(image, index, &dst, reuse))
             .buffered(self.inner.max_concurrent_layers)
-            .try_collect()
-            .await
+            .try_collect();
+        self.call.bounded(all).await
     }
 
     async fn extract(&self, image: &Image, index: usize, dst: &Path, reuse: bool) -> Result<File> {
@@ -376,7 +468,7 @@ impl ImageCache {
                 return Ok(file);
             }
         }
-        let check = layer_check(image, index)?;
+        let check = self.layer_check(image, index)?;
         let (blob, copy) = self.open_blob(image, layer).await?;
         layer::extract(check, blob, copy, dst).await
     }
@@ -395,7 +487,13 @@ impl ImageCache {
         let stream = self
             .inner
             .registry
-            .blob(&image.repository, &layer.digest, layer.size, &layer.urls)
+            .blob(
+                &image.repository,
+                &layer.digest,
+                layer.size,
+                &layer.urls,
+                self.limits(),
+            )
             .await?;
         let copy = store.map(|s| s.ingest(&layer.digest)).transpose()?;
         Ok((Blob::Remote(stream), copy))
@@ -422,7 +520,11 @@ impl ImageCache {
                 }
             }
         }
-        let (content, digest) = self.inner.registry.manifest(reference).await?;
+        let (content, digest) = self
+            .inner
+            .registry
+            .manifest(reference, self.limits())
+            .await?;
         fetched.push((digest.clone(), content.clone()));
         Ok((content, digest))
     }
@@ -442,6 +544,27 @@ impl ImageCache {
         let content = remote.await?;
         fetched.push((digest.clone(), content.clone()));
         Ok(content)
+    }
+}
+
+impl ImageCache {
+    /// What layer `index` of `image` must match, and where its progress goes.
+    fn layer_check(&self, image: &Image, index: usize) -> Result<LayerCheck> {
+        let layer = image.layer(index)?;
+        let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
+        let compression = Compression::of(&layer.media_type).map_err(|e| match e {
+            Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
+            other => other,
+        })?;
+        Ok(LayerCheck {
+            what,
+            index,
+            digest: layer.digest.clone(),
+            size: layer.size,
+            diff_id: layer.diff_id.clone(),
+            compression,
+            progress: self.call.progress_fn(),
+        })
     }
 }
 
@@ -503,22 +626,6 @@ fn select_platform<'a>(
         "{name} has no manifest for platform {platform}; available: {}",
         available.join(", ")
     )))
-}
-
-fn layer_check(image: &Image, index: usize) -> Result<LayerCheck> {
-    let layer = image.layer(index)?;
-    let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
-    let compression = Compression::of(&layer.media_type).map_err(|e| match e {
-        Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
-        other => other,
-    })?;
-    Ok(LayerCheck {
-        what,
-        digest: layer.digest.clone(),
-        size: layer.size,
-        diff_id: layer.diff_id.clone(),
-        compression,
-    })
 }
 
 /// `dst`, made absolute, so that one layer tar has one lock whatever

@@ -9,13 +9,17 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
+use crate::call::{Progress, ProgressFn};
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fs::{self, PendingFile, CONTENT_MODE};
@@ -64,10 +68,13 @@ impl Compression {
 pub(crate) struct LayerCheck {
     /// Names the layer in error messages, e.g. `layer 2 (sha256:…) of REF`.
     pub what: String,
+    /// The layer's index in its image, for progress reports.
+    pub index: usize,
     pub digest: Digest,
     pub size: u64,
     pub diff_id: Digest,
     pub compression: Compression,
+    pub progress: Option<ProgressFn>,
 }
 
 /// Where a layer's compressed bytes come from.
@@ -92,6 +99,9 @@ pub(crate) async fn extract(
 ) -> Result<File> {
     let path = tar_path(dst, &check.diff_id);
     let input = Input::start(blob, copy, &check);
+    // Dropping this future (a deadline, a cancel) stops the blocking work at
+    // its next read, which then removes its temp files.
+    let _abandon = Abandon(input.abandoned.clone(), input.feeder.clone());
     blocking(move || {
         fs::create_dir_all(path.parent().expect("tar paths have a parent"))?;
         let tar = PendingFile::create(path.clone(), CONTENT_MODE)?;
@@ -124,6 +134,18 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
     }
 }
 
+/// Marks the work of a dropped call as abandoned and stops its download.
+struct Abandon(Arc<AtomicBool>, Option<AbortHandle>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(feeder) = &self.1 {
+            feeder.abort();
+        }
+    }
+}
+
 /// Runs `work` on a blocking thread; a panic there goes on in the caller.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
@@ -145,9 +167,18 @@ fn unpack<W: Write>(
     mut input: Input,
     out: W,
 ) -> Result<(W, Option<PendingFile>)> {
+    let reporter = check.progress.clone().map(|report| Reporter {
+        report,
+        layer: check.index,
+        digest: check.digest.clone(),
+        total: check.size,
+        downloaded: input.downloaded.clone(),
+    });
     let hashing = HashingWriter {
         inner: out,
         hasher: check.diff_id.hasher(),
+        written: 0,
+        reporter,
     };
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, hashing);
     let decoded = match check.compression {
@@ -177,6 +208,9 @@ fn unpack<W: Write>(
         .map_err(|e| Error::from_io(e.into_error(), |e| Error::Io(e.to_string())))?;
     let what = format!("{} uncompressed (diff_id)", check.what);
     hashing.hasher.finish().expect(&check.diff_id, &what)?;
+    if let Some(reporter) = &hashing.reporter {
+        reporter.report(hashing.written, Some(hashing.written));
+    }
     Ok((hashing.inner, copy))
 }
 
@@ -187,6 +221,13 @@ struct Input {
     chunk: Bytes,
     hasher: Hasher,
     received: u64,
+    // `received`, for progress reports made on the output side.
+    downloaded: Arc<AtomicU64>,
+    // Set when the call that started this work was dropped.
+    abandoned: Arc<AtomicBool>,
+    // The task pulling a remote blob, stopped when the work is abandoned so
+    // that a read blocked on a silent registry wakes up at once.
+    feeder: Option<AbortHandle>,
     size: u64,
     copy: Option<PendingFile>,
     digest: Digest,
@@ -200,18 +241,19 @@ enum Source {
 impl Input {
     /// Starts reading `blob`; a remote one is pulled by a task on the runtime.
     fn start(blob: Blob, copy: Option<PendingFile>, check: &LayerCheck) -> Input {
+        let mut feeder = None;
         let source = match blob {
             Blob::Local(file) => Source::File(file),
             Blob::Remote(mut stream) => {
                 let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
-                tokio::spawn(async move {
+                feeder = Some(tokio::spawn(async move {
                     while let Some(chunk) = stream.next().await {
                         let last = chunk.is_err();
                         if sender.send(chunk).await.is_err() || last {
                             break;
                         }
                     }
-                });
+                }));
                 Source::Channel(receiver)
             }
         };
@@ -220,6 +262,9 @@ impl Input {
             chunk: Bytes::new(),
             hasher: check.digest.hasher(),
             received: 0,
+            downloaded: Arc::default(),
+            abandoned: Arc::default(),
+            feeder: feeder.map(|task| task.abort_handle()),
             size: check.size,
             copy,
             digest: check.digest.clone(),
@@ -238,6 +283,10 @@ impl Input {
 
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            let err = Error::Canceled(format!("blob {}: the call was dropped", self.digest));
+            return Err(err.into_io());
+        }
         let n = match &mut self.source {
             Source::File(file) => file.read(buf).map_err(|e| {
                 Error::Io(format!("reading store blob {}: {e}", self.digest)).into_io()
@@ -246,6 +295,13 @@ impl Read for Input {
                 if self.chunk.is_empty() {
                     match receiver.blocking_recv() {
                         Some(chunk) => self.chunk = chunk?,
+                        None if self.abandoned.load(Ordering::Relaxed) => {
+                            let err = Error::Canceled(format!(
+                                "blob {}: the call was dropped",
+                                self.digest
+                            ));
+                            return Err(err.into_io());
+                        }
                         None => return Ok(0),
                     }
                 }
@@ -255,6 +311,7 @@ impl Read for Input {
             }
         };
         self.received += n as u64;
+        self.downloaded.store(self.received, Ordering::Relaxed);
         if self.received > self.size {
             let err = Error::DigestMismatch(format!(
                 "blob {} is larger than its descriptor's {} bytes",
@@ -270,21 +327,49 @@ impl Read for Input {
     }
 }
 
-/// Hashes what passes through it.
+/// Hashes and counts what passes through it, reporting progress.
 struct HashingWriter<W> {
     inner: W,
     hasher: Hasher,
+    written: u64,
+    reporter: Option<Reporter>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        if let Some(reporter) = &self.reporter {
+            reporter.report(self.written, None);
+        }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Sends one layer's progress reports.
+struct Reporter {
+    report: ProgressFn,
+    layer: usize,
+    digest: Digest,
+    total: u64,
+    downloaded: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    fn report(&self, written: u64, written_total: Option<u64>) {
+        (self.report)(&Progress {
+            layer: self.layer,
+            digest: self.digest.clone(),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+            download_total: Some(self.total),
+            written,
+            written_total,
+        });
     }
 }
 

@@ -29,6 +29,8 @@
 //! `fs`, `error`).
 
 mod cache;
+mod call;
+mod credentials;
 mod digest;
 mod error;
 pub mod ffi;
@@ -40,6 +42,7 @@ mod registry;
 mod store;
 
 pub use cache::{CacheOptions, Image, ImageCache, Layer};
+pub use call::{CallOptions, Progress, ProgressFn};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use layer::LayerReader;

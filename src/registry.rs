@@ -4,21 +4,30 @@
 //! verifies digests (and manifests are checked here against the pinned
 //! digest and `Docker-Content-Digest`).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol, LayerDescriptor};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, LayerDescriptor,
+    SizedStream,
+};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
-use once_cell::sync::OnceCell;
 
+use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 
@@ -28,66 +37,202 @@ pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 const USER_AGENT: &str = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
 
-/// Chunks of a blob as they arrive from the network.
+/// Chunks of a blob as they arrive from the network; errors in it wrap an [`Error`].
 pub(crate) type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
-/// Clients for every registry this cache talks to.
+/// How registries are reached: which hosts speak plain HTTP, which CAs are
+/// trusted, and where credentials come from.
+#[derive(Debug, Clone)]
+pub(crate) struct RegistryConfig {
+    /// `host[:port]`s reached over plain HTTP, besides loopback hosts.
+    pub insecure_hosts: Vec<String>,
+    /// PEM files of CAs trusted for every registry.
+    pub ca_certificates: Vec<PathBuf>,
+    /// PEM files of CAs trusted for one `host[:port]`.
+    pub host_ca_certificates: Vec<(String, PathBuf)>,
+    pub credentials: CredentialSources,
+    /// Tries per request (and resumes per blob) on transient failures.
+    pub attempts: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure_hosts: Vec::new(),
+            ca_certificates: Vec::new(),
+            host_ca_certificates: Vec::new(),
+            credentials: CredentialSources::default(),
+            attempts: 4,
+        }
+    }
+}
+
+/// Clients for every registry this cache talks to, one per host.
 pub(crate) struct Registry {
-    https: OnceCell<Client>,
-    plain_http: OnceCell<Client>,
-    insecure_hosts: Vec<String>,
+    config: RegistryConfig,
+    // One client per host: each has its own TLS roots and credentials, and
+    // oci-client keeps the first credentials stored for a host.
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Host>>>>,
+}
+
+/// A host's client and the credentials it presents.
+#[derive(Clone)]
+struct Host {
+    client: Client,
+    auth: RegistryAuth,
 }
 
 impl Registry {
-    /// `insecure_hosts` (`host[:port]`) are reached over plain HTTP, as are
-    /// loopback hosts; everything else needs HTTPS.
-    pub(crate) fn new(insecure_hosts: Vec<String>) -> Registry {
+    pub(crate) fn new(config: RegistryConfig) -> Registry {
         Registry {
-            https: OnceCell::new(),
-            plain_http: OnceCell::new(),
-            insecure_hosts,
+            config,
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The client for `reference`'s registry, built on first use: building
-    /// one loads the system's CA certificates, which a warm cache never needs.
-    async fn client(&self, reference: &Reference) -> Result<&Client> {
-        let host = reference.resolve_registry();
-        let (cell, protocol) = if is_loopback(host) || self.insecure_hosts.iter().any(|h| h == host)
-        {
-            (&self.plain_http, ClientProtocol::Http)
-        } else {
-            (&self.https, ClientProtocol::Https)
+    /// The client for `reference`'s registry, made on first use: making one
+    /// loads CA certificates and may run a credential helper, which a warm
+    /// cache never needs.
+    async fn host(&self, reference: &Reference) -> Result<Host> {
+        let name = reference.resolve_registry().to_owned();
+        let cell = {
+            let mut hosts = self
+                .hosts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            hosts.entry(name.clone()).or_default().clone()
         };
-        let client = cell.get_or_try_init(|| {
-            Client::try_from(ClientConfig {
-                protocol,
-                user_agent: USER_AGENT,
-                ..ClientConfig::default()
+        let host = cell.get_or_try_init(|| self.connect(name)).await?;
+        Ok(host.clone())
+    }
+
+    async fn connect(&self, name: String) -> Result<Host> {
+        let plain_http = is_loopback(&name) || self.config.insecure_hosts.contains(&name);
+        let host_cas = self
+            .config
+            .host_ca_certificates
+            .iter()
+            .filter(|(h, _)| *h == name)
+            .map(|(_, p)| p);
+        let extra_root_certificates = self
+            .config
+            .ca_certificates
+            .iter()
+            .chain(host_cas)
+            .map(|path| {
+                let data = std::fs::read(path)
+                    .map_err(|e| Error::io("reading CA certificate", path, e))?;
+                Ok(Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                })
             })
-            .map_err(|e| Error::InvalidArgument(format!("registry client configuration: {e}")))
-        })?;
-        // Blob pulls take no credentials argument: register them for the host first.
-        client
-            .store_auth_if_needed(host, &RegistryAuth::Anonymous)
-            .await;
-        Ok(client)
+            .collect::<Result<Vec<_>>>()?;
+        let client = Client::try_from(ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            extra_root_certificates,
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        })
+        .map_err(|e| Error::InvalidArgument(format!("client for registry {name}: {e}")))?;
+
+        let sources = self.config.credentials.clone();
+        let lookup_name = name.clone();
+        let credential = tokio::task::spawn_blocking(move || {
+            credentials::lookup(&lookup_name, &sources, &credentials::ProcessEnvironment)
+        })
+        .await
+        .map_err(|e| Error::Unauthorized(format!("looking up credentials for {name}: {e}")))??;
+        let auth = match credential {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            Credential::IdentityToken(_) => {
+                return Err(Error::Unsupported(format!(
+                    "the credentials for {name} are an identity token (OAuth2 refresh token), which is not supported yet; \
+                     store a username and password instead"
+                )))
+            }
+        };
+        // Calls without a credentials argument (blob pulls) find them here.
+        client.store_auth_if_needed(&name, &auth).await;
+        Ok(Host { client, auth })
+    }
+
+    /// Runs `operation` with `reference`'s host. A 401 gets one more try
+    /// after an explicit token request: that surfaces why a token exchange
+    /// failed (oci-client's implicit one falls back to anonymous and hides
+    /// it), and replaces a token that expired.
+    async fn authorized<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        what: &str,
+        limits: Limits,
+        operation: F,
+    ) -> Result<T>
+    where
+        F: Fn(Host) -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let host = self.host(reference).await?;
+        let attempts = self.config.attempts.max(1);
+        let operation = &operation;
+        let attempt = |host: Host| async move {
+            for retry in 1.. {
+                let outcome = limits
+                    .stalling(what, async { Ok(operation(host.clone()).await) })
+                    .await?;
+                match outcome {
+                    Err(err) if retry < attempts && is_transient(&err) => {
+                        tokio::time::sleep(backoff(retry)).await
+                    }
+                    outcome => return outcome.map_err(|e| map_error(e, what)),
+                }
+            }
+            unreachable!("the loop returns on its last attempt")
+        };
+        match attempt(host.clone()).await {
+            Err(Error::Unauthorized(_)) => {
+                let token = host
+                    .client
+                    .auth(reference, &host.auth, RegistryOperation::Pull);
+                limits
+                    .stalling(what, async {
+                        token
+                            .await
+                            .map_err(|e| map_error(e, &format!("{what}: token request")))
+                    })
+                    .await?;
+                attempt(host).await
+            }
+            other => other,
+        }
     }
 
     /// The digest the registry has for `reference` (a HEAD request when it can).
-    pub(crate) async fn resolve(&self, reference: &Reference) -> Result<Digest> {
-        let client = self.client(reference).await?;
-        let digest = client
-            .fetch_manifest_digest(reference, &RegistryAuth::Anonymous)
-            .await
-            .map_err(|e| map_error(e, &format!("manifest {reference}")))?;
+    pub(crate) async fn resolve(&self, reference: &Reference, limits: Limits) -> Result<Digest> {
+        let what = format!("manifest {reference}");
+        let digest = self
+            .authorized(reference, &what, limits, |host| async move {
+                host.client
+                    .fetch_manifest_digest(reference, &host.auth)
+                    .await
+            })
+            .await?;
         Digest::parse(&digest)
     }
 
     /// The exact bytes of the manifest or index `reference` names, and their
     /// digest, verified against the reference's pinned digest and the
     /// registry's `Docker-Content-Digest`.
-    pub(crate) async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest)> {
+    pub(crate) async fn manifest(
+        &self,
+        reference: &Reference,
+        limits: Limits,
+    ) -> Result<(Vec<u8>, Digest)> {
         let what = format!("manifest {reference}");
         let accepted = [
             OCI_IMAGE_MEDIA_TYPE,
@@ -95,11 +240,13 @@ impl Registry {
             IMAGE_MANIFEST_MEDIA_TYPE,
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ];
-        let client = self.client(reference).await?;
-        let (body, digest) = client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accepted)
-            .await
-            .map_err(|e| map_error(e, &what))?;
+        let (body, digest) = self
+            .authorized(reference, &what, limits, |host| async move {
+                host.client
+                    .pull_manifest_raw(reference, &host.auth, &accepted)
+                    .await
+            })
+            .await?;
         if body.len() as u64 > MAX_METADATA_BYTES {
             return Err(Error::InvalidContent(format!(
                 "{what} is {} bytes, over the {MAX_METADATA_BYTES}-byte limit",
@@ -116,43 +263,45 @@ impl Registry {
 
     /// A stream of the blob `digest` from `reference`'s repository (or the
     /// descriptor's `urls`), which fails instead of yielding more than `size`
-    /// bytes. The caller hashes what it reads.
+    /// bytes or going quiet for longer than the stall timeout. The caller
+    /// hashes what it reads.
     pub(crate) async fn blob(
         &self,
         reference: &Reference,
         digest: &Digest,
         size: u64,
         urls: &Option<Vec<String>>,
+        limits: Limits,
     ) -> Result<BlobStream> {
         let what = format!("blob {digest} of {}", reference.repository());
         let descriptor = LayerDescriptor {
             digest: digest.as_str(),
             urls,
         };
-        let client = self.client(reference).await?;
-        let stream = client
-            .pull_blob_stream(reference, &descriptor)
-            .await
-            .map_err(|e| map_error(e, &what))?;
-        let mut received = 0u64;
-        let bounded = stream.scan(false, move |failed, chunk| {
-            if *failed {
-                return std::future::ready(None);
-            }
-            let chunk = chunk.and_then(|bytes| {
-                received += bytes.len() as u64;
-                if received > size {
-                    return Err(Error::DigestMismatch(format!(
-                        "{what}: registry sent more than the descriptor's {size} bytes"
-                    ))
-                    .into_io());
-                }
-                Ok(bytes)
-            });
-            *failed = chunk.is_err();
-            std::future::ready(Some(chunk))
+        let stream = self
+            .authorized(reference, &what, limits, |host| {
+                let descriptor = &descriptor;
+                async move { host.client.pull_blob_stream(reference, descriptor).await }
+            })
+            .await?;
+        let download = BlobDownload {
+            client: self.host(reference).await?.client,
+            reference: reference.clone(),
+            digest: digest.to_string(),
+            urls: urls.clone(),
+            size,
+            what,
+            limits,
+            stream: Some(stream),
+            received: 0,
+            skip: 0,
+            resumes_left: self.config.attempts.saturating_sub(1),
+        };
+        let chunks = futures_util::stream::unfold(download, |mut download| async move {
+            let chunk = download.next_chunk().await?;
+            Some((chunk.map_err(Error::into_io), download))
         });
-        Ok(Box::pin(bounded))
+        Ok(Box::pin(chunks))
     }
 
     /// The whole of a small blob (a config), verified and at most
@@ -162,6 +311,7 @@ impl Registry {
         reference: &Reference,
         digest: &Digest,
         size: u64,
+        limits: Limits,
     ) -> Result<Vec<u8>> {
         let what = format!("blob {digest} of {}", reference.repository());
         if size > MAX_METADATA_BYTES {
@@ -169,10 +319,12 @@ impl Registry {
                 "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
             )));
         }
-        let mut stream = self.blob(reference, digest, size, &None).await?;
+        let mut stream = self.blob(reference, digest, size, &None, limits).await?;
         let mut content = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
-            content.extend_from_slice(&chunk.map_err(|e| map_stream_error(e, &what))?);
+            content.extend_from_slice(
+                &chunk.map_err(|e| Error::from_io(e, |e| Error::Network(e.to_string())))?,
+            );
         }
         check_size(content.len() as u64, size, &what)?;
         digest.verify(&content, &what)?;
@@ -180,8 +332,165 @@ impl Registry {
     }
 }
 
-/// Classifies an error that came out of a blob stream.
-pub(crate) fn map_stream_error(err: io::Error, what: &str) -> Error {
+/// One blob download that picks up where a broken connection left it: a
+/// Range request for the rest, or, when the server will not serve a range,
+/// the whole blob again with the part already passed on skipped. The reader
+/// hashes everything it gets, so the digest always covers the whole blob.
+struct BlobDownload {
+    client: Client,
+    reference: Reference,
+    digest: String,
+    urls: Option<Vec<String>>,
+    size: u64,
+    what: String,
+    limits: Limits,
+    // None once the download has ended or failed.
+    stream: Option<SizedStream>,
+    received: u64,
+    // Bytes at the start of a restarted response that were already passed on.
+    skip: u64,
+    resumes_left: u32,
+}
+
+impl BlobDownload {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            let stream = self.stream.as_mut()?;
+            let next = self
+                .limits
+                .stalling(&self.what, async { Ok(stream.next().await) })
+                .await;
+            let interrupted = match next {
+                Ok(Some(Ok(mut bytes))) => {
+                    let skipped = self.skip.min(bytes.len() as u64);
+                    self.skip -= skipped;
+                    let _ = bytes.split_to(skipped as usize);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    self.received += bytes.len() as u64;
+                    if self.received > self.size {
+                        self.stream = None;
+                        return Some(Err(Error::DigestMismatch(format!(
+                            "{}: registry sent more than the descriptor's {} bytes",
+                            self.what, self.size
+                        ))));
+                    }
+                    return Some(Ok(bytes));
+                }
+                Ok(None) if self.received + self.skip >= self.size => {
+                    self.stream = None;
+                    return None;
+                }
+                // The connection closed early: the rest is still owed.
+                Ok(None) => Error::Network(format!(
+                    "{}: the connection closed after {} of {} bytes",
+                    self.what, self.received, self.size
+                )),
+                Ok(Some(Err(err))) => map_stream_error(err, &self.what),
+                Err(err) => err,
+            };
+            if !matches!(interrupted, Error::Network(_)) || self.resumes_left == 0 {
+                self.stream = None;
+                return Some(Err(interrupted));
+            }
+            self.resumes_left -= 1;
+            if let Err(err) = self.reconnect().await {
+                self.stream = None;
+                return Some(Err(err));
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        tokio::time::sleep(backoff(self.resumes_left)).await;
+        let descriptor = LayerDescriptor {
+            digest: &self.digest,
+            urls: &self.urls,
+        };
+        let (client, reference, offset) = (&self.client, &self.reference, self.received);
+        let response = self
+            .limits
+            .stalling(&self.what, async {
+                client
+                    .pull_blob_stream_partial(reference, &descriptor, offset, None)
+                    .await
+                    .map_err(|e| map_error(e, &self.what))
+            })
+            .await?;
+        let rest = self.size - self.received;
+        (self.stream, self.skip) = match response {
+            BlobResponse::Partial(stream) if stream.content_length == Some(rest) => {
+                (Some(stream), 0)
+            }
+            // A range other than the one asked for: start over from byte 0.
+            BlobResponse::Partial(_) => {
+                let whole = client.pull_blob_stream(reference, &descriptor);
+                let whole = self
+                    .limits
+                    .stalling(&self.what, async {
+                        whole.await.map_err(|e| map_error(e, &self.what))
+                    })
+                    .await?;
+                (Some(whole), self.received)
+            }
+            BlobResponse::Full(whole) => (Some(whole), self.received),
+        };
+        Ok(())
+    }
+}
+
+/// How long to wait before retry number `attempt` (1-based, counted from
+/// the first retry): exponential from 200 ms, capped at 10 s, with jitter
+/// so that many clients do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
+    let base = base.min(Duration::from_secs(10));
+    // RandomState is seeded per instance: a cheap source of jitter.
+    let noise = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    base.mul_f64(0.5 + (noise % 1000) as f64 / 1000.0)
+}
+
+/// Whether a failed request is worth repeating: connection trouble, 5xx
+/// and 429. Everything else would fail the same way again.
+fn is_transient(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::RequestError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests),
+        _ => false,
+    }
+}
+
+/// Bounds on one call's network waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    /// The longest wait for a response or for the next bytes of one.
+    pub stall_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// Runs `wait`, failing with a timeout if it takes longer than the stall timeout.
+    async fn stalling<T>(&self, what: &str, wait: impl Future<Output = Result<T>>) -> Result<T> {
+        let Some(limit) = self.stall_timeout else {
+            return wait.await;
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "{what}: nothing received for {limit:?} (stall timeout)"
+            )))
+        })
+    }
+}
+
+/// Classifies an error that came out of oci-client's blob stream.
+fn map_stream_error(err: io::Error, what: &str) -> Error {
     Error::from_io(err, |err| {
         let digest_error = err
             .get_ref()

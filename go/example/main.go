@@ -1,17 +1,19 @@
 // This file owns the Go example, the counterpart of examples-c/pull.c: the
 // smallest useful program for runtime authors to copy.
 //
-//	go run ./example REFERENCE DST [STORE]
+//	go run ./example [-progress] REFERENCE DST [STORE]
 //
 // It fetches REFERENCE for this host's platform, makes sure every layer is
 // in DST/sha256/<diff_id> as an uncompressed tar, and prints one line per
 // layer, bottom first: its diff_id and the size of its tar. With STORE, the
 // image is also kept in (and resolved from) the OCI image layout there.
+// With -progress, each layer fetched reports on stderr as it completes.
 // Ctrl-C cancels the pull.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,19 +22,33 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 3 || len(os.Args) > 4 {
-		fmt.Fprintf(os.Stderr, "usage: %s REFERENCE DST [STORE]\n", os.Args[0])
+	progress := flag.Bool("progress", false, "report each layer fetched on stderr")
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: %s [-progress] REFERENCE DST [STORE]\n", os.Args[0])
+	}
+	flag.Parse()
+	if flag.NArg() < 2 || flag.NArg() > 3 {
+		flag.Usage()
 		os.Exit(2)
 	}
-	if err := pull(os.Args[1], os.Args[2], os.Args[3:]...); err != nil {
+	if err := pull(*progress, flag.Arg(0), flag.Arg(1), flag.Args()[2:]...); err != nil {
 		fmt.Fprintln(os.Stderr, "pull:", err)
 		os.Exit(1)
 	}
 }
 
-func pull(ref, dst string, store ...string) error {
+func pull(progress bool, ref, dst string, store ...string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if progress {
+		// Runs on this goroutine during RootFS; it must not call the cache.
+		ctx = ocicache.WithProgress(ctx, func(p ocicache.Progress) bool {
+			if p.WrittenTotal >= 0 { // a layer's last report
+				fmt.Fprintf(os.Stderr, "layer %d: %d bytes downloaded, %d written\n", p.Layer, p.Downloaded, p.Written)
+			}
+			return true
+		})
+	}
 
 	var opts ocicache.Options
 	if len(store) > 0 {

@@ -1,6 +1,7 @@
 // This file owns how the library's status codes and error objects become Go
 // errors: the Error type, one sentinel per code, and the Go-side errors
-// (closed handles, bad arguments caught before calling C, done contexts).
+// (closed handles, bad arguments caught before calling C, done contexts,
+// deadlines, calls from progress functions).
 
 package ocicache
 
@@ -10,6 +11,7 @@ package ocicache
 import "C"
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -27,7 +29,8 @@ type Error struct {
 	Message string
 
 	// cause is what made this package report the error, when there is more
-	// than the code to match: ctx.Err() for a canceled call, ErrClosed.
+	// than the code to match: context.Canceled or deadlineExceeded for a
+	// call its context ended, ErrClosed.
 	cause error
 }
 
@@ -43,8 +46,8 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Code == e.Code
 }
 
-// Unwrap gives the context error of a canceled call, or ErrClosed, so that
-// errors.Is(err, context.Canceled) works too.
+// Unwrap gives the context error of a call its context ended, or
+// ErrClosed, so that errors.Is(err, context.Canceled) works too.
 func (e *Error) Unwrap() error {
 	return e.cause
 }
@@ -75,9 +78,12 @@ var (
 	// ErrIO: a local file system error.
 	ErrIO = sentinel(C.OCI_E_IO, "io")
 	// ErrCanceled: the call's context was canceled or reached its
-	// deadline. Such errors also match ctx.Err().
+	// deadline, or its progress function returned false. Errors of a
+	// context also match ctx.Err().
 	ErrCanceled = sentinel(C.OCI_E_CANCELED, "canceled")
-	// ErrTimeout: a deadline or stall timeout of the library expired.
+	// ErrTimeout: the call's context reached its deadline (such errors
+	// also match context.DeadlineExceeded and ErrCanceled), or
+	// Options.StallTimeout expired.
 	ErrTimeout = sentinel(C.OCI_E_TIMEOUT, "timeout")
 	// ErrBufferTooSmall: a buffer given to the library was too small; this
 	// package sizes its buffers, so seeing it means a bug.
@@ -140,8 +146,37 @@ func closedError(what string) *Error {
 	return &Error{Code: C.OCI_E_INVALID_ARGUMENT, Message: "invalid argument: use of a closed " + what, cause: ErrClosed}
 }
 
+// callbackError is the error of a call made from a progress function.
+func callbackError(what string) *Error {
+	return invalidArgument(what + " made from a progress function (see WithProgress)")
+}
+
 // contextError is the error of a call whose context was done before the
 // library was called (or, for a layer reader, between two reads).
 func contextError(ctxErr error) *Error {
-	return &Error{Code: C.OCI_E_CANCELED, Message: "canceled: " + ctxErr.Error(), cause: ctxErr}
+	return &Error{Code: C.OCI_E_CANCELED, Message: "canceled: " + ctxErr.Error(), cause: contextCause(ctxErr)}
+}
+
+// contextCause is the cause to give an error that ctx.Err() explains.
+func contextCause(ctxErr error) error {
+	if errors.Is(ctxErr, context.DeadlineExceeded) {
+		return deadlineExceeded{}
+	}
+	return ctxErr
+}
+
+// deadlineExceeded is the cause of every error a context's deadline made.
+// When the deadline passes, the library's own deadline (OCI_E_TIMEOUT) and
+// the cancel token ctx.Done() triggers (OCI_E_CANCELED) race to end the
+// call; this makes the error match the same things whichever won:
+// context.DeadlineExceeded, ErrTimeout and ErrCanceled.
+type deadlineExceeded struct{}
+
+func (deadlineExceeded) Error() string { return context.DeadlineExceeded.Error() }
+
+func (deadlineExceeded) Unwrap() error { return context.DeadlineExceeded }
+
+func (deadlineExceeded) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && (t.Code == C.OCI_E_CANCELED || t.Code == C.OCI_E_TIMEOUT)
 }

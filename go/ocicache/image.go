@@ -56,8 +56,12 @@ type Image struct {
 
 // Close releases the library's image handle after waiting for the calls in
 // flight that use it. The exported fields stay valid. Closing twice is a
-// no-op.
+// no-op. Closing from a progress function fails instead of waiting forever
+// for the call that runs it.
 func (img *Image) Close() error {
+	if inProgressCallback() {
+		return callbackError("Image.Close")
+	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if img.ptr != nil {
@@ -78,15 +82,20 @@ func (c *Cache) FetchImage(ctx context.Context, ref, platform string) (*Image, e
 	}
 	defer c.mu.RUnlock()
 
-	cref := C.CString(ref)
+	cref, err := cString("reference", ref)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(cref))
 	var cplatform *C.char
 	if platform != "" {
-		cplatform = C.CString(platform)
+		if cplatform, err = cString("platform", platform); err != nil {
+			return nil, err
+		}
 		defer C.free(unsafe.Pointer(cplatform))
 	}
 	var cimg *C.oci_image
-	err = withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_image(ptr, cref, cplatform, opts, &cimg, errOut)
 	})
 	if err != nil {
@@ -167,10 +176,13 @@ func (c *Cache) ExtractLayer(ctx context.Context, dst string, img *Image, index 
 	}
 	defer release()
 
-	cdst := C.CString(dst)
+	cdst, err := cString("dst", dst)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(cdst))
 	var fd C.int
-	err = withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_extract_layer(cp, ip, C.size_t(index), cdst, opts, &fd, errOut)
 	})
 	if err != nil {
@@ -190,14 +202,17 @@ func (c *Cache) layerFiles(ctx context.Context, dst string, img *Image, call lay
 	}
 	defer release()
 
-	cdst := C.CString(dst)
+	cdst, err := cString("dst", dst)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(cdst))
 	n := len(img.Layers)
 	// One spare slot so &fds[0] exists (the library rejects a NULL fds_out
 	// even for an image without layers). Go memory holding no Go pointers,
 	// written only during the call: fine by cgo's pointer rules.
 	fds := make([]C.int, n+1)
-	err = withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return call(cp, ip, cdst, opts, &fds[0], C.size_t(n), errOut)
 	})
 	if err != nil {
@@ -227,8 +242,11 @@ func layerPath(dst, diffID string) string {
 // ctx bounds the start of the download and is checked before every Read:
 // once it is done, Read fails with an error matching ErrCanceled and
 // ctx.Err(). A Read already waiting for the network is not interrupted
-// (the library's read call takes no cancel token), so a stalled registry
-// holds it until data, an error or the end arrives.
+// (this package stops watching ctx when FetchLayer returns), so a stalled
+// registry holds it until data, an error or the end arrives, or until
+// Options.StallTimeout ends it; set one when reading from a registry you
+// do not trust to keep sending. ctx's deadline is the library's deadline
+// for the start only. WithProgress reports nothing for FetchLayer.
 func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadCloser, error) {
 	if index < 0 {
 		return nil, invalidArgument("negative layer index")
@@ -240,7 +258,7 @@ func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadC
 	defer release()
 
 	var reader *C.oci_layer_reader
-	err = withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_layer(cp, ip, C.size_t(index), opts, &reader, errOut)
 	})
 	if err != nil {
@@ -268,6 +286,9 @@ const readChunk = 1 << 20
 
 // Read implements io.Reader.
 func (r *layerReader) Read(p []byte) (int, error) {
+	if inProgressCallback() {
+		return 0, callbackError("a layer reader's Read")
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ptr == nil {

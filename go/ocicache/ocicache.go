@@ -1,6 +1,7 @@
-// This file owns the package documentation, the Cache handle and its
-// options, and the per-call plumbing that turns a context.Context into the
-// library's cancel token. How the library is linked is in link_*.go.
+// This file owns the package documentation and the Cache handle: its
+// Options, Open, Close and Resolve. How one call's context becomes the
+// library's call options is in call.go, progress reports in progress.go,
+// and how the library is linked in link_*.go.
 
 // Package ocicache is the Go binding of oci-cache, a library that turns an
 // OCI image reference into verified, uncompressed layer tar files and hands
@@ -46,14 +47,30 @@
 // ErrInvalidArgument. A reader from FetchLayer is for one goroutine at a
 // time, like any io.Reader.
 //
-// # Cancellation
+// # Cancellation, deadlines and timeouts
 //
-// Every blocking call takes a context. Canceling it (or reaching its
-// deadline) makes the call return promptly with an error matching
-// ErrCanceled and ctx.Err() (context.Canceled or context.DeadlineExceeded).
-// A context already done makes the call fail the same way without calling
-// the library. FetchLayer's reader checks its context between reads only
-// (see FetchLayer).
+// Every blocking call takes a context. Canceling it makes the call return
+// promptly with an error matching ErrCanceled and context.Canceled. A
+// context already done makes the call fail the same way without calling
+// the library.
+//
+// A context's deadline is also handed to the library as the call's own
+// deadline (the time left, rounded up to a millisecond), which the library
+// enforces itself. A call ended by its context's deadline returns an error
+// matching context.DeadlineExceeded, ErrTimeout and ErrCanceled, whichever
+// of the library's deadline and the cancellation came first.
+//
+// Options.StallTimeout bounds how long any call waits for a registry that
+// sends nothing; it fails the call with an error matching ErrTimeout only.
+//
+// FetchLayer's reader checks its context between reads only (see
+// FetchLayer).
+//
+// # Progress
+//
+// WithProgress attaches a function to a context that RootFS, ExtractLayers
+// and ExtractLayer report each layer's download and extraction to, and
+// which can stop the call. See WithProgress.
 package ocicache
 
 /*
@@ -67,6 +84,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -94,6 +112,47 @@ type Options struct {
 	// MaxConcurrentLayers bounds how many layers RootFS and ExtractLayers
 	// fetch at once. Zero: 3.
 	MaxConcurrentLayers int
+
+	// Credentials are presented to their registries, overriding any auth
+	// file. Empty: only auth files (see AuthFile).
+	Credentials []Credential
+	// AuthFile is the docker/podman auth file (auth.json, config.json) to
+	// read credentials from, instead of looking in $REGISTRY_AUTH_FILE,
+	// $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json and
+	// ~/.docker/config.json.
+	AuthFile string
+	// CACertificates are PEM files of CA certificates trusted for every
+	// registry, besides the system's.
+	CACertificates []string
+	// HostCACertificates are PEM files of CA certificates trusted for one
+	// registry each. A slice rather than a map: a host may need several
+	// files, and a fixed order makes the first failure reported the same
+	// on every run.
+	HostCACertificates []HostCACertificate
+	// StallTimeout fails every call of the cache with an error matching
+	// ErrTimeout when a registry sends nothing (no response, or no next
+	// bytes of one) for this long. Zero: no limit; a call then waits as
+	// long as its context lets it. Rounded up to whole milliseconds.
+	StallTimeout time.Duration
+}
+
+// Credential is a username and password for one registry.
+type Credential struct {
+	// Host is the registry as references name it, "host[:port]"; Docker
+	// Hub is "index.docker.io".
+	Host string
+	// Username and Password are presented as HTTP basic auth, or exchanged
+	// for a token when the registry asks for one.
+	Username, Password string
+}
+
+// HostCACertificate trusts the CA certificates in one PEM file for one
+// registry only.
+type HostCACertificate struct {
+	// Host is the registry, "host[:port]".
+	Host string
+	// Path is the PEM file.
+	Path string
 }
 
 // Cache is an open image cache. Its methods are safe for concurrent use.
@@ -102,50 +161,34 @@ type Cache struct {
 	// by Close, so the handle is never freed under a running call.
 	mu  sync.RWMutex
 	ptr *C.oci_cache
+	// stallMS is Options.StallTimeout for oci_call_options_set_stall_timeout_ms:
+	// the library has it per call, this package per cache. Set by Open,
+	// read-only after.
+	stallMS uint64
 }
 
 // Open makes a Cache with opts. It does no I/O beyond creating the store
-// directory; the library's runtime starts on the first call that needs it.
+// directory: CA certificates and auth files are read, and credential
+// helpers run, when a call first talks to a registry, so a missing or bad
+// file makes that call fail (ErrIO for a CA file), not Open.
+//
+// A setting the library rejects gives an error matching ErrInvalidArgument
+// that names the Options field.
 func Open(opts Options) (*Cache, error) {
+	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 {
+		return nil, invalidArgument("Options.WorkerThreads and Options.MaxConcurrentLayers must not be negative")
+	}
+	if opts.StallTimeout < 0 {
+		return nil, invalidArgument("Options.StallTimeout must not be negative")
+	}
+
 	var copts *C.oci_cache_options
 	if st := C.oci_cache_options_new(&copts); st != C.OCI_OK {
 		return nil, statusError(st, "oci_cache_options_new")
 	}
 	defer C.oci_cache_options_free(copts)
-
-	if opts.Store != "" {
-		if err := setString(copts, opts.Store, "store", func(o *C.oci_cache_options, s *C.char) C.oci_status {
-			return C.oci_cache_options_set_store(o, s)
-		}); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Platform != "" {
-		if err := setString(copts, opts.Platform, "platform", func(o *C.oci_cache_options, s *C.char) C.oci_status {
-			return C.oci_cache_options_set_platform(o, s)
-		}); err != nil {
-			return nil, err
-		}
-	}
-	for _, host := range opts.InsecureRegistries {
-		if err := setString(copts, host, "insecure registry", func(o *C.oci_cache_options, s *C.char) C.oci_status {
-			return C.oci_cache_options_add_insecure_registry(o, s)
-		}); err != nil {
-			return nil, err
-		}
-	}
-	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 {
-		return nil, invalidArgument("WorkerThreads and MaxConcurrentLayers must not be negative")
-	}
-	if opts.WorkerThreads > 0 {
-		if st := C.oci_cache_options_set_worker_threads(copts, C.size_t(opts.WorkerThreads)); st != C.OCI_OK {
-			return nil, statusError(st, "setting worker threads")
-		}
-	}
-	if opts.MaxConcurrentLayers > 0 {
-		if st := C.oci_cache_options_set_max_concurrent_layers(copts, C.size_t(opts.MaxConcurrentLayers)); st != C.OCI_OK {
-			return nil, statusError(st, "setting max concurrent layers")
-		}
+	if err := applyOptions(copts, &opts); err != nil {
+		return nil, err
 	}
 
 	var ptr *C.oci_cache
@@ -153,27 +196,120 @@ func Open(opts Options) (*Cache, error) {
 	if st := C.oci_cache_new(copts, &ptr, &cerr); st != C.OCI_OK {
 		return nil, takeError(st, cerr)
 	}
-	c := &Cache{ptr: ptr}
+	c := &Cache{ptr: ptr, stallMS: ceilMillis(opts.StallTimeout)}
 	// Only a safety net for a forgotten Close: the handle owns a thread
 	// pool, which the garbage collector cannot see.
 	runtime.SetFinalizer(c, (*Cache).Close)
 	return c, nil
 }
 
-// setString passes a Go string to an options setter, which copies it, so
-// the C copy is freed right after.
-func setString(o *C.oci_cache_options, value, what string, set func(*C.oci_cache_options, *C.char) C.oci_status) error {
-	s := C.CString(value)
-	defer C.free(unsafe.Pointer(s))
-	if st := set(o, s); st != C.OCI_OK {
-		return statusError(st, fmt.Sprintf("%s %q", what, value))
+// applyOptions passes every set field of opts to its setter. The setters
+// report only a status, so each failure is reported here with the field
+// (and the value, never a password) it came from.
+func applyOptions(copts *C.oci_cache_options, opts *Options) error {
+	if opts.Store != "" {
+		if err := setOption("Options.Store", fmt.Sprintf("%q", opts.Store), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_set_store(copts, a[0])
+		}, opts.Store); err != nil {
+			return err
+		}
+	}
+	if opts.Platform != "" {
+		if err := setOption("Options.Platform", fmt.Sprintf("%q", opts.Platform), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_set_platform(copts, a[0])
+		}, opts.Platform); err != nil {
+			return err
+		}
+	}
+	for _, host := range opts.InsecureRegistries {
+		if err := setOption("Options.InsecureRegistries", fmt.Sprintf("%q", host), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_add_insecure_registry(copts, a[0])
+		}, host); err != nil {
+			return err
+		}
+	}
+	if opts.WorkerThreads > 0 {
+		if st := C.oci_cache_options_set_worker_threads(copts, C.size_t(opts.WorkerThreads)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("Options.WorkerThreads %d", opts.WorkerThreads))
+		}
+	}
+	if opts.MaxConcurrentLayers > 0 {
+		if st := C.oci_cache_options_set_max_concurrent_layers(copts, C.size_t(opts.MaxConcurrentLayers)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("Options.MaxConcurrentLayers %d", opts.MaxConcurrentLayers))
+		}
+	}
+	for _, cred := range opts.Credentials {
+		// The password stays out of the message: errors end up in logs.
+		shown := fmt.Sprintf("for host %q, username %q", cred.Host, cred.Username)
+		if err := setOption("Options.Credentials", shown, func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_add_credentials(copts, a[0], a[1], a[2])
+		}, cred.Host, cred.Username, cred.Password); err != nil {
+			return err
+		}
+	}
+	if opts.AuthFile != "" {
+		if err := setOption("Options.AuthFile", fmt.Sprintf("%q", opts.AuthFile), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_set_auth_file(copts, a[0])
+		}, opts.AuthFile); err != nil {
+			return err
+		}
+	}
+	for _, path := range opts.CACertificates {
+		if err := setOption("Options.CACertificates", fmt.Sprintf("%q", path), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_add_ca_certificate(copts, a[0])
+		}, path); err != nil {
+			return err
+		}
+	}
+	for _, hc := range opts.HostCACertificates {
+		shown := fmt.Sprintf("for host %q: %q", hc.Host, hc.Path)
+		if err := setOption("Options.HostCACertificates", shown, func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_add_host_ca_certificate(copts, a[0], a[1])
+		}, hc.Host, hc.Path); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+// setOption passes Go strings to an options setter, which copies them, so
+// the C copies are freed right after. field and shown make the error.
+func setOption(field, shown string, set func([]*C.char) C.oci_status, values ...string) error {
+	args := make([]*C.char, len(values))
+	for i, v := range values {
+		s, err := cString(field+" "+shown, v)
+		if err != nil {
+			return err
+		}
+		defer C.free(unsafe.Pointer(s))
+		args[i] = s
+	}
+	if st := set(args); st != C.OCI_OK {
+		return statusError(st, field+" "+shown)
+	}
+	return nil
+}
+
+// cString copies s to C, refusing a NUL inside it: C would see only the
+// part before it, a different path or reference than the caller gave.
+// The caller frees the copy.
+func cString(what, s string) (*C.char, error) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return nil, invalidArgument(what + " contains a NUL byte")
+		}
+	}
+	return C.CString(s), nil
+}
+
 // Close releases the cache, after waiting for the calls in flight on it.
 // Images and readers made from it stay usable. Closing twice is a no-op.
+// Closing from a progress function fails instead of waiting forever for
+// the call that runs it.
 func (c *Cache) Close() error {
+	if inProgressCallback() {
+		return callbackError("Cache.Close")
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ptr != nil {
@@ -187,6 +323,11 @@ func (c *Cache) Close() error {
 // acquire read-locks the cache for one call; the caller must call
 // c.mu.RUnlock when the call is done.
 func (c *Cache) acquire() (*C.oci_cache, error) {
+	// Before the lock: a read lock taken again by the goroutine that holds
+	// one deadlocks if a Close is waiting in between.
+	if inProgressCallback() {
+		return nil, callbackError("a blocking call")
+	}
 	c.mu.RLock()
 	if c.ptr == nil {
 		c.mu.RUnlock()
@@ -205,68 +346,19 @@ func (c *Cache) Resolve(ctx context.Context, ref string) (string, error) {
 	}
 	defer c.mu.RUnlock()
 
-	cref := C.CString(ref)
+	cref, err := cString("reference", ref)
+	if err != nil {
+		return "", err
+	}
 	defer C.free(unsafe.Pointer(cref))
 	// 136 bytes hold a sha512 digest and its NUL, the longest the library
 	// produces; the spare room is for algorithms it may add.
 	var buf [256]C.char
-	err = withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_resolve(ptr, cref, opts, &buf[0], C.size_t(len(buf)), errOut)
 	})
 	if err != nil {
 		return "", err
 	}
 	return C.GoString(&buf[0]), nil
-}
-
-// withCall runs one blocking library call with call options whose cancel
-// token is triggered when ctx is done, and turns its outcome into an error.
-func withCall(ctx context.Context, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
-	if err := ctx.Err(); err != nil {
-		return contextError(err)
-	}
-	var opts *C.oci_call_options
-	if done := ctx.Done(); done != nil {
-		var cancel *C.oci_cancel
-		if st := C.oci_cancel_new(&cancel); st != C.OCI_OK {
-			return statusError(st, "oci_cancel_new")
-		}
-		defer C.oci_cancel_free(cancel)
-		if st := C.oci_call_options_new(&opts); st != C.OCI_OK {
-			return statusError(st, "oci_call_options_new")
-		}
-		defer C.oci_call_options_free(opts)
-		if st := C.oci_call_options_set_cancel(opts, cancel); st != C.OCI_OK {
-			return statusError(st, "oci_call_options_set_cancel")
-		}
-		stop := make(chan struct{})
-		exited := make(chan struct{})
-		go func() {
-			defer close(exited)
-			select {
-			case <-done:
-				C.oci_cancel_trigger(cancel)
-			case <-stop:
-			}
-		}()
-		// Runs before the frees above: the watcher must be gone before
-		// the token it may trigger is released.
-		defer func() {
-			close(stop)
-			<-exited
-		}()
-	}
-
-	var cerr *C.oci_error
-	st := call(opts, &cerr)
-	if st == C.OCI_OK {
-		return nil
-	}
-	err := takeError(st, cerr)
-	if st == C.OCI_E_CANCELED {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			err.cause = ctxErr
-		}
-	}
-	return err
 }

@@ -1,7 +1,9 @@
 // This file owns the tests of the Go binding, run against a real registry:
 // TestMain starts docker-registry on a loopback port, builds an image
 // offline with umoci, pushes it (gzip, and a zstd copy) with skopeo, and
-// works out the expected diff_ids independently of the library.
+// works out the expected diff_ids and tar sizes independently of the
+// library. Progress reports, deadlines, timeouts and the newer Options
+// are tested in progress_test.go and options_test.go.
 
 package ocicache_test
 
@@ -42,6 +44,7 @@ var (
 	gzipDigest   string // manifest digests as skopeo pushed them
 	zstdDigest   string
 	wantDiffIDs  []string // sha256 of each layer tar, computed here
+	wantTarSizes []int64  // size of each layer tar, computed here
 	gzipLayers   []descriptor
 	zstdLayers   []descriptor
 )
@@ -256,12 +259,13 @@ func buildAndPush(work string) error {
 			return err
 		}
 		h := sha256.New()
-		_, err = io.Copy(h, zr)
+		n, err := io.Copy(h, zr)
 		blob.Close()
 		if err != nil {
 			return err
 		}
 		wantDiffIDs = append(wantDiffIDs, "sha256:"+hex.EncodeToString(h.Sum(nil)))
+		wantTarSizes = append(wantTarSizes, n)
 		if wantDiffIDs[i] != diffIDs[i] {
 			return fmt.Errorf("layer %d: umoci's config says diff_id %s, the tar hashes to %s", i, diffIDs[i], wantDiffIDs[i])
 		}

@@ -5,16 +5,18 @@ use std::ffi::c_char;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::future::{select, Either};
 use once_cell::sync::OnceCell;
 use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
 
-use super::options::{oci_cache_options, oci_call_options, oci_cancel};
+use super::options::{oci_cache_options, oci_call_options, oci_cancel, ProgressCallback};
 use super::{
     arg, boundary, check_pid, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
 use crate::cache::ImageCache;
+use crate::call::Progress;
+use crate::error::Error;
 
 /// An image cache: a local store, the registries behind it, and the runtime
 /// its calls run on. Thread-safe: share it between threads freely. Images
@@ -27,27 +29,78 @@ pub struct oci_cache {
     pid: u32,
 }
 
+/// What the calling thread watches while a call runs: the call's cancel
+/// token and its progress reports, which it hands to the C callback itself
+/// so that the callback runs on the caller's thread, one report at a time.
+pub(crate) struct Watch {
+    cancel: Option<Arc<oci_cancel>>,
+    progress: Option<(ProgressCallback, mpsc::UnboundedReceiver<Progress>)>,
+}
+
+impl Watch {
+    /// Watches only `cancel` (a layer reader's token).
+    pub(crate) fn cancel(cancel: Option<Arc<oci_cancel>>) -> Watch {
+        Watch {
+            cancel,
+            progress: None,
+        }
+    }
+}
+
+async fn triggered(cancel: Option<&oci_cancel>) {
+    match cancel {
+        Some(cancel) => cancel.triggered().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_report(
+    progress: &mut Option<(ProgressCallback, mpsc::UnboundedReceiver<Progress>)>,
+) -> Option<(ProgressCallback, Progress)> {
+    match progress {
+        Some((callback, reports)) => Some((*callback, reports.recv().await?)),
+        None => std::future::pending().await,
+    }
+}
+
 impl oci_cache {
-    /// Runs `work` on the cache's runtime and waits for it on the calling
-    /// thread, returning early with `OCI_E_CANCELED` when `options`' token
-    /// is triggered.
-    pub(crate) fn run<T>(
-        &self,
-        options: *const oci_call_options,
-        work: impl Future<Output = crate::Result<T>>,
-    ) -> Outcome<T> {
-        self.run_cancelable(oci_call_options::cancel_of(options).as_deref(), work)
+    /// Runs `work` on a view of the cache with `options`' deadline, stall
+    /// timeout and progress reports, and waits for it on the calling thread
+    /// (see [`wait`](Self::wait)).
+    pub(crate) fn run<T, F, Fut>(&self, options: *const oci_call_options, work: F) -> Outcome<T>
+    where
+        F: FnOnce(ImageCache) -> Fut,
+        Fut: Future<Output = crate::Result<T>>,
+    {
+        // SAFETY: NULL or call options handed out by oci_call_options_new.
+        let options = unsafe { options.as_ref() };
+        let mut call = options.map(|o| o.call.clone()).unwrap_or_default();
+        let mut watch = Watch::cancel(options.and_then(|o| o.cancel.clone()));
+        if let Some(callback) = options.and_then(|o| o.progress) {
+            let (sender, reports) = mpsc::unbounded_channel();
+            call = call.progress(move |report| {
+                // The receiver is gone once the call returned: late reports are moot.
+                let _ = sender.send(report.clone());
+            });
+            watch.progress = Some((callback, reports));
+        }
+        self.wait(watch, work(self.cache.with_call_options(call)))
     }
 
-    /// [`run`](Self::run) with the cancel token itself.
-    pub(crate) fn run_cancelable<T>(
+    /// Blocks the calling thread on `work`, run on the cache's runtime,
+    /// returning early with `OCI_E_CANCELED` when the watched token is
+    /// triggered or the progress callback asks to stop. Dropping `work` then
+    /// stops its blocking parts, which remove what they had half-written.
+    pub(crate) fn wait<T>(
         &self,
-        cancel: Option<&oci_cancel>,
+        watch: Watch,
         work: impl Future<Output = crate::Result<T>>,
     ) -> Outcome<T> {
         check_pid(self.pid)?;
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Failure::invalid("a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock"));
+            return Err(Failure::invalid(
+                "a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock",
+            ));
         }
         let runtime = self.runtime.get_or_try_init(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -62,16 +115,35 @@ impl oci_cache {
                     )
                 })
         })?;
-        let outcome = runtime.block_on(async {
-            let Some(cancel) = cancel else {
-                return work.await;
-            };
-            if cancel.is_triggered() {
+        let Watch {
+            cancel,
+            mut progress,
+        } = watch;
+        let outcome = runtime.block_on(async move {
+            if cancel.as_ref().is_some_and(|c| c.is_triggered()) {
                 return Err(oci_cancel::canceled());
             }
-            match select(std::pin::pin!(work), std::pin::pin!(cancel.triggered())).await {
-                Either::Left((result, _)) => result,
-                Either::Right(((), _)) => Err(oci_cancel::canceled()),
+            let mut work = std::pin::pin!(work);
+            loop {
+                tokio::select! {
+                    // Reports before the result, so a call's last reports are delivered.
+                    biased;
+                    () = triggered(cancel.as_deref()) => return Err(oci_cancel::canceled()),
+                    Some((callback, report)) = next_report(&mut progress) => {
+                        if !callback.deliver(&report) {
+                            return Err(Error::Canceled("the progress callback asked to stop".into()));
+                        }
+                    }
+                    result = &mut work => {
+                        // Reports queued as the work finished are still owed.
+                        if let Some((callback, reports)) = &mut progress {
+                            while let Ok(report) = reports.try_recv() {
+                                callback.deliver(&report);
+                            }
+                        }
+                        return result;
+                    }
+                }
             }
         });
         Ok(outcome?)
@@ -151,7 +223,10 @@ pub extern "C" fn oci_cache_resolve(
         let cache = arg(cache.cast_const(), "cache")?;
         let reference = str_arg(reference, "reference")?;
         out(digest_out, "digest_out")?;
-        let digest = cache.run(options, cache.cache.resolve(reference))?;
+        let digest = cache.run(
+            options,
+            |cache| async move { cache.resolve(reference).await },
+        )?;
         let digest = digest.as_str().as_bytes();
         if digest.len() + 1 > digest_cap {
             return Err(Failure::new(

@@ -87,10 +87,9 @@ pub extern "C" fn oci_fetch_image(
             .map(str::parse)
             .transpose()?;
         let image_out = out(image_out, "image_out")?;
-        let image = cache.run(
-            options,
-            cache.cache.fetch_image(reference, platform.as_ref()),
-        )?;
+        let image = cache.run(options, |cache| async move {
+            cache.fetch_image(reference, platform.as_ref()).await
+        })?;
         *image_out = Box::into_raw(Box::new(oci_image::new(image, cache)?));
         Ok(())
     })

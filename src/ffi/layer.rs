@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use super::cache::oci_cache;
+use super::cache::{oci_cache, Watch};
 use super::image::oci_image;
 use super::options::{oci_call_options, oci_cancel};
 use super::{
@@ -45,7 +45,9 @@ pub extern "C" fn oci_fetch_layer(
         let cache = oci_cache::share(cache)?;
         let image = oci_image::get(image)?;
         let reader_out = out(reader_out, "reader_out")?;
-        let reader = cache.run(options, cache.cache.fetch_layer(&image.image, index))?;
+        let reader = cache.run(options, |cache| async move {
+            cache.fetch_layer(&image.image, index).await
+        })?;
         let cancel = oci_call_options::cancel_of(options);
         *reader_out = Box::into_raw(Box::new(oci_layer_reader {
             reader,
@@ -82,7 +84,7 @@ pub extern "C" fn oci_layer_reader_read(
             cache,
             cancel,
         } = reader;
-        let read = cache.run_cancelable(cancel.as_deref(), async {
+        let read = cache.wait(Watch::cancel(cancel.clone()), async {
             reader
                 .read(buf)
                 .await
@@ -118,7 +120,9 @@ pub extern "C" fn oci_extract_layer(
         let image = oci_image::get(image)?;
         let dst = Path::new(str_arg(dst, "dst")?);
         let fd_out = out(fd_out, "fd_out")?;
-        let file = cache.run(options, cache.cache.extract_layer(&image.image, index, dst))?;
+        let file = cache.run(options, |cache| async move {
+            cache.extract_layer(&image.image, index, dst).await
+        })?;
         *fd_out = file.into_raw_fd();
         Ok(())
     })
@@ -140,7 +144,9 @@ pub extern "C" fn oci_extract_layers(
 ) -> oci_status {
     boundary(err_out, || {
         layer_files(cache, image, dst, fds_out, fds_cap, |cache, image, dst| {
-            cache.run(options, cache.cache.extract_layers(&image.image, dst))
+            cache.run(options, |cache| async move {
+                cache.extract_layers(&image.image, dst).await
+            })
         })
     })
 }
@@ -160,7 +166,9 @@ pub extern "C" fn oci_rootfs(
 ) -> oci_status {
     boundary(err_out, || {
         layer_files(cache, image, dst, fds_out, fds_cap, |cache, image, dst| {
-            cache.run(options, cache.cache.rootfs(&image.image, dst))
+            cache.run(options, |cache| async move {
+                cache.rootfs(&image.image, dst).await
+            })
         })
     })
 }

@@ -1,14 +1,16 @@
 //! Builders: `oci_cache_options` for a cache, `oci_call_options` for one
 //! call, and the `oci_cancel` token a call can be canceled with.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{arg, arg_mut, boundary, free_arc, free_box, oci_status, out, str_arg, Failure};
 use crate::cache::CacheOptions;
+use crate::call::{CallOptions, Progress};
 use crate::error::Error;
 use crate::platform::Platform;
 
@@ -87,6 +89,86 @@ pub extern "C" fn oci_cache_options_add_insecure_registry(
     boundary(std::ptr::null_mut(), || {
         let host = str_arg(host, "host")?.to_owned();
         arg_mut(options, "options")?.update(|o| o.insecure_registry(host));
+        Ok(())
+    })
+}
+
+/// Presents `username` and `password` to `host` (`"host[:port]"` as in
+/// references; Docker Hub is `"index.docker.io"`), overriding auth files.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_add_credentials(
+    options: *mut oci_cache_options,
+    host: *const c_char,
+    username: *const c_char,
+    password: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let host = str_arg(host, "host")?.to_owned();
+        let username = str_arg(username, "username")?.to_owned();
+        let password = str_arg(password, "password")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.credentials(host, username, password));
+        Ok(())
+    })
+}
+
+/// Reads credentials from the docker/podman auth file at `path` only,
+/// instead of looking in `$REGISTRY_AUTH_FILE`,
+/// `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
+/// and `~/.docker/config.json`.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_auth_file(
+    options: *mut oci_cache_options,
+    path: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let path = str_arg(path, "path")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.auth_file(path));
+        Ok(())
+    })
+}
+
+/// Trusts the CA certificates in the PEM file at `pem_path` for every registry.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_add_ca_certificate(
+    options: *mut oci_cache_options,
+    pem_path: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let path = str_arg(pem_path, "pem_path")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.ca_certificate(path));
+        Ok(())
+    })
+}
+
+/// Trusts the CA certificates in the PEM file at `pem_path` for `host`
+/// (`"host[:port]"`) only.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_add_host_ca_certificate(
+    options: *mut oci_cache_options,
+    host: *const c_char,
+    pem_path: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let host = str_arg(host, "host")?.to_owned();
+        let path = str_arg(pem_path, "pem_path")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.host_ca_certificate(host, path));
+        Ok(())
+    })
+}
+
+/// How many times a request is tried on connection trouble, 5xx or 429
+/// (default 4, at least 1); also how many times an interrupted blob
+/// download is resumed.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_attempts(
+    options: *mut oci_cache_options,
+    attempts: u32,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        if attempts == 0 {
+            return Err(Failure::invalid("attempts must be at least 1"));
+        }
+        arg_mut(options, "options")?.update(|o| o.attempts(attempts));
         Ok(())
     })
 }
@@ -197,6 +279,8 @@ pub extern "C" fn oci_cancel_free(cancel: *mut oci_cancel) {
 #[derive(Default)]
 pub struct oci_call_options {
     pub(crate) cancel: Option<Arc<oci_cancel>>,
+    pub(crate) call: CallOptions,
+    pub(crate) progress: Option<ProgressCallback>,
 }
 
 impl oci_call_options {
@@ -204,6 +288,58 @@ impl oci_call_options {
     pub(crate) fn cancel_of(ptr: *const oci_call_options) -> Option<Arc<oci_cancel>> {
         // SAFETY: NULL or call options handed out by oci_call_options_new.
         unsafe { ptr.as_ref() }.and_then(|o| o.cancel.clone())
+    }
+
+    fn update(&mut self, change: impl FnOnce(CallOptions) -> CallOptions) {
+        self.call = change(std::mem::take(&mut self.call));
+    }
+}
+
+/// A progress callback: called with `user_data`, the layer's index (bottom
+/// first), its blob digest, the compressed bytes received so far and the
+/// blob's size, and the uncompressed bytes written so far and their total
+/// (-1 while unknown: the total is given with a layer's last report). It
+/// runs on the thread that made the call, never concurrently with itself;
+/// returning non-zero cancels the call (`OCI_E_CANCELED`). It must not make
+/// blocking oci_* calls: they fail with `OCI_E_INVALID_ARGUMENT`.
+pub type oci_progress_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        layer: usize,
+        digest: *const c_char,
+        downloaded: u64,
+        download_total: i64,
+        written: u64,
+        written_total: i64,
+    ) -> i32,
+>;
+
+/// A C progress callback and its argument.
+#[derive(Clone, Copy)]
+pub(crate) struct ProgressCallback {
+    function: unsafe extern "C" fn(*mut c_void, usize, *const c_char, u64, i64, u64, i64) -> i32,
+    user_data: *mut c_void,
+}
+
+impl ProgressCallback {
+    /// Calls the callback with `report`; false when it asks to stop.
+    pub(crate) fn deliver(&self, report: &Progress) -> bool {
+        let digest = CString::new(report.digest.as_str()).expect("digests have no NUL");
+        let total = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok()).unwrap_or(-1);
+        // SAFETY: the caller registered a function of this signature and
+        // vouches for `user_data`; the digest string outlives the call.
+        let verdict = unsafe {
+            (self.function)(
+                self.user_data,
+                report.layer,
+                digest.as_ptr(),
+                report.downloaded,
+                total(report.download_total),
+                report.written,
+                total(report.written_total),
+            )
+        };
+        verdict == 0
     }
 }
 
@@ -232,6 +368,53 @@ pub extern "C" fn oci_call_options_set_cancel(
                 Arc::increment_strong_count(cancel.cast_const());
                 Arc::from_raw(cancel.cast_const())
             }
+        });
+        Ok(())
+    })
+}
+
+/// Fails calls using `options` with `OCI_E_TIMEOUT` once they have run for
+/// `ms` milliseconds (0 removes the deadline).
+#[no_mangle]
+pub extern "C" fn oci_call_options_set_deadline_ms(
+    options: *mut oci_call_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|call| call.deadline((ms > 0).then(|| Duration::from_millis(ms))));
+        Ok(())
+    })
+}
+
+/// Fails calls using `options` with `OCI_E_TIMEOUT` when a registry sends
+/// nothing (no response, or no next bytes of one) for `ms` milliseconds
+/// (0 removes the limit).
+#[no_mangle]
+pub extern "C" fn oci_call_options_set_stall_timeout_ms(
+    options: *mut oci_call_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|call| call.stall_timeout((ms > 0).then(|| Duration::from_millis(ms))));
+        Ok(())
+    })
+}
+
+/// Reports progress of calls using `options` to `callback` with
+/// `user_data` (see `oci_progress_fn`); a NULL callback removes it.
+#[no_mangle]
+pub extern "C" fn oci_call_options_set_progress(
+    options: *mut oci_call_options,
+    callback: oci_progress_fn,
+    user_data: *mut c_void,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.progress = callback.map(|function| ProgressCallback {
+            function,
+            user_data,
         });
         Ok(())
     })
