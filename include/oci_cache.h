@@ -251,7 +251,8 @@ oci_status oci_cache_options_set_store(oci_cache_options *options, const char *d
 oci_status oci_cache_options_set_platform(oci_cache_options *options, const char *platform);
 
 // Reaches `host` (`"host[:port]"`) over plain HTTP. Loopback registries
-// always are; other hosts need HTTPS unless added here.
+// are reached so too, unless a host CA certificate is set for them; other
+// hosts need HTTPS unless added here.
 oci_status oci_cache_options_add_insecure_registry(oci_cache_options *options, const char *host);
 
 // Presents `username` and `password` to `host` (`"host[:port]"` as in
@@ -270,6 +271,12 @@ oci_status oci_cache_options_add_ca_certificate(oci_cache_options *options, cons
 // Trusts the CA certificates in the PEM file at `pem_path` for `host`
 // (`"host[:port]"`) only.
 oci_status oci_cache_options_add_host_ca_certificate(oci_cache_options *options, const char *host, const char *pem_path);
+
+// Tries `mirror` (`"host[:port]"`, e.g. a pull-through cache) before
+// `registry` (Docker Hub is `"index.docker.io"`). Mirrors are tried in the
+// order added; one that is unreachable, answers 5xx or lacks the content
+// hands over to the next, and the registry itself comes last.
+oci_status oci_cache_options_add_mirror(oci_cache_options *options, const char *registry, const char *mirror);
 
 // How many times a request is tried on connection trouble, 5xx or 429
 // (default 4, at least 1); also how many times an interrupted blob

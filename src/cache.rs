@@ -64,7 +64,8 @@ impl CacheOptions {
     }
 
     /// Reaches `host` (`host[:port]`) over plain HTTP. Loopback registries
-    /// always are; every other host needs HTTPS unless listed here.
+    /// are reached so too, unless a host CA certificate is set for them;
+    /// every other host needs HTTPS unless listed here.
     pub fn insecure_registry(mut self, host: impl Into<String>) -> CacheOptions {
         self.registry.insecure_hosts.push(host.into());
         self
@@ -90,6 +91,21 @@ impl CacheOptions {
     /// `$DOCKER_CONFIG/config.json` and `~/.docker/config.json`.
     pub fn auth_file(mut self, path: impl Into<PathBuf>) -> CacheOptions {
         self.registry.credentials.auth_file = Some(path.into());
+        self
+    }
+
+    /// Tries `mirror` (`host[:port]`, e.g. a pull-through cache) before
+    /// `registry` (`host[:port]` as references resolve it; Docker Hub is
+    /// `index.docker.io`). Mirrors are tried in the order added; one that is
+    /// unreachable, answers 5xx or lacks the content hands over to the next,
+    /// and the registry comes last. The mirror is told the original registry
+    /// with `?ns=`. What a mirror serves is verified like anything else.
+    pub fn mirror(
+        mut self,
+        registry: impl Into<String>,
+        mirror: impl Into<String>,
+    ) -> CacheOptions {
+        self.registry.mirrors.push((registry.into(), mirror.into()));
         self
     }
 
@@ -276,7 +292,9 @@ impl ImageCache {
     /// store records for it, else the registry's. For a multi-platform image
     /// this is the index's digest.
     pub async fn resolve(&self, reference: &str) -> Result<Digest> {
-        self.call.bounded(self.resolve_now(reference)).await
+        self.call
+            .bounded(&format!("resolve {reference}"), self.resolve_now(reference))
+            .await
     }
 
     async fn resolve_now(&self, reference: &str) -> Result<Digest> {
@@ -303,7 +321,10 @@ impl ImageCache {
     /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         self.call
-            .bounded(self.fetch_image_now(reference, platform))
+            .bounded(
+                &format!("fetch_image {reference}"),
+                self.fetch_image_now(reference, platform),
+            )
             .await
     }
 
@@ -418,11 +439,14 @@ impl ImageCache {
     /// matched; a mismatch is a read error.
     pub async fn fetch_layer(&self, image: &Image, index: usize) -> Result<LayerReader> {
         self.call
-            .bounded(async {
-                let check = self.layer_check(image, index)?;
-                let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
-                Ok(layer::stream(check, blob, copy))
-            })
+            .bounded(
+                &format!("fetch_layer {index} of {}", image.reference),
+                async {
+                    let check = self.layer_check(image, index)?;
+                    let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
+                    Ok(layer::stream(check, blob, copy))
+                },
+            )
             .await
     }
 
@@ -432,7 +456,10 @@ impl ImageCache {
     pub async fn extract_layer(&self, image: &Image, index: usize, dst: &Path) -> Result<File> {
         let dst = existing_dir(dst)?;
         self.call
-            .bounded(self.extract(image, index, &dst, false))
+            .bounded(
+                &format!("extract_layer {index} of {}", image.reference),
+                self.extract(image, index, &dst, false),
+            )
             .await
     }
 
@@ -455,7 +482,9 @@ impl ImageCache {
             .map(|index| self.extract(image, index, &dst, reuse))
             .buffered(self.inner.max_concurrent_layers)
             .try_collect();
-        self.call.bounded(all).await
+        self.call
+            .bounded(&format!("layers of {}", image.reference), all)
+            .await
     }
 
     async fn extract(&self, image: &Image, index: usize, dst: &Path, reuse: bool) -> Result<File> {

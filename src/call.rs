@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -77,16 +77,28 @@ impl CallOptions {
         self.progress.clone()
     }
 
-    /// Runs `call` within the deadline, if there is one.
-    pub(crate) async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+    /// Runs `call` (described by `what`) within the deadline, if there is
+    /// one. A call cut short returns only once the blocking work it started
+    /// has stopped and removed its temp files.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let Some(limit) = self.deadline else {
             return call.await;
         };
-        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "the call did not finish within its {limit:?} deadline"
-            )))
-        })
+        let (work, call) = Work::scope(call);
+        let outcome = tokio::time::timeout(limit, call).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                work.stopped().await;
+                Err(Error::Timeout(format!(
+                    "{what}: not done within its {limit:?} deadline"
+                )))
+            }
+        }
     }
 }
 
@@ -97,5 +109,64 @@ impl fmt::Debug for CallOptions {
             .field("stall_timeout", &self.stall_timeout)
             .field("progress", &self.progress.is_some())
             .finish()
+    }
+}
+
+tokio::task_local! {
+    static WORK: Work;
+}
+
+/// The blocking work one call has started (layer extractions), so that a
+/// call ending early (a deadline, a cancel) can wait until that work has
+/// noticed, stopped and cleaned up, instead of returning while temp files
+/// still exist.
+#[derive(Clone, Default)]
+pub(crate) struct Work(Arc<WorkState>);
+
+#[derive(Default)]
+struct WorkState {
+    running: Mutex<usize>,
+    idle: tokio::sync::Notify,
+}
+
+impl Work {
+    /// The calling task's tracker (a new one outside any call), and
+    /// `future` running with it in scope.
+    pub(crate) fn scope<F: Future>(future: F) -> (Work, impl Future<Output = F::Output>) {
+        let work = WORK.try_with(Work::clone).unwrap_or_default();
+        (work.clone(), WORK.scope(work, future))
+    }
+
+    /// Registers one piece of blocking work of the current call, if it is
+    /// tracked; the work holds the guard until it has finished.
+    pub(crate) fn enter() -> Option<WorkGuard> {
+        let work = WORK.try_with(Work::clone).ok()?;
+        *work.0.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Some(WorkGuard(work))
+    }
+
+    /// Completes once no registered work is running.
+    pub(crate) async fn stopped(&self) {
+        loop {
+            let idle = self.0.idle.notified();
+            if *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Held by running blocking work; see [`Work::enter`].
+pub(crate) struct WorkGuard(Work);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        let state = &(self.0).0;
+        let mut running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+        *running -= 1;
+        if *running == 0 {
+            state.idle.notify_waiters();
+        }
     }
 }

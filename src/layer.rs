@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::call::{Progress, ProgressFn};
+use crate::call::{Progress, ProgressFn, Work};
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fs::{self, PendingFile, CONTENT_MODE};
@@ -102,10 +102,20 @@ pub(crate) async fn extract(
     // Dropping this future (a deadline, a cancel) stops the blocking work at
     // its next read, which then removes its temp files.
     let _abandon = Abandon(input.abandoned.clone(), input.feeder.clone());
+    let running = Work::enter();
+    let abandoned = input.abandoned.clone();
     blocking(move || {
+        let _running = running;
         fs::create_dir_all(path.parent().expect("tar paths have a parent"))?;
         let tar = PendingFile::create(path.clone(), CONTENT_MODE)?;
         let (tar, copy) = unpack(&check, input, tar)?;
+        // A call that ended early leaves nothing new, even a finished layer.
+        if abandoned.load(Ordering::Relaxed) {
+            return Err(Error::Canceled(format!(
+                "{}: the call was dropped",
+                check.what
+            )));
+        }
         tar.commit()?;
         copy.map_or(Ok(()), PendingFile::commit)?;
         fs::open_read_only(&path)

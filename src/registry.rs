@@ -53,6 +53,9 @@ pub(crate) struct RegistryConfig {
     pub credentials: CredentialSources,
     /// Tries per request (and resumes per blob) on transient failures.
     pub attempts: u32,
+    /// `(registry, mirror)` pairs, `host[:port]` each, tried in order
+    /// before the registry.
+    pub mirrors: Vec<(String, String)>,
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +66,7 @@ impl Default for RegistryConfig {
             host_ca_certificates: Vec::new(),
             credentials: CredentialSources::default(),
             attempts: 4,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -107,13 +111,16 @@ impl Registry {
     }
 
     async fn connect(&self, name: String) -> Result<Host> {
-        let plain_http = is_loopback(&name) || self.config.insecure_hosts.contains(&name);
-        let host_cas = self
+        let host_cas: Vec<&PathBuf> = self
             .config
             .host_ca_certificates
             .iter()
             .filter(|(h, _)| *h == name)
-            .map(|(_, p)| p);
+            .map(|(_, p)| p)
+            .collect();
+        // A loopback registry with a CA of its own speaks TLS.
+        let plain_http = self.config.insecure_hosts.contains(&name)
+            || (is_loopback(&name) && host_cas.is_empty());
         let extra_root_certificates = self
             .config
             .ca_certificates
@@ -162,43 +169,80 @@ impl Registry {
         Ok(Host { client, auth })
     }
 
-    /// Runs `operation` with `reference`'s host. A 401 gets one more try
-    /// after an explicit token request: that surfaces why a token exchange
-    /// failed (oci-client's implicit one falls back to anonymous and hides
-    /// it), and replaces a token that expired.
-    async fn authorized<T, F, Fut>(
+    /// Runs `operation` against `reference`'s mirrors in order, then its
+    /// registry: a mirror that cannot be reached, fails with 5xx after its
+    /// retries, or lacks the content (404) hands over to the next. Returns
+    /// the result with the endpoint (a reference to the mirror or the
+    /// registry itself) and the host that served it.
+    async fn served<T, F, Fut>(
         &self,
         reference: &Reference,
         what: &str,
         limits: Limits,
         operation: F,
-    ) -> Result<T>
+    ) -> Result<(T, Reference, Host)>
     where
-        F: Fn(Host) -> Fut,
+        F: Fn(Host, Reference) -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        let host = self.host(reference).await?;
-        let attempts = self.config.attempts.max(1);
-        let operation = &operation;
-        let attempt = |host: Host| async move {
-            for retry in 1.. {
-                let outcome = limits
-                    .stalling(what, async { Ok(operation(host.clone()).await) })
-                    .await?;
-                match outcome {
-                    Err(err) if retry < attempts && is_transient(&err) => {
-                        tokio::time::sleep(backoff(retry)).await
-                    }
-                    outcome => return outcome.map_err(|e| map_error(e, what)),
-                }
+        let mirrors = self
+            .config
+            .mirrors
+            .iter()
+            .filter(|(registry, _)| registry == reference.resolve_registry());
+        for (_, mirror) in mirrors {
+            let mut endpoint = reference.clone();
+            endpoint.set_mirror_registry(mirror.clone());
+            match self.authorized(endpoint, what, limits, &operation).await {
+                Err(Error::Network(_) | Error::NotFound(_)) => continue,
+                outcome => return outcome,
             }
-            unreachable!("the loop returns on its last attempt")
+        }
+        self.authorized(reference.clone(), what, limits, &operation)
+            .await
+    }
+
+    /// Runs `operation` with `endpoint`'s host, retrying transient failures.
+    /// A 401 gets one more try after an explicit token request: that
+    /// surfaces why a token exchange failed (oci-client's implicit one falls
+    /// back to anonymous and hides it), and replaces a token that expired.
+    async fn authorized<T, F, Fut>(
+        &self,
+        endpoint: Reference,
+        what: &str,
+        limits: Limits,
+        operation: &F,
+    ) -> Result<(T, Reference, Host)>
+    where
+        F: Fn(Host, Reference) -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let host = self.host(&endpoint).await?;
+        let attempts = self.config.attempts.max(1);
+        let attempt = |host: Host| {
+            let endpoint = endpoint.clone();
+            async move {
+                for retry in 1.. {
+                    let outcome = limits
+                        .stalling(what, async {
+                            Ok(operation(host.clone(), endpoint.clone()).await)
+                        })
+                        .await?;
+                    match outcome {
+                        Err(err) if retry < attempts && is_transient(&err) => {
+                            tokio::time::sleep(backoff(retry)).await
+                        }
+                        outcome => return outcome.map_err(|e| map_error(e, what)),
+                    }
+                }
+                unreachable!("the loop returns on its last attempt")
+            }
         };
-        match attempt(host.clone()).await {
+        let value = match attempt(host.clone()).await {
             Err(Error::Unauthorized(_)) => {
                 let token = host
                     .client
-                    .auth(reference, &host.auth, RegistryOperation::Pull);
+                    .auth(&endpoint, &host.auth, RegistryOperation::Pull);
                 limits
                     .stalling(what, async {
                         token
@@ -206,22 +250,24 @@ impl Registry {
                             .map_err(|e| map_error(e, &format!("{what}: token request")))
                     })
                     .await?;
-                attempt(host).await
+                attempt(host.clone()).await?
             }
-            other => other,
-        }
+            other => other?,
+        };
+        Ok((value, endpoint, host))
     }
 
     /// The digest the registry has for `reference` (a HEAD request when it can).
     pub(crate) async fn resolve(&self, reference: &Reference, limits: Limits) -> Result<Digest> {
         let what = format!("manifest {reference}");
         let digest = self
-            .authorized(reference, &what, limits, |host| async move {
+            .served(reference, &what, limits, |host, endpoint| async move {
                 host.client
-                    .fetch_manifest_digest(reference, &host.auth)
+                    .fetch_manifest_digest(&endpoint, &host.auth)
                     .await
             })
-            .await?;
+            .await?
+            .0;
         Digest::parse(&digest)
     }
 
@@ -241,12 +287,13 @@ impl Registry {
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ];
         let (body, digest) = self
-            .authorized(reference, &what, limits, |host| async move {
+            .served(reference, &what, limits, |host, endpoint| async move {
                 host.client
-                    .pull_manifest_raw(reference, &host.auth, &accepted)
+                    .pull_manifest_raw(&endpoint, &host.auth, &accepted)
                     .await
             })
-            .await?;
+            .await?
+            .0;
         if body.len() as u64 > MAX_METADATA_BYTES {
             return Err(Error::InvalidContent(format!(
                 "{what} is {} bytes, over the {MAX_METADATA_BYTES}-byte limit",
@@ -278,15 +325,16 @@ impl Registry {
             digest: digest.as_str(),
             urls,
         };
-        let stream = self
-            .authorized(reference, &what, limits, |host| {
+        let (stream, endpoint, host) = self
+            .served(reference, &what, limits, |host, endpoint| {
                 let descriptor = &descriptor;
-                async move { host.client.pull_blob_stream(reference, descriptor).await }
+                async move { host.client.pull_blob_stream(&endpoint, descriptor).await }
             })
             .await?;
+        // Resumes go to whichever endpoint served the blob.
         let download = BlobDownload {
-            client: self.host(reference).await?.client,
-            reference: reference.clone(),
+            client: host.client,
+            reference: endpoint,
             digest: digest.to_string(),
             urls: urls.clone(),
             size,

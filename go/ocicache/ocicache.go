@@ -104,7 +104,8 @@ type Options struct {
 	// manifest of multi-platform images. Empty: the host's.
 	Platform string
 	// InsecureRegistries lists "host[:port]" registries reached over plain
-	// HTTP. Loopback registries always are.
+	// HTTP. Loopback registries are too, unless HostCACertificates has an
+	// entry for them.
 	InsecureRegistries []string
 	// WorkerThreads is the number of threads of the cache's internal
 	// runtime. Zero: 2.
@@ -134,6 +135,23 @@ type Options struct {
 	// bytes of one) for this long. Zero: no limit; a call then waits as
 	// long as its context lets it. Rounded up to whole milliseconds.
 	StallTimeout time.Duration
+	// Mirrors are tried, in order, before the registry they stand for:
+	// one that is unreachable, answers 5xx or lacks the content hands over
+	// to the next, and the registry comes last.
+	Mirrors []Mirror
+	// Attempts is how many times a request is tried on connection trouble,
+	// 5xx or 429, and how many times an interrupted download is resumed.
+	// Zero: 4.
+	Attempts int
+}
+
+// Mirror is a registry mirror, such as a pull-through cache.
+type Mirror struct {
+	// Registry is the registry mirrored, "host[:port]"; Docker Hub is
+	// "index.docker.io".
+	Registry string
+	// Host is the mirror, "host[:port]".
+	Host string
 }
 
 // Credential is a username and password for one registry.
@@ -177,6 +195,9 @@ type Cache struct {
 func Open(opts Options) (*Cache, error) {
 	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 {
 		return nil, invalidArgument("Options.WorkerThreads and Options.MaxConcurrentLayers must not be negative")
+	}
+	if opts.Attempts < 0 {
+		return nil, invalidArgument("Options.Attempts must not be negative")
 	}
 	if opts.StallTimeout < 0 {
 		return nil, invalidArgument("Options.StallTimeout must not be negative")
@@ -259,6 +280,19 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 			return C.oci_cache_options_add_ca_certificate(copts, a[0])
 		}, path); err != nil {
 			return err
+		}
+	}
+	for _, m := range opts.Mirrors {
+		shown := fmt.Sprintf("%q for registry %q", m.Host, m.Registry)
+		if err := setOption("Options.Mirrors", shown, func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_add_mirror(copts, a[0], a[1])
+		}, m.Registry, m.Host); err != nil {
+			return err
+		}
+	}
+	if opts.Attempts > 0 {
+		if st := C.oci_cache_options_set_attempts(copts, C.uint32_t(opts.Attempts)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("Options.Attempts %d", opts.Attempts))
 		}
 	}
 	for _, hc := range opts.HostCACertificates {

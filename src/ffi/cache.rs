@@ -15,7 +15,7 @@ use super::{
     OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
 use crate::cache::ImageCache;
-use crate::call::Progress;
+use crate::call::{Progress, Work};
 use crate::error::Error;
 
 /// An image cache: a local store, the registries behind it, and the runtime
@@ -123,15 +123,16 @@ impl oci_cache {
             if cancel.as_ref().is_some_and(|c| c.is_triggered()) {
                 return Err(oci_cancel::canceled());
             }
-            let mut work = std::pin::pin!(work);
-            loop {
+            let (running, work) = Work::scope(work);
+            let mut work = Box::pin(work);
+            let stopped = loop {
                 tokio::select! {
                     // Reports before the result, so a call's last reports are delivered.
                     biased;
-                    () = triggered(cancel.as_deref()) => return Err(oci_cancel::canceled()),
+                    () = triggered(cancel.as_deref()) => break Err(oci_cancel::canceled()),
                     Some((callback, report)) = next_report(&mut progress) => {
                         if !callback.deliver(&report) {
-                            return Err(Error::Canceled("the progress callback asked to stop".into()));
+                            break Err(Error::Canceled("the progress callback asked to stop".into()));
                         }
                     }
                     result = &mut work => {
@@ -144,7 +145,12 @@ impl oci_cache {
                         return result;
                     }
                 }
-            }
+            };
+            // Stopped early: the work ends at its next step; wait until its
+            // blocking parts have removed what they had half-written.
+            drop(work);
+            running.stopped().await;
+            stopped
         });
         Ok(outcome?)
     }

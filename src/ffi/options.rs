@@ -80,7 +80,8 @@ pub extern "C" fn oci_cache_options_set_platform(
 }
 
 /// Reaches `host` (`"host[:port]"`) over plain HTTP. Loopback registries
-/// always are; other hosts need HTTPS unless added here.
+/// are reached so too, unless a host CA certificate is set for them; other
+/// hosts need HTTPS unless added here.
 #[no_mangle]
 pub extern "C" fn oci_cache_options_add_insecure_registry(
     options: *mut oci_cache_options,
@@ -152,6 +153,24 @@ pub extern "C" fn oci_cache_options_add_host_ca_certificate(
         let host = str_arg(host, "host")?.to_owned();
         let path = str_arg(pem_path, "pem_path")?.to_owned();
         arg_mut(options, "options")?.update(|o| o.host_ca_certificate(host, path));
+        Ok(())
+    })
+}
+
+/// Tries `mirror` (`"host[:port]"`, e.g. a pull-through cache) before
+/// `registry` (Docker Hub is `"index.docker.io"`). Mirrors are tried in the
+/// order added; one that is unreachable, answers 5xx or lacks the content
+/// hands over to the next, and the registry itself comes last.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_add_mirror(
+    options: *mut oci_cache_options,
+    registry: *const c_char,
+    mirror: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let registry = str_arg(registry, "registry")?.to_owned();
+        let mirror = str_arg(mirror, "mirror")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.mirror(registry, mirror));
         Ok(())
     })
 }

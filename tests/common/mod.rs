@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,22 +79,108 @@ pub struct Registry {
     host: String,
     child: Option<Child>,
     sentinels: AtomicUsize,
+    /// How the harness itself reaches it (scheme, credentials, CA).
+    endpoint: Endpoint,
+    /// `NAME:PORT` for a TLS registry (see [`Registry::tls_host`]).
+    tls_host: Option<String>,
+}
+
+/// The user of every registry started with [`RegistrySetup::htpasswd`].
+pub const TEST_USER: &str = "tester";
+/// The password of [`TEST_USER`].
+pub const TEST_PASSWORD: &str = "s3cret-p4ss";
+/// `htpasswd -Bbn tester s3cret-p4ss` (bcrypt, cost 5), kept as a fixture
+/// so that apache2-utils is not needed. The registry accepts only bcrypt.
+const TEST_HTPASSWD_LINE: &str =
+    "tester:$2y$05$jD8MjtOXG31ZCABdRrO8LO46lFH.PSKXSus..aQt18G1sf.FuIxre";
+
+/// What a [`Registry`] started with [`Registry::start_with`] requires:
+/// nothing (like [`Registry::start`]), htpasswd basic auth, TLS, or both.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySetup {
+    htpasswd: bool,
+    tls: bool,
+}
+
+impl RegistrySetup {
+    pub fn new() -> RegistrySetup {
+        RegistrySetup::default()
+    }
+
+    /// Basic auth against an htpasswd file holding [`TEST_USER`] /
+    /// [`TEST_PASSWORD`]: every request without them gets 401.
+    pub fn htpasswd(mut self) -> RegistrySetup {
+        self.htpasswd = true;
+        self
+    }
+
+    /// HTTPS only, with a fresh self-signed certificate (see
+    /// [`Registry::ca_pem`]) for `127.0.0.1`, `localhost` and this machine's
+    /// host name, on which the registry listens (see [`Registry::tls_host`]).
+    pub fn tls(mut self) -> RegistrySetup {
+        self.tls = true;
+        self
+    }
 }
 
 impl Registry {
     /// Starts a registry and waits until `GET /v2/` answers 200.
     pub fn start() -> Registry {
+        Registry::start_with(RegistrySetup::new())
+    }
+
+    /// Starts a registry as `setup` says and waits until `GET /v2/` (with
+    /// credentials and over HTTPS as needed) answers 200.
+    pub fn start_with(setup: RegistrySetup) -> Registry {
         let binary = registry_binary();
         let dir = tempfile::Builder::new()
             .prefix("oci-cache-registry-")
             .tempdir()
             .expect("creating the registry's temp dir");
+        // A TLS registry listens where this machine's name points, so that
+        // it can be reached by a name that is not a loopback literal.
+        let (bind_ip, tls_name) = if setup.tls {
+            let (name, ip) = machine_name();
+            (ip, Some(name))
+        } else {
+            ("127.0.0.1".parse().unwrap(), None)
+        };
+        let mut auth_section = String::new();
+        let mut basic_auth = None;
+        if setup.htpasswd {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{TEST_HTPASSWD_LINE}\n")).expect("writing htpasswd");
+            auth_section = format!(
+                "auth:\n  htpasswd:\n    realm: oci-cache-test\n    path: {}\n",
+                htpasswd.display()
+            );
+            basic_auth = Some((TEST_USER.to_owned(), TEST_PASSWORD.to_owned()));
+        }
+        let mut tls_section = String::new();
+        let mut ca_pem = None;
+        if let Some(name) = &tls_name {
+            let cert = TlsCert::generate(
+                &dir.path().join("tls"),
+                &[
+                    "IP:127.0.0.1".to_owned(),
+                    "DNS:localhost".to_owned(),
+                    format!("DNS:{name}"),
+                    format!("IP:{bind_ip}"),
+                ],
+            );
+            tls_section = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.cert.display(),
+                cert.key.display()
+            );
+            ca_pem = Some(cert.cert);
+        }
         let mut last_failure = String::new();
         // The port is free when picked but may be taken before the registry
         // binds it, so a start that dies early is retried on a new port.
         for _attempt in 0..5 {
-            let port = free_port();
-            let host = format!("127.0.0.1:{port}");
+            let port = free_port_on(bind_ip);
+            let host = format!("{bind_ip}:{port}");
             let config = dir.path().join("config.yml");
             let storage = dir.path().join("storage");
             let secret = format!("test-secret-{port}-{}", std::process::id());
@@ -104,8 +190,8 @@ impl Registry {
                     "version: 0.1\n\
                      log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                      storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                     http:\n  addr: {host}\n  secret: {secret}\n\
-                     validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n",
+                     http:\n  addr: {host}\n  secret: {secret}\n{tls_section}\
+                     validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n{auth_section}",
                     storage.display()
                 ),
             )
@@ -128,16 +214,23 @@ impl Registry {
                     command.env_remove(key);
                 }
             }
+            let endpoint = Endpoint {
+                host: host.clone(),
+                basic_auth: basic_auth.clone(),
+                ca_pem: ca_pem.clone(),
+            };
             let mut child = command
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-            match wait_ready(&mut child, &host, &log_path, Duration::from_secs(10)) {
+            match wait_ready(&mut child, &endpoint, &log_path, Duration::from_secs(10)) {
                 Ok(()) => {
                     return Registry {
                         dir,
                         host,
                         child: Some(child),
                         sentinels: AtomicUsize::new(0),
+                        endpoint,
+                        tls_host: tls_name.as_ref().map(|name| format!("{name}:{port}")),
                     }
                 }
                 Err(why) => {
@@ -150,7 +243,33 @@ impl Registry {
         panic!("docker-registry did not come up: {last_failure}");
     }
 
-    /// `127.0.0.1:PORT`.
+    /// How the harness reaches this registry: pass it to the `push_*_to`
+    /// functions. Carries the credentials and CA the registry needs.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    /// For a TLS registry, `NAME:PORT` with NAME this machine's host name:
+    /// its certificate covers it, it resolves to the address the registry
+    /// listens on, and, not being a loopback literal or `localhost`, clients
+    /// reach it over HTTPS. Panics for a registry without TLS.
+    pub fn tls_host(&self) -> String {
+        self.tls_host
+            .clone()
+            .expect("tls_host() of a registry started without RegistrySetup::tls")
+    }
+
+    /// The self-signed certificate (PEM) of a TLS registry, which is also
+    /// the CA to trust. Panics for a registry without TLS.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.endpoint
+            .ca_pem
+            .clone()
+            .expect("ca_pem() of a registry started without RegistrySetup::tls")
+    }
+
+    /// `127.0.0.1:PORT` (for a TLS registry, `IP:PORT` with the address it
+    /// listens on; see [`Registry::tls_host`]).
     pub fn host(&self) -> String {
         self.host.clone()
     }
@@ -209,7 +328,7 @@ impl Registry {
         }
         let n = self.sentinels.fetch_add(1, Ordering::SeqCst);
         let sentinel = format!("/v2/?log-sentinel={n}");
-        let _ = http(&self.host, "GET", &sentinel, &[], &[]);
+        let _ = request(&self.endpoint, "GET", &sentinel, &[], &[]);
         let needle = format!("\"GET {sentinel} HTTP/");
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut previous = None;
@@ -236,7 +355,13 @@ impl Drop for Registry {
     }
 }
 
-fn wait_ready(child: &mut Child, host: &str, log: &Path, timeout: Duration) -> Result<(), String> {
+fn wait_ready(
+    child: &mut Child,
+    endpoint: &Endpoint,
+    log: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let host = endpoint.host.as_str();
     let deadline = Instant::now() + timeout;
     let log_text = || std::fs::read_to_string(log).unwrap_or_default();
     loop {
@@ -249,7 +374,7 @@ fn wait_ready(child: &mut Child, host: &str, log: &Path, timeout: Duration) -> R
         // Another process that got the same port could answer too: only a
         // request that shows up in this registry's own log proves it is ours.
         let probe = format!("/v2/?ready-probe={}", host.replace(':', "-"));
-        if let Ok(response) = http(host, "GET", &probe, &[], &[]) {
+        if let Ok(response) = request(endpoint, "GET", &probe, &[], &[]) {
             let needle = format!("\"GET {probe} HTTP/");
             let seen_until = Instant::now() + Duration::from_secs(1);
             while response.status == 200 && Instant::now() < seen_until {
@@ -278,9 +403,78 @@ fn access_log_request(line: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+fn free_port_on(ip: IpAddr) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("binding {ip}:0: {e}"));
     listener.local_addr().expect("local addr").port()
+}
+
+/// This machine's host name and the IPv4 address it resolves to, which
+/// must be local (bindable). A name, unlike `127.0.0.1` or `localhost`, is
+/// not taken for a loopback registry, which clients reach over plain HTTP.
+fn machine_name() -> (String, IpAddr) {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("reading /proc/sys/kernel/hostname")
+        .trim()
+        .to_ascii_lowercase();
+    let usable = !name.is_empty()
+        && name != "localhost"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    assert!(
+        usable,
+        "TLS registries are reached by this machine's host name, but {name:?} cannot be used in a reference"
+    );
+    let ip = (name.as_str(), 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4()))
+        .map(|a| a.ip())
+        .unwrap_or_else(|| {
+            panic!("TLS registries are reached by this machine's host name, but {name:?} does not resolve to an IPv4 address (add it to /etc/hosts)")
+        });
+    if let Err(e) = TcpListener::bind((ip, 0)) {
+        panic!("this machine's host name {name:?} resolves to {ip}, which cannot be bound: {e}");
+    }
+    (name, ip)
+}
+
+/// A self-signed certificate and its key, made by `openssl req -x509`.
+#[derive(Debug, Clone)]
+pub struct TlsCert {
+    /// The certificate, PEM: also the CA to trust.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsCert {
+    /// Writes `cert.pem` and `key.pem` into `dir` (created if missing), the
+    /// certificate valid for one day for `subject_alt_names` such as
+    /// `IP:127.0.0.1` or `DNS:localhost`.
+    pub fn generate(dir: &Path, subject_alt_names: &[String]) -> TlsCert {
+        std::fs::create_dir_all(dir).expect("creating a directory for a certificate");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let output = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-addext"])
+            .arg(format!("subjectAltName={}", subject_alt_names.join(",")))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running openssl (apt-get install openssl): {e}"));
+        assert!(
+            output.status.success() && cert.is_file() && key.is_file(),
+            "openssl req -x509 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        TlsCert { cert, key }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -329,6 +523,145 @@ pub fn http(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw, method == "HEAD")
+}
+
+/// How the harness reaches a registry: its `host:port`, the basic
+/// credentials to send (if any) and, for HTTPS, the CA (PEM) to trust. Plain
+/// registries are spoken to by [`http`], HTTPS ones through `curl`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub basic_auth: Option<(String, String)>,
+    pub ca_pem: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// Plain HTTP, no credentials: what the `push_*` functions taking a
+    /// bare host use.
+    pub fn plain(host: &str) -> Endpoint {
+        Endpoint {
+            host: host.to_owned(),
+            basic_auth: None,
+            ca_pem: None,
+        }
+    }
+}
+
+/// One request to `endpoint`, with its credentials, over HTTPS when it has
+/// a CA; `path` may carry a query.
+pub fn request(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let authorization = endpoint.basic_auth.as_ref().map(|(user, password)| {
+        format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+    });
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if let Some(value) = &authorization {
+        all.push(("Authorization", value));
+    }
+    match &endpoint.ca_pem {
+        None => http(&endpoint.host, method, path, &all, body),
+        Some(ca) => curl(&endpoint.host, ca, method, path, &all, body),
+    }
+}
+
+/// One HTTPS request with `curl`, trusting only `ca`.
+fn curl(
+    host: &str,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let scratch = tempfile::Builder::new()
+        .prefix("oci-cache-curl-")
+        .tempdir()?;
+    let (head_file, body_file, sent_file) = (
+        scratch.path().join("head"),
+        scratch.path().join("body"),
+        scratch.path().join("sent"),
+    );
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "30", "--http1.1"])
+        .arg("--cacert")
+        .arg(ca)
+        .arg("--dump-header")
+        .arg(&head_file)
+        .arg("--output")
+        .arg(&body_file)
+        // No `Expect: 100-continue` round, whose interim head would come first.
+        .args(["--header", "Expect:"]);
+    if method == "HEAD" {
+        command.arg("--head");
+    } else {
+        command.args(["--request", method]);
+    }
+    if method == "POST" || method == "PUT" || method == "PATCH" || !body.is_empty() {
+        std::fs::write(&sent_file, body)?;
+        command
+            .arg("--data-binary")
+            .arg(format!("@{}", sent_file.display()));
+    }
+    for (name, value) in headers {
+        command.arg("--header").arg(format!("{name}: {value}"));
+    }
+    command.arg(format!("https://{host}{path}"));
+    let output = command.stdin(Stdio::null()).output().map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("running curl (apt-get install curl): {e}"),
+        )
+    })?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "curl {method} https://{host}{path}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let head = std::fs::read(&head_file)?;
+    // The last head is the answer (an interim 1xx head may precede it).
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let last = text
+        .split("\r\n\r\n")
+        .filter(|block| !block.trim().is_empty())
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let mut raw = last.into_bytes();
+    raw.extend_from_slice(b"\r\n\r\n");
+    let mut response = parse_response(&raw, true)?;
+    // curl has already undone any chunked encoding.
+    response.body = std::fs::read(&body_file).unwrap_or_default();
+    Ok(response)
+}
+
+/// Standard base64 with padding, as in `Authorization: Basic` and the
+/// `auth` field of docker/podman auth files.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
@@ -545,9 +878,15 @@ pub fn build_image(
 
 /// Uploads a blob with a POST then a monolithic PUT.
 pub fn push_blob(host: &str, repo: &str, blob: &[u8]) -> String {
+    push_blob_to(&Endpoint::plain(host), repo, blob)
+}
+
+/// [`push_blob`] to any registry (credentials, HTTPS).
+pub fn push_blob_to(endpoint: &Endpoint, repo: &str, blob: &[u8]) -> String {
+    let host = endpoint.host.as_str();
     let digest = sha256(blob);
-    let started = http(
-        host,
+    let started = request(
+        endpoint,
         "POST",
         &format!("/v2/{repo}/blobs/uploads/"),
         &[],
@@ -570,8 +909,8 @@ pub fn push_blob(host: &str, repo: &str, blob: &[u8]) -> String {
     };
     let separator = if path.contains('?') { '&' } else { '?' };
     let put_path = format!("{path}{separator}digest={digest}");
-    let done = http(
-        host,
+    let done = request(
+        endpoint,
         "PUT",
         &put_path,
         &[("Content-Type", "application/octet-stream")],
@@ -589,8 +928,20 @@ pub fn push_blob(host: &str, repo: &str, blob: &[u8]) -> String {
 
 /// PUTs manifest bytes unchanged under `reference` (a tag or a digest).
 pub fn push_manifest(host: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let response = http(
-        host,
+    push_manifest_to(&Endpoint::plain(host), repo, reference, media_type, body)
+}
+
+/// [`push_manifest`] to any registry (credentials, HTTPS).
+pub fn push_manifest_to(
+    endpoint: &Endpoint,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) {
+    let host = endpoint.host.as_str();
+    let response = request(
+        endpoint,
         "PUT",
         &format!("/v2/{repo}/manifests/{reference}"),
         &[("Content-Type", media_type)],
@@ -620,14 +971,33 @@ pub fn push_image(
     docker_types: bool,
     platform: PlatformSpec,
 ) -> PushedImage {
-    let image = build_image(host, repo, layers, docker_types, platform);
-    push_blob(host, repo, &image.config);
+    push_image_to(
+        &Endpoint::plain(host),
+        repo,
+        tag,
+        layers,
+        docker_types,
+        platform,
+    )
+}
+
+/// [`push_image`] to any registry (credentials, HTTPS).
+pub fn push_image_to(
+    endpoint: &Endpoint,
+    repo: &str,
+    tag: Option<&str>,
+    layers: Vec<FixtureLayer>,
+    docker_types: bool,
+    platform: PlatformSpec,
+) -> PushedImage {
+    let image = build_image(&endpoint.host, repo, layers, docker_types, platform);
+    push_blob_to(endpoint, repo, &image.config);
     for layer in &image.layers {
-        push_blob(host, repo, &layer.blob);
+        push_blob_to(endpoint, repo, &layer.blob);
     }
     let reference = tag.unwrap_or(&image.manifest_digest);
-    push_manifest(
-        host,
+    push_manifest_to(
+        endpoint,
         repo,
         reference,
         &image.manifest_media_type,
@@ -640,6 +1010,17 @@ pub fn push_image(
 /// each entry carrying its platform. Returns the index bytes and digest.
 pub fn push_index(
     host: &str,
+    repo: &str,
+    tag: &str,
+    entries: &[(&PushedImage, PlatformSpec)],
+    docker_types: bool,
+) -> (Vec<u8>, String) {
+    push_index_to(&Endpoint::plain(host), repo, tag, entries, docker_types)
+}
+
+/// [`push_index`] to any registry (credentials, HTTPS).
+pub fn push_index_to(
+    endpoint: &Endpoint,
     repo: &str,
     tag: &str,
     entries: &[(&PushedImage, PlatformSpec)],
@@ -671,7 +1052,7 @@ pub fn push_index(
         "manifests": manifests,
     }))
     .unwrap();
-    push_manifest(host, repo, tag, index_type, &body);
+    push_manifest_to(endpoint, repo, tag, index_type, &body);
     let digest = sha256(&body);
     (body, digest)
 }
@@ -694,6 +1075,7 @@ pub struct FakeRegistry {
     host: String,
     routes: Arc<Mutex<HashMap<String, Route>>>,
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    paces: Arc<Mutex<HashMap<String, Pace>>>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -705,6 +1087,7 @@ impl FakeRegistry {
         let host = listener.local_addr().unwrap().to_string();
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let paces: Arc<Mutex<HashMap<String, Pace>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         routes.lock().unwrap().insert(
             "/v2/".into(),
@@ -716,15 +1099,27 @@ impl FakeRegistry {
             },
         );
         let thread = {
-            let (routes, counts, stopping) = (routes.clone(), counts.clone(), stopping.clone());
+            let (routes, counts, paces, stopping) = (
+                routes.clone(),
+                counts.clone(),
+                paces.clone(),
+                stopping.clone(),
+            );
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (routes, counts) = (routes.clone(), counts.clone());
-                    std::thread::spawn(move || serve_fake(stream, &routes, &counts));
+                    let (routes, counts, paces, stopping) = (
+                        routes.clone(),
+                        counts.clone(),
+                        paces.clone(),
+                        stopping.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        serve_fake(stream, &routes, &counts, &paces, &stopping)
+                    });
                 }
             })
         };
@@ -732,6 +1127,7 @@ impl FakeRegistry {
             host,
             routes,
             counts,
+            paces,
             stopping,
             thread: Some(thread),
         }
@@ -799,6 +1195,22 @@ impl FakeRegistry {
         self.routes.lock().unwrap().insert(path.to_owned(), route);
     }
 
+    /// Sends `path`'s response (any route, including a 404) at `pace`
+    /// instead of all at once.
+    pub fn pace(&self, path: &str, pace: Pace) {
+        self.paces.lock().unwrap().insert(path.to_owned(), pace);
+    }
+
+    /// Serves `bytes` as blob `digest` of `repo`, but sends only the head
+    /// and the first `after` bytes, then nothing more (see [`Pace::StallAfter`]).
+    pub fn stalling_blob(&self, repo: &str, digest: &str, bytes: Vec<u8>, after: usize) {
+        self.blob(repo, digest, bytes);
+        self.pace(
+            &format!("/v2/{repo}/blobs/{digest}"),
+            Pace::StallAfter(after),
+        );
+    }
+
     pub fn host(&self) -> String {
         self.host.clone()
     }
@@ -824,6 +1236,8 @@ fn serve_fake(
     mut stream: TcpStream,
     routes: &Mutex<HashMap<String, Route>>,
     counts: &Mutex<HashMap<String, usize>>,
+    paces: &Mutex<HashMap<String, Pace>>,
+    stopping: &AtomicBool,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut raw = Vec::new();
@@ -866,12 +1280,133 @@ fn serve_fake(
     }
     response.push_str("\r\n");
     let mut out = response.into_bytes();
+    let head_len = out.len();
     if method != "HEAD" {
         out.extend_from_slice(&route.body);
     }
-    let _ = stream.write_all(&out);
+    let pace = paces.lock().unwrap().get(&path).copied();
+    match pace {
+        None => {
+            let _ = stream.write_all(&out);
+        }
+        Some(Pace::NoResponse) => {
+            hold_open(stopping);
+            return;
+        }
+        Some(Pace::StallAfter(after)) => {
+            let end = (head_len + after).min(out.len());
+            if stream.write_all(&out[..end]).is_err() || stream.flush().is_err() {
+                return;
+            }
+            hold_open(stopping);
+            return;
+        }
+        Some(Pace::Trickle { chunk, interval }) => {
+            if stream.write_all(&out[..head_len]).is_err() {
+                return;
+            }
+            for piece in out[head_len..].chunks(chunk.max(1)) {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(interval);
+                if stream.write_all(piece).is_err() || stream.flush().is_err() {
+                    return;
+                }
+            }
+        }
+    }
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// How a [`FakeRegistry`] sends one path's responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Reads the request, then sends nothing and keeps the connection open.
+    NoResponse,
+    /// Sends the head (with the full Content-Length) and the first `n` body
+    /// bytes, then nothing, keeping the connection open.
+    StallAfter(usize),
+    /// Sends the head at once, then `chunk` body bytes after each `interval`.
+    Trickle { chunk: usize, interval: Duration },
+}
+
+/// The longest a stalled connection is held: the fake's drop ends it sooner.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Keeps the calling connection thread (and so its open stream) alive until
+/// the server stops or [`STALL_LIMIT`] passes.
+fn hold_open(stopping: &AtomicBool) {
+    let until = Instant::now() + STALL_LIMIT;
+    while !stopping.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A listener that never answers
+
+/// Accepts TCP connections and never sends a byte (nor closes them) until
+/// dropped: the server side of a registry that hangs.
+pub struct SilentServer {
+    host: String,
+    connections: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let host = listener.local_addr().unwrap().to_string();
+        listener
+            .set_nonblocking(true)
+            .expect("making a listener non-blocking");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (connections, stopping) = (connections.clone(), stopping.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let until = Instant::now() + STALL_LIMIT;
+                while !stopping.load(Ordering::SeqCst) && Instant::now() < until {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            held.push(stream);
+                            connections.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                drop(held);
+            })
+        };
+        SilentServer {
+            host,
+            connections,
+            stopping,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn error_route(status: u16, code: &str, message: &str) -> Route {

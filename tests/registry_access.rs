@@ -1,0 +1,1281 @@
+//! Reaching registries that ask for something: htpasswd basic auth (explicit
+//! credentials, an auth file, a credential helper), HTTPS with a private CA,
+//! and registries that hang (deadlines and stall timeouts); plus progress
+//! reports, and the same through the C API (`tests/c/call_options_test.c`).
+//!
+//! Credential lookups that read the process environment (`PATH` for
+//! helpers, the default auth file locations) run in a child process of this
+//! test binary with its own environment: changing the environment of a
+//! multi-threaded test process is not safe.
+
+mod common;
+
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use oci_cache::{CacheOptions, CallOptions, Error, Image, ImageCache, Progress};
+
+/// A hung library call fails the test instead of hanging the run.
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+}
+
+fn new_cache(options: CacheOptions) -> ImageCache {
+    ImageCache::new(options).expect("creating an ImageCache")
+}
+
+const PLATFORM: PlatformSpec<'static> = ("linux", "amd64", None);
+
+/// Distinct file content per name, so every layer has its own diff_id.
+fn distinct_tar(name: &str) -> Vec<u8> {
+    let body = format!("content of {name}\n").repeat(40);
+    tar_layer(&[(&format!("{name}/file.txt"), body.as_bytes())])
+}
+
+/// Bytes that do not compress (xorshift from a fixed seed).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A two-layer image (gzip, then plain tar) pushed to `endpoint` as `repo:v1`.
+fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
+    push_image_to(
+        endpoint,
+        repo,
+        Some("v1"),
+        vec![
+            FixtureLayer::gzip(distinct_tar(&format!("{repo}-a"))),
+            FixtureLayer::plain(distinct_tar(&format!("{repo}-b"))),
+        ],
+        false,
+        PLATFORM,
+    )
+}
+
+fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
+    dst.join("sha256")
+        .join(diff_id.strip_prefix("sha256:").expect("sha256 diff_id"))
+}
+
+/// Byte equality that reports sizes and digests instead of dumping bytes.
+#[track_caller]
+fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    assert!(
+        actual == expected,
+        "{what}: got {} bytes ({}), expected {} bytes ({})",
+        actual.len(),
+        sha256(actual),
+        expected.len(),
+        sha256(expected)
+    );
+}
+
+/// `dst` holds exactly `pushed`'s layer tars, byte for byte.
+#[track_caller]
+fn assert_layer_tars(dst: &Path, pushed: &PushedImage) {
+    let mut expected: Vec<PathBuf> = pushed.diff_ids.iter().map(|d| tar_path(dst, d)).collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(files_under(dst), expected, "files under {}", dst.display());
+    for (diff_id, layer) in pushed.diff_ids.iter().zip(&pushed.layers) {
+        let path = tar_path(dst, diff_id);
+        let content =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert_bytes(&content, &layer.tar, &path.display().to_string());
+    }
+}
+
+/// Fetches `reference` and its rootfs into a fresh directory, and checks
+/// both against `pushed`.
+async fn assert_pulls(cache: &ImageCache, reference: &str, pushed: &PushedImage) -> Image {
+    let image = within("fetch_image", cache.fetch_image(reference, None))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_image {reference}: {e}"));
+    assert_eq!(image.digest().to_string(), pushed.manifest_digest);
+    assert_bytes(image.config(), &pushed.config, "config");
+    let dst = tempfile::tempdir().unwrap();
+    let files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap_or_else(|e| panic!("rootfs of {reference}: {e}"));
+    assert_eq!(files.len(), pushed.layers.len());
+    assert_layer_tars(dst.path(), pushed);
+    image
+}
+
+/// Checks that `dst` holds no file at all right after a failed call; when
+/// it does, says whether they go away later (cleanup after the call
+/// returned) or stay.
+#[track_caller]
+fn assert_nothing_left(dst: &Path, what: &str) {
+    let left = files_under(dst);
+    if left.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) && !files_under(dst).is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let later = files_under(dst);
+    let fate = if later.is_empty() {
+        format!("they were gone {:?} later", started.elapsed())
+    } else {
+        format!("3 s later still {later:?}")
+    };
+    panic!(
+        "{what}: files left in {} when the call returned: {left:?}; {fate}",
+        dst.display()
+    );
+}
+
+/// Checks that an error's text (Display and Debug) gives away none of `secrets`,
+/// in clear or in the base64 an `Authorization: Basic` header would carry.
+#[track_caller]
+fn assert_no_secret(err: &Error, secrets: &[&str]) {
+    let texts = [err.to_string(), format!("{err:?}")];
+    for secret in secrets {
+        let encoded = [
+            base64(format!("{TEST_USER}:{secret}").as_bytes()),
+            base64(secret.as_bytes()),
+        ];
+        for text in &texts {
+            assert!(
+                !text.contains(secret),
+                "the error gives away the password {secret:?}: {text}"
+            );
+            for code in &encoded {
+                assert!(
+                    !text.contains(code.as_str()),
+                    "the error gives away base64 {code:?} of the password {secret:?}: {text}"
+                );
+            }
+        }
+    }
+}
+
+/// The message of an `Error::Unauthorized`, which must name `host`; panics
+/// on success or any other error.
+#[track_caller]
+fn unauthorized<T>(result: Result<T, Error>, host: &str, what: &str) -> Error {
+    match result {
+        Err(err @ Error::Unauthorized(_)) => {
+            assert!(
+                err.to_string().contains(host),
+                "{what}: the Unauthorized message does not name {host}: {err}"
+            );
+            err
+        }
+        Err(other) => panic!("{what}: expected Error::Unauthorized, got {other:?}"),
+        Ok(_) => panic!("{what}: expected Error::Unauthorized, got success"),
+    }
+}
+
+/// An auth file (`auth.json`) giving `user:password` for `host`.
+fn write_auth_file(dir: &Path, name: &str, host: &str, user: &str, password: &str) -> PathBuf {
+    let path = dir.join(name);
+    let auth = base64(format!("{user}:{password}").as_bytes());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&serde_json::json!({"auths": {host: {"auth": auth}}})).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+// ---------------------------------------------------------------------------
+// Child processes with their own environment
+
+/// Set in a child process of this binary: which test body to run.
+const CHILD_MARKER: &str = "OCI_CACHE_TEST_CHILD";
+
+/// What a child pull should end in.
+const EXPECT_OK: &str = "ok";
+const EXPECT_UNAUTHORIZED: &str = "unauthorized";
+
+/// Runs test `name` of this binary alone in a child process whose
+/// environment has none of the credential locations of the parent (HOME is
+/// an empty directory) plus `env`; the child sees [`CHILD_MARKER`] and so
+/// runs [`child_pull`]. Panics unless that test ran and passed.
+fn run_child(name: &str, env: &[(&str, String)]) -> String {
+    let home = tempfile::Builder::new()
+        .prefix("oci-cache-child-home-")
+        .tempdir()
+        .unwrap();
+    let mut command = Command::new(std::env::current_exe().expect("current_exe"));
+    command
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_MARKER, name)
+        .env("HOME", home.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("OCI_TEST_AUTH_FILE")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("running a child test process");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let described = format!(
+        "child {name} with {env:?}: {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        output.status
+    );
+    assert!(
+        output.status.success()
+            && stdout.contains(&format!("test {name} ... ok"))
+            && stdout.contains("test result: ok. 1 passed"),
+        "{described}"
+    );
+    described
+}
+
+/// The child's side: pulls `OCI_TEST_REFERENCE` with a cache that reads
+/// `OCI_TEST_AUTH_FILE` if set (else the default locations), and checks the
+/// outcome against `OCI_TEST_EXPECT` and the image's layer tar digests in
+/// `OCI_TEST_DIFF_IDS` (comma-separated).
+async fn child_pull() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"));
+    let reference = var("OCI_TEST_REFERENCE");
+    let host = reference.split('/').next().unwrap().to_owned();
+    let mut options = CacheOptions::new();
+    if let Ok(path) = std::env::var("OCI_TEST_AUTH_FILE") {
+        options = options.auth_file(path);
+    }
+    let cache = new_cache(options);
+    let fetched = within("fetch_image", cache.fetch_image(&reference, None)).await;
+    match var("OCI_TEST_EXPECT").as_str() {
+        EXPECT_OK => {
+            let image = fetched.unwrap_or_else(|e| panic!("fetch_image {reference}: {e}"));
+            let dst = tempfile::tempdir().unwrap();
+            within("rootfs", cache.rootfs(&image, dst.path()))
+                .await
+                .unwrap_or_else(|e| panic!("rootfs of {reference}: {e}"));
+            let mut expected: Vec<PathBuf> = var("OCI_TEST_DIFF_IDS")
+                .split(',')
+                .map(|d| tar_path(dst.path(), d))
+                .collect();
+            expected.sort();
+            assert_eq!(files_under(dst.path()), expected);
+            for path in &expected {
+                let name = path.file_name().unwrap().to_string_lossy();
+                assert_eq!(
+                    sha256(&std::fs::read(path).unwrap()),
+                    format!("sha256:{name}")
+                );
+            }
+        }
+        EXPECT_UNAUTHORIZED => {
+            let err = unauthorized(fetched, &host, "child fetch_image");
+            assert_no_secret(&err, &[TEST_PASSWORD]);
+        }
+        other => panic!("unknown OCI_TEST_EXPECT {other:?}"),
+    }
+}
+
+fn in_child(name: &str) -> bool {
+    std::env::var(CHILD_MARKER).is_ok_and(|marker| marker == name)
+}
+
+fn child_env(
+    reference: &str,
+    pushed: &PushedImage,
+    expect: &str,
+    auth_file: Option<&Path>,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("OCI_TEST_REFERENCE", reference.to_owned()),
+        ("OCI_TEST_EXPECT", expect.to_owned()),
+        ("OCI_TEST_DIFF_IDS", pushed.diff_ids.join(",")),
+    ];
+    if let Some(path) = auth_file {
+        env.push(("OCI_TEST_AUTH_FILE", path.display().to_string()));
+    }
+    env
+}
+
+// ---------------------------------------------------------------------------
+// htpasswd basic auth
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_registry_refuses_anonymous_pulls() {
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    push_small_image(&registry.endpoint(), "locked");
+    // The harness really needs the credentials: without them, 401.
+    let anonymous = http(&host, "GET", "/v2/locked/manifests/v1", &[], &[]).unwrap();
+    assert_eq!(anonymous.status, 401);
+
+    let cache = new_cache(CacheOptions::new());
+    let reference = format!("{host}/locked:v1");
+    let err = unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image without credentials",
+    );
+    assert_no_secret(&err, &[TEST_PASSWORD]);
+    let err = unauthorized(
+        within("resolve", cache.resolve(&reference)).await,
+        &host,
+        "resolve without credentials",
+    );
+    assert_no_secret(&err, &[TEST_PASSWORD]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_credentials_open_an_htpasswd_registry() {
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "locked");
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
+    let reference = format!("{host}/locked:v1");
+    let image = assert_pulls(&cache, &reference, &pushed).await;
+    let resolved = within("resolve", cache.resolve(&reference)).await.unwrap();
+    assert_eq!(resolved.to_string(), pushed.manifest_digest);
+    // Streaming a layer goes through the same credentials.
+    let mut reader = within("fetch_layer", cache.fetch_layer(&image, 1))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_layer: {e}"));
+    let mut streamed = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut streamed)
+        .await
+        .unwrap();
+    assert_bytes(&streamed, &pushed.layers[1].tar, "streamed layer 1");
+    for digest in &pushed.layer_digests {
+        assert!(
+            registry.blob_gets(digest) >= 1,
+            "blob {digest} never fetched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_unauthorized_and_not_echoed() {
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    push_small_image(&registry.endpoint(), "locked");
+    let wrong = "Wr0ng-pass-7q2x";
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, wrong));
+    let reference = format!("{host}/locked:v1");
+    let err = unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image with a wrong password",
+    );
+    assert_no_secret(&err, &[wrong, TEST_PASSWORD]);
+    // The registry did see (and refuse) the credentials.
+    assert!(
+        registry
+            .log()
+            .contains("error authenticating user \\\"tester\\\""),
+        "the registry never saw the wrong credentials; log:\n{}",
+        registry.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_for_another_host_are_not_sent() {
+    // Both registries know tester's password; the cache was given it for
+    // `first` only, so `second` must get nothing.
+    let first = Registry::start_with(RegistrySetup::new().htpasswd());
+    let second = Registry::start_with(RegistrySetup::new().htpasswd());
+    let first_pushed = push_small_image(&first.endpoint(), "locked");
+    push_small_image(&second.endpoint(), "locked");
+    let cache = new_cache(CacheOptions::new().credentials(first.host(), TEST_USER, TEST_PASSWORD));
+    assert_pulls(
+        &cache,
+        &format!("{}/locked:v1", first.host()),
+        &first_pushed,
+    )
+    .await;
+    let host = second.host();
+    let err = unauthorized(
+        within(
+            "fetch_image",
+            cache.fetch_image(&format!("{host}/locked:v1"), None),
+        )
+        .await,
+        &host,
+        "fetch_image from the host without credentials",
+    );
+    assert_no_secret(&err, &[TEST_PASSWORD]);
+    assert!(
+        !second.log().contains("error authenticating user"),
+        "credentials were presented to {host}; log:\n{}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_file_supplies_credentials() {
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "locked");
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{host}/locked:v1");
+
+    let good = write_auth_file(dir.path(), "good.json", &host, TEST_USER, TEST_PASSWORD);
+    let cache = new_cache(CacheOptions::new().auth_file(&good));
+    assert_pulls(&cache, &reference, &pushed).await;
+
+    // The same file with the wrong password, and one for another host only.
+    let wrong = "file-Wr0ng-9z";
+    let bad = write_auth_file(dir.path(), "bad.json", &host, TEST_USER, wrong);
+    let cache = new_cache(CacheOptions::new().auth_file(&bad));
+    let err = unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image with a wrong password in the auth file",
+    );
+    assert_no_secret(&err, &[wrong, TEST_PASSWORD]);
+    let elsewhere = write_auth_file(
+        dir.path(),
+        "elsewhere.json",
+        "127.0.0.1:1",
+        TEST_USER,
+        TEST_PASSWORD,
+    );
+    let cache = new_cache(CacheOptions::new().auth_file(&elsewhere));
+    unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image with an auth file for another host",
+    );
+
+    // Explicit credentials override the auth file.
+    let cache = new_cache(CacheOptions::new().auth_file(&bad).credentials(
+        host.clone(),
+        TEST_USER,
+        TEST_PASSWORD,
+    ));
+    assert_pulls(&cache, &reference, &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_file_locations_from_the_environment() {
+    if in_child("auth_file_locations_from_the_environment") {
+        return child_pull().await;
+    }
+    let name = "auth_file_locations_from_the_environment";
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "locked");
+    let reference = format!("{host}/locked:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = |file: &str| write_auth_file(d, file, &host, TEST_USER, TEST_PASSWORD);
+    let env_with = |key: &'static str, value: &Path, expect: &str| {
+        let mut env = child_env(&reference, &pushed, expect, None);
+        env.push((key, value.display().to_string()));
+        env
+    };
+
+    // Nothing anywhere: anonymous, refused.
+    run_child(
+        name,
+        &child_env(&reference, &pushed, EXPECT_UNAUTHORIZED, None),
+    );
+    // Each default location on its own.
+    let registry_auth_file = good("registry-auth-file.json");
+    run_child(
+        name,
+        &env_with("REGISTRY_AUTH_FILE", &registry_auth_file, EXPECT_OK),
+    );
+    good("xdg/containers/auth.json");
+    run_child(
+        name,
+        &env_with("XDG_RUNTIME_DIR", &d.join("xdg"), EXPECT_OK),
+    );
+    good("docker-config/config.json");
+    run_child(
+        name,
+        &env_with("DOCKER_CONFIG", &d.join("docker-config"), EXPECT_OK),
+    );
+    good("home/.docker/config.json");
+    run_child(name, &env_with("HOME", &d.join("home"), EXPECT_OK));
+
+    // With an auth file set, it is the only file read.
+    let empty = d.join("empty.json");
+    std::fs::write(&empty, br#"{"auths": {}}"#).unwrap();
+    let mut env = child_env(&reference, &pushed, EXPECT_UNAUTHORIZED, Some(&empty));
+    env.extend([
+        (
+            "REGISTRY_AUTH_FILE",
+            registry_auth_file.display().to_string(),
+        ),
+        ("XDG_RUNTIME_DIR", d.join("xdg").display().to_string()),
+        (
+            "DOCKER_CONFIG",
+            d.join("docker-config").display().to_string(),
+        ),
+        ("HOME", d.join("home").display().to_string()),
+    ]);
+    run_child(name, &env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_helper_supplies_credentials() {
+    let name = "credential_helper_supplies_credentials";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "locked");
+    let reference = format!("{host}/locked:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = dir.path().join("helper-calls.log");
+    // A docker credential helper: `get` reads the server from stdin and
+    // prints its credentials; every call is logged as `ARGS|STDIN`.
+    let helper = |name: &str, secret: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n\
+                 server=$(cat)\n\
+                 echo \"$*|$server\" >> '{calls}'\n\
+                 [ \"$1\" = get ] || exit 1\n\
+                 if [ '{secret}' = none ]; then echo 'credentials not found in native keychain'; exit 1; fi\n\
+                 printf '{{\"ServerURL\":\"%s\",\"Username\":\"{TEST_USER}\",\"Secret\":\"{secret}\"}}\\n' \"$server\"\n",
+                calls = calls.display()
+            ),
+        )
+        .unwrap();
+        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&path, permissions).unwrap();
+    };
+    helper("octest", TEST_PASSWORD);
+    helper("ocnone", "none");
+    let helper_file = |file: &str, helper: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&serde_json::json!({"credHelpers": {&host: helper}})).unwrap(),
+        )
+        .unwrap();
+        path
+    };
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    );
+
+    let mut env = child_env(
+        &reference,
+        &pushed,
+        EXPECT_OK,
+        Some(&helper_file("octest.json", "octest")),
+    );
+    env.push(("PATH", path.clone()));
+    run_child(name, &env);
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| *l == format!("get|{host}")),
+        "the helper should be called as `get` with {host} on stdin; calls:\n{log}"
+    );
+
+    // A helper that has nothing for the host: anonymous, so 401.
+    std::fs::remove_file(&calls).unwrap();
+    let mut env = child_env(
+        &reference,
+        &pushed,
+        EXPECT_UNAUTHORIZED,
+        Some(&helper_file("ocnone.json", "ocnone")),
+    );
+    env.push(("PATH", path));
+    run_child(name, &env);
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l == format!("get|{host}")),
+        "the helper that has nothing was never asked; calls:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS with a private CA
+
+/// Whether `err` is the `Error::Network` of a refused certificate for `host`.
+#[track_caller]
+fn assert_certificate_refused<T>(result: Result<T, Error>, host: &str, what: &str) {
+    match result {
+        Err(Error::Network(msg)) => {
+            let lower = msg.to_lowercase();
+            assert!(
+                lower.contains("certificate") || lower.contains("tls") || lower.contains("ssl"),
+                "{what}: the Network error does not mention the certificate or TLS: {msg}"
+            );
+            assert!(
+                msg.contains(host),
+                "{what}: the error does not name {host}: {msg}"
+            );
+        }
+        Err(other) => panic!("{what}: expected Error::Network about TLS, got {other:?}"),
+        Ok(_) => panic!("{what}: expected Error::Network about TLS, got success"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_needs_its_ca() {
+    let registry = Registry::start_with(RegistrySetup::new().tls());
+    let pushed = push_small_image(&registry.endpoint(), "secure");
+    let host = registry.tls_host();
+    let reference = format!("{host}/secure:v1");
+    let requests_after_push: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("log-sentinel"))
+        .collect();
+
+    let cache = new_cache(CacheOptions::new());
+    assert_certificate_refused(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "no CA",
+    );
+    // A CA, but not the one that signed the registry's certificate.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = TlsCert::generate(other.path(), &[format!("DNS:{}", host_name(&host))]);
+    let cache = new_cache(CacheOptions::new().ca_certificate(&stranger.cert));
+    assert_certificate_refused(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "another CA",
+    );
+    // The right CA, but for other names of the same server.
+    let cache = new_cache(
+        CacheOptions::new()
+            .host_ca_certificate(registry.host(), registry.ca_pem())
+            .host_ca_certificate(host_name(&host), registry.ca_pem())
+            .host_ca_certificate(format!("localhost:{}", port(&host)), registry.ca_pem()),
+    );
+    assert_certificate_refused(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "the CA given for other hosts",
+    );
+    let requests: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("log-sentinel"))
+        .collect();
+    assert_eq!(
+        requests, requests_after_push,
+        "clients that refused the certificate still made requests"
+    );
+
+    let cache = new_cache(CacheOptions::new().ca_certificate(registry.ca_pem()));
+    assert_pulls(&cache, &reference, &pushed).await;
+    let cache = new_cache(CacheOptions::new().host_ca_certificate(host.clone(), registry.ca_pem()));
+    assert_pulls(&cache, &reference, &pushed).await;
+    // Both kinds together, and a CA for another host beside the right one.
+    let cache = new_cache(
+        CacheOptions::new()
+            .ca_certificate(&stranger.cert)
+            .host_ca_certificate("127.0.0.1:1", &stranger.cert)
+            .host_ca_certificate(host.clone(), registry.ca_pem()),
+    );
+    assert_pulls(&cache, &reference, &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_with_htpasswd() {
+    let registry = Registry::start_with(RegistrySetup::new().tls().htpasswd());
+    let pushed = push_small_image(&registry.endpoint(), "both");
+    let host = registry.tls_host();
+    let reference = format!("{host}/both:v1");
+    let cache = new_cache(CacheOptions::new().ca_certificate(registry.ca_pem()));
+    let err = unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "TLS registry without credentials",
+    );
+    assert_no_secret(&err, &[TEST_PASSWORD]);
+    let cache = new_cache(
+        CacheOptions::new()
+            .ca_certificate(registry.ca_pem())
+            .credentials(host.clone(), TEST_USER, TEST_PASSWORD),
+    );
+    assert_pulls(&cache, &reference, &pushed).await;
+}
+
+fn host_name(host: &str) -> String {
+    host.rsplit_once(':').unwrap().0.to_owned()
+}
+
+fn port(host: &str) -> String {
+    host.rsplit_once(':').unwrap().1.to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines and stall timeouts
+
+/// A single-layer image of about 1 MiB, served by a fake registry whose
+/// layer blob stalls after its first 64 KiB.
+fn stalling_image(repo: &str) -> (FakeRegistry, PushedImage) {
+    let built = build_image(
+        "unused.invalid",
+        repo,
+        vec![FixtureLayer::plain(tar_layer(&[(
+            "big.bin",
+            noise(7, 1 << 20).as_slice(),
+        )]))],
+        false,
+        PLATFORM,
+    );
+    let fake = FakeRegistry::with_image(repo, "v1", &built.manifest, &built.config, vec![]);
+    fake.stalling_blob(
+        repo,
+        &built.layer_digests[0],
+        built.layers[0].blob.clone(),
+        64 << 10,
+    );
+    (fake, built)
+}
+
+#[track_caller]
+fn assert_timeout<T>(result: Result<T, Error>, what: &str) -> String {
+    match result {
+        Err(Error::Timeout(msg)) => msg,
+        Err(other) => panic!("{what}: expected Error::Timeout, got {other:?}"),
+        Ok(_) => panic!("{what}: expected Error::Timeout, got success"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_ends_a_call_to_a_silent_server() {
+    let silent = SilentServer::start();
+    let cache = new_cache(CacheOptions::new());
+    let scoped = cache.with_call_options(CallOptions::new().deadline(Duration::from_millis(300)));
+    let reference = format!("{}/hangs:v1", silent.host());
+    let mut messages = Vec::new();
+    for call in ["fetch_image", "resolve"] {
+        let started = Instant::now();
+        let result = match call {
+            "fetch_image" => within(call, scoped.fetch_image(&reference, None))
+                .await
+                .map(|_| ()),
+            _ => within(call, scoped.resolve(&reference)).await.map(|_| ()),
+        };
+        let took = started.elapsed();
+        messages.push((call, assert_timeout(result, call)));
+        assert!(
+            took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+            "{call}: a 300 ms deadline ended the call after {took:?}"
+        );
+    }
+    assert!(silent.connections() >= 1, "the library never connected");
+    // Like every error, it names what it was about.
+    for (call, msg) in messages {
+        assert!(
+            msg.contains(&silent.host()),
+            "{call}: the Timeout message does not name the registry {}: {msg}",
+            silent.host()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_timeout_ends_a_call_to_a_silent_server() {
+    let silent = SilentServer::start();
+    let cache = new_cache(CacheOptions::new().attempts(1));
+    let scoped =
+        cache.with_call_options(CallOptions::new().stall_timeout(Duration::from_millis(300)));
+    let started = Instant::now();
+    let result = within(
+        "fetch_image",
+        scoped.fetch_image(&format!("{}/hangs:v1", silent.host()), None),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_timeout(result, "fetch_image");
+    assert!(
+        took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+        "a 300 ms stall timeout (one attempt) ended the call after {took:?}"
+    );
+    assert!(silent.connections() >= 1, "the library never connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_timeout_mid_blob_leaves_nothing() {
+    let (fake, built) = stalling_image("stalls");
+    let blob_path = format!("/v2/stalls/blobs/{}", built.layer_digests[0]);
+    let cache = new_cache(CacheOptions::new());
+    let scoped =
+        cache.with_call_options(CallOptions::new().stall_timeout(Duration::from_millis(300)));
+    // Reading the manifest and config is not slowed down.
+    let image = within(
+        "fetch_image",
+        scoped.fetch_image(&format!("{}/stalls:v1", fake.host()), None),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("fetch_image: {e}"));
+    let dst = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let result = within("rootfs", scoped.rootfs(&image, dst.path())).await;
+    let took = started.elapsed();
+    let msg = assert_timeout(result, "rootfs");
+    assert!(
+        took >= Duration::from_millis(290) && took <= Duration::from_secs(10),
+        "rootfs with a 300 ms stall timeout ended after {took:?}: {msg}"
+    );
+    assert!(
+        fake.requests(&blob_path) >= 1,
+        "the blob was never asked for"
+    );
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+
+    let started = Instant::now();
+    let result = within("extract_layer", scoped.extract_layer(&image, 0, dst.path())).await;
+    assert_timeout(result, "extract_layer");
+    assert!(started.elapsed() <= Duration::from_secs(10));
+    assert_nothing_left(dst.path(), "extract_layer after a stall timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_mid_blob_leaves_nothing() {
+    let (fake, _built) = stalling_image("stalls");
+    let cache = new_cache(CacheOptions::new());
+    let image = within(
+        "fetch_image",
+        cache.fetch_image(&format!("{}/stalls:v1", fake.host()), None),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("fetch_image: {e}"));
+    let scoped = cache.with_call_options(CallOptions::new().deadline(Duration::from_millis(500)));
+    let dst = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let result = within("rootfs", scoped.rootfs(&image, dst.path())).await;
+    let took = started.elapsed();
+    assert_timeout(result, "rootfs");
+    assert!(
+        took >= Duration::from_millis(490) && took <= Duration::from_millis(1700),
+        "a 500 ms deadline ended rootfs after {took:?}"
+    );
+    assert_nothing_left(dst.path(), "rootfs after its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_steady_download_is_not_a_stall() {
+    // 24 KiB at 2 KiB per 100 ms: about 1.3 s in all, well over the 500 ms
+    // stall timeout, yet never 500 ms without a byte.
+    let built = build_image(
+        "unused.invalid",
+        "slow",
+        vec![FixtureLayer::plain(tar_layer(&[(
+            "slow.bin",
+            noise(11, 23 << 10).as_slice(),
+        )]))],
+        false,
+        PLATFORM,
+    );
+    let fake = FakeRegistry::with_image(
+        "slow",
+        "v1",
+        &built.manifest,
+        &built.config,
+        vec![(built.layer_digests[0].clone(), built.layers[0].blob.clone())],
+    );
+    fake.pace(
+        &format!("/v2/slow/blobs/{}", built.layer_digests[0]),
+        Pace::Trickle {
+            chunk: 2 << 10,
+            interval: Duration::from_millis(100),
+        },
+    );
+    let cache = new_cache(CacheOptions::new());
+    let scoped = cache.with_call_options(
+        CallOptions::new()
+            .stall_timeout(Duration::from_millis(500))
+            .deadline(Duration::from_secs(20)),
+    );
+    let reference = format!("{}/slow:v1", fake.host());
+    let started = Instant::now();
+    assert_pulls(&scoped, &reference, &built).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "the trickled blob arrived too fast ({took:?}) to show anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generous_limits_do_not_disturb_a_pull() {
+    let registry = Registry::start();
+    let pushed = push_small_image(&registry.endpoint(), "plain");
+    let reference = format!("{}/plain:v1", registry.host());
+    let cache = new_cache(CacheOptions::new());
+    let scoped = cache.with_call_options(
+        CallOptions::new()
+            .deadline(Duration::from_secs(30))
+            .stall_timeout(Duration::from_secs(10)),
+    );
+    assert_pulls(&scoped, &reference, &pushed).await;
+    // The deadline runs from each call, not from when the options were made.
+    let short = cache.with_call_options(CallOptions::new().deadline(Duration::from_millis(1000)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_pulls(&short, &reference, &pushed).await;
+}
+
+// ---------------------------------------------------------------------------
+// Progress
+
+type Events = Arc<Mutex<Vec<Progress>>>;
+
+fn recording() -> (Events, CallOptions) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let options =
+        CallOptions::new().progress(move |p: &Progress| sink.lock().unwrap().push(p.clone()));
+    (events, options)
+}
+
+fn take(events: &Events) -> Vec<Progress> {
+    std::mem::take(&mut *events.lock().unwrap())
+}
+
+/// Checks the reports of a pull of `layers` of `pushed`, returning how many
+/// reports each layer got. Per layer, in the order reported: the digest and
+/// download total are the descriptor's, both counts never go back nor past
+/// their totals, and the last report has the whole blob downloaded and the
+/// whole tar written.
+#[track_caller]
+fn check_progress(events: &[Progress], pushed: &PushedImage, layers: &[usize]) -> Vec<usize> {
+    let mut seen: Vec<usize> = events.iter().map(|p| p.layer).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, layers, "layers reported: {events:#?}");
+    let mut counts = vec![0; pushed.layers.len()];
+    for &index in layers {
+        let blob = pushed.layers[index].blob.len() as u64;
+        let tar = pushed.layers[index].tar.len() as u64;
+        let mine: Vec<&Progress> = events.iter().filter(|p| p.layer == index).collect();
+        counts[index] = mine.len();
+        let (mut downloaded, mut written) = (0, 0);
+        for p in &mine {
+            assert_eq!(p.digest.to_string(), pushed.layer_digests[index], "{p:?}");
+            assert_eq!(p.download_total, Some(blob), "download_total: {p:?}");
+            assert!(
+                p.written_total.is_none() || p.written_total == Some(tar),
+                "written_total of layer {index} (tar of {tar} bytes): {p:?}"
+            );
+            assert!(
+                p.downloaded >= downloaded && p.written >= written,
+                "layer {index} went back: {p:?} after downloaded {downloaded}, written {written}"
+            );
+            assert!(
+                p.downloaded <= blob && p.written <= tar,
+                "past the totals (blob {blob}, tar {tar}): {p:?}"
+            );
+            (downloaded, written) = (p.downloaded, p.written);
+        }
+        let last = mine.last().unwrap();
+        assert!(
+            last.downloaded == blob && last.written == tar,
+            "the last report of layer {index} (blob {blob}, tar {tar} bytes) is {last:?}"
+        );
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_every_layer_to_the_end() {
+    let registry = Registry::start();
+    let big_tar = tar_layer(&[("big.bin", noise(3, 1 << 20).as_slice())]);
+    let pushed = push_image_to(
+        &registry.endpoint(),
+        "progress",
+        Some("v1"),
+        vec![
+            FixtureLayer::gzip(distinct_tar("small")),
+            FixtureLayer::gzip(big_tar),
+        ],
+        false,
+        PLATFORM,
+    );
+    // Blob and tar sizes differ for both layers, so mixing them up shows.
+    for layer in &pushed.layers {
+        assert_ne!(layer.blob.len(), layer.tar.len());
+    }
+    let reference = format!("{}/progress:v1", registry.host());
+    let cache = new_cache(CacheOptions::new());
+    let (events, options) = recording();
+    let scoped = cache.with_call_options(options);
+    let image = within("fetch_image", scoped.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    let fetch_events = take(&events);
+    assert!(
+        fetch_events.is_empty(),
+        "fetch_image downloads no layer but reported {fetch_events:?}"
+    );
+
+    let dst = tempfile::tempdir().unwrap();
+    within("rootfs", scoped.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    assert_layer_tars(dst.path(), &pushed);
+    let cold = take(&events);
+    let counts = check_progress(&cold, &pushed, &[0, 1]);
+    assert!(
+        cold.iter()
+            .any(|p| p.layer == 1 && p.downloaded > 0 && p.downloaded < p.download_total.unwrap()),
+        "no report came while the 1 MiB layer was under way ({} reports for it)",
+        counts[1]
+    );
+
+    // Warm: nothing downloaded, nothing reported.
+    within("rootfs", scoped.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    let warm = take(&events);
+    assert!(warm.is_empty(), "a warm rootfs reported {warm:?}");
+
+    // One layer, with its own index.
+    let single = tempfile::tempdir().unwrap();
+    within(
+        "extract_layer",
+        scoped.extract_layer(&image, 1, single.path()),
+    )
+    .await
+    .unwrap();
+    check_progress(&take(&events), &pushed, &[1]);
+
+    // The unscoped cache reports nothing to anyone.
+    let plain = tempfile::tempdir().unwrap();
+    within("rootfs", cache.rootfs(&image, plain.path()))
+        .await
+        .unwrap();
+    assert!(
+        take(&events).is_empty(),
+        "the cache without options reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_counts_layers_read_from_the_store() {
+    let mut registry = Registry::start();
+    let pushed = push_small_image(&registry.endpoint(), "stored");
+    let reference = format!("{}/stored:v1", registry.host());
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    let image = assert_pulls(&cache, &reference, &pushed).await;
+    registry.stop();
+    let (events, options) = recording();
+    let dst = tempfile::tempdir().unwrap();
+    within(
+        "rootfs from the store",
+        cache.with_call_options(options).rootfs(&image, dst.path()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("rootfs from the store: {e}"));
+    assert_layer_tars(dst.path(), &pushed);
+    check_progress(&take(&events), &pushed, &[0, 1]);
+}
+
+// ---------------------------------------------------------------------------
+// The C API: tests/c/call_options_test.c
+
+/// The checks `tests/c/call_options_test.c` runs. Keep it in step with that
+/// file: the count shows that no check silently stopped running.
+const C_CHECKS: usize = 77;
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `command`, killing it after `limit`; returns (success, stdout, description).
+fn run_limited(what: &str, command: &mut Command, limit: Duration) -> (bool, String, String) {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+            panic!("{what} did not finish within {limit:?} ({status})\n--- stdout\n{out}--- stderr\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let described = format!(
+        "{what}: {status} after {:.1?}\n--- stdout\n{out}--- stderr\n{err}",
+        started.elapsed()
+    );
+    (status.success(), out, described)
+}
+
+#[test]
+fn c_call_options_and_registry_options() {
+    let root = manifest_dir();
+    let lib = root.join("target/release");
+    assert!(
+        lib.join("liboci_cache.so").is_file(),
+        "{} is missing: run `make lib` first (make test does)",
+        lib.join("liboci_cache.so").display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("oci-cache-c-call-")
+        .tempdir()
+        .unwrap();
+    let program = work.path().join("call_options_test");
+    let (ok, _, described) = run_limited(
+        "cc call_options_test.c",
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-D_POSIX_C_SOURCE=200809L", "-g", "-I"])
+            .arg(root.join("include"))
+            .arg(root.join("tests/c/call_options_test.c"))
+            .arg("-o")
+            .arg(&program)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-loci_cache")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lpthread"),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{described}");
+
+    let plain = Registry::start();
+    let locked = Registry::start_with(RegistrySetup::new().htpasswd());
+    let secure = Registry::start_with(RegistrySetup::new().tls());
+    let big_tar = tar_layer(&[("big.bin", noise(5, 600 << 10).as_slice())]);
+    let layers = vec![
+        FixtureLayer::gzip(distinct_tar("c-small")),
+        FixtureLayer::gzip(big_tar),
+    ];
+    let app = push_image_to(
+        &plain.endpoint(),
+        "c/app",
+        Some("v1"),
+        layers.clone(),
+        false,
+        PLATFORM,
+    );
+    push_image_to(
+        &locked.endpoint(),
+        "c/app",
+        Some("v1"),
+        layers.clone(),
+        false,
+        PLATFORM,
+    );
+    push_image_to(
+        &secure.endpoint(),
+        "c/app",
+        Some("v1"),
+        layers,
+        false,
+        PLATFORM,
+    );
+    let (stall, stalled) = stalling_image("c/stall");
+    let silent = SilentServer::start();
+    let auth_file = write_auth_file(
+        work.path(),
+        "auth.json",
+        &locked.host(),
+        TEST_USER,
+        TEST_PASSWORD,
+    );
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    let mut command = Command::new(&program);
+    command
+        .env("OCI_TEST_HOST", plain.host())
+        .env("OCI_TEST_AUTH_HOST", locked.host())
+        .env("OCI_TEST_TLS_HOST", secure.tls_host())
+        .env("OCI_TEST_CA", secure.ca_pem())
+        .env("OCI_TEST_STALL_HOST", stall.host())
+        .env("OCI_TEST_SILENT_HOST", silent.host())
+        .env("OCI_TEST_USER", TEST_USER)
+        .env("OCI_TEST_PASSWORD", TEST_PASSWORD)
+        .env("OCI_TEST_AUTH_FILE", &auth_file)
+        .env("OCI_TEST_TMP", &tmp)
+        .env("OCI_TEST_STALL_DIGEST", &stalled.layer_digests[0]);
+    for (i, layer) in app.layers.iter().enumerate() {
+        command
+            .env(format!("OCI_TEST_LAYER{i}_DIGEST"), &app.layer_digests[i])
+            .env(
+                format!("OCI_TEST_LAYER{i}_SIZE"),
+                layer.blob.len().to_string(),
+            )
+            .env(
+                format!("OCI_TEST_LAYER{i}_TAR_SIZE"),
+                layer.tar.len().to_string(),
+            );
+    }
+    let (ok, stdout, described) =
+        run_limited("call_options_test", &mut command, Duration::from_secs(40));
+    let last = stdout.lines().last().unwrap_or_default();
+    let expected = format!("{C_CHECKS} passed, 0 failed");
+    assert!(
+        ok && last == expected,
+        "expected exit 0 and a last line {expected:?}, got {last:?}: {described}\n\
+         files in canceled/ now: {:?}\nfiles in stalled/ now: {:?}\n\
+         layer diff_ids: {:?}, tar sizes {:?}",
+        files_under(&tmp.join("canceled")),
+        files_under(&tmp.join("stalled")),
+        app.diff_ids,
+        app.layers.iter().map(|l| l.tar.len()).collect::<Vec<_>>(),
+    );
+    // What the C side pulled is the image, byte for byte; what timed out
+    // left nothing, and what was canceled left nothing half-written (a
+    // layer done before the callback's answer arrived may stay, verified).
+    for dir in ["progress", "reentrant", "auth", "authfile", "tls"] {
+        assert_layer_tars(&tmp.join(dir), &app);
+    }
+    assert_eq!(
+        files_under(&tmp.join("stalled")),
+        Vec::<PathBuf>::new(),
+        "files left in stalled"
+    );
+    for file in files_under(&tmp.join("canceled")) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let content = std::fs::read(&file).unwrap();
+        assert_eq!(
+            sha256(&content),
+            format!("sha256:{name}"),
+            "{} is not a whole layer",
+            file.display()
+        );
+    }
+}
