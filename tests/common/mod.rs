@@ -100,6 +100,7 @@ const TEST_HTPASSWD_LINE: &str =
 pub struct RegistrySetup {
     htpasswd: bool,
     tls: bool,
+    proxy_of: Option<String>,
 }
 
 impl RegistrySetup {
@@ -119,6 +120,13 @@ impl RegistrySetup {
     /// host name, on which the registry listens (see [`Registry::tls_host`]).
     pub fn tls(mut self) -> RegistrySetup {
         self.tls = true;
+        self
+    }
+
+    /// A pull-through cache of the registry at `upstream` (`host:port`,
+    /// plain HTTP): it serves and keeps what it fetched, and refuses pushes.
+    pub fn proxy_of(mut self, upstream: &str) -> RegistrySetup {
+        self.proxy_of = Some(upstream.to_owned());
         self
     }
 }
@@ -175,6 +183,11 @@ impl Registry {
             );
             ca_pem = Some(cert.cert);
         }
+        let proxy_section = setup
+            .proxy_of
+            .as_ref()
+            .map(|upstream| format!("proxy:\n  remoteurl: http://{upstream}\n"))
+            .unwrap_or_default();
         let mut last_failure = String::new();
         // The port is free when picked but may be taken before the registry
         // binds it, so a start that dies early is retried on a new port.
@@ -191,7 +204,7 @@ impl Registry {
                      log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                      storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                      http:\n  addr: {host}\n  secret: {secret}\n{tls_section}\
-                     validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n{auth_section}",
+                     validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n{auth_section}{proxy_section}",
                     storage.display()
                 ),
             )

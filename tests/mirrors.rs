@@ -1,0 +1,171 @@
+//! Mirrors against real registries: a pull-through cache (distribution in
+//! proxy mode) in front of a real upstream, a dead first mirror, a mirror
+//! that lacks the image, and the pull-through cache serving on its own once
+//! the upstream is gone. Content from mirrors is verified like any other.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+use oci_cache::{CacheOptions, ImageCache};
+
+fn layers(seed: &str) -> Vec<FixtureLayer> {
+    let body = format!("mirrored {seed}\n").repeat(4000);
+    vec![
+        FixtureLayer::gzip(tar_layer(&[("a.txt", body.as_bytes())])),
+        FixtureLayer::zstd(tar_layer(&[("b.txt", seed.as_bytes())])),
+    ]
+}
+
+/// Pulls `reference` into a fresh directory and returns the tars' bytes.
+async fn pull(cache: &ImageCache, reference: &str) -> Vec<Vec<u8>> {
+    let dst = tempfile::tempdir().unwrap();
+    let work = async {
+        let image = cache.fetch_image(reference, None).await?;
+        cache.rootfs(&image, dst.path()).await
+    };
+    let files = tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("pull hung")
+        .unwrap_or_else(|e| panic!("pulling {reference}: {e}"));
+    files
+        .into_iter()
+        .map(|mut file| {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+        .collect()
+}
+
+/// GETs of `digest` a registry saw, whatever their query (mirrors get `?ns=`).
+fn gets(registry: &Registry, digest: &str) -> usize {
+    registry
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(digest))
+        .count()
+}
+
+fn tars(pushed: &PushedImage) -> Vec<Vec<u8>> {
+    pushed.layers.iter().map(|l| l.tar.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_cache_serves_with_ns_and_keeps_serving_without_upstream() {
+    let mut upstream = Registry::start();
+    let pushed = push_image(
+        &upstream.host(),
+        "team/app",
+        Some("v1"),
+        layers("ns"),
+        false,
+        ("linux", "amd64", None),
+    );
+    let mirror = Registry::start_with(RegistrySetup::new().proxy_of(&upstream.host()));
+    let reference = format!("{}/team/app:v1", upstream.host());
+    let (upstream_host, mirror_host) = (upstream.host(), mirror.host());
+    let options = || CacheOptions::new().mirror(upstream_host.clone(), mirror_host.clone());
+
+    let cache = ImageCache::new(options()).unwrap();
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+    // Everything went through the mirror, which was told the upstream.
+    let ns = format!("ns={}", upstream.host());
+    let through_mirror = mirror.requests();
+    for digest in &pushed.layer_digests {
+        assert!(
+            through_mirror
+                .iter()
+                .any(|r| r.contains(digest.as_str()) && r.contains(&ns)),
+            "{digest} was not fetched from the mirror with {ns}: {through_mirror:?}"
+        );
+    }
+
+    // The upstream saw only the mirror, never this library (which the
+    // access log knows by its user agent).
+    assert!(mirror
+        .log()
+        .contains(concat!("oci-cache/", env!("CARGO_PKG_VERSION"))));
+    let direct: Vec<String> = upstream
+        .log()
+        .lines()
+        .filter(|l| l.contains("oci-cache/"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "requests straight to the upstream: {direct:?}"
+    );
+
+    upstream.stop();
+    let fresh = ImageCache::new(options()).unwrap();
+    assert_eq!(
+        pull(&fresh, &reference).await,
+        tars(&pushed),
+        "the mirror serves what it cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_empty_mirrors_hand_over_to_the_next() {
+    let upstream = Registry::start();
+    let pushed = push_image(
+        &upstream.host(),
+        "app",
+        Some("v1"),
+        layers("fallback"),
+        false,
+        ("linux", "amd64", None),
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let empty = Registry::start();
+    let live = Registry::start_with(RegistrySetup::new().proxy_of(&upstream.host()));
+    let reference = format!("{}/app:v1", upstream.host());
+
+    // Dead, then live: the live mirror serves.
+    let cache = ImageCache::new(
+        CacheOptions::new()
+            .mirror(upstream.host(), dead.clone())
+            .mirror(upstream.host(), live.host())
+            .attempts(1),
+    )
+    .unwrap();
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+    for digest in &pushed.layer_digests {
+        assert_eq!(gets(&live, digest), 1, "{digest} came from the live mirror");
+    }
+
+    // A mirror without the image (404) hands over to the upstream itself.
+    let before: Vec<usize> = pushed
+        .layer_digests
+        .iter()
+        .map(|d| upstream.blob_gets(d))
+        .collect();
+    let cache = ImageCache::new(CacheOptions::new().mirror(upstream.host(), empty.host())).unwrap();
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+    for (digest, before) in pushed.layer_digests.iter().zip(before) {
+        assert_eq!(
+            upstream.blob_gets(digest),
+            before + 1,
+            "{digest} came from the upstream"
+        );
+        assert_eq!(
+            empty.blob_gets(digest),
+            0,
+            "the empty mirror had no {digest}"
+        );
+    }
+    assert!(
+        empty
+            .requests()
+            .iter()
+            .any(|r| r.contains("/v2/app/manifests/v1")),
+        "the empty mirror was asked first"
+    );
+}
