@@ -278,6 +278,12 @@ oci_status oci_cache_options_add_host_ca_certificate(oci_cache_options *options,
 // hands over to the next, and the registry itself comes last.
 oci_status oci_cache_options_add_mirror(oci_cache_options *options, const char *registry, const char *mirror);
 
+// Reads containerd-style host configuration (`dir/<registry>/hosts.toml`,
+// else `dir/_default/hosts.toml`): mirrors in file order with their
+// capabilities, `ca` and `skip_verify`, and the `server`'s scheme and TLS
+// settings. `override_path` is refused (`OCI_E_UNSUPPORTED` at first use).
+oci_status oci_cache_options_set_hosts_dir(oci_cache_options *options, const char *dir);
+
 // How many times a request is tried on connection trouble, 5xx or 429
 // (default 4, at least 1); also how many times an interrupted blob
 // download is resumed.

@@ -109,6 +109,18 @@ impl CacheOptions {
         self
     }
 
+    /// Reads containerd-style host configuration from `dir` (a `certs.d`
+    /// layout): `dir/<registry>/hosts.toml`, else `dir/_default/hosts.toml`.
+    /// Its `[host."…"]` entries with the `pull` capability are mirrors tried
+    /// in file order after those given with [`mirror`](Self::mirror) (only
+    /// those with `resolve` for tags), with their `ca` and `skip_verify`;
+    /// `server`'s scheme, `ca` and `skip_verify` apply to the registry itself.
+    /// `override_path` is refused as unsupported.
+    pub fn hosts_dir(mut self, dir: impl Into<PathBuf>) -> CacheOptions {
+        self.registry.hosts_dir = Some(dir.into());
+        self
+    }
+
     /// How many times a request is tried when it fails on connection
     /// trouble, 5xx or 429 (default 4, at least 1), with exponential backoff
     /// and jitter between tries; also how many times an interrupted blob

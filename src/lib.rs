@@ -35,6 +35,7 @@ mod digest;
 mod error;
 pub mod ffi;
 mod fs;
+mod hosts;
 mod layer;
 mod manifest;
 mod platform;

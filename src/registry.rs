@@ -30,6 +30,7 @@ use oci_client::{Client, Reference};
 use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
+use crate::hosts::{self, HostEntry, RegistryHosts};
 
 /// The most bytes a manifest or config may have; larger ones are refused so
 /// a hostile registry cannot make us hold arbitrary amounts in memory.
@@ -56,6 +57,8 @@ pub(crate) struct RegistryConfig {
     /// `(registry, mirror)` pairs, `host[:port]` each, tried in order
     /// before the registry.
     pub mirrors: Vec<(String, String)>,
+    /// A containerd `certs.d`-style directory of `<registry>/hosts.toml`.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -67,6 +70,7 @@ impl Default for RegistryConfig {
             credentials: CredentialSources::default(),
             attempts: 4,
             mirrors: Vec::new(),
+            hosts_dir: None,
         }
     }
 }
@@ -77,6 +81,9 @@ pub(crate) struct Registry {
     // One client per host: each has its own TLS roots and credentials, and
     // oci-client keeps the first credentials stored for a host.
     hosts: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Host>>>>,
+    // hosts.toml files read so far, by registry, and the hosts they list.
+    hosts_files: Mutex<HashMap<String, Option<RegistryHosts>>>,
+    listed_hosts: Mutex<HashMap<String, HostEntry>>,
 }
 
 /// A host's client and the credentials it presents.
@@ -90,7 +97,9 @@ impl Registry {
     pub(crate) fn new(config: RegistryConfig) -> Registry {
         Registry {
             config,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::default(),
+            hosts_files: Mutex::default(),
+            listed_hosts: Mutex::default(),
         }
     }
 
@@ -118,14 +127,26 @@ impl Registry {
             .filter(|(h, _)| *h == name)
             .map(|(_, p)| p)
             .collect();
-        // A loopback registry with a CA of its own speaks TLS.
+        let listed = self
+            .listed_hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .cloned();
+        // A hosts.toml entry says its scheme; otherwise a loopback registry
+        // speaks plain HTTP unless it was given a CA of its own.
         let plain_http = self.config.insecure_hosts.contains(&name)
-            || (is_loopback(&name) && host_cas.is_empty());
+            || match &listed {
+                Some(entry) => entry.plain_http,
+                None => is_loopback(&name) && host_cas.is_empty(),
+            };
+        let listed_cas = listed.iter().flat_map(|entry| &entry.ca);
         let extra_root_certificates = self
             .config
             .ca_certificates
             .iter()
             .chain(host_cas)
+            .chain(listed_cas)
             .map(|path| {
                 let data = std::fs::read(path)
                     .map_err(|e| Error::io("reading CA certificate", path, e))?;
@@ -136,6 +157,7 @@ impl Registry {
             })
             .collect::<Result<Vec<_>>>()?;
         let client = Client::try_from(ClientConfig {
+            accept_invalid_certificates: listed.is_some_and(|entry| entry.skip_verify),
             protocol: if plain_http {
                 ClientProtocol::Http
             } else {
@@ -174,25 +196,37 @@ impl Registry {
     /// retries, or lacks the content (404) hands over to the next. Returns
     /// the result with the endpoint (a reference to the mirror or the
     /// registry itself) and the host that served it.
+    /// `resolving` says the request turns a tag into a manifest, which only
+    /// hosts with the `resolve` capability may answer.
     async fn served<T, F, Fut>(
         &self,
         reference: &Reference,
         what: &str,
         limits: Limits,
+        resolving: bool,
         operation: F,
     ) -> Result<(T, Reference, Host)>
     where
         F: Fn(Host, Reference) -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        let mirrors = self
+        let configured = self
             .config
             .mirrors
             .iter()
-            .filter(|(registry, _)| registry == reference.resolve_registry());
-        for (_, mirror) in mirrors {
+            .filter(|(registry, _)| registry == reference.resolve_registry())
+            .map(|(_, mirror)| mirror.clone());
+        let listed = self
+            .hosts_file(reference)?
+            .map(|hosts| hosts.mirrors)
+            .unwrap_or_default();
+        let listed = listed
+            .into_iter()
+            .filter(|entry| entry.resolve || !resolving)
+            .map(|entry| entry.host);
+        for mirror in configured.chain(listed) {
             let mut endpoint = reference.clone();
-            endpoint.set_mirror_registry(mirror.clone());
+            endpoint.set_mirror_registry(mirror);
             match self.authorized(endpoint, what, limits, &operation).await {
                 Err(Error::Network(_) | Error::NotFound(_)) => continue,
                 outcome => return outcome,
@@ -200,6 +234,33 @@ impl Registry {
         }
         self.authorized(reference.clone(), what, limits, &operation)
             .await
+    }
+
+    /// What `hosts.toml` says about `reference`'s registry, read once per
+    /// registry; the TLS settings of the hosts it lists are kept for
+    /// [`connect`](Self::connect).
+    fn hosts_file(&self, reference: &Reference) -> Result<Option<RegistryHosts>> {
+        let Some(dir) = &self.config.hosts_dir else {
+            return Ok(None);
+        };
+        let registry = reference.registry();
+        let mut files = self.hosts_files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hosts) = files.get(registry) {
+            return Ok(hosts.clone());
+        }
+        let hosts = hosts::load(dir, registry)?;
+        if let Some(hosts) = &hosts {
+            let mut listed = self.listed_hosts.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in &hosts.mirrors {
+                listed.insert(entry.host.clone(), entry.clone());
+            }
+            // `server` describes how to reach the registry itself.
+            if let Some(server) = &hosts.server {
+                listed.insert(reference.resolve_registry().to_owned(), server.clone());
+            }
+        }
+        files.insert(registry.to_owned(), hosts.clone());
+        Ok(hosts)
     }
 
     /// Runs `operation` with `endpoint`'s host, retrying transient failures.
@@ -261,11 +322,17 @@ impl Registry {
     pub(crate) async fn resolve(&self, reference: &Reference, limits: Limits) -> Result<Digest> {
         let what = format!("manifest {reference}");
         let digest = self
-            .served(reference, &what, limits, |host, endpoint| async move {
-                host.client
-                    .fetch_manifest_digest(&endpoint, &host.auth)
-                    .await
-            })
+            .served(
+                reference,
+                &what,
+                limits,
+                true,
+                |host, endpoint| async move {
+                    host.client
+                        .fetch_manifest_digest(&endpoint, &host.auth)
+                        .await
+                },
+            )
             .await?
             .0;
         Digest::parse(&digest)
@@ -287,11 +354,17 @@ impl Registry {
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ];
         let (body, digest) = self
-            .served(reference, &what, limits, |host, endpoint| async move {
-                host.client
-                    .pull_manifest_raw(&endpoint, &host.auth, &accepted)
-                    .await
-            })
+            .served(
+                reference,
+                &what,
+                limits,
+                reference.digest().is_none(),
+                |host, endpoint| async move {
+                    host.client
+                        .pull_manifest_raw(&endpoint, &host.auth, &accepted)
+                        .await
+                },
+            )
             .await?
             .0;
         if body.len() as u64 > MAX_METADATA_BYTES {
@@ -326,7 +399,7 @@ impl Registry {
             urls,
         };
         let (stream, endpoint, host) = self
-            .served(reference, &what, limits, |host, endpoint| {
+            .served(reference, &what, limits, false, |host, endpoint| {
                 let descriptor = &descriptor;
                 async move { host.client.pull_blob_stream(&endpoint, descriptor).await }
             })

@@ -1,7 +1,9 @@
 //! Mirrors against real registries: a pull-through cache (distribution in
 //! proxy mode) in front of a real upstream, a dead first mirror, a mirror
 //! that lacks the image, and the pull-through cache serving on its own once
-//! the upstream is gone. Content from mirrors is verified like any other.
+//! the upstream is gone; and the same through containerd-style hosts.toml
+//! files, with capabilities, a CA and skip_verify. Content from mirrors is
+//! verified like any other.
 
 mod common;
 
@@ -168,4 +170,120 @@ async fn dead_and_empty_mirrors_hand_over_to_the_next() {
             .any(|r| r.contains("/v2/app/manifests/v1")),
         "the empty mirror was asked first"
     );
+}
+
+/// Writes `dir/<registry>/hosts.toml`.
+fn hosts_toml(dir: &std::path::Path, registry: &str, text: &str) {
+    std::fs::create_dir_all(dir.join(registry)).unwrap();
+    std::fs::write(dir.join(registry).join("hosts.toml"), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_lists_mirrors_in_order_with_their_capabilities() {
+    let upstream = Registry::start();
+    let pushed = push_image(
+        &upstream.host(),
+        "app",
+        Some("v1"),
+        layers("hosts"),
+        false,
+        ("linux", "amd64", None),
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let pull_only = Registry::start_with(RegistrySetup::new().proxy_of(&upstream.host()));
+    let certs_d = tempfile::tempdir().unwrap();
+    hosts_toml(
+        certs_d.path(),
+        &upstream.host(),
+        &format!(
+            "server = \"http://{up}\"\n\n\
+             [host.\"http://{dead}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n\
+             [host.\"http://{mirror}\"]\n  capabilities = [\"pull\"]\n",
+            up = upstream.host(),
+            mirror = pull_only.host()
+        ),
+    );
+    let cache = ImageCache::new(CacheOptions::new().hosts_dir(certs_d.path()).attempts(1)).unwrap();
+    let reference = format!("{}/app:v1", upstream.host());
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+
+    // The tag was resolved by the upstream (the pull-only mirror may not),
+    // the blobs came from the mirror once the dead host had failed.
+    let ours = |registry: &Registry| -> Vec<String> {
+        let agent = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains(agent))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        ours(&upstream)
+            .iter()
+            .any(|l| l.contains("/v2/app/manifests/v1")),
+        "{:?}",
+        ours(&upstream)
+    );
+    assert!(
+        !ours(&pull_only).iter().any(|l| l.contains("/manifests/v1")),
+        "{:?}",
+        ours(&pull_only)
+    );
+    for digest in &pushed.layer_digests {
+        assert_eq!(
+            gets(&pull_only, digest),
+            1,
+            "{digest} came from the pull-only mirror"
+        );
+        assert!(
+            !ours(&upstream).iter().any(|l| l.contains(digest.as_str())),
+            "{digest} skipped the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_gives_a_tls_registry_its_ca_or_skips_verification() {
+    let registry = Registry::start_with(RegistrySetup::new().tls());
+    let pushed = push_image_to(
+        &registry.endpoint(),
+        "secure",
+        Some("v1"),
+        layers("tls"),
+        false,
+        ("linux", "amd64", None),
+    );
+    let name = registry.tls_host();
+    let reference = format!("{name}/secure:v1");
+
+    let without = ImageCache::new(CacheOptions::new().attempts(1)).unwrap();
+    let refused = without.fetch_image(&reference, None).await;
+    assert!(
+        matches!(refused, Err(oci_cache::Error::Network(_))),
+        "{refused:?}"
+    );
+
+    let with_ca = tempfile::tempdir().unwrap();
+    let ca = registry.ca_pem();
+    hosts_toml(
+        with_ca.path(),
+        &name,
+        &format!("server = \"https://{name}\"\nca = \"{}\"\n", ca.display()),
+    );
+    let cache = ImageCache::new(CacheOptions::new().hosts_dir(with_ca.path())).unwrap();
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+
+    let skipping = tempfile::tempdir().unwrap();
+    hosts_toml(
+        skipping.path(),
+        &name,
+        &format!("server = \"https://{name}\"\nskip_verify = true\n"),
+    );
+    let cache = ImageCache::new(CacheOptions::new().hosts_dir(skipping.path())).unwrap();
+    assert_eq!(pull(&cache, &reference).await, tars(&pushed));
 }

@@ -139,6 +139,10 @@ type Options struct {
 	// one that is unreachable, answers 5xx or lacks the content hands over
 	// to the next, and the registry comes last.
 	Mirrors []Mirror
+	// HostsDir is a containerd-style certs.d directory of
+	// <registry>/hosts.toml files: mirrors with their capabilities, ca and
+	// skip_verify, and the server's scheme and TLS settings.
+	HostsDir string
 	// Attempts is how many times a request is tried on connection trouble,
 	// 5xx or 429, and how many times an interrupted download is resumed.
 	// Zero: 4.
@@ -287,6 +291,13 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 		if err := setOption("Options.Mirrors", shown, func(a []*C.char) C.oci_status {
 			return C.oci_cache_options_add_mirror(copts, a[0], a[1])
 		}, m.Registry, m.Host); err != nil {
+			return err
+		}
+	}
+	if opts.HostsDir != "" {
+		if err := setOption("Options.HostsDir", fmt.Sprintf("%q", opts.HostsDir), func(a []*C.char) C.oci_status {
+			return C.oci_cache_options_set_hosts_dir(copts, a[0])
+		}, opts.HostsDir); err != nil {
 			return err
 		}
 	}

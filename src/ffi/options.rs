@@ -175,6 +175,22 @@ pub extern "C" fn oci_cache_options_add_mirror(
     })
 }
 
+/// Reads containerd-style host configuration (`dir/<registry>/hosts.toml`,
+/// else `dir/_default/hosts.toml`): mirrors in file order with their
+/// capabilities, `ca` and `skip_verify`, and the `server`'s scheme and TLS
+/// settings. `override_path` is refused (`OCI_E_UNSUPPORTED` at first use).
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_hosts_dir(
+    options: *mut oci_cache_options,
+    dir: *const c_char,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let dir = str_arg(dir, "dir")?.to_owned();
+        arg_mut(options, "options")?.update(|o| o.hosts_dir(dir));
+        Ok(())
+    })
+}
+
 /// How many times a request is tried on connection trouble, 5xx or 429
 /// (default 4, at least 1); also how many times an interrupted blob
 /// download is resumed.

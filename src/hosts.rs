@@ -1,0 +1,239 @@
+//! containerd-style registry host configuration: a directory holding
+//! `<registry>/hosts.toml` files (`certs.d` layout) that list, per registry,
+//! the hosts to pull from in order (mirrors first, the `server` last) with
+//! their capabilities, CAs and TLS verification.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// One host to reach a registry through, from a `hosts.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostEntry {
+    /// `host[:port]`.
+    pub host: String,
+    /// Reached over plain HTTP (`http://` in the file).
+    pub plain_http: bool,
+    /// PEM files of CAs trusted for this host.
+    pub ca: Vec<PathBuf>,
+    /// Certificates are not verified at all (`skip_verify = true`).
+    pub skip_verify: bool,
+    /// May resolve tags (capability `resolve`); every entry may pull.
+    pub resolve: bool,
+}
+
+/// What a `hosts.toml` says about one registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RegistryHosts {
+    /// Hosts tried before the registry itself, in file order.
+    pub mirrors: Vec<HostEntry>,
+    /// How the registry itself is reached, when the file says (`server`,
+    /// or top-level `ca` / `skip_verify`).
+    pub server: Option<HostEntry>,
+}
+
+#[derive(Deserialize)]
+struct File {
+    server: Option<String>,
+    ca: Option<Paths>,
+    skip_verify: Option<bool>,
+    #[serde(default)]
+    host: HashMap<String, Host>,
+}
+
+#[derive(Deserialize)]
+struct Host {
+    capabilities: Option<Vec<String>>,
+    ca: Option<Paths>,
+    skip_verify: Option<bool>,
+    override_path: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Paths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl Paths {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            Paths::One(path) => vec![path],
+            Paths::Many(paths) => paths,
+        }
+    }
+}
+
+/// Reads `dir/<registry>/hosts.toml` (or `dir/_default/hosts.toml`), if
+/// either exists. `registry` is `host[:port]` as references name it
+/// (`docker.io` for Docker Hub).
+pub(crate) fn load(dir: &Path, registry: &str) -> Result<Option<RegistryHosts>> {
+    for name in [registry, "_default"] {
+        let path = dir.join(name).join("hosts.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("reading", &path, e)),
+        };
+        return parse(&text, &path).map(Some);
+    }
+    Ok(None)
+}
+
+fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
+    let invalid = |why: String| Error::InvalidContent(format!("{}: {why}", path.display()));
+    let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
+    // containerd keeps the file's order of [host."…"] tables; TOML tables
+    // have none once parsed, so take it from where each key first appears.
+    let mut hosts: Vec<(usize, String, Host)> = file
+        .host
+        .into_iter()
+        .map(|(url, host)| (text.find(&url).unwrap_or(usize::MAX), url, host))
+        .collect();
+    hosts.sort_by_key(|(at, url, _)| (*at, url.clone()));
+
+    let mut mirrors = Vec::new();
+    for (_, url, host) in hosts {
+        let capabilities = host
+            .capabilities
+            .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
+        if !capabilities.iter().any(|c| c == "pull") {
+            continue;
+        }
+        if host.override_path == Some(true) {
+            return Err(Error::Unsupported(format!(
+                "{}: host {url:?} sets override_path; only hosts serving the standard /v2/ API are handled",
+                path.display()
+            )));
+        }
+        let (host_port, plain_http) = split_url(&url).map_err(invalid)?;
+        mirrors.push(HostEntry {
+            host: host_port,
+            plain_http,
+            ca: host.ca.map(Paths::into_vec).unwrap_or_default(),
+            skip_verify: host.skip_verify.unwrap_or(false),
+            resolve: capabilities.iter().any(|c| c == "resolve"),
+        });
+    }
+    let server = match (&file.server, &file.ca, file.skip_verify) {
+        (None, None, None) => None,
+        _ => {
+            let (host, plain_http) = match &file.server {
+                Some(url) => split_url(url).map_err(invalid)?,
+                None => (String::new(), false),
+            };
+            Some(HostEntry {
+                host,
+                plain_http,
+                ca: file.ca.map(Paths::into_vec).unwrap_or_default(),
+                skip_verify: file.skip_verify.unwrap_or(false),
+                resolve: true,
+            })
+        }
+    };
+    Ok(RegistryHosts { mirrors, server })
+}
+
+/// `scheme://host[:port][/v2]` → (`host[:port]`, plain HTTP?).
+fn split_url(url: &str) -> std::result::Result<(String, bool), String> {
+    let (plain_http, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (false, rest)
+    } else {
+        (false, url)
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() || !matches!(path.trim_end_matches('/'), "" | "v2") {
+        return Err(format!(
+            "{url:?} is not scheme://host[:port] (with at most /v2)"
+        ));
+    }
+    Ok((host.to_owned(), plain_http))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_hosts_in_file_order_with_their_settings() {
+        let text = r#"
+server = "https://registry-1.docker.io"
+
+[host."https://zeta.mirror:5000"]
+  capabilities = ["pull", "resolve"]
+  ca = "/etc/certs/zeta.pem"
+
+[host."http://alpha.mirror"]
+  capabilities = ["pull"]
+  skip_verify = true
+
+[host."https://push.only"]
+  capabilities = ["push"]
+"#;
+        let hosts = parse(text, Path::new("hosts.toml")).unwrap();
+        let names: Vec<&str> = hosts.mirrors.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(
+            names,
+            ["zeta.mirror:5000", "alpha.mirror"],
+            "file order, pull hosts only"
+        );
+        assert_eq!(hosts.mirrors[0].ca, [PathBuf::from("/etc/certs/zeta.pem")]);
+        assert!(hosts.mirrors[0].resolve && !hosts.mirrors[0].plain_http);
+        assert!(
+            !hosts.mirrors[1].resolve
+                && hosts.mirrors[1].plain_http
+                && hosts.mirrors[1].skip_verify
+        );
+        assert_eq!(hosts.server.unwrap().host, "registry-1.docker.io");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        let override_path = "[host.\"https://m/v1/api\"]\noverride_path = true\n";
+        assert!(matches!(
+            parse(override_path, Path::new("h")),
+            Err(Error::Unsupported(_))
+        ));
+        let odd_path = "[host.\"https://m/v1/api\"]\n";
+        assert!(matches!(
+            parse(odd_path, Path::new("h")),
+            Err(Error::InvalidContent(_))
+        ));
+        assert!(matches!(
+            parse("server = [", Path::new("h")),
+            Err(Error::InvalidContent(_))
+        ));
+    }
+
+    #[test]
+    fn looks_for_the_registry_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path(), "r:5000").unwrap(), None);
+        std::fs::create_dir_all(dir.path().join("_default")).unwrap();
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"http://d\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(dir.path(), "r:5000").unwrap().unwrap().mirrors[0].host,
+            "d"
+        );
+        std::fs::create_dir_all(dir.path().join("r:5000")).unwrap();
+        std::fs::write(
+            dir.path().join("r:5000/hosts.toml"),
+            "[host.\"http://m\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(dir.path(), "r:5000").unwrap().unwrap().mirrors[0].host,
+            "m"
+        );
+    }
+}
