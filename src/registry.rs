@@ -1,8 +1,11 @@
-//! Remote access: manifests and blobs from registries through oci-client.
-//! This layer turns oci-client's errors into ours and bounds every read by
-//! the size the caller expects; it does not decide what to trust, the caller
-//! verifies digests (and manifests are checked here against the pinned
-//! digest and `Docker-Content-Digest`).
+//! Remote access: manifests and blobs from registries through oci-client,
+//! one client per host with that host's TLS roots and credentials. This
+//! layer retries transient failures, tries mirrors (configured or from
+//! hosts.toml) before the registry, resumes broken blob downloads, bounds
+//! every read by the size the caller expects and every wait by the stall
+//! timeout, and turns oci-client's errors into ours. Manifests are checked
+//! here against the pinned digest and `Docker-Content-Digest`; blobs are
+//! verified by the caller, which hashes what it reads.
 
 use std::collections::HashMap;
 use std::future::Future;
