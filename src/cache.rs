@@ -305,7 +305,10 @@ impl ImageCache {
     /// this is the index's digest.
     pub async fn resolve(&self, reference: &str) -> Result<Digest> {
         self.call
-            .bounded(&format!("resolve {reference}"), self.resolve_now(reference))
+            .bounded(
+                || format!("resolve {reference}"),
+                self.resolve_now(reference),
+            )
             .await
     }
 
@@ -334,7 +337,7 @@ impl ImageCache {
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         self.call
             .bounded(
-                &format!("fetch_image {reference}"),
+                || format!("fetch_image {reference}"),
                 self.fetch_image_now(reference, platform),
             )
             .await
@@ -452,7 +455,7 @@ impl ImageCache {
     pub async fn fetch_layer(&self, image: &Image, index: usize) -> Result<LayerReader> {
         self.call
             .bounded(
-                &format!("fetch_layer {index} of {}", image.reference),
+                || format!("fetch_layer {index} of {}", image.reference),
                 async {
                     let check = self.layer_check(image, index)?;
                     let (blob, copy) = self.open_blob(image, image.layer(index)?).await?;
@@ -469,7 +472,7 @@ impl ImageCache {
         let dst = existing_dir(dst)?;
         self.call
             .bounded(
-                &format!("extract_layer {index} of {}", image.reference),
+                || format!("extract_layer {index} of {}", image.reference),
                 self.extract(image, index, &dst, false),
             )
             .await
@@ -495,7 +498,7 @@ impl ImageCache {
             .buffered(self.inner.max_concurrent_layers)
             .try_collect();
         self.call
-            .bounded(&format!("layers of {}", image.reference), all)
+            .bounded(|| format!("layers of {}", image.reference), all)
             .await
     }
 

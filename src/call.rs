@@ -77,12 +77,13 @@ impl CallOptions {
         self.progress.clone()
     }
 
-    /// Runs `call` (described by `what`) within the deadline, if there is
-    /// one. A call cut short returns only once the blocking work it started
-    /// has stopped and removed its temp files.
+    /// Runs `call` within the deadline, if there is one; `what` names the
+    /// call in the error (made only then: the warm path allocates nothing).
+    /// A call cut short returns only once the blocking work it started has
+    /// stopped and removed its temp files.
     pub(crate) async fn bounded<T>(
         &self,
-        what: &str,
+        what: impl FnOnce() -> String,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let Some(limit) = self.deadline else {
@@ -95,7 +96,8 @@ impl CallOptions {
             Err(_) => {
                 work.stopped().await;
                 Err(Error::Timeout(format!(
-                    "{what}: not done within its {limit:?} deadline"
+                    "{}: not done within its {limit:?} deadline",
+                    what()
                 )))
             }
         }
