@@ -1279,3 +1279,310 @@ fn c_call_options_and_registry_options() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Token auth: the registry sends clients to a token server (the harness's
+// `TokenServer`, in this process) and accepts only the JWTs it signs.
+
+/// The library's token requests after the first `from` of them.
+fn token_requests_since(registry: &Registry, from: usize) -> Vec<TokenRequest> {
+    registry
+        .token_server()
+        .requests()
+        .into_iter()
+        .skip(from)
+        .collect()
+}
+
+/// Checks that every one of `requests` asked for pull access to `repo` of
+/// the registry's service, and got a token that grants exactly that.
+#[track_caller]
+fn assert_pull_token_requests(requests: &[TokenRequest], repo: &str) {
+    let scope = format!("repository:{repo}:pull");
+    for request in requests {
+        assert_eq!(request.scopes, [scope.as_str()], "scope of {request:?}");
+        assert_eq!(
+            request.service.as_deref(),
+            Some(TOKEN_SERVICE),
+            "service of {request:?}"
+        );
+        assert_eq!(request.status, 200, "{request:?}");
+        assert_eq!(request.granted, [scope.as_str()], "granted by {request:?}");
+    }
+}
+
+/// Unix time now, in seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_anonymous_and_with_credentials() {
+    let registry =
+        Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new().anonymous_pull()));
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "open");
+    // The harness pushed with a push token, as tester.
+    let harness = registry.token_server().all_requests();
+    assert!(
+        harness.iter().any(|r| r.harness
+            && r.user.as_deref() == Some(TEST_USER)
+            && r.scopes == ["repository:open:pull,push"]
+            && r.granted == ["repository:open:pull,push"]),
+        "the harness never got a push token: {harness:#?}"
+    );
+    // Without a token the registry answers 401, sending clients to the realm.
+    let bare = http(&host, "GET", "/v2/open/manifests/v1", &[], &[]).unwrap();
+    assert_eq!(bare.status, 401);
+    let challenge = bare.header("WWW-Authenticate").unwrap_or_default();
+    let realm = registry.token_server().realm();
+    assert!(
+        challenge.starts_with("Bearer ")
+            && challenge.contains(&format!("realm=\"{realm}\""))
+            && challenge.contains("scope=\"repository:open:pull\""),
+        "challenge: {challenge}"
+    );
+
+    let reference = format!("{host}/open:v1");
+    let anonymous = new_cache(CacheOptions::new());
+    assert_pulls(&anonymous, &reference, &pushed).await;
+    let requests = token_requests_since(&registry, 0);
+    assert!(!requests.is_empty(), "an anonymous pull asked for no token");
+    assert_pull_token_requests(&requests, "open");
+    for request in &requests {
+        assert!(
+            !request.basic_auth && request.user.is_none(),
+            "an anonymous pull sent credentials to the realm: {request:?}"
+        );
+    }
+
+    let seen = requests.len();
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
+    assert_pulls(&cache, &reference, &pushed).await;
+    let requests = token_requests_since(&registry, seen);
+    assert!(
+        !requests.is_empty(),
+        "a pull with credentials asked for no token"
+    );
+    assert_pull_token_requests(&requests, "open");
+    for request in &requests {
+        assert!(
+            request.basic_auth && request.user.as_deref() == Some(TEST_USER),
+            "the token request did not carry tester's Basic credentials: {request:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_server_refusal_is_unauthorized_with_its_reason() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    let realm = registry.token_server().realm();
+    push_small_image(&registry.endpoint(), "locked");
+    let reference = format!("{host}/locked:v1");
+
+    let wrong = "t0ken-Wr0ng-4k8v";
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, wrong));
+    for call in ["fetch_image", "resolve"] {
+        let result = match call {
+            "fetch_image" => within(call, cache.fetch_image(&reference, None))
+                .await
+                .map(|_| ()),
+            _ => within(call, cache.resolve(&reference)).await.map(|_| ()),
+        };
+        let err = unauthorized(result, &host, &format!("{call} with a wrong password"));
+        let msg = err.to_string();
+        // The realm's own answer, from the token request, not a later 401
+        // of the registry to a request that went without a token.
+        assert!(
+            msg.contains("bad password"),
+            "{call}: the error does not pass on the realm's answer: {msg}"
+        );
+        assert!(
+            msg.contains("token request") || msg.contains(&realm),
+            "{call}: the error does not say that the token request ({realm}) failed: {msg}"
+        );
+        assert!(
+            !msg.contains("answered 401"),
+            "{call}: the error is the registry's 401, not the realm's: {msg}"
+        );
+        assert_no_secret(&err, &[wrong, TEST_PASSWORD]);
+    }
+    let requests = token_requests_since(&registry, 0);
+    assert!(!requests.is_empty(), "the realm was never asked");
+    for request in &requests {
+        assert!(
+            request.user.as_deref() == Some(TEST_USER) && request.status == 401,
+            "{request:?}"
+        );
+    }
+
+    // No credentials at all, and no anonymous access: the realm says so.
+    let anonymous = new_cache(CacheOptions::new());
+    let err = unauthorized(
+        within("fetch_image", anonymous.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image without credentials",
+    );
+    assert!(
+        err.to_string().contains("anonymous access refused"),
+        "the error does not pass on the realm's answer: {err}"
+    );
+}
+
+/// A three-layer image (gzip, plain, zstd) pushed to `endpoint` as `repo:tag`.
+fn push_three_layer_image(endpoint: &Endpoint, repo: &str, tag: &str) -> PushedImage {
+    push_image_to(
+        endpoint,
+        repo,
+        Some(tag),
+        vec![
+            FixtureLayer::gzip(distinct_tar(&format!("{repo}-{tag}-a"))),
+            FixtureLayer::plain(distinct_tar(&format!("{repo}-{tag}-b"))),
+            FixtureLayer::zstd(distinct_tar(&format!("{repo}-{tag}-c"))),
+        ],
+        false,
+        PLATFORM,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_reused_for_manifest_config_and_layers() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    let endpoint = registry.endpoint();
+    let first = push_three_layer_image(&endpoint, "layers", "v1");
+    let second = push_three_layer_image(&endpoint, "layers", "v2");
+    let other = push_three_layer_image(&endpoint, "other", "v1");
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
+
+    // One token for the repository, fetched for the manifest, then sent
+    // with the config and all three blobs: not one per request.
+    assert_pulls(&cache, &format!("{host}/layers:v1"), &first).await;
+    for digest in &first.layer_digests {
+        assert_eq!(registry.blob_gets(digest), 1, "GETs of blob {digest}");
+    }
+    let requests = token_requests_since(&registry, 0);
+    assert_eq!(
+        requests.len(),
+        1,
+        "token requests for a pull of 3 layers: {requests:#?}"
+    );
+    assert_pull_token_requests(&requests, "layers");
+    // Another tag of the same repository: the token is still good.
+    assert_pulls(&cache, &format!("{host}/layers:v2"), &second).await;
+    let requests = token_requests_since(&registry, 1);
+    assert!(
+        requests.is_empty(),
+        "another tag of the same repository asked for a new token: {requests:#?}"
+    );
+    // Another repository needs a token of its own, once.
+    assert_pulls(&cache, &format!("{host}/other:v1"), &other).await;
+    let requests = token_requests_since(&registry, 1);
+    assert_eq!(
+        requests.len(),
+        1,
+        "token requests for another repository: {requests:#?}"
+    );
+    assert_pull_token_requests(&requests, "other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_replaced_once() {
+    let lifetime = 2;
+    let registry = Registry::start_with(
+        RegistrySetup::new().token_auth(TokenPolicy::new().lifetime(lifetime)),
+    );
+    let host = registry.host();
+    let endpoint = registry.endpoint();
+    let images: Vec<PushedImage> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|tag| {
+            push_image_to(
+                &endpoint,
+                "short",
+                Some(tag),
+                vec![FixtureLayer::gzip(distinct_tar(&format!("short-{tag}")))],
+                false,
+                PLATFORM,
+            )
+        })
+        .collect();
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
+
+    assert_pulls(&cache, &format!("{host}/short:v1"), &images[0]).await;
+    let requests = token_requests_since(&registry, 0);
+    assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
+    let expires_at = requests[0].expires_at.expect("a token was issued");
+    assert_eq!(
+        Some(expires_at),
+        requests[0].issued_at.map(|t| t + lifetime)
+    );
+    // While it is good, the token serves the next pull too (unless a slow
+    // machine already took us past its expiry).
+    assert_pulls(&cache, &format!("{host}/short:v2"), &images[1]).await;
+    if unix_now() <= expires_at {
+        let requests = token_requests_since(&registry, 1);
+        assert!(
+            requests.is_empty(),
+            "a token still valid was not reused: {requests:#?}"
+        );
+    }
+    let seen = registry.token_server().requests().len();
+
+    // Past `exp` (which is in whole seconds) by a margin.
+    let expired = std::time::UNIX_EPOCH + Duration::from_millis((expires_at + 1) * 1000 + 100);
+    if let Ok(wait) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    assert_pulls(&cache, &format!("{host}/short:v3"), &images[2]).await;
+    let requests = token_requests_since(&registry, seen);
+    assert_eq!(
+        requests.len(),
+        1,
+        "after the token expired, one fresh token should be fetched: {requests:#?}"
+    );
+    assert_pull_token_requests(&requests, "short");
+    assert!(
+        requests[0].issued_at.unwrap() > expires_at,
+        "the fresh token was issued before the old one expired: {requests:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_the_registry_refuses_is_replaced() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "revoked");
+    let reference = format!("{host}/revoked:v1");
+    let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
+
+    // The realm hands out tokens that grant nothing: the registry refuses
+    // them, and so the pull fails.
+    registry
+        .token_server()
+        .set_policy(TokenPolicy::new().no_access());
+    let err = unauthorized(
+        within("fetch_image", cache.fetch_image(&reference, None)).await,
+        &host,
+        "fetch_image with a token that grants nothing",
+    );
+    assert_no_secret(&err, &[TEST_PASSWORD]);
+    let seen = registry.token_server().requests().len();
+    assert!(seen >= 1, "no token was asked for");
+
+    // Rights restored: the cache still holds the useless token, which has
+    // not expired; the registry's 401 must make it fetch a new one.
+    registry.token_server().set_policy(TokenPolicy::new());
+    assert_pulls(&cache, &reference, &pushed).await;
+    let requests = token_requests_since(&registry, seen);
+    assert_eq!(
+        requests.len(),
+        1,
+        "replacing a refused token should take one token request: {requests:#?}"
+    );
+    assert_pull_token_requests(&requests, "revoked");
+}

@@ -83,6 +83,8 @@ pub struct Registry {
     endpoint: Endpoint,
     /// `NAME:PORT` for a TLS registry (see [`Registry::tls_host`]).
     tls_host: Option<String>,
+    /// The realm of a token-auth registry (see [`RegistrySetup::token_auth`]).
+    token_server: Option<TokenServer>,
 }
 
 /// The user of every registry started with [`RegistrySetup::htpasswd`].
@@ -95,12 +97,14 @@ const TEST_HTPASSWD_LINE: &str =
     "tester:$2y$05$jD8MjtOXG31ZCABdRrO8LO46lFH.PSKXSus..aQt18G1sf.FuIxre";
 
 /// What a [`Registry`] started with [`Registry::start_with`] requires:
-/// nothing (like [`Registry::start`]), htpasswd basic auth, TLS, or both.
+/// nothing (like [`Registry::start`]), htpasswd basic auth or token auth,
+/// TLS, or auth and TLS.
 #[derive(Debug, Clone, Default)]
 pub struct RegistrySetup {
     htpasswd: bool,
     tls: bool,
     proxy_of: Option<String>,
+    token: Option<TokenPolicy>,
 }
 
 impl RegistrySetup {
@@ -127,6 +131,17 @@ impl RegistrySetup {
     /// plain HTTP): it serves and keeps what it fetched, and refuses pushes.
     pub fn proxy_of(mut self, upstream: &str) -> RegistrySetup {
         self.proxy_of = Some(upstream.to_owned());
+        self
+    }
+
+    /// Token auth (the Docker registry token flow): the registry answers
+    /// 401 with a `Bearer realm=...,service=...,scope=...` challenge and
+    /// accepts only JWTs signed by a [`TokenServer`] started with it (see
+    /// [`Registry::token_server`]), which hands them out as `policy` says.
+    /// The harness's own requests fetch their tokens there as
+    /// [`TEST_USER`]. Not to be combined with [`RegistrySetup::htpasswd`].
+    pub fn token_auth(mut self, policy: TokenPolicy) -> RegistrySetup {
+        self.token = Some(policy);
         self
     }
 }
@@ -163,6 +178,24 @@ impl Registry {
                 htpasswd.display()
             );
             basic_auth = Some((TEST_USER.to_owned(), TEST_PASSWORD.to_owned()));
+        }
+        let mut token_server = None;
+        let mut token_realm = None;
+        if let Some(policy) = &setup.token {
+            assert!(
+                !setup.htpasswd,
+                "RegistrySetup: token_auth and htpasswd exclude each other"
+            );
+            let server = TokenServer::start(&dir.path().join("token-signer"), policy.clone());
+            auth_section = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                server.realm(),
+                server.certificate().display()
+            );
+            basic_auth = Some((TEST_USER.to_owned(), TEST_PASSWORD.to_owned()));
+            token_realm = Some(server.token_realm());
+            token_server = Some(server);
         }
         let mut tls_section = String::new();
         let mut ca_pem = None;
@@ -231,6 +264,7 @@ impl Registry {
                 host: host.clone(),
                 basic_auth: basic_auth.clone(),
                 ca_pem: ca_pem.clone(),
+                token_realm: token_realm.clone(),
             };
             let mut child = command
                 .spawn()
@@ -244,6 +278,7 @@ impl Registry {
                         sentinels: AtomicUsize::new(0),
                         endpoint,
                         tls_host: tls_name.as_ref().map(|name| format!("{name}:{port}")),
+                        token_server,
                     }
                 }
                 Err(why) => {
@@ -279,6 +314,14 @@ impl Registry {
             .ca_pem
             .clone()
             .expect("ca_pem() of a registry started without RegistrySetup::tls")
+    }
+
+    /// The token server of a registry started with
+    /// [`RegistrySetup::token_auth`]. Panics for any other registry.
+    pub fn token_server(&self) -> &TokenServer {
+        self.token_server
+            .as_ref()
+            .expect("token_server() of a registry started without RegistrySetup::token_auth")
     }
 
     /// `127.0.0.1:PORT` (for a TLS registry, `IP:PORT` with the address it
@@ -491,6 +534,585 @@ impl TlsCert {
 }
 
 // ---------------------------------------------------------------------------
+// Token auth: a token server signing JWTs with the `openssl` CLI
+
+/// The `service` of every token-auth registry (the tokens' `aud`).
+pub const TOKEN_SERVICE: &str = "oci-cache-test";
+/// The `issuer` every token-auth registry trusts (the tokens' `iss`).
+pub const TOKEN_ISSUER: &str = "oci-cache-test-issuer";
+/// The `client_id` the harness's own token requests carry, which tells
+/// them apart from the library's (see [`TokenRequest::harness`]).
+pub const HARNESS_CLIENT_ID: &str = "oci-cache-test-harness";
+
+/// How a [`TokenServer`] answers token requests:
+/// - [`TEST_USER`] with [`TEST_PASSWORD`] gets every action asked for;
+/// - [`TEST_USER`] with another password gets 401 `{"details":"bad password"}`,
+///   any other user 401 `{"details":"unknown user NAME"}`;
+/// - a request without credentials gets `pull` (of what it asked for) when
+///   anonymous pulls are granted, else 401
+///   `{"details":"anonymous access refused: log in"}`.
+///
+/// Tokens last [`TokenPolicy::lifetime`] (default 300 s), both in their
+/// `exp` claim and in the answer's `expires_in`. With
+/// [`TokenPolicy::no_access`], they grant nothing at all.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    anonymous_pull: bool,
+    lifetime_secs: u64,
+    no_access: bool,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> TokenPolicy {
+        TokenPolicy {
+            anonymous_pull: false,
+            lifetime_secs: 300,
+            no_access: false,
+        }
+    }
+}
+
+impl TokenPolicy {
+    /// Credentials required; tokens last 300 s.
+    pub fn new() -> TokenPolicy {
+        TokenPolicy::default()
+    }
+
+    /// Requests without credentials get pull access.
+    pub fn anonymous_pull(mut self) -> TokenPolicy {
+        self.anonymous_pull = true;
+        self
+    }
+
+    /// Tokens expire `secs` seconds after they are issued (`exp` = `iat` +
+    /// `secs`, `expires_in` = `secs`).
+    pub fn lifetime(mut self, secs: u64) -> TokenPolicy {
+        self.lifetime_secs = secs;
+        self
+    }
+
+    /// Whoever asks gets a valid token (200) whose `access` grants no
+    /// action, as when rights were revoked: the registry refuses it with
+    /// 401. For harness pushes, switch to this policy after pushing
+    /// (see [`TokenServer::set_policy`]).
+    pub fn no_access(mut self) -> TokenPolicy {
+        self.no_access = true;
+        self
+    }
+}
+
+/// Where the harness fetches its bearer tokens: the token server's
+/// `host:port`, the realm's path and the registry's service.
+#[derive(Debug, Clone)]
+pub struct TokenRealm {
+    pub host: String,
+    pub path: String,
+    pub service: String,
+}
+
+impl TokenRealm {
+    /// `http://HOST/PATH`, as in the registry's challenge.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.host, self.path)
+    }
+
+    /// A token for `scope` (`repository:NAME:ACTIONS`; none for `/v2/`)
+    /// asked for with `credentials` (Basic) if any, as the harness
+    /// (`client_id` [`HARNESS_CLIENT_ID`]). An error if refused.
+    pub fn fetch_token(
+        &self,
+        credentials: Option<&(String, String)>,
+        scope: Option<&str>,
+    ) -> std::io::Result<String> {
+        let mut query = format!(
+            "service={}&client_id={HARNESS_CLIENT_ID}",
+            percent_encode(&self.service)
+        );
+        if let Some(scope) = scope {
+            query.push_str(&format!("&scope={}", percent_encode(scope)));
+        }
+        let authorization = credentials.map(|(user, password)| {
+            format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+        });
+        let mut headers = Vec::new();
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
+        let response = http(
+            &self.host,
+            "GET",
+            &format!("{}?{query}", self.path),
+            &headers,
+            &[],
+        )?;
+        if response.status != 200 {
+            return Err(std::io::Error::other(format!(
+                "token request to {} for {scope:?}: {}",
+                self.url(),
+                response.describe()
+            )));
+        }
+        serde_json::from_slice::<Value>(&response.body)
+            .ok()
+            .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "token answer without a token: {}",
+                    response.describe()
+                ))
+            })
+    }
+}
+
+/// The scope a harness request needs: for `/v2/NAME/{blobs,manifests,tags}/...`,
+/// `repository:NAME:pull` to read (GET, HEAD), `repository:NAME:delete` to
+/// delete, else `repository:NAME:pull,push`; nothing for `/v2/` itself.
+pub fn harness_scope(method: &str, path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or_default();
+    let rest = path.strip_prefix("/v2/")?;
+    let end = ["/blobs/", "/manifests/", "/tags/"]
+        .iter()
+        .filter_map(|marker| rest.rfind(marker))
+        .max()?;
+    let name = &rest[..end];
+    let actions = match method {
+        "GET" | "HEAD" => "pull",
+        "DELETE" => "delete",
+        _ => "pull,push",
+    };
+    Some(format!("repository:{name}:{actions}"))
+}
+
+/// One request the token server answered, as it saw it.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// Every `scope` query parameter, decoded, in order.
+    pub scopes: Vec<String>,
+    /// The `service` query parameter.
+    pub service: Option<String>,
+    /// The user of the `Authorization: Basic` header, if one was sent.
+    pub user: Option<String>,
+    /// Whether the request carried `Authorization: Basic`.
+    pub basic_auth: bool,
+    /// Whether it came from the harness (`client_id` [`HARNESS_CLIENT_ID`]).
+    pub harness: bool,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The status answered: 200 with a token, or 401.
+    pub status: u16,
+    /// The token's `iat` and `exp` (Unix seconds) when one was issued.
+    pub issued_at: Option<u64>,
+    pub expires_at: Option<u64>,
+    /// Every `access` entry granted, as `type:name:action,action`.
+    pub granted: Vec<String>,
+}
+
+/// A token server (the realm of a token-auth registry) on a loopback port,
+/// stopped when dropped. It signs RS256 JWTs with `openssl dgst -sha256
+/// -sign` using a self-signed certificate (see [`TokenServer::certificate`],
+/// the registry's `rootcertbundle`) carried in the header's `x5c`, and
+/// answers `{"token": JWT, "expires_in": N}`. Every request is recorded.
+pub struct TokenServer {
+    host: String,
+    signer: TlsCert,
+    policy: Arc<Mutex<TokenPolicy>>,
+    log: Arc<Mutex<Vec<TokenRequest>>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the token server's connection threads share.
+struct TokenIssuer {
+    key: PathBuf,
+    /// The signing certificate, base64 DER, for `x5c`.
+    x5c: String,
+    policy: Arc<Mutex<TokenPolicy>>,
+    log: Arc<Mutex<Vec<TokenRequest>>>,
+    issued: AtomicUsize,
+}
+
+impl TokenServer {
+    /// Generates the signing key and certificate in `dir` and starts
+    /// serving `GET /token` on `127.0.0.1:PORT`.
+    pub fn start(dir: &Path, policy: TokenPolicy) -> TokenServer {
+        let signer = TlsCert::generate(dir, &["DNS:oci-cache-token-signer".to_owned()]);
+        let pem = std::fs::read_to_string(&signer.cert).expect("reading the signing certificate");
+        let x5c: String = pem
+            .lines()
+            .filter(|line| !line.starts_with("-----"))
+            .map(str::trim)
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let host = listener.local_addr().unwrap().to_string();
+        let policy = Arc::new(Mutex::new(policy));
+        let log: Arc<Mutex<Vec<TokenRequest>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let issuer = Arc::new(TokenIssuer {
+            key: signer.key.clone(),
+            x5c,
+            policy: policy.clone(),
+            log: log.clone(),
+            issued: AtomicUsize::new(0),
+        });
+        let thread = {
+            let stopping = stopping.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let issuer = issuer.clone();
+                    std::thread::spawn(move || serve_token(stream, &issuer));
+                }
+            })
+        };
+        TokenServer {
+            host,
+            signer,
+            policy,
+            log,
+            stopping,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    /// `http://127.0.0.1:PORT/token`, the registry's `realm`.
+    pub fn realm(&self) -> String {
+        self.token_realm().url()
+    }
+
+    /// How the harness reaches this server (see [`Endpoint::token_realm`]).
+    pub fn token_realm(&self) -> TokenRealm {
+        TokenRealm {
+            host: self.host.clone(),
+            path: "/token".to_owned(),
+            service: TOKEN_SERVICE.to_owned(),
+        }
+    }
+
+    /// The signing certificate (PEM), which the registry trusts.
+    pub fn certificate(&self) -> PathBuf {
+        self.signer.cert.clone()
+    }
+
+    /// Answers later requests as `policy` says.
+    pub fn set_policy(&self, policy: TokenPolicy) {
+        *self.policy.lock().unwrap() = policy;
+    }
+
+    /// The requests made by anyone but the harness (the library's), in
+    /// the order answered.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.all_requests()
+            .into_iter()
+            .filter(|r| !r.harness)
+            .collect()
+    }
+
+    /// Every request answered so far, the harness's own included.
+    pub fn all_requests(&self) -> Vec<TokenRequest> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(&self.host);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&raw, b"\r\n\r\n").is_none() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.trim().to_owned())
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .collect::<Vec<_>>()
+    };
+    let authorization = header("Authorization");
+    let basic = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| base64_decode(encoded.trim()))
+        .map(|decoded| String::from_utf8_lossy(&decoded).into_owned())
+        .map(|text| match text.split_once(':') {
+            Some((user, password)) => (user.to_owned(), password.to_owned()),
+            None => (text, String::new()),
+        });
+    let mut record = TokenRequest {
+        scopes: param("scope")
+            .iter()
+            .flat_map(|s| s.split(' ').map(str::to_owned).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        service: param("service").into_iter().next(),
+        user: basic.as_ref().map(|(user, _)| user.clone()),
+        basic_auth: basic.is_some(),
+        harness: param("client_id").iter().any(|c| c == HARNESS_CLIENT_ID),
+        user_agent: header("User-Agent"),
+        status: 401,
+        issued_at: None,
+        expires_at: None,
+        granted: Vec::new(),
+    };
+    let policy = issuer.policy.lock().unwrap().clone();
+    // The actions the requester may have, or the refusal (status, body).
+    let refusal = |details: String| (401u16, json!({ "details": details }));
+    let allowed: Result<&[&str], (u16, Value)> = if method != "GET" || path != "/token" {
+        Err((404, json!({"details": format!("no {method} {path} here")})))
+    } else {
+        match &basic {
+            Some((user, password)) if user == TEST_USER && password == TEST_PASSWORD => {
+                Ok(&["pull", "push", "delete", "*"])
+            }
+            Some((user, _)) if user == TEST_USER => Err(refusal("bad password".to_owned())),
+            Some((user, _)) => Err(refusal(format!("unknown user {user}"))),
+            None if policy.anonymous_pull => Ok(&["pull"]),
+            None => Err(refusal("anonymous access refused: log in".to_owned())),
+        }
+    };
+    let allowed = match allowed {
+        Ok(_) if policy.no_access => Ok(&[][..]),
+        other => other,
+    };
+    let (status, body) = match allowed {
+        Err((status, body)) => (status, body),
+        Ok(allowed) => {
+            let access: Vec<Value> = record
+                .scopes
+                .iter()
+                .filter_map(|scope| {
+                    // `type:name:actions`; a name may hold a `:` (a port).
+                    let (kind, rest) = scope.split_once(':')?;
+                    let (name, actions) = rest.rsplit_once(':')?;
+                    let granted: Vec<&str> = actions
+                        .split(',')
+                        .filter(|action| allowed.contains(action))
+                        .collect();
+                    Some(json!({"type": kind, "name": name, "actions": granted}))
+                })
+                .collect();
+            record.granted = access
+                .iter()
+                .map(|a| {
+                    let actions: Vec<&str> = a["actions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    format!(
+                        "{}:{}:{}",
+                        a["type"].as_str().unwrap(),
+                        a["name"].as_str().unwrap(),
+                        actions.join(",")
+                    )
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock before 1970")
+                .as_secs();
+            let exp = now + policy.lifetime_secs;
+            let n = issuer.issued.fetch_add(1, Ordering::SeqCst);
+            let claims = json!({
+                "iss": TOKEN_ISSUER,
+                "sub": basic.as_ref().map(|(user, _)| user.as_str()).unwrap_or(""),
+                "aud": record.service.clone().unwrap_or_default(),
+                "exp": exp,
+                "nbf": now,
+                "iat": now,
+                "jti": format!("oci-cache-test-{}-{n}", std::process::id()),
+                "access": access,
+            });
+            match sign_jwt(&issuer.key, &issuer.x5c, &claims) {
+                Ok(token) => {
+                    record.status = 200;
+                    record.issued_at = Some(now);
+                    record.expires_at = Some(exp);
+                    (
+                        200,
+                        json!({"token": token, "expires_in": policy.lifetime_secs}),
+                    )
+                }
+                Err(why) => (500, json!({ "details": why })),
+            }
+        }
+    };
+    record.status = status;
+    issuer.log.lock().unwrap().push(record);
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut response = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n",
+        match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Internal Server Error",
+        },
+        body.len()
+    );
+    if status == 401 {
+        response.push_str("WWW-Authenticate: Basic realm=\"oci-cache-test-token\"\r\n");
+    }
+    response.push_str("\r\n");
+    let mut out = response.into_bytes();
+    out.extend_from_slice(&body);
+    let _ = stream.write_all(&out);
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// `base64url(header).base64url(claims).base64url(signature)`, RS256 with
+/// `key` (PEM) by `openssl dgst -sha256 -sign`; the header carries `x5c`.
+fn sign_jwt(key: &Path, x5c: &str, claims: &Value) -> Result<String, String> {
+    let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let input = format!(
+        "{}.{}",
+        base64url(&serde_json::to_vec(&header).unwrap()),
+        base64url(&serde_json::to_vec(claims).unwrap())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
+    let mut stdin = child.stdin.take().expect("openssl stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("writing to openssl: {e}"))?;
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for openssl: {e}"))?;
+    if !output.status.success() || output.stdout.is_empty() {
+        return Err(format!(
+            "openssl dgst -sign failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(format!("{input}.{}", base64url(&output.stdout)))
+}
+
+/// Base64url without padding, as in JWTs.
+pub fn base64url(data: &[u8]) -> String {
+    base64(data)
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// Decodes standard or url-safe base64, padded or not; `None` if malformed.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut bits, mut count) = (0u32, 0);
+    for c in text.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Percent-encodes all but unreserved characters, for a query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decodes a query component: `%XX` and `+` for a space.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------
 // A minimal blocking HTTP/1.1 client (Connection: close)
 
 pub struct HttpResponse {
@@ -541,11 +1163,14 @@ pub fn http(
 /// How the harness reaches a registry: its `host:port`, the basic
 /// credentials to send (if any) and, for HTTPS, the CA (PEM) to trust. Plain
 /// registries are spoken to by [`http`], HTTPS ones through `curl`.
+/// With a `token_realm`, the basic credentials go to the token server
+/// instead, and the registry gets the bearer token it hands out.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub host: String,
     pub basic_auth: Option<(String, String)>,
     pub ca_pem: Option<PathBuf>,
+    pub token_realm: Option<TokenRealm>,
 }
 
 impl Endpoint {
@@ -556,12 +1181,14 @@ impl Endpoint {
             host: host.to_owned(),
             basic_auth: None,
             ca_pem: None,
+            token_realm: None,
         }
     }
 }
 
 /// One request to `endpoint`, with its credentials, over HTTPS when it has
-/// a CA; `path` may carry a query.
+/// a CA; `path` may carry a query. For a token-auth registry, a fresh token
+/// for what the request needs (see [`harness_scope`]) is fetched first.
 pub fn request(
     endpoint: &Endpoint,
     method: &str,
@@ -569,9 +1196,16 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let authorization = endpoint.basic_auth.as_ref().map(|(user, password)| {
-        format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
-    });
+    let authorization = match &endpoint.token_realm {
+        Some(realm) => {
+            let scope = harness_scope(method, path);
+            let token = realm.fetch_token(endpoint.basic_auth.as_ref(), scope.as_deref())?;
+            Some(format!("Bearer {token}"))
+        }
+        None => endpoint.basic_auth.as_ref().map(|(user, password)| {
+            format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+        }),
+    };
     let mut all: Vec<(&str, &str)> = headers.to_vec();
     if let Some(value) = &authorization {
         all.push(("Authorization", value));
