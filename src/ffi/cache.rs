@@ -258,7 +258,60 @@ mod tests {
     use std::ptr::{null, null_mut};
 
     use super::*;
-    use crate::ffi::{oci_error_free, oci_error_message, OCI_E_INVALID_ARGUMENT, OCI_OK};
+    use crate::ffi::image::{oci_fetch_image, oci_image};
+    use crate::ffi::options::{
+        oci_call_options_free, oci_call_options_new, oci_call_options_set_cancel, oci_cancel_free,
+        oci_cancel_new, oci_cancel_trigger,
+    };
+    use crate::ffi::{
+        oci_error_code, oci_error_free, oci_error_message, OCI_E_CANCELED, OCI_E_INVALID_ARGUMENT,
+        OCI_OK,
+    };
+
+    #[test]
+    fn a_triggered_cancel_token_ends_a_hung_call_within_100_ms() {
+        // A registry that accepts connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reference =
+            std::ffi::CString::new(format!("{}/hangs:v1", silent.local_addr().unwrap())).unwrap();
+        let (mut cache, mut cancel, mut options) = (null_mut(), null_mut(), null_mut());
+        assert_eq!(oci_cache_new(null(), &mut cache, null_mut()), OCI_OK);
+        assert_eq!(oci_cancel_new(&mut cancel), OCI_OK);
+        assert_eq!(oci_call_options_new(&mut options), OCI_OK);
+        assert_eq!(oci_call_options_set_cancel(options, cancel), OCI_OK);
+
+        let trigger = cancel as usize;
+        let triggered_at = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let at = std::time::Instant::now();
+            assert_eq!(oci_cancel_trigger(trigger as *mut oci_cancel), OCI_OK);
+            at
+        });
+        let (mut image, mut err): (*mut oci_image, _) = (null_mut(), null_mut());
+        let status = oci_fetch_image(
+            cache,
+            reference.as_ptr(),
+            null(),
+            options,
+            &mut image,
+            &mut err,
+        );
+        let returned_at = std::time::Instant::now();
+        let latency = returned_at - triggered_at.join().unwrap();
+
+        assert_eq!(status, OCI_E_CANCELED);
+        assert_eq!(oci_error_code(err), OCI_E_CANCELED);
+        assert!(image.is_null());
+        assert!(
+            latency < std::time::Duration::from_millis(100),
+            "returned {latency:?} after the trigger"
+        );
+        oci_error_free(err);
+        oci_call_options_free(options);
+        oci_cancel_free(cancel);
+        oci_cache_free(cache);
+        drop(silent);
+    }
 
     #[test]
     fn blocking_calls_from_inside_a_runtime_fail_instead_of_deadlocking() {
