@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -240,65 +239,6 @@ fn dead_host() -> String {
     let host = listener.local_addr().unwrap().to_string();
     drop(listener);
     host
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "{} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.took, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `command` to completion, killing it after `limit`.
-fn run(what: &str, command: &mut Command, limit: Duration) -> Run {
-    let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            break (status, false);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            break (child.wait().expect("reaping a killed child"), true);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let ran = Run {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        took: started.elapsed(),
-    };
-    assert!(
-        !timed_out,
-        "{what} did not finish within {limit:?}: {}",
-        ran.describe()
-    );
-    eprintln!("{what}: {} in {:.1?}", ran.status, ran.took);
-    ran
 }
 
 fn compile(what: &str, command: &mut Command) {

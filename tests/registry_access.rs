@@ -11,7 +11,6 @@
 mod common;
 
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -1104,44 +1103,6 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `command`, killing it after `limit`; returns (success, stdout, description).
-fn run_limited(what: &str, command: &mut Command, limit: Duration) -> (bool, String, String) {
-    let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
-            panic!("{what} did not finish within {limit:?} ({status})\n--- stdout\n{out}--- stderr\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let described = format!(
-        "{what}: {status} after {:.1?}\n--- stdout\n{out}--- stderr\n{err}",
-        started.elapsed()
-    );
-    (status.success(), out, described)
-}
-
 #[test]
 fn c_call_options_and_registry_options() {
     let root = manifest_dir();
@@ -1156,7 +1117,7 @@ fn c_call_options_and_registry_options() {
         .tempdir()
         .unwrap();
     let program = work.path().join("call_options_test");
-    let (ok, _, described) = run_limited(
+    let compiled = run(
         "cc call_options_test.c",
         Command::new("cc")
             .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
@@ -1172,7 +1133,7 @@ fn c_call_options_and_registry_options() {
             .arg("-lpthread"),
         Duration::from_secs(60),
     );
-    assert!(ok, "{described}");
+    assert!(compiled.status.success(), "{}", compiled.describe());
 
     let plain = Registry::start();
     let locked = Registry::start_with(RegistrySetup::new().htpasswd());
@@ -1243,9 +1204,9 @@ fn c_call_options_and_registry_options() {
                 layer.tar.len().to_string(),
             );
     }
-    let (ok, stdout, described) =
-        run_limited("call_options_test", &mut command, Duration::from_secs(40));
-    let last = stdout.lines().last().unwrap_or_default();
+    let ran = run("call_options_test", &mut command, Duration::from_secs(40));
+    let (ok, described) = (ran.status.success(), ran.describe());
+    let last = ran.stdout.lines().last().unwrap_or_default();
     let expected = format!("{C_CHECKS} passed, 0 failed");
     assert!(
         ok && last == expected,

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -2108,4 +2108,65 @@ pub fn require_tool(name: &str, install: &str) -> PathBuf {
             .find(|candidate| candidate.is_file())
     });
     on_path.unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {install}"))
+}
+
+/// How a program run by [`run`] ended.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Run {
+    /// Status, time and both outputs, for a failure message.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion, killing it after `limit`.
+pub fn run(what: &str, command: &mut Command, limit: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break (status, false);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break (child.wait().expect("reaping a killed child"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ran = Run {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        took: started.elapsed(),
+    };
+    assert!(
+        !timed_out,
+        "{what} did not finish within {limit:?}: {}",
+        ran.describe()
+    );
+    eprintln!("{what}: {} in {:.1?}", ran.status, ran.took);
+    ran
 }
