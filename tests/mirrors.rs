@@ -42,6 +42,12 @@ async fn pull(cache: &ImageCache, reference: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A loopback address where nothing listens (bound, then released).
+fn dead_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// GETs of `digest` a registry saw, whatever their query (mirrors get `?ns=`).
 fn gets(registry: &Registry, digest: &str) -> usize {
     registry
@@ -121,11 +127,7 @@ async fn dead_and_empty_mirrors_hand_over_to_the_next() {
         false,
         ("linux", "amd64", None),
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = dead_host();
     let empty = Registry::start();
     let live = Registry::start_with(RegistrySetup::new().proxy_of(&upstream.host()));
     let reference = format!("{}/app:v1", upstream.host());
@@ -189,11 +191,7 @@ async fn hosts_toml_lists_mirrors_in_order_with_their_capabilities() {
         false,
         ("linux", "amd64", None),
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = dead_host();
     let pull_only = Registry::start_with(RegistrySetup::new().proxy_of(&upstream.host()));
     let certs_d = tempfile::tempdir().unwrap();
     hosts_toml(
