@@ -159,7 +159,7 @@ impl Registry {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let client = Client::try_from(ClientConfig {
+        let config = ClientConfig {
             accept_invalid_certificates: listed.is_some_and(|entry| entry.skip_verify),
             protocol: if plain_http {
                 ClientProtocol::Http
@@ -169,8 +169,13 @@ impl Registry {
             extra_root_certificates,
             user_agent: USER_AGENT,
             ..ClientConfig::default()
-        })
-        .map_err(|e| Error::InvalidArgument(format!("client for registry {name}: {e}")))?;
+        };
+        // Building a client parses the system's CA bundle (about 0.3 s):
+        // off the runtime's threads, so that nothing else waits on it.
+        let client = tokio::task::spawn_blocking(move || Client::try_from(config))
+            .await
+            .map_err(|e| Error::Network(format!("building the client for registry {name}: {e}")))?
+            .map_err(|e| Error::InvalidArgument(format!("client for registry {name}: {e}")))?;
 
         let sources = self.config.credentials.clone();
         let lookup_name = name.clone();
