@@ -86,20 +86,6 @@ fn other_arch() -> &'static str {
     }
 }
 
-/// Bytes that do not compress (xorshift from a fixed seed), so a layer's
-/// blob is about as large as its tar.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 struct Fixtures {
     app: PushedImage,
     other: PushedImage,

@@ -194,16 +194,7 @@ fn send_body(
 
 /// A layer of ~1.2 MB that does not compress away, so cuts land mid-body.
 fn big_tar(seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let noise: Vec<u8> = (0..1_200_000)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect();
-    tar_layer(&[("noise.bin", &noise)])
+    tar_layer(&[("noise.bin", &noise(seed, 1_200_000))])
 }
 
 async fn pull_through(

@@ -76,19 +76,6 @@ async fn stream_layer(cache: &ImageCache, image: &Image, index: usize) -> std::i
     Ok(content)
 }
 
-/// Byte equality that reports sizes and digests instead of dumping bytes.
-#[track_caller]
-fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
-    assert!(
-        actual == expected,
-        "{what}: got {} bytes ({}), expected {} bytes ({})",
-        actual.len(),
-        sha256(actual),
-        expected.len(),
-        sha256(expected)
-    );
-}
-
 /// Checks that `image` is what was pushed, layer by layer.
 fn assert_image_matches(image: &Image, pushed: &PushedImage, reference: &str) {
     assert_eq!(image.reference(), reference);

@@ -38,19 +38,6 @@ fn distinct_tar(name: &str) -> Vec<u8> {
     tar_layer(&[(&format!("{name}/file.txt"), body.as_bytes())])
 }
 
-/// Bytes that do not compress (xorshift from a fixed seed).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A two-layer image (gzip, then plain tar) pushed to `endpoint` as `repo:v1`.
 fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
     push_image_to(
@@ -69,19 +56,6 @@ fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
 fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
     dst.join("sha256")
         .join(diff_id.strip_prefix("sha256:").expect("sha256 diff_id"))
-}
-
-/// Byte equality that reports sizes and digests instead of dumping bytes.
-#[track_caller]
-fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
-    assert!(
-        actual == expected,
-        "{what}: got {} bytes ({}), expected {} bytes ({})",
-        actual.len(),
-        sha256(actual),
-        expected.len(),
-        sha256(expected)
-    );
 }
 
 /// `dst` holds exactly `pushed`'s layer tars, byte for byte.

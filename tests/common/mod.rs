@@ -2170,3 +2170,30 @@ pub fn run(what: &str, command: &mut Command, limit: Duration) -> Run {
     eprintln!("{what}: {} in {:.1?}", ran.status, ran.took);
     ran
 }
+
+/// Bytes that do not compress (xorshift from a fixed seed), so a layer's
+/// blob is about as large as its tar.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Byte equality that reports sizes and digests instead of dumping bytes.
+#[track_caller]
+pub fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    assert!(
+        actual == expected,
+        "{what}: got {} bytes ({}), expected {} bytes ({})",
+        actual.len(),
+        sha256(actual),
+        expected.len(),
+        sha256(expected)
+    );
+}
