@@ -28,6 +28,7 @@
 //! those three use only the leaf modules (`digest`, `manifest`, `platform`,
 //! `fs`, `error`).
 
+mod auth;
 mod cache;
 mod call;
 mod credentials;
@@ -36,6 +37,7 @@ mod error;
 pub mod ffi;
 mod fs;
 mod hosts;
+mod http;
 mod layer;
 mod manifest;
 mod platform;

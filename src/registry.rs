@@ -1,11 +1,12 @@
-//! Remote access: manifests and blobs from registries through oci-client,
-//! one client per host with that host's TLS roots and credentials. This
-//! layer retries transient failures, tries mirrors (configured or from
-//! hosts.toml) before the registry, resumes broken blob downloads, bounds
-//! every read by the size the caller expects and every wait by the stall
-//! timeout, and turns oci-client's errors into ours. Manifests are checked
-//! here against the pinned digest and `Docker-Content-Digest`; blobs are
-//! verified by the caller, which hashes what it reads.
+//! Remote access: manifests and blobs over the registry HTTP API, one
+//! client per host with that host's TLS roots and credentials. This layer
+//! authorizes requests (through [`auth`](crate::auth)), retries transient
+//! failures as the server asks (`Retry-After`), tries mirrors (configured or
+//! from hosts.toml) before the registry, resumes broken blob downloads,
+//! bounds every read by the size the caller expects and every wait by the
+//! stall timeout, and names what failed in every error. Manifests are
+//! checked here against the pinned digest and `Docker-Content-Digest`; blobs
+//! are verified by the caller, which hashes what it reads.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,33 +14,41 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, LayerDescriptor,
-    SizedStream,
+use oci_client::Reference;
+use reqwest::header::{
+    HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{
-    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE,
-};
-use oci_client::secrets::RegistryAuth;
-use oci_client::RegistryOperation;
-use oci_client::{Client, Reference};
+use reqwest::{RequestBuilder, Response, StatusCode};
 
+use crate::auth::{Challenge, Tokens};
 use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::hosts::{self, HostEntry, RegistryHosts};
+use crate::http::{error_chain, read_limited, reason, ReadError};
 
 /// The most bytes a manifest or config may have; larger ones are refused so
 /// a hostile registry cannot make us hold arbitrary amounts in memory.
 pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
 
+/// The most of an error answer's body read for its message.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// The longest wait a `Retry-After` header gets; a server asking for more
+/// is waited on this long, and the call's deadline still applies.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 const USER_AGENT: &str = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
+
+/// The manifest media types asked for, in every `Accept`.
+const MANIFEST_MEDIA_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Chunks of a blob as they arrive from the network; errors in it wrap an [`Error`].
 pub(crate) type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -81,19 +90,50 @@ impl Default for RegistryConfig {
 /// Clients for every registry this cache talks to, one per host.
 pub(crate) struct Registry {
     config: RegistryConfig,
-    // One client per host: each has its own TLS roots and credentials, and
-    // oci-client keeps the first credentials stored for a host.
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Host>>>>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Host>>>>>,
     // hosts.toml files read so far, by registry, and the hosts they list.
     hosts_files: Mutex<HashMap<String, Option<RegistryHosts>>>,
     listed_hosts: Mutex<HashMap<String, HostEntry>>,
 }
 
-/// A host's client and the credentials it presents.
-#[derive(Clone)]
+/// One registry or mirror host: how to reach it, the credentials it gets,
+/// and what it asked for to authorize requests.
 struct Host {
-    client: Client,
-    auth: RegistryAuth,
+    /// `http://host[:port]` or `https://host[:port]`.
+    base: String,
+    http: reqwest::Client,
+    credential: Credential,
+    // Learned from the host's first 401; until then requests go without
+    // credentials, so a host that needs none never sees them.
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Tokens,
+}
+
+/// Where a request for one repository goes: a mirror or the registry itself.
+#[derive(Clone)]
+struct Endpoint {
+    host: Arc<Host>,
+    repository: String,
+    /// For a mirror, the registry whose content is asked for (`?ns=`).
+    namespace: Option<String>,
+}
+
+/// A request that failed, and whether trying it again may help.
+struct Failed {
+    error: Error,
+    transient: bool,
+    /// How long the server asked us to wait (`Retry-After`).
+    retry_after: Option<Duration>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            transient: matches!(error, Error::Network(_)),
+            error,
+            retry_after: None,
+        }
+    }
 }
 
 impl Registry {
@@ -106,23 +146,21 @@ impl Registry {
         }
     }
 
-    /// The client for `reference`'s registry, made on first use: making one
-    /// loads CA certificates and may run a credential helper, which a warm
-    /// cache never needs.
-    async fn host(&self, reference: &Reference) -> Result<Host> {
-        let name = reference.resolve_registry().to_owned();
+    /// The client for host `name`, made on first use: making one loads CA
+    /// certificates and may run a credential helper, which a warm cache
+    /// never needs.
+    async fn host(&self, name: &str) -> Result<Arc<Host>> {
         let cell = {
-            let mut hosts = self
-                .hosts
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            hosts.entry(name.clone()).or_default().clone()
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            hosts.entry(name.to_owned()).or_default().clone()
         };
-        let host = cell.get_or_try_init(|| self.connect(name)).await?;
+        let host = cell
+            .get_or_try_init(|| self.connect(name.to_owned()))
+            .await?;
         Ok(host.clone())
     }
 
-    async fn connect(&self, name: String) -> Result<Host> {
+    async fn connect(&self, name: String) -> Result<Arc<Host>> {
         let host_cas: Vec<&PathBuf> = self
             .config
             .host_ca_certificates
@@ -143,67 +181,41 @@ impl Registry {
                 Some(entry) => entry.plain_http,
                 None => is_loopback(&name) && host_cas.is_empty(),
             };
-        let listed_cas = listed.iter().flat_map(|entry| &entry.ca);
-        let extra_root_certificates = self
+        let ca_files: Vec<PathBuf> = self
             .config
             .ca_certificates
             .iter()
             .chain(host_cas)
-            .chain(listed_cas)
-            .map(|path| {
-                let data = std::fs::read(path)
-                    .map_err(|e| Error::io("reading CA certificate", path, e))?;
-                Ok(Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let config = ClientConfig {
-            accept_invalid_certificates: listed.is_some_and(|entry| entry.skip_verify),
-            protocol: if plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates,
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        // Building a client parses the system's CA bundle (about 0.3 s):
-        // off the runtime's threads, so that nothing else waits on it.
-        let client = tokio::task::spawn_blocking(move || Client::try_from(config))
-            .await
-            .map_err(|e| Error::Network(format!("building the client for registry {name}: {e}")))?
-            .map_err(|e| Error::InvalidArgument(format!("client for registry {name}: {e}")))?;
-
+            .chain(listed.iter().flat_map(|entry| &entry.ca))
+            .cloned()
+            .collect();
+        let skip_verify = listed.is_some_and(|entry| entry.skip_verify);
         let sources = self.config.credentials.clone();
-        let lookup_name = name.clone();
-        let credential = tokio::task::spawn_blocking(move || {
-            credentials::lookup(&lookup_name, &sources, &credentials::ProcessEnvironment)
+        // Building a client parses the system's CA bundle (about 0.3 s) and
+        // a credential helper is a process to wait for: off the runtime's
+        // threads, so that nothing else waits on them.
+        let task_name = name.clone();
+        let (http, credential) = tokio::task::spawn_blocking(move || {
+            let http = http_client(&task_name, &ca_files, skip_verify)?;
+            let credential =
+                credentials::lookup(&task_name, &sources, &credentials::ProcessEnvironment)?;
+            Ok::<_, Error>((http, credential))
         })
         .await
-        .map_err(|e| Error::Unauthorized(format!("looking up credentials for {name}: {e}")))??;
-        let auth = match credential {
-            Credential::Anonymous => RegistryAuth::Anonymous,
-            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
-            Credential::IdentityToken(_) => {
-                return Err(Error::Unsupported(format!(
-                    "the credentials for {name} are an identity token (OAuth2 refresh token), which is not supported yet; \
-                     store a username and password instead"
-                )))
-            }
-        };
-        // Calls without a credentials argument (blob pulls) find them here.
-        client.store_auth_if_needed(&name, &auth).await;
-        Ok(Host { client, auth })
+        .map_err(|e| Error::Network(format!("setting up the client for registry {name}: {e}")))??;
+        Ok(Arc::new(Host {
+            base: format!("{}://{name}", if plain_http { "http" } else { "https" }),
+            http,
+            credential,
+            challenge: Mutex::default(),
+            tokens: Tokens::default(),
+        }))
     }
 
     /// Runs `operation` against `reference`'s mirrors in order, then its
     /// registry: a mirror that cannot be reached, fails with 5xx after its
     /// retries, or lacks the content (404) hands over to the next. Returns
-    /// the result with the endpoint (a reference to the mirror or the
-    /// registry itself) and the host that served it.
+    /// the result with the endpoint that served it.
     /// `resolving` says the request turns a tag into a manifest, which only
     /// hosts with the `resolve` capability may answer.
     async fn served<T, F, Fut>(
@@ -213,16 +225,17 @@ impl Registry {
         limits: Limits,
         resolving: bool,
         operation: F,
-    ) -> Result<(T, Reference, Host)>
+    ) -> Result<(T, Endpoint)>
     where
-        F: Fn(Host, Reference) -> Fut,
-        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+        F: Fn(Endpoint) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failed>>,
     {
+        let registry = reference.resolve_registry();
         let configured = self
             .config
             .mirrors
             .iter()
-            .filter(|(registry, _)| registry == reference.resolve_registry())
+            .filter(|(upstream, _)| upstream == registry)
             .map(|(_, mirror)| mirror.clone());
         let listed = self
             .hosts_file(reference)?
@@ -233,15 +246,23 @@ impl Registry {
             .filter(|entry| entry.resolve || !resolving)
             .map(|entry| entry.host);
         for mirror in configured.chain(listed) {
-            let mut endpoint = reference.clone();
-            endpoint.set_mirror_registry(mirror);
-            match self.authorized(endpoint, what, limits, &operation).await {
+            let endpoint = Endpoint {
+                host: self.host(&mirror).await?,
+                repository: reference.repository().to_owned(),
+                namespace: Some(reference.registry().to_owned()),
+            };
+            match self.attempted(&endpoint, what, limits, &operation).await {
                 Err(Error::Network(_) | Error::NotFound(_)) => continue,
-                outcome => return outcome,
+                outcome => return outcome.map(|value| (value, endpoint)),
             }
         }
-        self.authorized(reference.clone(), what, limits, &operation)
-            .await
+        let endpoint = Endpoint {
+            host: self.host(registry).await?,
+            repository: reference.repository().to_owned(),
+            namespace: None,
+        };
+        let value = self.attempted(&endpoint, what, limits, &operation).await?;
+        Ok((value, endpoint))
     }
 
     /// What `hosts.toml` says about `reference`'s registry, read once per
@@ -271,128 +292,115 @@ impl Registry {
         Ok(hosts)
     }
 
-    /// Runs `operation` with `endpoint`'s host, retrying transient failures.
-    /// A 401 gets one more try after an explicit token request: that
-    /// surfaces why a token exchange failed (oci-client's implicit one falls
-    /// back to anonymous and hides it), and replaces a token that expired.
-    async fn authorized<T, F, Fut>(
+    /// Runs `operation` on `endpoint` until it succeeds, fails for good, or
+    /// has used the configured attempts; between tries it waits as long as
+    /// the server asked, or backs off.
+    async fn attempted<T, F, Fut>(
         &self,
-        endpoint: Reference,
+        endpoint: &Endpoint,
         what: &str,
         limits: Limits,
         operation: &F,
-    ) -> Result<(T, Reference, Host)>
+    ) -> Result<T>
     where
-        F: Fn(Host, Reference) -> Fut,
-        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+        F: Fn(Endpoint) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failed>>,
     {
-        let host = self.host(&endpoint).await?;
         let attempts = self.config.attempts.max(1);
-        let attempt = |host: Host| {
-            let endpoint = endpoint.clone();
-            async move {
-                for retry in 1.. {
-                    let outcome = limits
-                        .stalling(what, async {
-                            Ok(operation(host.clone(), endpoint.clone()).await)
-                        })
-                        .await?;
-                    match outcome {
-                        Err(err) if retry < attempts && is_transient(&err) => {
-                            tokio::time::sleep(backoff(retry)).await
-                        }
-                        outcome => return outcome.map_err(|e| map_error(e, what)),
-                    }
+        for attempt in 1.. {
+            let outcome = limits
+                .stalling(what, async { Ok(operation(endpoint.clone()).await) })
+                .await?;
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(failed) if failed.transient && attempt < attempts => {
+                    let wait = match failed.retry_after {
+                        Some(asked) => asked.min(MAX_RETRY_AFTER),
+                        None => backoff(attempt),
+                    };
+                    tokio::time::sleep(wait).await
                 }
-                unreachable!("the loop returns on its last attempt")
+                Err(failed) => return Err(failed.error),
             }
-        };
-        let value = match attempt(host.clone()).await {
-            Err(Error::Unauthorized(_)) => {
-                let token = host
-                    .client
-                    .auth(&endpoint, &host.auth, RegistryOperation::Pull);
-                limits
-                    .stalling(what, async {
-                        token
-                            .await
-                            .map_err(|e| map_error(e, &format!("{what}: token request")))
-                    })
-                    .await?;
-                attempt(host.clone()).await?
-            }
-            other => other?,
-        };
-        Ok((value, endpoint, host))
+        }
+        unreachable!("the loop returns on its last attempt")
     }
 
-    /// The digest the registry has for `reference` (a HEAD request when it can).
+    /// The digest the registry has for `reference`, from a HEAD request
+    /// (or the manifest itself when the answer carries no digest).
     pub(crate) async fn resolve(&self, reference: &Reference, limits: Limits) -> Result<Digest> {
         let what = format!("manifest {reference}");
-        let digest = self
-            .served(
-                reference,
-                &what,
-                limits,
-                true,
-                |host, endpoint| async move {
-                    host.client
-                        .fetch_manifest_digest(&endpoint, &host.auth)
-                        .await
-                },
-            )
+        let header = self
+            .served(reference, &what, limits, true, |endpoint| {
+                let what = &what;
+                async move {
+                    let url = endpoint.manifest_url(reference);
+                    let response = endpoint
+                        .send(what, |http| {
+                            http.head(&url).header(ACCEPT, MANIFEST_MEDIA_TYPES)
+                        })
+                        .await?;
+                    Ok(content_digest(response.headers()))
+                }
+            })
             .await?
             .0;
-        Digest::parse(&digest)
+        match header {
+            Some(digest) => Digest::parse(&digest),
+            None => Ok(self.manifest(reference, limits).await?.1),
+        }
     }
 
     /// The exact bytes of the manifest or index `reference` names, and their
     /// digest, verified against the reference's pinned digest and the
-    /// registry's `Docker-Content-Digest`.
+    /// registry's `Docker-Content-Digest`. Bodies over
+    /// [`MAX_METADATA_BYTES`] are refused before more is read.
     pub(crate) async fn manifest(
         &self,
         reference: &Reference,
         limits: Limits,
     ) -> Result<(Vec<u8>, Digest)> {
         let what = format!("manifest {reference}");
-        let accepted = [
-            OCI_IMAGE_MEDIA_TYPE,
-            OCI_IMAGE_INDEX_MEDIA_TYPE,
-            IMAGE_MANIFEST_MEDIA_TYPE,
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-        ];
-        let (body, digest) = self
+        let (body, header) = self
             .served(
                 reference,
                 &what,
                 limits,
                 reference.digest().is_none(),
-                |host, endpoint| async move {
-                    host.client
-                        .pull_manifest_raw(&endpoint, &host.auth, &accepted)
-                        .await
+                |endpoint| {
+                    let what = &what;
+                    async move {
+                        let url = endpoint.manifest_url(reference);
+                        let response = endpoint
+                            .send(what, |http| {
+                                http.get(&url).header(ACCEPT, MANIFEST_MEDIA_TYPES)
+                            })
+                            .await?;
+                        let header = content_digest(response.headers());
+                        Ok((read_metadata(response, what).await?, header))
+                    }
                 },
             )
             .await?
             .0;
-        if body.len() as u64 > MAX_METADATA_BYTES {
-            return Err(Error::InvalidContent(format!(
-                "{what} is {} bytes, over the {MAX_METADATA_BYTES}-byte limit",
-                body.len()
-            )));
-        }
-        let digest = Digest::parse(&digest)?;
-        digest.verify(&body, &what)?;
+        let digest = match header {
+            Some(header) => {
+                let digest = Digest::parse(&header)?;
+                digest.verify(&body, &what)?;
+                digest
+            }
+            None => Digest::sha256_of(&body),
+        };
         if let Some(pinned) = reference.digest() {
             Digest::parse(pinned)?.verify(&body, &what)?;
         }
-        Ok((body.to_vec(), digest))
+        Ok((body, digest))
     }
 
-    /// A stream of the blob `digest` from `reference`'s repository (or the
-    /// descriptor's `urls`), which fails instead of yielding more than `size`
-    /// bytes or going quiet for longer than the stall timeout. The caller
-    /// hashes what it reads.
+    /// A stream of the blob `digest` from `reference`'s repository (or,
+    /// when no host has it, the descriptor's `urls`), which fails instead of
+    /// yielding more than `size` bytes or going quiet for longer than the
+    /// stall timeout. The caller hashes what it reads.
     pub(crate) async fn blob(
         &self,
         reference: &Reference,
@@ -402,26 +410,35 @@ impl Registry {
         limits: Limits,
     ) -> Result<BlobStream> {
         let what = format!("blob {digest} of {}", reference.repository());
-        let descriptor = LayerDescriptor {
-            digest: digest.as_str(),
-            urls,
-        };
-        let (stream, endpoint, host) = self
-            .served(reference, &what, limits, false, |host, endpoint| {
-                let descriptor = &descriptor;
-                async move { host.client.pull_blob_stream(&endpoint, descriptor).await }
+        let served = self
+            .served(reference, &what, limits, false, |endpoint| {
+                let source = BlobSource::Endpoint(endpoint);
+                let what = &what;
+                async move { Ok((source.get(digest, 0, what).await?, source)) }
             })
-            .await?;
-        // Resumes go to whichever endpoint served the blob.
+            .await;
+        let (response, source) = match served {
+            Ok(((response, source), _)) => (response, source),
+            Err(Error::NotFound(not_found)) => self
+                .blob_from_urls(reference, digest, urls, &what, limits)
+                .await?
+                .ok_or(Error::NotFound(not_found))?,
+            Err(err) => return Err(err),
+        };
+        if let Some(announced) = content_length(response.headers()) {
+            if announced > size {
+                return Err(Error::DigestMismatch(format!(
+                    "{what}: the registry announces {announced} bytes, more than the descriptor's {size} bytes"
+                )));
+            }
+        }
         let download = BlobDownload {
-            client: host.client,
-            reference: endpoint,
-            digest: digest.to_string(),
-            urls: urls.clone(),
+            source,
+            digest: digest.clone(),
             size,
             what,
             limits,
-            stream: Some(stream),
+            stream: Some(Box::pin(response.bytes_stream())),
             received: 0,
             skip: 0,
             resumes_left: self.config.attempts.saturating_sub(1),
@@ -431,6 +448,43 @@ impl Registry {
             Some((chunk.map_err(Error::into_io), download))
         });
         Ok(Box::pin(chunks))
+    }
+
+    /// The first of a descriptor's `urls` (http or https) that serves the
+    /// blob, asked without credentials: they belong to the registry only.
+    async fn blob_from_urls(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        urls: &Option<Vec<String>>,
+        what: &str,
+        limits: Limits,
+    ) -> Result<Option<(Response, BlobSource)>> {
+        let urls = urls.iter().flatten();
+        let urls = urls.filter(|url| url.starts_with("http://") || url.starts_with("https://"));
+        let mut last_error = None;
+        for url in urls {
+            let endpoint = Endpoint {
+                host: self.host(reference.resolve_registry()).await?,
+                repository: reference.repository().to_owned(),
+                namespace: None,
+            };
+            let source = BlobSource::Url {
+                http: endpoint.host.http.clone(),
+                url: url.clone(),
+            };
+            let outcome = self
+                .attempted(&endpoint, what, limits, &|_| {
+                    let source = &source;
+                    async move { source.get(digest, 0, what).await }
+                })
+                .await;
+            match outcome {
+                Ok(response) => return Ok(Some((response, source))),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        last_error.map_or(Ok(None), Err)
     }
 
     /// The whole of a small blob (a config), verified and at most
@@ -461,20 +515,170 @@ impl Registry {
     }
 }
 
+/// A client with the system's CAs plus `ca_files`, or one that accepts any
+/// certificate when the host is configured to skip verification.
+fn http_client(name: &str, ca_files: &[PathBuf], skip_verify: bool) -> Result<reqwest::Client> {
+    let mut roots = Vec::new();
+    for path in ca_files {
+        let pem = std::fs::read(path).map_err(|e| Error::io("reading CA certificate", path, e))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::InvalidArgument(format!("CA certificate {}: {e}", path.display()))
+        })?;
+        roots.extend(certificates);
+    }
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .tls_certs_merge(roots)
+        .danger_accept_invalid_certs(skip_verify)
+        .build()
+        .map_err(|e| {
+            Error::InvalidArgument(format!("client for registry {name}: {}", error_chain(&e)))
+        })
+}
+
+impl Endpoint {
+    fn url(&self, kind: &str, name: &str) -> String {
+        let ns = match &self.namespace {
+            Some(registry) => format!("?ns={registry}"),
+            None => String::new(),
+        };
+        format!(
+            "{}/v2/{}/{kind}/{name}{ns}",
+            self.host.base, self.repository
+        )
+    }
+
+    fn manifest_url(&self, reference: &Reference) -> String {
+        let name = reference.digest().or(reference.tag()).unwrap_or("latest");
+        self.url("manifests", name)
+    }
+
+    /// Sends the request `build` makes, authorized for pulling from this
+    /// repository, and returns the answer if it is a success. A 401 teaches
+    /// the host's challenge and gets one more try with fresh authorization:
+    /// the first contact, and a token the registry no longer takes.
+    async fn send(
+        &self,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> std::result::Result<Response, Failed> {
+        let host = &self.host;
+        let scope = format!("repository:{}:pull", self.repository);
+        let mut presented_token = None;
+        for last_try in [false, true] {
+            let challenge = host
+                .challenge
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut request = build(&host.http);
+            match (&challenge, &host.credential) {
+                (Some(Challenge::Bearer { realm, service }), credential) => {
+                    let token = host
+                        .tokens
+                        .get(
+                            &host.http,
+                            (realm, service.as_deref()),
+                            &scope,
+                            credential,
+                            presented_token.as_deref(),
+                            what,
+                        )
+                        .await?;
+                    request = request.bearer_auth(&token.value);
+                    presented_token = Some(token.value);
+                }
+                (Some(Challenge::Basic), Credential::Basic { username, password }) => {
+                    request = request.basic_auth(username, Some(password));
+                }
+                (Some(Challenge::Basic), Credential::IdentityToken(_)) => {
+                    return Err(Error::Unauthorized(format!(
+                        "{what}: {} asks for a username and password, but its credentials are \
+                         an identity token, which only a token realm can take",
+                        host.base
+                    ))
+                    .into())
+                }
+                _ => {}
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_failure(e, what))?;
+            if response.status() != StatusCode::UNAUTHORIZED || last_try {
+                return check_status(response, what).await;
+            }
+            let learned = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|value| value.to_str().ok())
+                .and_then(Challenge::parse);
+            let retry = match &learned {
+                Some(Challenge::Bearer { .. }) => true,
+                Some(Challenge::Basic) => {
+                    challenge.is_none() && !matches!(host.credential, Credential::Anonymous)
+                }
+                None => false,
+            };
+            if !retry {
+                return check_status(response, what).await;
+            }
+            *host.challenge.lock().unwrap_or_else(|p| p.into_inner()) = learned;
+        }
+        unreachable!("the loop returns on its last try")
+    }
+}
+
+/// Where a blob's bytes come from: the endpoint that served it, asked with
+/// credentials, or a descriptor URL, asked without.
+#[derive(Clone)]
+enum BlobSource {
+    Endpoint(Endpoint),
+    Url { http: reqwest::Client, url: String },
+}
+
+impl BlobSource {
+    /// A successful answer for `digest` from byte `offset` on (a Range
+    /// request when `offset` is not 0).
+    async fn get(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        what: &str,
+    ) -> std::result::Result<Response, Failed> {
+        let range = |request: RequestBuilder| match offset {
+            0 => request,
+            _ => request.header(RANGE, format!("bytes={offset}-")),
+        };
+        match self {
+            BlobSource::Endpoint(endpoint) => {
+                let url = endpoint.url("blobs", digest.as_str());
+                endpoint.send(what, |http| range(http.get(&url))).await
+            }
+            BlobSource::Url { http, url } => {
+                let response = range(http.get(url))
+                    .send()
+                    .await
+                    .map_err(|e| transport_failure(e, what))?;
+                check_status(response, what).await
+            }
+        }
+    }
+}
+
 /// One blob download that picks up where a broken connection left it: a
-/// Range request for the rest, or, when the server will not serve a range,
-/// the whole blob again with the part already passed on skipped. The reader
-/// hashes everything it gets, so the digest always covers the whole blob.
+/// Range request for the rest, or, when the server will not serve the range
+/// asked for, the whole blob again with the part already passed on skipped.
+/// The reader hashes everything it gets, so the digest always covers the
+/// whole blob.
 struct BlobDownload {
-    client: Client,
-    reference: Reference,
-    digest: String,
-    urls: Option<Vec<String>>,
+    source: BlobSource,
+    digest: Digest,
     size: u64,
     what: String,
     limits: Limits,
     // None once the download has ended or failed.
-    stream: Option<SizedStream>,
+    stream: Option<Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>>,
     received: u64,
     // Bytes at the start of a restarted response that were already passed on.
     skip: u64,
@@ -516,7 +720,11 @@ impl BlobDownload {
                     "{}: the connection closed after {} of {} bytes",
                     self.what, self.received, self.size
                 )),
-                Ok(Some(Err(err))) => map_stream_error(err, &self.what),
+                Ok(Some(Err(err))) => Error::Network(format!(
+                    "{}: reading from the registry: {}",
+                    self.what,
+                    error_chain(&err)
+                )),
                 Err(err) => err,
             };
             if !matches!(interrupted, Error::Network(_)) || self.resumes_left == 0 {
@@ -533,40 +741,160 @@ impl BlobDownload {
 
     async fn reconnect(&mut self) -> Result<()> {
         tokio::time::sleep(backoff(self.resumes_left)).await;
-        let descriptor = LayerDescriptor {
-            digest: &self.digest,
-            urls: &self.urls,
-        };
-        let (client, reference, offset) = (&self.client, &self.reference, self.received);
-        let response = self
-            .limits
-            .stalling(&self.what, async {
-                client
-                    .pull_blob_stream_partial(reference, &descriptor, offset, None)
-                    .await
-                    .map_err(|e| map_error(e, &self.what))
-            })
-            .await?;
-        let rest = self.size - self.received;
-        (self.stream, self.skip) = match response {
-            BlobResponse::Partial(stream) if stream.content_length == Some(rest) => {
-                (Some(stream), 0)
-            }
+        let offset = self.received;
+        let fields = (&self.source, &self.digest, self.what.as_str(), self.limits);
+        let response = Self::request(fields, offset).await?;
+        let rest_served = response.status() == StatusCode::PARTIAL_CONTENT
+            && served_range(response.headers()) == Some((offset, self.size - 1));
+        let response = if rest_served || response.status() == StatusCode::OK {
+            response
+        } else {
             // A range other than the one asked for: start over from byte 0.
-            BlobResponse::Partial(_) => {
-                let whole = client.pull_blob_stream(reference, &descriptor);
-                let whole = self
-                    .limits
-                    .stalling(&self.what, async {
-                        whole.await.map_err(|e| map_error(e, &self.what))
-                    })
-                    .await?;
-                (Some(whole), self.received)
-            }
-            BlobResponse::Full(whole) => (Some(whole), self.received),
+            Self::request(fields, 0).await?
         };
+        self.skip = if response.status() == StatusCode::PARTIAL_CONTENT {
+            0
+        } else {
+            offset
+        };
+        self.stream = Some(Box::pin(response.bytes_stream()));
         Ok(())
     }
+
+    /// The blob from byte `offset` on, within the stall timeout. (A
+    /// function of fields, not of `self`: the stream in `self` is not `Sync`.)
+    async fn request(
+        (source, digest, what, limits): (&BlobSource, &Digest, &str, Limits),
+        offset: u64,
+    ) -> Result<Response> {
+        let get = source.get(digest, offset, what);
+        limits
+            .stalling(what, async { get.await.map_err(|failed| failed.error) })
+            .await
+    }
+}
+
+/// A success passes; anything else becomes the error it stands for, with
+/// the server's own reason: 404 is not found, 401 and 403 unauthorized, 429
+/// and 5xx worth retrying (when the server asks, after `Retry-After`).
+async fn check_status(response: Response, what: &str) -> std::result::Result<Response, Failed> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let url = response.url().clone();
+    let retry_after = retry_after(response.headers());
+    let body = read_limited(response, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let codes = error_codes(&body);
+    let has = |wanted: &[&str]| codes.iter().any(|code| wanted.contains(&code.as_str()));
+    let message = format!(
+        "{what}: {url} answered {}: {}",
+        status.as_u16(),
+        reason(&body)
+    );
+    let transient = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || has(&["TOOMANYREQUESTS"]);
+    let error = if status == StatusCode::NOT_FOUND
+        || has(&[
+            "MANIFEST_UNKNOWN",
+            "BLOB_UNKNOWN",
+            "NAME_UNKNOWN",
+            "NOT_FOUND",
+        ]) {
+        Error::NotFound(message)
+    } else if status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || has(&["DENIED", "UNAUTHORIZED"])
+    {
+        Error::Unauthorized(message)
+    } else {
+        Error::Network(message)
+    };
+    Err(Failed {
+        error,
+        transient,
+        retry_after,
+    })
+}
+
+/// A request that got no answer: the connection failed, or TLS did.
+fn transport_failure(err: reqwest::Error, what: &str) -> Failed {
+    Failed {
+        error: Error::Network(format!("{what}: {}", error_chain(&err))),
+        transient: true,
+        retry_after: None,
+    }
+}
+
+/// Reads a manifest or config body, refusing one over [`MAX_METADATA_BYTES`].
+async fn read_metadata(response: Response, what: &str) -> std::result::Result<Vec<u8>, Failed> {
+    let too_big = |size: String| {
+        Error::InvalidContent(format!(
+            "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
+        ))
+    };
+    if let Some(announced) = content_length(response.headers()) {
+        if announced > MAX_METADATA_BYTES {
+            return Err(too_big(announced.to_string()).into());
+        }
+    }
+    read_limited(response, MAX_METADATA_BYTES as usize)
+        .await
+        .map_err(|err| match err {
+            ReadError::TooLong(_) => too_big("more than that".to_owned()).into(),
+            ReadError::Request(e) => transport_failure(e, what),
+        })
+}
+
+/// The error codes of a registry's error answer (`{"errors": [{"code"…}]}`).
+fn error_codes(body: &[u8]) -> Vec<String> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    json["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["code"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn content_digest(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("Docker-Content-Digest")?.to_str().ok()?;
+    Some(value.trim().to_owned())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The first and last byte of a 206 answer's `Content-Range: bytes A-B/N`.
+fn served_range(headers: &HeaderMap) -> Option<(u64, u64)> {
+    let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
+    let range = value.trim().strip_prefix("bytes ")?.split('/').next()?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+}
+
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 /// How long to wait before retry number `attempt` (1-based, counted from
@@ -581,20 +909,6 @@ fn backoff(attempt: u32) -> Duration {
         .build_hasher()
         .finish();
     base.mul_f64(0.5 + (noise % 1000) as f64 / 1000.0)
-}
-
-/// Whether a failed request is worth repeating: connection trouble, 5xx
-/// and 429. Everything else would fail the same way again.
-fn is_transient(err: &OciDistributionError) -> bool {
-    match err {
-        OciDistributionError::RequestError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| e.code == OciErrorCode::Toomanyrequests),
-        _ => false,
-    }
 }
 
 /// Bounds on one call's network waits.
@@ -618,20 +932,6 @@ impl Limits {
     }
 }
 
-/// Classifies an error that came out of oci-client's blob stream.
-fn map_stream_error(err: io::Error, what: &str) -> Error {
-    Error::from_io(err, |err| {
-        let digest_error = err
-            .get_ref()
-            .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
-        if digest_error {
-            Error::DigestMismatch(format!("{what}: {err}"))
-        } else {
-            Error::Network(format!("{what}: reading from the registry: {err}"))
-        }
-    })
-}
-
 fn is_loopback(host: &str) -> bool {
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -642,70 +942,6 @@ fn is_loopback(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn map_error(err: OciDistributionError, what: &str) -> Error {
-    use OciDistributionError as E;
-    match err {
-        E::UnauthorizedError { url } => Error::Unauthorized(format!("{what}: {url} answered 401")),
-        E::AuthenticationFailure(msg) => Error::Unauthorized(format!("{what}: {msg}")),
-        E::RegistryError { envelope, url } => {
-            let not_found = envelope.errors.iter().any(|e| {
-                matches!(
-                    e.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            });
-            let denied = envelope
-                .errors
-                .iter()
-                .any(|e| matches!(e.code, OciErrorCode::Denied | OciErrorCode::Unauthorized));
-            let messages: Vec<&str> = envelope.errors.iter().map(|e| e.message.as_str()).collect();
-            let msg = format!("{what}: {url}: {}", messages.join("; "));
-            if not_found {
-                Error::NotFound(msg)
-            } else if denied {
-                Error::Unauthorized(msg)
-            } else {
-                Error::Network(msg)
-            }
-        }
-        E::ServerError { code, url, message } => {
-            let msg = format!("{what}: {url} answered {code}: {}", message.trim());
-            match code {
-                404 => Error::NotFound(msg),
-                401 | 403 => Error::Unauthorized(msg),
-                _ => Error::Network(msg),
-            }
-        }
-        E::DigestError(e) => Error::DigestMismatch(format!("{what}: {e}")),
-        E::UnsupportedMediaTypeError(t) => Error::Unsupported(format!("{what}: media type {t}")),
-        E::UnsupportedSchemaVersionError(v) => {
-            Error::Unsupported(format!("{what}: schema version {v}"))
-        }
-        E::ManifestParsingError(msg) | E::VersionedParsingError(msg) => {
-            Error::InvalidContent(format!("{what}: {msg}"))
-        }
-        E::JsonError(e) => Error::InvalidContent(format!("{what}: {e}")),
-        E::RequestError(e) => Error::Network(format!("{what}: {}", error_chain(&e))),
-        other => Error::Network(format!("{what}: {other}")),
-    }
-}
-
-/// An error and its causes on one line: reqwest's own message alone hides
-/// whether the connection was refused, reset or failed TLS.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
