@@ -1,7 +1,7 @@
 //! containerd-style registry host configuration: a directory holding
 //! `<registry>/hosts.toml` files (`certs.d` layout) that list, per registry,
 //! the hosts to pull from in order (mirrors first, the `server` last) with
-//! their capabilities, CAs and TLS verification.
+//! their capabilities, API paths, CAs and TLS verification.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 pub(crate) struct HostEntry {
     /// `host[:port]`.
     pub host: String,
+    /// Where the registry API lives on the host: `/v2`, or the URL's own
+    /// path (`override_path`), or the URL's path with `/v2` appended.
+    pub api_root: String,
     /// Reached over plain HTTP (`http://` in the file).
     pub plain_http: bool,
     /// PEM files of CAs trusted for this host.
@@ -104,15 +107,11 @@ fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
         if !capabilities.iter().any(|c| c == "pull") {
             continue;
         }
-        if host.override_path == Some(true) {
-            return Err(Error::Unsupported(format!(
-                "{}: host {url:?} sets override_path; only hosts serving the standard /v2/ API are handled",
-                path.display()
-            )));
-        }
-        let (host_port, plain_http) = split_url(&url).map_err(invalid)?;
+        let (host_port, plain_http, api_root) =
+            split_url(&url, host.override_path.unwrap_or(false)).map_err(invalid)?;
         mirrors.push(HostEntry {
             host: host_port,
+            api_root,
             plain_http,
             ca: host.ca.map(Paths::into_vec).unwrap_or_default(),
             skip_verify: host.skip_verify.unwrap_or(false),
@@ -122,12 +121,13 @@ fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
     let server = match (&file.server, &file.ca, file.skip_verify) {
         (None, None, None) => None,
         _ => {
-            let (host, plain_http) = match &file.server {
-                Some(url) => split_url(url).map_err(invalid)?,
-                None => (String::new(), false),
+            let (host, plain_http, api_root) = match &file.server {
+                Some(url) => split_url(url, false).map_err(invalid)?,
+                None => (String::new(), false, "/v2".to_owned()),
             };
             Some(HostEntry {
                 host,
+                api_root,
                 plain_http,
                 ca: file.ca.map(Paths::into_vec).unwrap_or_default(),
                 skip_verify: file.skip_verify.unwrap_or(false),
@@ -138,8 +138,14 @@ fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
     Ok(RegistryHosts { mirrors, server })
 }
 
-/// `scheme://host[:port][/v2]` → (`host[:port]`, plain HTTP?).
-fn split_url(url: &str) -> std::result::Result<(String, bool), String> {
+/// `scheme://host[:port][/path]` → (`host[:port]`, plain HTTP?, API root).
+/// As containerd has it, the API root is `/v2` under the URL's path unless
+/// the path already ends in `/v2`, or `override_path` says the path is the
+/// API root itself.
+fn split_url(
+    url: &str,
+    override_path: bool,
+) -> std::result::Result<(String, bool, String), String> {
     let (plain_http, rest) = if let Some(rest) = url.strip_prefix("http://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -148,12 +154,21 @@ fn split_url(url: &str) -> std::result::Result<(String, bool), String> {
         (false, url)
     };
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if host.is_empty() || !matches!(path.trim_end_matches('/'), "" | "v2") {
-        return Err(format!(
-            "{url:?} is not scheme://host[:port] (with at most /v2)"
-        ));
+    if host.is_empty() || path.contains(['?', '#']) {
+        return Err(format!("{url:?} is not scheme://host[:port][/path]"));
     }
-    Ok((host.to_owned(), plain_http))
+    let path = path.trim_end_matches('/');
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    let api_root = if override_path || path.ends_with("/v2") {
+        path
+    } else {
+        format!("{path}/v2")
+    };
+    Ok((host.to_owned(), plain_http, api_root))
 }
 
 #[cfg(test)]
@@ -194,15 +209,23 @@ server = "https://registry-1.docker.io"
     }
 
     #[test]
-    fn refuses_what_it_cannot_honour() {
-        let override_path = "[host.\"https://m/v1/api\"]\noverride_path = true\n";
+    fn api_roots_follow_containerd() {
+        let text = r#"
+[host."https://a"]
+[host."https://b/v2/"]
+[host."https://c/mirror"]
+[host."https://d/v1/api"]
+  override_path = true
+"#;
+        let hosts = parse(text, Path::new("hosts.toml")).unwrap();
+        let roots: Vec<&str> = hosts.mirrors.iter().map(|h| h.api_root.as_str()).collect();
+        assert_eq!(roots, ["/v2", "/v2", "/mirror/v2", "/v1/api"]);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
         assert!(matches!(
-            parse(override_path, Path::new("h")),
-            Err(Error::Unsupported(_))
-        ));
-        let odd_path = "[host.\"https://m/v1/api\"]\n";
-        assert!(matches!(
-            parse(odd_path, Path::new("h")),
+            parse("[host.\"https://m/?x=1\"]\n", Path::new("h")),
             Err(Error::InvalidContent(_))
         ));
         assert!(matches!(

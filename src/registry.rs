@@ -42,6 +42,9 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// is waited on this long, and the call's deadline still applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Where the registry API lives on a host unless hosts.toml says otherwise.
+const STANDARD_API_ROOT: &str = "/v2";
+
 const USER_AGENT: &str = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
 
 /// The manifest media types asked for, in every `Accept`.
@@ -113,6 +116,9 @@ struct Host {
 #[derive(Clone)]
 struct Endpoint {
     host: Arc<Host>,
+    /// The path of the registry API on the host, `/v2` unless hosts.toml
+    /// says otherwise.
+    api_root: String,
     repository: String,
     /// For a mirror, the registry whose content is asked for (`?ns=`).
     namespace: Option<String>,
@@ -236,7 +242,7 @@ impl Registry {
             .mirrors
             .iter()
             .filter(|(upstream, _)| upstream == registry)
-            .map(|(_, mirror)| mirror.clone());
+            .map(|(_, mirror)| (mirror.clone(), STANDARD_API_ROOT.to_owned()));
         let listed = self
             .hosts_file(reference)?
             .map(|hosts| hosts.mirrors)
@@ -244,10 +250,11 @@ impl Registry {
         let listed = listed
             .into_iter()
             .filter(|entry| entry.resolve || !resolving)
-            .map(|entry| entry.host);
-        for mirror in configured.chain(listed) {
+            .map(|entry| (entry.host, entry.api_root));
+        for (mirror, api_root) in configured.chain(listed) {
             let endpoint = Endpoint {
                 host: self.host(&mirror).await?,
+                api_root,
                 repository: reference.repository().to_owned(),
                 namespace: Some(reference.registry().to_owned()),
             };
@@ -258,6 +265,7 @@ impl Registry {
         }
         let endpoint = Endpoint {
             host: self.host(registry).await?,
+            api_root: STANDARD_API_ROOT.to_owned(),
             repository: reference.repository().to_owned(),
             namespace: None,
         };
@@ -466,6 +474,7 @@ impl Registry {
         for url in urls {
             let endpoint = Endpoint {
                 host: self.host(reference.resolve_registry()).await?,
+                api_root: STANDARD_API_ROOT.to_owned(),
                 repository: reference.repository().to_owned(),
                 namespace: None,
             };
@@ -542,10 +551,8 @@ impl Endpoint {
             Some(registry) => format!("?ns={registry}"),
             None => String::new(),
         };
-        format!(
-            "{}/v2/{}/{kind}/{name}{ns}",
-            self.host.base, self.repository
-        )
+        let (base, root, repository) = (&self.host.base, &self.api_root, &self.repository);
+        format!("{base}{root}/{repository}/{kind}/{name}{ns}")
     }
 
     fn manifest_url(&self, reference: &Reference) -> String {

@@ -2,8 +2,8 @@
 //! proxy mode) in front of a real upstream, a dead first mirror, a mirror
 //! that lacks the image, and the pull-through cache serving on its own once
 //! the upstream is gone; and the same through containerd-style hosts.toml
-//! files, with capabilities, a CA and skip_verify. Content from mirrors is
-//! verified like any other.
+//! files, with capabilities, a CA, skip_verify and override_path. Content
+//! from mirrors is verified like any other.
 
 mod common;
 
@@ -284,4 +284,93 @@ async fn hosts_toml_gives_a_tls_registry_its_ca_or_skips_verification() {
     );
     let cache = ImageCache::new(CacheOptions::new().hosts_dir(skipping.path())).unwrap();
     assert_eq!(pull(&cache, &reference).await, tars(&pushed));
+}
+
+/// A mirror whose registry API lives at `prefix` instead of `/v2`: it
+/// serves each connection one request, rewriting `prefix` to `/v2` before
+/// passing it to `upstream`, and answers 404 to any other path. Returns
+/// its `host:port` and the paths it was asked for.
+fn api_under_prefix(
+    upstream: String,
+    prefix: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            log.lock().unwrap().push(path.clone());
+            let Some(rest) = path.strip_prefix(prefix) else {
+                let _ = client.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let mut lines: Vec<String> = head
+                .trim_end()
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .map(str::to_owned)
+                .collect();
+            lines[0] = lines[0].replacen(&path, &format!("/v2{rest}"), 1);
+            lines.push("Connection: close".into());
+            let mut server = std::net::TcpStream::connect(&upstream).unwrap();
+            server
+                .write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())
+                .unwrap();
+            let _ = std::io::copy(&mut server, &mut client);
+        }
+    });
+    (host, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_override_path_reaches_an_api_elsewhere_than_v2() {
+    let upstream = Registry::start();
+    let pushed = push_image(
+        &upstream.host(),
+        "app",
+        Some("v1"),
+        layers("override"),
+        false,
+        ("linux", "amd64", None),
+    );
+    let (mirror, asked) = api_under_prefix(upstream.host(), "/registry/api");
+    let certs_d = tempfile::tempdir().unwrap();
+    hosts_toml(
+        certs_d.path(),
+        "mirrored.example",
+        &format!("[host.\"http://{mirror}/registry/api\"]\n  override_path = true\n"),
+    );
+    let cache = ImageCache::new(CacheOptions::new().hosts_dir(certs_d.path()).attempts(1)).unwrap();
+    // The reference names a registry that does not exist: only the mirror
+    // can have served it.
+    assert_eq!(pull(&cache, "mirrored.example/app:v1").await, tars(&pushed));
+    let asked = asked.lock().unwrap().clone();
+    let mut expected = vec![format!(
+        "/registry/api/app/manifests/v1?ns=mirrored.example"
+    )];
+    expected.push(format!(
+        "/registry/api/app/blobs/{}?ns=mirrored.example",
+        pushed.config_digest
+    ));
+    for digest in &pushed.layer_digests {
+        expected.push(format!(
+            "/registry/api/app/blobs/{digest}?ns=mirrored.example"
+        ));
+    }
+    let mut sorted = asked.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "paths asked of the mirror: {asked:?}");
 }
