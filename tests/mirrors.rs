@@ -42,12 +42,6 @@ async fn pull(cache: &ImageCache, reference: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A loopback address where nothing listens (bound, then released).
-fn dead_host() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 /// GETs of `digest` a registry saw, whatever their query (mirrors get `?ns=`).
 fn gets(registry: &Registry, digest: &str) -> usize {
     registry

@@ -38,16 +38,21 @@ fn distinct_tar(name: &str) -> Vec<u8> {
     tar_layer(&[(&format!("{name}/file.txt"), body.as_bytes())])
 }
 
+/// The layers of [`push_small_image`]: gzip, then plain tar.
+fn small_layers(repo: &str) -> Vec<FixtureLayer> {
+    vec![
+        FixtureLayer::gzip(distinct_tar(&format!("{repo}-a"))),
+        FixtureLayer::plain(distinct_tar(&format!("{repo}-b"))),
+    ]
+}
+
 /// A two-layer image (gzip, then plain tar) pushed to `endpoint` as `repo:v1`.
 fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
     push_image_to(
         endpoint,
         repo,
         Some("v1"),
-        vec![
-            FixtureLayer::gzip(distinct_tar(&format!("{repo}-a"))),
-            FixtureLayer::plain(distinct_tar(&format!("{repo}-b"))),
-        ],
+        small_layers(repo),
         false,
         PLATFORM,
     )
@@ -159,15 +164,47 @@ fn unauthorized<T>(result: Result<T, Error>, host: &str, what: &str) -> Error {
 
 /// An auth file (`auth.json`) giving `user:password` for `host`.
 fn write_auth_file(dir: &Path, name: &str, host: &str, user: &str, password: &str) -> PathBuf {
-    let path = dir.join(name);
     let auth = base64(format!("{user}:{password}").as_bytes());
+    write_auth_entry(dir, name, host, serde_json::json!({ "auth": auth }))
+}
+
+/// An auth file giving `host` an identity token, as `docker login` writes
+/// it for a registry that hands out refresh tokens.
+fn write_identity_token_file(dir: &Path, name: &str, host: &str, token: &str) -> PathBuf {
+    let auth = base64(b"<token>:");
+    let entry = serde_json::json!({ "auth": auth, "identitytoken": token });
+    write_auth_entry(dir, name, host, entry)
+}
+
+/// An auth file `dir/name` whose only entry is `entry`, for `host`.
+fn write_auth_entry(dir: &Path, name: &str, host: &str, entry: serde_json::Value) -> PathBuf {
+    let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(
         &path,
-        serde_json::to_vec_pretty(&serde_json::json!({"auths": {host: {"auth": auth}}})).unwrap(),
+        serde_json::to_vec_pretty(&serde_json::json!({ "auths": { host: entry } })).unwrap(),
     )
     .unwrap();
     path
+}
+
+/// Checks that the store at `store` holds nothing but its empty layout
+/// (after a failed call that had nothing to keep).
+#[track_caller]
+fn assert_store_empty(store: &Path, what: &str) {
+    assert_eq!(
+        files_under(store),
+        [store.join("index.json"), store.join("oci-layout")],
+        "{what}: files in the store {}",
+        store.display()
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"],
+        serde_json::json!([]),
+        "{what}: index.json records {index}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -179,11 +216,25 @@ const CHILD_MARKER: &str = "OCI_CACHE_TEST_CHILD";
 /// What a child pull should end in.
 const EXPECT_OK: &str = "ok";
 const EXPECT_UNAUTHORIZED: &str = "unauthorized";
+const EXPECT_NETWORK: &str = "network";
+
+/// The proxy settings a child must not inherit from the parent.
+const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+];
 
 /// Runs test `name` of this binary alone in a child process whose
-/// environment has none of the credential locations of the parent (HOME is
-/// an empty directory) plus `env`; the child sees [`CHILD_MARKER`] and so
-/// runs [`child_pull`]. Panics unless that test ran and passed.
+/// environment has none of the credential locations and proxy settings of
+/// the parent (HOME is an empty directory) plus `env`; the child sees
+/// [`CHILD_MARKER`] and so runs [`child_pull`]. Panics unless that test ran
+/// and passed.
 fn run_child(name: &str, env: &[(&str, String)]) -> String {
     let home = tempfile::Builder::new()
         .prefix("oci-cache-child-home-")
@@ -198,7 +249,11 @@ fn run_child(name: &str, env: &[(&str, String)]) -> String {
         .env_remove("DOCKER_CONFIG")
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("OCI_TEST_AUTH_FILE")
+        .env_remove("OCI_TEST_CA")
         .stdin(Stdio::null());
+    for key in PROXY_VARIABLES {
+        command.env_remove(key);
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -218,17 +273,23 @@ fn run_child(name: &str, env: &[(&str, String)]) -> String {
     described
 }
 
-/// The child's side: pulls `OCI_TEST_REFERENCE` with a cache that reads
-/// `OCI_TEST_AUTH_FILE` if set (else the default locations), and checks the
+/// The child's side: pulls `OCI_TEST_REFERENCE` with a cache (and a fresh
+/// store) that reads `OCI_TEST_AUTH_FILE` if set (else the default
+/// locations) and trusts the CA `OCI_TEST_CA` if set, and checks the
 /// outcome against `OCI_TEST_EXPECT` and the image's layer tar digests in
-/// `OCI_TEST_DIFF_IDS` (comma-separated).
+/// `OCI_TEST_DIFF_IDS` (comma-separated). A failed pull must leave the
+/// store empty.
 async fn child_pull() {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"));
     let reference = var("OCI_TEST_REFERENCE");
     let host = reference.split('/').next().unwrap().to_owned();
-    let mut options = CacheOptions::new();
+    let store = tempfile::tempdir().unwrap();
+    let mut options = CacheOptions::new().store(store.path());
     if let Ok(path) = std::env::var("OCI_TEST_AUTH_FILE") {
         options = options.auth_file(path);
+    }
+    if let Ok(path) = std::env::var("OCI_TEST_CA") {
+        options = options.ca_certificate(path);
     }
     let cache = new_cache(options);
     let fetched = within("fetch_image", cache.fetch_image(&reference, None)).await;
@@ -256,6 +317,17 @@ async fn child_pull() {
         EXPECT_UNAUTHORIZED => {
             let err = unauthorized(fetched, &host, "child fetch_image");
             assert_no_secret(&err, &[TEST_PASSWORD]);
+            assert_store_empty(store.path(), "child fetch_image");
+        }
+        EXPECT_NETWORK => {
+            match fetched {
+                Err(Error::Network(msg)) => {
+                    assert!(!msg.trim().is_empty(), "an empty Network error")
+                }
+                Err(other) => panic!("expected Error::Network, got {other:?}"),
+                Ok(_) => panic!("expected Error::Network, got success"),
+            }
+            assert_store_empty(store.path(), "child fetch_image");
         }
         other => panic!("unknown OCI_TEST_EXPECT {other:?}"),
     }
@@ -1520,4 +1592,244 @@ async fn token_the_registry_refuses_is_replaced() {
         "replacing a refused token should take one token request: {requests:#?}"
     );
     assert_pull_token_requests(&requests, "revoked");
+}
+
+// ---------------------------------------------------------------------------
+// Retry-After, proxies from the environment, identity tokens, and refused
+// logins asked once.
+
+/// The image of [`push_small_image`], served by a fake registry as `repo:v1`.
+fn fake_small_image(repo: &str) -> (FakeRegistry, PushedImage) {
+    let built = build_image("unused.invalid", repo, small_layers(repo), false, PLATFORM);
+    let blobs = built
+        .layer_digests
+        .iter()
+        .cloned()
+        .zip(built.layers.iter().map(|l| l.blob.clone()))
+        .collect();
+    let fake = FakeRegistry::with_image(repo, "v1", &built.manifest, &built.config, blobs);
+    (fake, built)
+}
+
+/// The wait between the two requests for `path`, which must have been
+/// asked for exactly twice.
+#[track_caller]
+fn retry_gap(fake: &FakeRegistry, path: &str) -> Duration {
+    let times = fake.request_times(path);
+    assert_eq!(times.len(), 2, "requests for {path}");
+    times[1] - times[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_seconds_is_honoured() {
+    let (fake, built) = fake_small_image("busy");
+    let blob = format!("/v2/busy/blobs/{}", built.layer_digests[0]);
+    fake.fail_first(&blob, 1, 429, &[("Retry-After", "2")]);
+    let cache = new_cache(CacheOptions::new());
+    assert_pulls(&cache, &format!("{}/busy:v1", fake.host()), &built).await;
+    // Without the header the first retry comes after 100-300 ms.
+    let gap = retry_gap(&fake, &blob);
+    assert!(
+        gap >= Duration::from_millis(1800) && gap <= Duration::from_secs(6),
+        "429 with Retry-After: 2, retried after {gap:?}"
+    );
+    let other = format!("/v2/busy/blobs/{}", built.layer_digests[1]);
+    let config = format!("/v2/busy/blobs/{}", built.config_digest);
+    assert_eq!(fake.requests(&other), 1, "requests for {other}");
+    assert_eq!(fake.requests(&config), 1, "requests for {config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_http_date_is_honoured() {
+    let (fake, built) = fake_small_image("down");
+    let config = format!("/v2/down/blobs/{}", built.config_digest);
+    // Whole seconds: 2 to 3 s from now.
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(unix_now() + 3);
+    fake.fail_first(&config, 1, 503, &[("Retry-After", &http_date(at))]);
+    let cache = new_cache(CacheOptions::new());
+    assert_pulls(&cache, &format!("{}/down:v1", fake.host()), &built).await;
+    let gap = retry_gap(&fake, &config);
+    assert!(
+        gap >= Duration::from_millis(1000) && gap <= Duration::from_secs(6),
+        "503 with Retry-After: {}, retried after {gap:?}",
+        http_date(at)
+    );
+    for digest in &built.layer_digests {
+        let path = format!("/v2/down/blobs/{digest}");
+        assert_eq!(fake.requests(&path), 1, "requests for {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_and_no_proxy_from_the_environment() {
+    let name = "https_proxy_and_no_proxy_from_the_environment";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    let registry = Registry::start_with(RegistrySetup::new().tls());
+    let pushed = push_small_image(&registry.endpoint(), "proxied");
+    let host = registry.tls_host();
+    let reference = format!("{host}/proxied:v1");
+    let env = |expect: &str, proxy: String, no_proxy: Option<String>| {
+        let mut env = child_env(&reference, &pushed, expect, None);
+        env.push(("OCI_TEST_CA", registry.ca_pem().display().to_string()));
+        env.push(("HTTPS_PROXY", proxy));
+        env.extend(no_proxy.map(|hosts| ("NO_PROXY", hosts)));
+        env
+    };
+
+    // Every connection goes through the proxy, to the registry.
+    let proxy = ConnectProxy::start();
+    run_child(name, &env(EXPECT_OK, proxy.url(), None));
+    let targets = proxy.targets();
+    assert!(
+        !targets.is_empty() && targets.iter().all(|target| *target == host),
+        "CONNECT targets {targets:?}, expected only {host}"
+    );
+
+    // NO_PROXY names the registry (without its port): straight there.
+    let bypassed = ConnectProxy::start();
+    run_child(
+        name,
+        &env(EXPECT_OK, bypassed.url(), Some(host_name(&host))),
+    );
+    assert_eq!(bypassed.targets(), Vec::<String>::new(), "CONNECT targets");
+
+    // A proxy that is not there: the pull fails rather than go around it.
+    let before: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("log-sentinel"))
+        .collect();
+    run_child(
+        name,
+        &env(EXPECT_NETWORK, format!("http://{}", dead_host()), None),
+    );
+    let after: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("log-sentinel"))
+        .collect();
+    assert_eq!(after, before, "requests that went around the dead proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_from_auth_file_is_exchanged_at_the_realm() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    let pushed = push_small_image(&registry.endpoint(), "oauth");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_identity_token_file(dir.path(), "auth.json", &host, TEST_IDENTITY_TOKEN);
+    let cache = new_cache(CacheOptions::new().auth_file(&file));
+    assert_pulls(&cache, &format!("{host}/oauth:v1"), &pushed).await;
+    let requests = token_requests_since(&registry, 0);
+    assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
+    assert_pull_token_requests(&requests, "oauth");
+    for request in &requests {
+        assert!(
+            request.method == "POST"
+                && request.refresh_token
+                && !request.basic_auth
+                && request.client_id.as_deref() == Some("oci-cache"),
+            "not a refresh-token POST by client oci-cache without Basic auth: {request:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_identity_token_is_unauthorized_and_asked_once() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    push_small_image(&registry.endpoint(), "oauth");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "idt-Wr0ng-3f8jQ2";
+    let file = write_identity_token_file(dir.path(), "auth.json", &host, wrong);
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()).auth_file(&file));
+    let err = unauthorized(
+        within(
+            "fetch_image",
+            cache.fetch_image(&format!("{host}/oauth:v1"), None),
+        )
+        .await,
+        &host,
+        "fetch_image with a wrong identity token",
+    );
+    assert!(
+        err.to_string().contains("invalid refresh token"),
+        "the error does not pass on the realm's answer: {err}"
+    );
+    assert_no_secret(&err, &[wrong, TEST_IDENTITY_TOKEN]);
+    let requests = token_requests_since(&registry, 0);
+    assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
+    assert!(
+        requests[0].method == "POST" && requests[0].refresh_token && requests[0].status == 401,
+        "{:?}",
+        requests[0]
+    );
+    assert_store_empty(store.path(), "fetch_image with a wrong identity token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_for_a_basic_auth_registry_is_unauthorized() {
+    let registry = Registry::start_with(RegistrySetup::new().htpasswd());
+    let host = registry.host();
+    push_small_image(&registry.endpoint(), "locked");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_identity_token_file(dir.path(), "auth.json", &host, TEST_IDENTITY_TOKEN);
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()).auth_file(&file));
+    let err = unauthorized(
+        within(
+            "fetch_image",
+            cache.fetch_image(&format!("{host}/locked:v1"), None),
+        )
+        .await,
+        &host,
+        "fetch_image with an identity token for a Basic realm",
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("identity token"),
+        "the error does not say that an identity token needs a token realm: {err}"
+    );
+    assert_no_secret(&err, &[TEST_IDENTITY_TOKEN, TEST_PASSWORD]);
+    assert!(
+        !registry.log().contains("error authenticating user"),
+        "the identity token was presented to the registry as credentials; log:\n{}",
+        registry.log()
+    );
+    assert_store_empty(store.path(), "fetch_image with an identity token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_login_asks_the_realm_once() {
+    let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
+    let host = registry.host();
+    push_small_image(&registry.endpoint(), "locked");
+    let wrong = "t0ken-Wr0ng-once-5r";
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()).credentials(
+        host.clone(),
+        TEST_USER,
+        wrong,
+    ));
+    let err = unauthorized(
+        within(
+            "fetch_image",
+            cache.fetch_image(&format!("{host}/locked:v1"), None),
+        )
+        .await,
+        &host,
+        "fetch_image with a wrong password",
+    );
+    assert!(err.to_string().contains("bad password"), "{err}");
+    assert_no_secret(&err, &[wrong, TEST_PASSWORD]);
+    let requests = token_requests_since(&registry, 0);
+    assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
+    assert!(
+        requests[0].user.as_deref() == Some(TEST_USER) && requests[0].status == 401,
+        "{:?}",
+        requests[0]
+    );
+    assert_store_empty(store.path(), "fetch_image with a wrong password");
 }

@@ -544,13 +544,22 @@ pub const TOKEN_ISSUER: &str = "oci-cache-test-issuer";
 /// them apart from the library's (see [`TokenRequest::harness`]).
 pub const HARNESS_CLIENT_ID: &str = "oci-cache-test-harness";
 
+/// The identity token (OAuth2 refresh token) of [`TEST_USER`] that a
+/// [`TokenServer`] accepts in `POST` requests with
+/// `grant_type=refresh_token`.
+pub const TEST_IDENTITY_TOKEN: &str = "idt-7Kq2xV9mWp4Rz8Ls";
+
 /// How a [`TokenServer`] answers token requests:
 /// - [`TEST_USER`] with [`TEST_PASSWORD`] gets every action asked for;
 /// - [`TEST_USER`] with another password gets 401 `{"details":"bad password"}`,
 ///   any other user 401 `{"details":"unknown user NAME"}`;
 /// - a request without credentials gets `pull` (of what it asked for) when
 ///   anonymous pulls are granted, else 401
-///   `{"details":"anonymous access refused: log in"}`.
+///   `{"details":"anonymous access refused: log in"}`;
+/// - a `POST` form with `grant_type=refresh_token` and `refresh_token`
+///   [`TEST_IDENTITY_TOKEN`] gets what tester gets, answered as
+///   `{"access_token": JWT, "expires_in": N}`; another refresh token gets
+///   401 `{"details":"invalid refresh token"}`, another grant type or body 400.
 ///
 /// Tokens last [`TokenPolicy::lifetime`] (default 300 s), both in their
 /// `exp` claim and in the answer's `expires_in`. With
@@ -683,13 +692,20 @@ pub fn harness_scope(method: &str, path: &str) -> Option<String> {
     Some(format!("repository:{name}:{actions}"))
 }
 
-/// One request the token server answered, as it saw it.
+/// One request the token server answered, as it saw it. The parameters
+/// come from the query of a `GET` and from the form body of a `POST`.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
-    /// Every `scope` query parameter, decoded, in order.
+    /// `GET` or `POST`.
+    pub method: String,
+    /// Every `scope` parameter, decoded, in order.
     pub scopes: Vec<String>,
-    /// The `service` query parameter.
+    /// The `service` parameter.
     pub service: Option<String>,
+    /// The `client_id` parameter.
+    pub client_id: Option<String>,
+    /// Whether a `refresh_token` parameter was presented (an identity token).
+    pub refresh_token: bool,
     /// The user of the `Authorization: Basic` header, if one was sent.
     pub user: Option<String>,
     /// Whether the request carried `Authorization: Basic`.
@@ -733,7 +749,7 @@ struct TokenIssuer {
 
 impl TokenServer {
     /// Generates the signing key and certificate in `dir` and starts
-    /// serving `GET /token` on `127.0.0.1:PORT`.
+    /// serving `GET /token` and `POST /token` on `127.0.0.1:PORT`.
     pub fn start(dir: &Path, policy: TokenPolicy) -> TokenServer {
         let signer = TlsCert::generate(dir, &["DNS:oci-cache-token-signer".to_owned()]);
         let pem = std::fs::read_to_string(&signer.cert).expect("reading the signing certificate");
@@ -841,7 +857,8 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
             Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
     }
-    let head = String::from_utf8_lossy(&raw).into_owned();
+    let head_end = find(&raw, b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
     let method = request_line.next().unwrap_or_default().to_owned();
@@ -853,15 +870,29 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
             .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
             .map(|(_, value)| value.trim().to_owned())
     };
+    let length: usize = header("Content-Length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+        .min(1 << 16);
+    let mut body = raw[head_end..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    body.truncate(length);
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect();
+    let form = header("Content-Type").is_some_and(|value| {
+        value
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
+    let params = if method == "POST" {
+        parse_form(&String::from_utf8_lossy(&body))
+    } else {
+        parse_form(query)
+    };
     let param = |name: &str| {
         params
             .iter()
@@ -879,7 +910,11 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
             Some((user, password)) => (user.to_owned(), password.to_owned()),
             None => (text, String::new()),
         });
+    let refresh_token = param("refresh_token").into_iter().next();
     let mut record = TokenRequest {
+        method: method.clone(),
+        client_id: param("client_id").into_iter().next(),
+        refresh_token: refresh_token.is_some(),
         scopes: param("scope")
             .iter()
             .flat_map(|s| s.split(' ').map(str::to_owned).collect::<Vec<_>>())
@@ -898,19 +933,31 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
     let policy = issuer.policy.lock().unwrap().clone();
     // The actions the requester may have, or the refusal (status, body).
     let refusal = |details: String| (401u16, json!({ "details": details }));
-    let allowed: Result<&[&str], (u16, Value)> = if method != "GET" || path != "/token" {
-        Err((404, json!({"details": format!("no {method} {path} here")})))
-    } else {
-        match &basic {
-            Some((user, password)) if user == TEST_USER && password == TEST_PASSWORD => {
-                Ok(&["pull", "push", "delete", "*"])
+    let grant_type = param("grant_type").into_iter().next().unwrap_or_default();
+    let allowed: Result<&[&str], (u16, Value)> =
+        if !["GET", "POST"].contains(&method.as_str()) || path != "/token" {
+            Err((404, json!({"details": format!("no {method} {path} here")})))
+        } else if method == "POST" {
+            match refresh_token.as_deref() {
+                _ if !form => Err((400, json!({"details": "expected a form body"}))),
+                _ if grant_type != "refresh_token" => Err((
+                    400,
+                    json!({ "details": format!("unsupported grant_type {grant_type:?}") }),
+                )),
+                Some(TEST_IDENTITY_TOKEN) => Ok(&["pull", "push", "delete", "*"]),
+                _ => Err(refusal("invalid refresh token".to_owned())),
             }
-            Some((user, _)) if user == TEST_USER => Err(refusal("bad password".to_owned())),
-            Some((user, _)) => Err(refusal(format!("unknown user {user}"))),
-            None if policy.anonymous_pull => Ok(&["pull"]),
-            None => Err(refusal("anonymous access refused: log in".to_owned())),
-        }
-    };
+        } else {
+            match &basic {
+                Some((user, password)) if user == TEST_USER && password == TEST_PASSWORD => {
+                    Ok(&["pull", "push", "delete", "*"])
+                }
+                Some((user, _)) if user == TEST_USER => Err(refusal("bad password".to_owned())),
+                Some((user, _)) => Err(refusal(format!("unknown user {user}"))),
+                None if policy.anonymous_pull => Ok(&["pull"]),
+                None => Err(refusal("anonymous access refused: log in".to_owned())),
+            }
+        };
     let allowed = match allowed {
         Ok(_) if policy.no_access => Ok(&[][..]),
         other => other,
@@ -957,7 +1004,11 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
             let n = issuer.issued.fetch_add(1, Ordering::SeqCst);
             let claims = json!({
                 "iss": TOKEN_ISSUER,
-                "sub": basic.as_ref().map(|(user, _)| user.as_str()).unwrap_or(""),
+                "sub": match &basic {
+                    Some((user, _)) => user.as_str(),
+                    None if record.refresh_token => TEST_USER,
+                    None => "",
+                },
                 "aud": record.service.clone().unwrap_or_default(),
                 "exp": exp,
                 "nbf": now,
@@ -970,9 +1021,14 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
                     record.status = 200;
                     record.issued_at = Some(now);
                     record.expires_at = Some(exp);
+                    let key = if method == "POST" {
+                        "access_token"
+                    } else {
+                        "token"
+                    };
                     (
                         200,
-                        json!({"token": token, "expires_in": policy.lifetime_secs}),
+                        json!({ key: token, "expires_in": policy.lifetime_secs }),
                     )
                 }
                 Err(why) => (500, json!({ "details": why })),
@@ -987,6 +1043,7 @@ fn serve_token(mut stream: TcpStream, issuer: &TokenIssuer) {
          Connection: close\r\n",
         match status {
             200 => "OK",
+            400 => "Bad Request",
             401 => "Unauthorized",
             404 => "Not Found",
             _ => "Internal Server Error",
@@ -1083,6 +1140,17 @@ fn percent_encode(text: &str) -> String {
                 (b as char).to_string()
             }
             _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The pairs of a query or `application/x-www-form-urlencoded` body, decoded.
+fn parse_form(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
         })
         .collect()
 }
@@ -1721,8 +1789,11 @@ pub struct Route {
 pub struct FakeRegistry {
     host: String,
     routes: Arc<Mutex<HashMap<String, Route>>>,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    /// When each request for a path (query excluded) arrived.
+    seen: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
     paces: Arc<Mutex<HashMap<String, Pace>>>,
+    /// Answers given instead of a path's route, and how many more times.
+    fronts: Arc<Mutex<HashMap<String, (usize, Route)>>>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -1733,8 +1804,9 @@ impl FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
         let host = listener.local_addr().unwrap().to_string();
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
-        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
         let paces: Arc<Mutex<HashMap<String, Pace>>> = Arc::default();
+        let fronts: Arc<Mutex<HashMap<String, (usize, Route)>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         routes.lock().unwrap().insert(
             "/v2/".into(),
@@ -1746,10 +1818,11 @@ impl FakeRegistry {
             },
         );
         let thread = {
-            let (routes, counts, paces, stopping) = (
+            let (routes, seen, paces, fronts, stopping) = (
                 routes.clone(),
-                counts.clone(),
+                seen.clone(),
                 paces.clone(),
+                fronts.clone(),
                 stopping.clone(),
             );
             std::thread::spawn(move || {
@@ -1758,14 +1831,15 @@ impl FakeRegistry {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (routes, counts, paces, stopping) = (
+                    let (routes, seen, paces, fronts, stopping) = (
                         routes.clone(),
-                        counts.clone(),
+                        seen.clone(),
                         paces.clone(),
+                        fronts.clone(),
                         stopping.clone(),
                     );
                     std::thread::spawn(move || {
-                        serve_fake(stream, &routes, &counts, &paces, &stopping)
+                        serve_fake(stream, &routes, &seen, &paces, &fronts, &stopping)
                     });
                 }
             })
@@ -1773,8 +1847,9 @@ impl FakeRegistry {
         FakeRegistry {
             host,
             routes,
-            counts,
+            seen,
             paces,
+            fronts,
             stopping,
             thread: Some(thread),
         }
@@ -1864,7 +1939,37 @@ impl FakeRegistry {
 
     /// Requests (any method) seen for `path`, query excluded.
     pub fn requests(&self, path: &str) -> usize {
-        self.counts.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.request_times(path).len()
+    }
+
+    /// When each request (any method) for `path` arrived, query excluded.
+    pub fn request_times(&self, path: &str) -> Vec<Instant> {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Answers the next `times` requests for `path` (any method) with
+    /// `status`, a registry error body and `headers` such as `Retry-After`,
+    /// then serves `path` as before.
+    pub fn fail_first(&self, path: &str, times: usize, status: u16, headers: &[(&str, &str)]) {
+        let code = match status {
+            429 => "TOOMANYREQUESTS",
+            503 => "UNAVAILABLE",
+            _ => "UNKNOWN",
+        };
+        let mut route = error_route(status, code, reason(status));
+        route.headers = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        self.fronts
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (times, route));
     }
 }
 
@@ -1882,8 +1987,9 @@ impl Drop for FakeRegistry {
 fn serve_fake(
     mut stream: TcpStream,
     routes: &Mutex<HashMap<String, Route>>,
-    counts: &Mutex<HashMap<String, usize>>,
+    seen: &Mutex<HashMap<String, Vec<Instant>>>,
     paces: &Mutex<HashMap<String, Pace>>,
+    fronts: &Mutex<HashMap<String, (usize, Route)>>,
     stopping: &AtomicBool,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -1900,10 +2006,23 @@ fn serve_fake(
     let method = request_line.next().unwrap_or_default().to_owned();
     let target = request_line.next().unwrap_or_default();
     let path = target.split('?').next().unwrap_or_default().to_owned();
-    *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+    seen.lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default()
+        .push(Instant::now());
 
-    let route = routes.lock().unwrap().get(&path).cloned();
+    let front = match fronts.lock().unwrap().get_mut(&path) {
+        Some((left, route)) if *left > 0 => {
+            *left -= 1;
+            Some(route.clone())
+        }
+        _ => None,
+    };
+    let front_used = front.is_some();
+    let route = front.or_else(|| routes.lock().unwrap().get(&path).cloned());
     let route = match route {
+        Some(route) if front_used => route,
         Some(route) if method == "GET" || method == "HEAD" => route,
         Some(_) => error_route(405, "UNSUPPORTED", "method not allowed"),
         None if path.contains("/manifests/") => {
@@ -2056,6 +2175,172 @@ impl Drop for SilentServer {
     }
 }
 
+/// A loopback address where nothing listens (bound, then released).
+pub fn dead_host() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().unwrap().to_string()
+}
+
+/// `time` as an HTTP-date (IMF-fixdate, RFC 9110), such as
+/// `Fri, 27 Nov 2026 21:30:05 GMT`, in whole seconds.
+pub fn http_date(time: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a time after 1970")
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+// ---------------------------------------------------------------------------
+// An HTTP CONNECT proxy
+
+/// A forward proxy for HTTPS on a loopback port: it answers
+/// `CONNECT host:port` by connecting there, answering 200 and relaying
+/// bytes both ways until either side closes. Every CONNECT target is
+/// recorded; connections are cut when it is dropped.
+pub struct ConnectProxy {
+    host: String,
+    targets: Arc<Mutex<Vec<String>>>,
+    /// Both ends of every tunnel, to cut them on drop.
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectProxy {
+    pub fn start() -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let host = listener.local_addr().unwrap().to_string();
+        let targets: Arc<Mutex<Vec<String>>> = Arc::default();
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (targets, streams, stopping) = (targets.clone(), streams.clone(), stopping.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (targets, streams) = (targets.clone(), streams.clone());
+                    std::thread::spawn(move || tunnel(stream, &targets, &streams));
+                }
+            })
+        };
+        ConnectProxy {
+            host,
+            targets,
+            streams,
+            stopping,
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host)
+    }
+
+    /// The `host:port` of every CONNECT so far, in the order received.
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(&self.host);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// One proxy connection: the CONNECT head, then a tunnel to its target.
+fn tunnel(mut client: TcpStream, targets: &Mutex<Vec<String>>, streams: &Mutex<Vec<TcpStream>>) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            break end + 4;
+        }
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut request_line = head.lines().next().unwrap_or_default().split(' ');
+    let (method, target) = (request_line.next(), request_line.next());
+    let (Some("CONNECT"), Some(target)) = (method, target) else {
+        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    targets.lock().unwrap().push(target.to_owned());
+    let Ok(mut upstream) = TcpStream::connect(target) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .and_then(|()| upstream.write_all(&raw[head_end..]))
+        .is_err()
+    {
+        return;
+    }
+    let _ = client.set_read_timeout(None);
+    let (Ok(client_copy), Ok(upstream_copy)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    streams.lock().unwrap().extend(
+        [client.try_clone(), upstream.try_clone()]
+            .into_iter()
+            .flatten(),
+    );
+    let back = std::thread::spawn(move || relay(upstream_copy, client_copy));
+    relay(client, upstream);
+    let _ = back.join();
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`'s writing side.
+fn relay(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
 fn error_route(status: u16, code: &str, message: &str) -> Route {
     Route {
         status,
@@ -2070,6 +2355,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
         _ => "Status",
     }
 }
