@@ -25,6 +25,7 @@
 #ifndef OCI_CACHE_H
 #define OCI_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -292,6 +293,11 @@ oci_status oci_cache_options_set_attempts(oci_cache_options *options, uint32_t a
 // Threads of the cache's internal runtime (default 2, at least 1). Blocking
 // work (decompression, hashing, disk writes) runs on separate threads.
 oci_status oci_cache_options_set_worker_threads(oci_cache_options *options, size_t threads);
+
+// Whether the store keeps the compressed layer blobs it downloads
+// (default true, a complete OCI layout). With false it keeps only
+// manifests and configs: less disk for users who need only the layer tars.
+oci_status oci_cache_options_set_keep_layer_blobs(oci_cache_options *options, bool keep);
 
 // How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 // (default 3, at least 1).

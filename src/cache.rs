@@ -29,6 +29,7 @@ pub struct CacheOptions {
     platform: Option<Platform>,
     registry: RegistryConfig,
     max_concurrent_layers: usize,
+    keep_layer_blobs: bool,
 }
 
 impl Default for CacheOptions {
@@ -38,6 +39,7 @@ impl Default for CacheOptions {
             platform: None,
             registry: RegistryConfig::default(),
             max_concurrent_layers: 3,
+            keep_layer_blobs: true,
         }
     }
 }
@@ -155,6 +157,15 @@ impl CacheOptions {
         self.max_concurrent_layers = n;
         self
     }
+
+    /// Whether the store keeps the compressed layer blobs it downloads
+    /// (default true: a complete OCI layout). Without them it holds only
+    /// manifests and configs, for users who need just the layer tars; a
+    /// layer missing from `dst` is then downloaded again.
+    pub fn keep_layer_blobs(mut self, keep: bool) -> CacheOptions {
+        self.keep_layer_blobs = keep;
+        self
+    }
 }
 
 /// An image's manifest and config for one platform, and its layers. Layer
@@ -253,6 +264,7 @@ struct Inner {
     // None: the host's, applied to indexes only.
     platform: Option<Platform>,
     max_concurrent_layers: usize,
+    keep_layer_blobs: bool,
     // One lock per layer tar being written, so that concurrent callers asking
     // for the same layer download it once: the others wait and then find it.
     extracting: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
@@ -279,6 +291,7 @@ impl ImageCache {
                 store,
                 platform: options.platform,
                 max_concurrent_layers: options.max_concurrent_layers,
+                keep_layer_blobs: options.keep_layer_blobs,
                 extracting: Mutex::new(HashMap::new()),
             }),
             call: CallOptions::default(),
@@ -492,14 +505,46 @@ impl ImageCache {
     }
 
     async fn extract_all(&self, image: &Image, dst: &Path, reuse: bool) -> Result<Vec<File>> {
-        let dst = existing_dir(dst)?;
-        let all = futures_util::stream::iter(0..image.layers.len())
-            .map(|index| self.extract(image, index, &dst, reuse))
-            .buffered(self.inner.max_concurrent_layers)
-            .try_collect();
+        let all = async {
+            if let Some(files) = reuse.then(|| self.rootfs_cached(image, dst)).flatten() {
+                return Ok(files);
+            }
+            let dst = existing_dir(dst)?;
+            // Largest first: the biggest layer bounds the pull, so it starts
+            // at once and the small ones fill the other slots around it.
+            let mut order: Vec<usize> = (0..image.layers.len()).collect();
+            order.sort_by_key(|&index| std::cmp::Reverse(image.layers[index].size));
+            let mut files: Vec<Option<File>> = image.layers.iter().map(|_| None).collect();
+            let mut extracted =
+                futures_util::stream::iter(order)
+                    .map(|index| {
+                        let dst = &dst;
+                        async move {
+                            Ok::<_, Error>((index, self.extract(image, index, dst, reuse).await?))
+                        }
+                    })
+                    .buffer_unordered(self.inner.max_concurrent_layers);
+            while let Some((index, file)) = extracted.try_next().await? {
+                files[index] = Some(file);
+            }
+            Ok(files.into_iter().flatten().collect())
+        };
         self.call
             .bounded(|| format!("layers of {}", image.reference), all)
             .await
+    }
+
+    /// Files for every layer of `image` if all are already in `dst`, opened
+    /// on the calling thread with one `open` per layer and nothing else;
+    /// None if any cannot be opened (then [`rootfs`](Self::rootfs) finds
+    /// out why). A layer tar only ever appears whole, by rename, so one
+    /// that opens is complete. The warm path of a container start.
+    pub fn rootfs_cached(&self, image: &Image, dst: &Path) -> Option<Vec<File>> {
+        image
+            .layers
+            .iter()
+            .map(|layer| File::open(layer::tar_path(dst, &layer.diff_id)).ok())
+            .collect()
     }
 
     async fn extract(&self, image: &Image, index: usize, dst: &Path, reuse: bool) -> Result<File> {
@@ -518,7 +563,7 @@ impl ImageCache {
     }
 
     /// The layer's blob from the store if it has it, else from the registry
-    /// with a pending store copy when there is a store.
+    /// with a pending store copy when the store keeps layer blobs.
     async fn open_blob(&self, image: &Image, layer: &Layer) -> Result<(Blob, Option<PendingFile>)> {
         let store = self.inner.store.as_ref();
         if let Some(file) = store
@@ -539,7 +584,10 @@ impl ImageCache {
                 self.limits(),
             )
             .await?;
-        let copy = store.map(|s| s.ingest(&layer.digest)).transpose()?;
+        let copy = store
+            .filter(|_| self.inner.keep_layer_blobs)
+            .map(|s| s.ingest(&layer.digest))
+            .transpose()?;
         Ok((Blob::Remote(stream), copy))
     }
 

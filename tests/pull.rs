@@ -1123,3 +1123,126 @@ async fn chosen_platform_is_enforced_on_single_platform_images() {
         Err(Error::NotFound(_))
     ));
 }
+
+/// Pushes `repo:v1` with gzip layers of random bytes of these sizes.
+fn push_sized_layers(host: &str, repo: &str, sizes: &[usize]) -> PushedImage {
+    let layers = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let name = format!("layer{i}");
+            FixtureLayer::gzip(tar_layer(&[(&name, &noise(i as u64 + 7, size))]))
+        })
+        .collect();
+    push_image(
+        host,
+        repo,
+        Some("v1"),
+        layers,
+        false,
+        ("linux", "amd64", None),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_are_fetched_largest_first() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_sized_layers(&host, "order", &[2_000, 300_000, 60_000, 150_000]);
+    let cache = ImageCache::new(CacheOptions::new().max_concurrent_layers(1)).unwrap();
+    let image = within(
+        "fetch_image",
+        cache.fetch_image(&format!("{host}/order:v1"), None),
+    )
+    .await
+    .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    // Files come back bottom first whatever order they were fetched in.
+    for (index, file) in files.iter_mut().enumerate() {
+        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
+    }
+    let fetched: Vec<usize> = registry
+        .requests()
+        .iter()
+        .filter_map(|line| {
+            let path = line.strip_prefix("GET /v2/order/blobs/")?;
+            pushed
+                .layer_digests
+                .iter()
+                .position(|digest| path.starts_with(digest.as_str()))
+        })
+        .collect();
+    assert_eq!(fetched, [1, 3, 2, 0], "layer GETs, in the order served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_without_layer_blobs_keeps_manifests_and_configs_only() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_sized_layers(&host, "lean", &[40_000, 20_000]);
+    let store = tempfile::tempdir().unwrap();
+    let options = CacheOptions::new()
+        .store(store.path())
+        .keep_layer_blobs(false);
+    let cache = ImageCache::new(options).unwrap();
+    let reference = format!("{host}/lean:v1");
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    for (index, file) in files.iter_mut().enumerate() {
+        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
+    }
+    let mut expected = vec![
+        store.path().join("index.json"),
+        store.path().join("oci-layout"),
+        store_blob(store.path(), &pushed.manifest_digest),
+        store_blob(store.path(), &pushed.config_digest),
+    ];
+    expected.sort();
+    assert_eq!(files_under(store.path()), expected);
+    assert_eq!(ref_names(store.path()), [reference]);
+
+    // A layer missing from a new dst comes from the registry again.
+    let again = tempfile::tempdir().unwrap();
+    within("rootfs", cache.rootfs(&image, again.path()))
+        .await
+        .unwrap();
+    for digest in &pushed.layer_digests {
+        assert_eq!(registry.blob_gets(digest), 2, "GETs of {digest}");
+    }
+    assert_eq!(files_under(store.path()), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_rootfs_is_opened_only_when_every_layer_is_there() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_sized_layers(&host, "warm", &[5_000, 9_000, 3_000]);
+    let cache = new_cache(None);
+    let image = within(
+        "fetch_image",
+        cache.fetch_image(&format!("{host}/warm:v1"), None),
+    )
+    .await
+    .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    assert!(cache.rootfs_cached(&image, dst.path()).is_none());
+    within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    let mut files = cache
+        .rootfs_cached(&image, dst.path())
+        .expect("all layers are there");
+    for (index, file) in files.iter_mut().enumerate() {
+        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
+    }
+    std::fs::remove_file(tar_path(dst.path(), &pushed.diff_ids[1])).unwrap();
+    assert!(cache.rootfs_cached(&image, dst.path()).is_none());
+}

@@ -113,6 +113,10 @@ type Options struct {
 	// MaxConcurrentLayers bounds how many layers RootFS and ExtractLayers
 	// fetch at once. Zero: 3.
 	MaxConcurrentLayers int
+	// DropLayerBlobs keeps the store to manifests and configs: the
+	// compressed layer blobs are not kept, for users who need only the
+	// layer tars. False: the store is a complete OCI image layout.
+	DropLayerBlobs bool
 
 	// Credentials are presented to their registries, overriding any auth
 	// file. Empty: only auth files (see AuthFile).
@@ -261,6 +265,11 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 	if opts.MaxConcurrentLayers > 0 {
 		if st := C.oci_cache_options_set_max_concurrent_layers(copts, C.size_t(opts.MaxConcurrentLayers)); st != C.OCI_OK {
 			return statusError(st, fmt.Sprintf("Options.MaxConcurrentLayers %d", opts.MaxConcurrentLayers))
+		}
+	}
+	if opts.DropLayerBlobs {
+		if st := C.oci_cache_options_set_keep_layer_blobs(copts, false); st != C.OCI_OK {
+			return statusError(st, "Options.DropLayerBlobs")
 		}
 	}
 	for _, cred := range opts.Credentials {

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -652,6 +653,33 @@ func TestRootFSOffline(t *testing.T) {
 	bare := openCache(t, ocicache.Options{})
 	if _, err := bare.FetchImage(context.Background(), ref, ""); !errors.Is(err, ocicache.ErrNetwork) {
 		t.Errorf("FetchImage from a closed port: %v, want ErrNetwork", err)
+	}
+}
+
+// DropLayerBlobs keeps the store to the manifest and config.
+func TestDropLayerBlobs(t *testing.T) {
+	store, dst := t.TempDir(), t.TempDir()
+	c := openCache(t, ocicache.Options{Store: store, DropLayerBlobs: true})
+	img := fetch(t, c, gzipRef)
+	files, err := c.RootFS(context.Background(), dst, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLayerFiles(t, dst, files)
+	blobs, err := os.ReadDir(filepath.Join(store, "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, blob := range blobs {
+		kept = append(kept, "sha256:"+blob.Name())
+	}
+	config := sha256.Sum256(img.Config)
+	want := []string{gzipDigest, "sha256:" + hex.EncodeToString(config[:])}
+	sort.Strings(kept)
+	sort.Strings(want)
+	if strings.Join(kept, " ") != strings.Join(want, " ") {
+		t.Errorf("store blobs = %v, want the manifest and config %v", kept, want)
 	}
 }
 

@@ -2,7 +2,9 @@
 //! wait on, and `oci_cache_resolve`.
 
 use std::ffi::c_char;
+use std::fs::File;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use once_cell::sync::OnceCell;
@@ -14,7 +16,7 @@ use super::{
     arg, boundary, check_pid, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
-use crate::cache::ImageCache;
+use crate::cache::{Image, ImageCache};
 use crate::call::{Progress, Work};
 use crate::error::Error;
 
@@ -85,6 +87,27 @@ impl oci_cache {
             watch.progress = Some((callback, reports));
         }
         self.wait(watch, work(self.cache.with_call_options(call)))
+    }
+
+    /// Every layer tar of `image` in `dst`, opened on the calling thread
+    /// without waking the runtime, if all are there and the call is not
+    /// canceled already; None sends the call down the full path.
+    pub(crate) fn rootfs_cached(
+        &self,
+        image: &Image,
+        dst: &Path,
+        options: *const oci_call_options,
+    ) -> Outcome<Option<Vec<File>>> {
+        check_pid(self.pid)?;
+        // SAFETY: NULL or call options handed out by oci_call_options_new.
+        let options = unsafe { options.as_ref() };
+        if options
+            .and_then(|o| o.cancel.as_ref())
+            .is_some_and(|c| c.is_triggered())
+        {
+            return Ok(None);
+        }
+        Ok(self.cache.rootfs_cached(image, dst))
     }
 
     /// Blocks the calling thread on `work`, run on the cache's runtime,

@@ -166,6 +166,9 @@ pub extern "C" fn oci_rootfs(
 ) -> oci_status {
     boundary(err_out, || {
         layer_files(cache, image, dst, fds_out, fds_cap, |cache, image, dst| {
+            if let Some(files) = cache.rootfs_cached(&image.image, dst, options)? {
+                return Ok(files);
+            }
             cache.run(options, |cache| async move {
                 cache.rootfs(&image.image, dst).await
             })

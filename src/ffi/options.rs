@@ -224,6 +224,20 @@ pub extern "C" fn oci_cache_options_set_worker_threads(
     })
 }
 
+/// Whether the store keeps the compressed layer blobs it downloads
+/// (default true, a complete OCI layout). With false it keeps only
+/// manifests and configs: less disk for users who need only the layer tars.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_keep_layer_blobs(
+    options: *mut oci_cache_options,
+    keep: bool,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        arg_mut(options, "options")?.update(|o| o.keep_layer_blobs(keep));
+        Ok(())
+    })
+}
+
 /// How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 /// (default 3, at least 1).
 #[no_mangle]

@@ -562,6 +562,7 @@ static void test_null_arguments(oci_cache *cache, const oci_image *app) {
         CHECK(oci_cache_options_add_insecure_registry(options, NULL) == OCI_E_INVALID_ARGUMENT);
         CHECK(oci_cache_options_set_worker_threads(NULL, 1) == OCI_E_INVALID_ARGUMENT);
         CHECK(oci_cache_options_set_max_concurrent_layers(NULL, 1) == OCI_E_INVALID_ARGUMENT);
+        CHECK(oci_cache_options_set_keep_layer_blobs(NULL, false) == OCI_E_INVALID_ARGUMENT);
         oci_cache_options_free(options);
 
         CHECK(oci_cancel_new(NULL) == OCI_E_INVALID_ARGUMENT);
@@ -932,6 +933,34 @@ static void test_happy_path(oci_cache *cache, const oci_image *app) {
     }
 }
 
+/* A store told not to keep layer blobs holds the manifest and config only. */
+static void test_lean_store(void) {
+    oci_error *err = NULL;
+    oci_cache_options *options = NULL;
+    oci_cache *cache = NULL;
+    oci_image *app = NULL;
+    char store[PATH_CAP], blobs[PATH_CAP + 16], dst[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    make_dir(store, "lean-store");
+    make_dir(dst, "lean-dst");
+
+    set_context("a store without layer blobs, pulling %s", cfg.app_ref);
+    REQUIRE_OK(oci_cache_options_new(&options), NULL);
+    REQUIRE_OK(oci_cache_options_set_store(options, store), NULL);
+    REQUIRE_OK(oci_cache_options_set_keep_layer_blobs(options, false), NULL);
+    REQUIRE_OK(oci_cache_new(options, &cache, &err), err);
+    oci_cache_options_free(options);
+    app = fetch(cache, cfg.app_ref);
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    for (size_t i = 0; i < LAYERS; i++)
+        check_layer_fd(fds[i], dst, i);
+    close_fds(fds, LAYERS);
+    snprintf(blobs, sizeof blobs, "%s/blobs/sha256", store);
+    CHECK(count_regular_files(blobs) == 2);
+    oci_image_free(app);
+    oci_cache_free(cache);
+}
+
 static void test_fetch_layer_range(oci_cache *cache, const oci_image *app) {
     oci_error *err = NULL;
     oci_layer_reader *reader = SENTINEL;
@@ -1218,6 +1247,7 @@ int main(void) {
     TIMED(test_cancel(cache, app));
     TIMED(test_happy_path(cache, app));
     TIMED(test_fetch_layer_range(cache, app));
+    TIMED(test_lean_store());
     TIMED(test_fork(cache, app));
     TIMED(test_fd_growth(cache, app));
     TIMED(test_threads(cache, app));
