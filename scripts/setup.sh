@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian
 # machine: the registry the tests start, the tools that read the store back,
-# the C/C++ and Go toolchains and valgrind for the C and Go tests, and the
+# the C/C++ and Go toolchains (and cmake, which builds zlib-ng), valgrind
+# for the C and Go tests, and the
 # pinned cbindgen the header is generated with.
 set -euo pipefail
 
-packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make pkg-config libssl-dev valgrind golang-go)
+packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make cmake pkg-config libssl-dev valgrind golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
