@@ -2,8 +2,7 @@
 # Installs what building, testing and the demo need on a fresh Debian
 # machine: the registry the tests start, the tools that read the store back,
 # the C/C++ and Go toolchains (and cmake, which builds zlib-ng), valgrind
-# for the C and Go tests, and the
-# pinned cbindgen the header is generated with.
+# for the C and Go tests, and the pinned cbindgen the header is generated with.
 set -euo pipefail
 
 packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make cmake pkg-config libssl-dev valgrind golang-go)
