@@ -299,6 +299,11 @@ oci_status oci_cache_options_set_worker_threads(oci_cache_options *options, size
 // manifests and configs: less disk for users who need only the layer tars.
 oci_status oci_cache_options_set_keep_layer_blobs(oci_cache_options *options, bool keep);
 
+// The most bytes a layer may uncompress to (default: no limit); a layer
+// past it fails with `OCI_E_INVALID_CONTENT`. A guard against
+// decompression bombs.
+oci_status oci_cache_options_set_max_layer_size(oci_cache_options *options, uint64_t bytes);
+
 // How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 // (default 3, at least 1).
 oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *options, size_t layers);

@@ -17,6 +17,7 @@ use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{self, PendingFile};
 use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader};
+use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Limits, Registry, RegistryConfig};
@@ -30,6 +31,7 @@ pub struct CacheOptions {
     registry: RegistryConfig,
     max_concurrent_layers: usize,
     keep_layer_blobs: bool,
+    max_layer_size: Option<u64>,
 }
 
 impl Default for CacheOptions {
@@ -40,6 +42,7 @@ impl Default for CacheOptions {
             registry: RegistryConfig::default(),
             max_concurrent_layers: 3,
             keep_layer_blobs: true,
+            max_layer_size: None,
         }
     }
 }
@@ -166,6 +169,14 @@ impl CacheOptions {
         self.keep_layer_blobs = keep;
         self
     }
+
+    /// The most bytes a layer may uncompress to (default: no limit). A
+    /// layer that goes past it fails with [`Error::InvalidContent`] and
+    /// leaves nothing behind: a guard against decompression bombs.
+    pub fn max_layer_size(mut self, bytes: u64) -> CacheOptions {
+        self.max_layer_size = Some(bytes);
+        self
+    }
 }
 
 /// An image's manifest and config for one platform, and its layers. Layer
@@ -265,6 +276,7 @@ struct Inner {
     platform: Option<Platform>,
     max_concurrent_layers: usize,
     keep_layer_blobs: bool,
+    max_layer_size: Option<u64>,
     // One lock per layer tar being written, so that concurrent callers asking
     // for the same layer download it once: the others wait and then find it.
     extracting: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
@@ -292,6 +304,7 @@ impl ImageCache {
                 platform: options.platform,
                 max_concurrent_layers: options.max_concurrent_layers,
                 keep_layer_blobs: options.keep_layer_blobs,
+                max_layer_size: options.max_layer_size,
                 extracting: Mutex::new(HashMap::new()),
             }),
             call: CallOptions::default(),
@@ -450,7 +463,7 @@ impl ImageCache {
                 size: top.len() as u64,
                 ..Descriptor::default()
             };
-            record(store, &name, &fetched, top)?;
+            store.record(&name, &fetched, &top)?;
         }
         Ok(Image {
             reference: name,
@@ -639,6 +652,79 @@ impl ImageCache {
     }
 }
 
+/// Cache management: the images the store records, and its upkeep. Each
+/// needs a store ([`CacheOptions::store`]); `dst` is a directory of layer
+/// tars, as given to [`ImageCache::rootfs`].
+impl ImageCache {
+    /// The images the store records: reference, digest, and the bytes of
+    /// the store's blobs each reaches.
+    pub async fn list(&self) -> Result<Vec<StoredImage>> {
+        self.maintain("list", maintenance::list).await
+    }
+
+    /// Drops `reference` from the store's `index.json` (`NotFound` if it is
+    /// not there). Its blobs stay until [`prune`](Self::prune).
+    pub async fn remove(&self, reference: &str) -> Result<()> {
+        let name = parse_reference(reference)?.whole();
+        self.maintain("remove", move |store| store.remove(&name))
+            .await
+    }
+
+    /// Removes the store's blobs, and the layer tars under `dst`, that no
+    /// recorded image reaches, and temp files left by killed writers. Safe
+    /// while other threads and processes pull into the same store and
+    /// `dst`: what they are writing is never removed.
+    pub async fn prune(&self, dst: Option<&Path>) -> Result<Pruned> {
+        let dst = dst.map(existing_dir).transpose()?;
+        self.maintain("prune", move |store| {
+            maintenance::prune(store, dst.as_deref())
+        })
+        .await
+    }
+
+    /// Bytes and files of the store's blobs, and of the layer tars under `dst`.
+    pub async fn disk_usage(&self, dst: Option<&Path>) -> Result<DiskUsage> {
+        let dst = dst.map(existing_dir).transpose()?;
+        self.maintain("disk_usage", move |store| {
+            maintenance::disk_usage(store, dst.as_deref())
+        })
+        .await
+    }
+
+    /// Re-hashes every store blob and every layer tar under `dst` and
+    /// reports those that do not match their digest; with `remove_corrupt`
+    /// it deletes them, so the next [`rootfs`](Self::rootfs) fetches them
+    /// again.
+    pub async fn verify(&self, dst: Option<&Path>, remove_corrupt: bool) -> Result<Verified> {
+        let dst = dst.map(existing_dir).transpose()?;
+        self.maintain("verify", move |store| {
+            maintenance::verify(store, dst.as_deref(), remove_corrupt)
+        })
+        .await
+    }
+
+    /// Runs `work` on the store, on a blocking thread, bounded by the
+    /// call options.
+    async fn maintain<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        let run = async move {
+            tokio::task::spawn_blocking(move || match &inner.store {
+                Some(store) => work(store),
+                None => Err(Error::InvalidArgument(format!(
+                    "{what} needs a store (CacheOptions::store)"
+                ))),
+            })
+            .await
+            .map_err(|e| Error::Io(format!("{what}: {e}")))?
+        };
+        self.call.bounded(|| what.to_owned(), run).await
+    }
+}
+
 impl ImageCache {
     /// What layer `index` of `image` must match, and where its progress goes.
     fn layer_check(&self, image: &Image, index: usize) -> Result<LayerCheck> {
@@ -655,6 +741,7 @@ impl ImageCache {
             size: layer.size,
             diff_id: layer.diff_id.clone(),
             compression,
+            max_size: self.inner.max_layer_size,
             progress: self.call.progress_fn(),
         })
     }
@@ -674,20 +761,6 @@ impl Inner {
         locks.insert(path.to_owned(), Arc::downgrade(&lock));
         lock
     }
-}
-
-/// Writes the blobs fetched for an image to the store, then records the
-/// image under `name`: `index.json` changes last, and only once all its
-/// content is in place.
-fn record(store: &Store, name: &str, fetched: &Fetched, top: Descriptor) -> Result<()> {
-    for (digest, content) in fetched {
-        store.write_blob(digest, content)?;
-    }
-    let recorded = store.lookup(name)?.map(|d| d.digest);
-    if recorded.as_deref() != Some(top.digest.as_str()) {
-        store.tag(name, &top)?;
-    }
-    Ok(())
 }
 
 fn parse_reference(reference: &str) -> Result<Reference> {

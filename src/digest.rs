@@ -9,6 +9,15 @@ use sha2::{Digest as _, Sha256, Sha512};
 
 use crate::error::{Error, Result};
 
+/// The hex length of an algorithm's digests, for the algorithms handled.
+pub(crate) fn hex_length(algorithm: &str) -> Option<usize> {
+    match algorithm {
+        "sha256" => Some(64),
+        "sha512" => Some(128),
+        _ => None,
+    }
+}
+
 /// A validated content digest: `sha256:` followed by 64 lowercase hex digits,
 /// or `sha512:` followed by 128. Anything else is refused, so the algorithm
 /// and hex parts are always safe to use as path components.
@@ -26,14 +35,10 @@ impl Digest {
                 "digest {text:?} has no algorithm prefix"
             )));
         };
-        let hex_len = match algorithm {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "digest algorithm {algorithm:?} in {text:?} (sha256 and sha512 are supported)"
-                )))
-            }
+        let Some(hex_len) = hex_length(algorithm) else {
+            return Err(Error::Unsupported(format!(
+                "digest algorithm {algorithm:?} in {text:?} (sha256 and sha512 are supported)"
+            )));
         };
         let lower_hex = hex
             .bytes()

@@ -2,11 +2,16 @@
 //! destination's directory, is fsynced, renamed over the final name, and the
 //! directory is fsynced. A file therefore exists under its final name whole,
 //! or not at all; a temp file left by a failure is removed when dropped.
+//! Its writer holds an exclusive `flock` on it, so a temp file nobody holds
+//! belongs to a process that died and can be removed by anyone; advisory
+//! locks also serialize updates of a file across processes.
 
 use std::fs::{File, Permissions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use tempfile::NamedTempFile;
 
@@ -16,6 +21,13 @@ use crate::error::{Error, Result};
 pub(crate) const CONTENT_MODE: u32 = 0o444;
 /// Mode of files that are rewritten in place, such as `index.json`.
 pub(crate) const MUTABLE_MODE: u32 = 0o644;
+
+/// How temp files' names start; nothing else in the store or `dst` does.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// How long an empty, unlocked temp file is left alone: its writer may
+/// have created it and not yet taken the lock.
+const TEMP_GRACE: Duration = Duration::from_secs(2);
 
 /// A file being written that takes its final name only on [`commit`](Self::commit).
 pub(crate) struct PendingFile {
@@ -28,10 +40,17 @@ impl PendingFile {
     pub(crate) fn create(dest: PathBuf, mode: u32) -> Result<PendingFile> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let temp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(TEMP_PREFIX)
             .permissions(Permissions::from_mode(mode))
             .tempfile_in(dir)
             .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+        if !try_lock(temp.as_file())? {
+            return Err(Error::io(
+                "locking a new temp file",
+                temp.path(),
+                io::Error::from(io::ErrorKind::WouldBlock),
+            ));
+        }
         Ok(PendingFile { temp, dest })
     }
 
@@ -84,6 +103,80 @@ pub(crate) fn open_if_exists(path: &Path) -> Result<Option<File>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("opening", path, e)),
     }
+}
+
+/// Takes an exclusive advisory lock on `file` if nobody holds one; the
+/// lock lasts until the file is closed, or its process dies.
+fn try_lock(file: &File) -> Result<bool> {
+    // SAFETY: flock on a descriptor this File owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        e => Err(Error::Io(format!("flock: {e}"))),
+    }
+}
+
+/// An exclusive advisory lock on `path` (created if missing), held until
+/// the returned file is dropped. Waits for other holders, in any process.
+pub(crate) fn lock_file(path: &Path) -> Result<File> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening lock file", path, e))?;
+    // SAFETY: flock on a descriptor this File owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io("locking", path, io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// Removes the temp files in `dir` that no live writer holds: those left by
+/// a process that was killed. Returns how many files and bytes went.
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(u64, u64)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        // Gone already: its writer committed or dropped it meanwhile.
+        let Ok(temp) = File::open(&path) else {
+            continue;
+        };
+        let Ok(meta) = temp.metadata() else { continue };
+        let young = meta
+            .modified()
+            .ok()
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .map_or(true, |age| age < TEMP_GRACE);
+        if (meta.len() == 0 && young) || !try_lock(&temp)? {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                files += 1;
+                bytes += meta.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing stale temp file", &path, e)),
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Whether `name` is a temp file's.
+pub(crate) fn is_temp(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
 }
 
 /// Creates `dir` and its parents.

@@ -74,6 +74,8 @@ pub(crate) struct LayerCheck {
     pub size: u64,
     pub diff_id: Digest,
     pub compression: Compression,
+    /// The most uncompressed bytes accepted, against decompression bombs.
+    pub max_size: Option<u64>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -188,6 +190,7 @@ fn unpack<W: Write>(
         inner: out,
         hasher: check.diff_id.hasher(),
         written: 0,
+        limit: check.max_size.map(|limit| (limit, check.what.as_str())),
         reporter,
     };
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, hashing);
@@ -338,15 +341,25 @@ impl Read for Input {
 }
 
 /// Hashes and counts what passes through it, reporting progress.
-struct HashingWriter<W> {
+struct HashingWriter<'a, W> {
     inner: W,
     hasher: Hasher,
     written: u64,
+    /// The most bytes accepted, and the layer named when it is exceeded.
+    limit: Option<(u64, &'a str)>,
     reporter: Option<Reporter>,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some((limit, what)) = self.limit {
+            if self.written + buf.len() as u64 > limit {
+                return Err(Error::InvalidContent(format!(
+                    "{what}: uncompresses to more than the {limit}-byte limit (max_layer_size)"
+                ))
+                .into_io());
+            }
+        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;

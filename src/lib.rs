@@ -23,10 +23,11 @@
 //! # }
 //! ```
 //!
-//! Modules point one way: `cache` uses `registry` (remote access), `store`
-//! (the local layout) and `layer` (media types, decompression, verification);
-//! those three use only the leaf modules (`digest`, `manifest`, `platform`,
-//! `fs`, `error`).
+//! Modules point one way: `cache` uses `registry` (remote access, with
+//! `auth` and `http`), `store` (the local layout), `maintenance` (list,
+//! prune, verify over the store) and `layer` (media types, decompression,
+//! verification); those use only the leaf modules (`digest`, `manifest`,
+//! `platform`, `fs`, `error`).
 
 mod auth;
 mod cache;
@@ -39,6 +40,7 @@ mod fs;
 mod hosts;
 mod http;
 mod layer;
+mod maintenance;
 mod manifest;
 mod platform;
 mod registry;
@@ -49,4 +51,5 @@ pub use call::{CallOptions, Progress, ProgressFn};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use layer::LayerReader;
+pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;

@@ -3,6 +3,9 @@
 //! `index.json` is the tag table: each image the cache keeps is an entry
 //! whose `org.opencontainers.image.ref.name` annotation is its normalized
 //! reference. Blobs are content-addressed and verified when read back.
+//! Changes to `index.json` hold an advisory lock on `.oci-cache.lock` and
+//! merge into what is on disk, so processes sharing a store never lose
+//! each other's entries; readers see the old or the new file, never a mix.
 
 use std::fs::File;
 use std::io;
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use crate::digest::Digest;
+use crate::digest::{hex_length, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{self, PendingFile, CONTENT_MODE, MUTABLE_MODE};
 use crate::manifest::{Descriptor, OCI_INDEX};
@@ -19,31 +22,64 @@ use crate::manifest::{Descriptor, OCI_INDEX};
 /// The annotation that names an image in `index.json`.
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The file whose advisory lock guards changes to the layout.
+const LOCK_FILE: &str = ".oci-cache.lock";
+
 /// An OCI image layout on disk.
 pub(crate) struct Store {
     root: PathBuf,
-    // Serializes read-modify-write cycles of index.json within this process.
-    index_lock: Mutex<()>,
+    // flock is per open file, so threads of this process take turns here
+    // before they take the file lock.
+    lock: Mutex<()>,
 }
 
 impl Store {
-    /// Opens the layout at `root`, creating it (and `root`) if missing.
+    /// Opens the layout at `root`, creating it (and `root`) if missing, and
+    /// removes temp files that processes killed mid-write left behind.
     pub(crate) fn open(root: &Path) -> Result<Store> {
         fs::create_dir_all(&root.join("blobs"))?;
-        let layout = root.join("oci-layout");
-        if !layout.exists() {
-            fs::write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#, MUTABLE_MODE)?;
-        }
         let store = Store {
             root: root.to_owned(),
-            index_lock: Mutex::new(()),
+            lock: Mutex::new(()),
         };
-        if !store.index_path().exists() {
-            store.write_index(
-                &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
-            )?;
-        }
+        store.locked(|| {
+            let layout = root.join("oci-layout");
+            if !layout.exists() {
+                fs::write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#, MUTABLE_MODE)?;
+            }
+            if !store.index_path().exists() {
+                store.write_index(
+                    &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
+                )?;
+            }
+            store.remove_stale_temps()?;
+            Ok(())
+        })?;
         Ok(store)
+    }
+
+    /// Runs `change` holding the layout's lock, against every thread and
+    /// process that shares the store.
+    pub(crate) fn locked<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _in_process = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _across_processes = fs::lock_file(&self.root.join(LOCK_FILE))?;
+        change()
+    }
+
+    /// Removes temp files no live writer holds, in the layout's root and
+    /// blob directories. Returns how many files and bytes went.
+    pub(crate) fn remove_stale_temps(&self) -> Result<(u64, u64)> {
+        let mut removed = fs::remove_stale_temps(&self.root)?;
+        for dir in self.blob_dirs()? {
+            let (files, bytes) = fs::remove_stale_temps(&dir)?;
+            removed = (removed.0 + files, removed.1 + bytes);
+        }
+        Ok(removed)
+    }
+
+    /// `blobs/<alg>` for every algorithm present.
+    pub(crate) fn blob_dirs(&self) -> Result<Vec<PathBuf>> {
+        algorithm_dirs(&self.root.join("blobs"))
     }
 
     fn index_path(&self) -> PathBuf {
@@ -108,13 +144,65 @@ impl Store {
         PendingFile::create(path, CONTENT_MODE)
     }
 
+    /// Stores `blobs` (verified by the caller), then records `top` in
+    /// `index.json` under `name` unless it is recorded already: all under
+    /// the lock, so a concurrent prune never sees the blobs unreferenced.
+    pub(crate) fn record(
+        &self,
+        name: &str,
+        blobs: &[(Digest, Vec<u8>)],
+        top: &Descriptor,
+    ) -> Result<()> {
+        self.locked(|| {
+            for (digest, content) in blobs {
+                self.write_blob(digest, content)?;
+            }
+            let recorded = self.lookup(name)?.map(|d| d.digest);
+            if recorded.as_deref() != Some(top.digest.as_str()) {
+                self.tag(name, top)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every entry of `index.json` that names an image, as (name, descriptor).
+    pub(crate) fn entries(&self) -> Result<Vec<(String, Descriptor)>> {
+        let index = self.read_index()?;
+        entries(&index)
+            .iter()
+            .filter_map(|entry| Some((ref_name(entry)?.to_owned(), entry)))
+            .map(|(name, entry)| {
+                let descriptor = serde_json::from_value(entry.clone())
+                    .map_err(|e| self.malformed_index(&format!("entry for {name}: {e}")))?;
+                Ok((name, descriptor))
+            })
+            .collect()
+    }
+
+    /// Drops the entry for `name` from `index.json`; its blobs stay until
+    /// a prune. `NotFound` if no entry has that name.
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
+        self.locked(|| {
+            let mut index = self.read_index()?;
+            let Some(manifests) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
+                return Err(self.malformed_index("no manifests array"));
+            };
+            let before = manifests.len();
+            manifests.retain(|e| ref_name(e) != Some(name));
+            if manifests.len() == before {
+                return Err(Error::NotFound(format!(
+                    "{name} is not recorded in {}",
+                    self.index_path().display()
+                )));
+            }
+            self.write_index(&index)
+        })
+    }
+
     /// Records `descriptor` in `index.json` under `name`, replacing any entry
-    /// of that name and keeping every other entry exactly as it was.
-    pub(crate) fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
-        let _guard = self
-            .index_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// of that name and keeping every other entry exactly as it was. The
+    /// caller holds the lock.
+    fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
         let mut index = self.read_index()?;
         let mut entry = serde_json::to_value(descriptor).expect("descriptors serialize");
         entry["annotations"][REF_NAME] = Value::String(name.to_owned());
@@ -140,6 +228,22 @@ impl Store {
     fn malformed_index(&self, why: &str) -> Error {
         Error::InvalidContent(format!("{}: {why}", self.index_path().display()))
     }
+}
+
+/// `dir/<alg>` for every digest algorithm directory under `dir`: the
+/// layout of `blobs` and of a `dst`.
+pub(crate) fn algorithm_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if hex_length(&name).is_some() && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 fn entries(index: &Value) -> &[Value] {

@@ -1200,6 +1200,7 @@ async fn store_without_layer_blobs_keeps_manifests_and_configs_only() {
         assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
     }
     let mut expected = vec![
+        store.path().join(".oci-cache.lock"),
         store.path().join("index.json"),
         store.path().join("oci-layout"),
         store_blob(store.path(), &pushed.manifest_digest),

@@ -117,6 +117,9 @@ type Options struct {
 	// compressed layer blobs are not kept, for users who need only the
 	// layer tars. False: the store is a complete OCI image layout.
 	DropLayerBlobs bool
+	// MaxLayerSize is the most bytes a layer may uncompress to; a layer
+	// past it fails with ErrInvalidContent. Zero: no limit.
+	MaxLayerSize int64
 
 	// Credentials are presented to their registries, overriding any auth
 	// file. Empty: only auth files (see AuthFile).
@@ -201,8 +204,8 @@ type Cache struct {
 // A setting the library rejects gives an error matching ErrInvalidArgument
 // that names the Options field.
 func Open(opts Options) (*Cache, error) {
-	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 {
-		return nil, invalidArgument("Options.WorkerThreads and Options.MaxConcurrentLayers must not be negative")
+	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 || opts.MaxLayerSize < 0 {
+		return nil, invalidArgument("Options.WorkerThreads, MaxConcurrentLayers and MaxLayerSize must not be negative")
 	}
 	if opts.Attempts < 0 {
 		return nil, invalidArgument("Options.Attempts must not be negative")
@@ -265,6 +268,11 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 	if opts.MaxConcurrentLayers > 0 {
 		if st := C.oci_cache_options_set_max_concurrent_layers(copts, C.size_t(opts.MaxConcurrentLayers)); st != C.OCI_OK {
 			return statusError(st, fmt.Sprintf("Options.MaxConcurrentLayers %d", opts.MaxConcurrentLayers))
+		}
+	}
+	if opts.MaxLayerSize > 0 {
+		if st := C.oci_cache_options_set_max_layer_size(copts, C.uint64_t(opts.MaxLayerSize)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("Options.MaxLayerSize %d", opts.MaxLayerSize))
 		}
 	}
 	if opts.DropLayerBlobs {

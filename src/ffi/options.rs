@@ -238,6 +238,20 @@ pub extern "C" fn oci_cache_options_set_keep_layer_blobs(
     })
 }
 
+/// The most bytes a layer may uncompress to (default: no limit); a layer
+/// past it fails with `OCI_E_INVALID_CONTENT`. A guard against
+/// decompression bombs.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_max_layer_size(
+    options: *mut oci_cache_options,
+    bytes: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        arg_mut(options, "options")?.update(|o| o.max_layer_size(bytes));
+        Ok(())
+    })
+}
+
 /// How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 /// (default 3, at least 1).
 #[no_mangle]
