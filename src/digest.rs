@@ -54,6 +54,16 @@ impl Digest {
         })
     }
 
+    /// Parses a digest that came with content (a manifest, a config, a
+    /// registry's header): a malformed one is the content's fault, so
+    /// `InvalidContent`; an unknown algorithm stays `Unsupported`.
+    pub(crate) fn parse_received(text: &str) -> Result<Digest> {
+        Digest::parse(text).map_err(|e| match e {
+            Error::InvalidArgument(msg) => Error::InvalidContent(msg),
+            other => other,
+        })
+    }
+
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
         let mut hasher = Hasher::Sha256(Sha256::new());

@@ -46,7 +46,7 @@ pub(crate) struct PlatformField {
 impl Descriptor {
     /// The descriptor's digest, validated.
     pub(crate) fn digest(&self) -> Result<Digest> {
-        Digest::parse(&self.digest)
+        Digest::parse_received(&self.digest)
     }
 
     /// The normalized platform of an index entry, if it names one.
@@ -144,7 +144,7 @@ pub(crate) fn config_summary(config: &[u8], what: &str) -> Result<ConfigSummary>
         .rootfs
         .diff_ids
         .iter()
-        .map(|d| Digest::parse(d))
+        .map(|d| Digest::parse_received(d))
         .collect::<Result<_>>()?;
     let platform = match (&config.os, &config.architecture) {
         (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {

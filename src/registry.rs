@@ -354,7 +354,7 @@ impl Registry {
             .await?
             .0;
         match header {
-            Some(digest) => Digest::parse(&digest),
+            Some(digest) => Digest::parse_received(&digest),
             None => Ok(self.manifest(reference, limits).await?.1),
         }
     }
@@ -393,7 +393,7 @@ impl Registry {
             .0;
         let digest = match header {
             Some(header) => {
-                let digest = Digest::parse(&header)?;
+                let digest = Digest::parse_received(&header)?;
                 digest.verify(&body, &what)?;
                 digest
             }
@@ -832,27 +832,29 @@ async fn check_status(response: Response, what: &str) -> std::result::Result<Res
 fn transport_failure(err: reqwest::Error, what: &str) -> Failed {
     Failed {
         error: Error::Network(format!("{what}: {}", error_chain(&err))),
-        transient: true,
+        // A redirect loop stays a loop however often it is followed.
+        transient: !err.is_redirect(),
         retry_after: None,
     }
 }
 
 /// Reads a manifest or config body, refusing one over [`MAX_METADATA_BYTES`].
 async fn read_metadata(response: Response, what: &str) -> std::result::Result<Vec<u8>, Failed> {
-    let too_big = |size: String| {
+    let too_big = |size: &str| -> Failed {
         Error::InvalidContent(format!(
             "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
         ))
+        .into()
     };
     if let Some(announced) = content_length(response.headers()) {
         if announced > MAX_METADATA_BYTES {
-            return Err(too_big(announced.to_string()).into());
+            return Err(too_big(&announced.to_string()));
         }
     }
     read_limited(response, MAX_METADATA_BYTES as usize)
         .await
         .map_err(|err| match err {
-            ReadError::TooLong(_) => too_big("more than that".to_owned()).into(),
+            ReadError::TooLong(_) => too_big("more than that many"),
             ReadError::Request(e) => transport_failure(e, what),
         })
 }

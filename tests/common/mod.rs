@@ -1794,6 +1794,8 @@ pub struct FakeRegistry {
     paces: Arc<Mutex<HashMap<String, Pace>>>,
     /// Answers given instead of a path's route, and how many more times.
     fronts: Arc<Mutex<HashMap<String, (usize, Route)>>>,
+    /// Raw answers, required credentials and recorded request heads.
+    extras: Arc<FakeExtras>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -1801,8 +1803,15 @@ pub struct FakeRegistry {
 impl FakeRegistry {
     /// Serves `GET /v2/` with 200 and nothing else until routes are added.
     pub fn start() -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        FakeRegistry::start_on("127.0.0.1".parse().unwrap())
+    }
+
+    /// [`FakeRegistry::start`] on a port of `ip`, such as `127.0.0.2`
+    /// (another loopback address, so another origin than `127.0.0.1`).
+    pub fn start_on(ip: IpAddr) -> FakeRegistry {
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("binding {ip}:0: {e}"));
         let host = listener.local_addr().unwrap().to_string();
+        let extras: Arc<FakeExtras> = Arc::default();
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let seen: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
         let paces: Arc<Mutex<HashMap<String, Pace>>> = Arc::default();
@@ -1818,11 +1827,12 @@ impl FakeRegistry {
             },
         );
         let thread = {
-            let (routes, seen, paces, fronts, stopping) = (
+            let (routes, seen, paces, fronts, extras, stopping) = (
                 routes.clone(),
                 seen.clone(),
                 paces.clone(),
                 fronts.clone(),
+                extras.clone(),
                 stopping.clone(),
             );
             std::thread::spawn(move || {
@@ -1831,15 +1841,16 @@ impl FakeRegistry {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (routes, seen, paces, fronts, stopping) = (
+                    let (routes, seen, paces, fronts, extras, stopping) = (
                         routes.clone(),
                         seen.clone(),
                         paces.clone(),
                         fronts.clone(),
+                        extras.clone(),
                         stopping.clone(),
                     );
                     std::thread::spawn(move || {
-                        serve_fake(stream, &routes, &seen, &paces, &fronts, &stopping)
+                        serve_fake(stream, &routes, &seen, &paces, &fronts, &extras, &stopping)
                     });
                 }
             })
@@ -1850,6 +1861,7 @@ impl FakeRegistry {
             seen,
             paces,
             fronts,
+            extras,
             stopping,
             thread: Some(thread),
         }
@@ -1973,6 +1985,138 @@ impl FakeRegistry {
     }
 }
 
+impl FakeRegistry {
+    /// Answers every request for `path` (query excluded) with exactly
+    /// `bytes`, status line and headers included, then closes the
+    /// connection: for answers a route cannot give, such as a
+    /// `Content-Length` that lies or none at all.
+    pub fn raw(&self, path: &str, bytes: Vec<u8>) {
+        self.extras.raw.lock().unwrap().insert(
+            path.to_owned(),
+            RawResponse {
+                bytes,
+                then_stall: false,
+            },
+        );
+    }
+
+    /// Like [`FakeRegistry::raw`], but keeps the connection open after
+    /// `bytes` without sending anything more (until the fake is dropped).
+    pub fn raw_then_stall(&self, path: &str, bytes: Vec<u8>) {
+        self.extras.raw.lock().unwrap().insert(
+            path.to_owned(),
+            RawResponse {
+                bytes,
+                then_stall: true,
+            },
+        );
+    }
+
+    /// From now on, answers every request (any path) that does not carry
+    /// `Authorization: Basic base64(user:password)` with 401 and
+    /// `WWW-Authenticate: Basic realm="fake"`, like an htpasswd registry.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+        *self.extras.basic_auth.lock().unwrap() = Some(expected);
+    }
+
+    /// Every request received for `path` (query excluded; `None`: any
+    /// path), in the order received, with its headers.
+    pub fn recorded_requests(&self, path: Option<&str>) -> Vec<RecordedRequest> {
+        self.extras
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| path.is_none() || path == Some(r.path.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Answers `path` with `status` (a 3xx) and `Location: location`.
+    pub fn redirect(&self, path: &str, status: u16, location: &str) {
+        self.route(
+            path,
+            Route {
+                status,
+                content_type: "text/plain".into(),
+                headers: vec![("Location".into(), location.to_owned())],
+                body: Vec::new(),
+            },
+        );
+    }
+}
+
+/// One request a [`FakeRegistry`] received, as it saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The request target, query included.
+    pub target: String,
+    /// The target's path, query excluded.
+    pub path: String,
+    /// Every header, names as sent, values trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    fn parse(head: &str, path: &str) -> RecordedRequest {
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default().to_owned();
+        let target = request_line.next().unwrap_or_default().to_owned();
+        let headers = lines
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+            .collect();
+        RecordedRequest {
+            method,
+            target,
+            path: path.to_owned(),
+            headers,
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// What a [`FakeRegistry`] does beyond its route table.
+#[derive(Default)]
+struct FakeExtras {
+    /// Exact answers by path (see [`FakeRegistry::raw`]).
+    raw: Mutex<HashMap<String, RawResponse>>,
+    /// The `Authorization` value required of every request, if any.
+    basic_auth: Mutex<Option<String>>,
+    /// Every request head, in the order received.
+    heads: Mutex<Vec<RecordedRequest>>,
+}
+
+#[derive(Debug, Clone)]
+struct RawResponse {
+    bytes: Vec<u8>,
+    then_stall: bool,
+}
+
+impl FakeExtras {
+    /// None when the request may proceed, else the 401 to answer it with.
+    fn refusal(&self, authorization: Option<&str>) -> Option<Route> {
+        let expected = self.basic_auth.lock().unwrap().clone()?;
+        if authorization == Some(expected.as_str()) {
+            return None;
+        }
+        let mut refusal = error_route(401, "UNAUTHORIZED", "authentication required");
+        refusal.headers = vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())];
+        Some(refusal)
+    }
+}
+
 impl Drop for FakeRegistry {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -1990,6 +2134,7 @@ fn serve_fake(
     seen: &Mutex<HashMap<String, Vec<Instant>>>,
     paces: &Mutex<HashMap<String, Pace>>,
     fronts: &Mutex<HashMap<String, (usize, Route)>>,
+    extras: &FakeExtras,
     stopping: &AtomicBool,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -2011,13 +2156,30 @@ fn serve_fake(
         .entry(path.clone())
         .or_default()
         .push(Instant::now());
-
-    let front = match fronts.lock().unwrap().get_mut(&path) {
-        Some((left, route)) if *left > 0 => {
-            *left -= 1;
-            Some(route.clone())
+    let recorded = RecordedRequest::parse(&head, &path);
+    // The 401 of a fake that requires credentials comes before anything else.
+    let refusal = extras.refusal(recorded.header("Authorization"));
+    extras.heads.lock().unwrap().push(recorded);
+    let raw = extras.raw.lock().unwrap().get(&path).cloned();
+    if let (None, Some(raw)) = (&refusal, raw) {
+        let _ = stream.write_all(&raw.bytes).and_then(|()| stream.flush());
+        if raw.then_stall {
+            hold_open(stopping);
+        } else {
+            let _ = stream.shutdown(Shutdown::Write);
         }
-        _ => None,
+        return;
+    }
+
+    let front = match refusal {
+        Some(refusal) => Some(refusal),
+        None => match fronts.lock().unwrap().get_mut(&path) {
+            Some((left, route)) if *left > 0 => {
+                *left -= 1;
+                Some(route.clone())
+            }
+            _ => None,
+        },
     };
     let front_used = front.is_some();
     let route = front.or_else(|| routes.lock().unwrap().get(&path).cloned());
