@@ -1,0 +1,258 @@
+//! Crash safety and sharing, with real processes: pulls killed with SIGKILL
+//! at random moments leave no partial file under a final name, an
+//! `index.json` that parses, and temp files the next open or a prune
+//! removes; eight processes pulling overlapping images into one store and
+//! one `dst` at once end with every reference recorded and every file
+//! verified. The test binary re-runs itself as the pulling child.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use oci_cache::{CacheOptions, ImageCache};
+
+/// Set in a child: which test it belongs to.
+const CHILD: &str = "OCI_CRASH_CHILD";
+
+/// Starts this binary as a child running test `name`, which pulls `refs`
+/// into `store` and `dst` (see [`child_pull`]).
+fn spawn_child(name: &str, store: &Path, dst: &Path, refs: &[String]) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(CHILD, name)
+        .env("OCI_CRASH_STORE", store)
+        .env("OCI_CRASH_DST", dst)
+        .env("OCI_CRASH_REFS", refs.join(","))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning a child pull")
+}
+
+fn in_child(name: &str) -> bool {
+    std::env::var(CHILD).is_ok_and(|child| child == name)
+}
+
+/// The child's side: pulls every reference in `OCI_CRASH_REFS` to rootfs.
+async fn child_pull() {
+    let var = |name: &str| std::env::var(name).unwrap();
+    let dst = PathBuf::from(var("OCI_CRASH_DST"));
+    let cache = ImageCache::new(CacheOptions::new().store(var("OCI_CRASH_STORE"))).unwrap();
+    for reference in var("OCI_CRASH_REFS").split(',') {
+        let image = cache.fetch_image(reference, None).await.unwrap();
+        cache.rootfs(&image, &dst).await.unwrap();
+    }
+}
+
+/// Pushes `repo:v1` with gzip layers of noise, one per seed.
+fn push_noise_image(host: &str, repo: &str, seeds: &[u64], size: usize) -> PushedImage {
+    let layers = seeds
+        .iter()
+        .map(|&seed| FixtureLayer::gzip(tar_layer(&[(&format!("f{seed}"), &noise(seed, size))])))
+        .collect();
+    push_image(
+        host,
+        repo,
+        Some("v1"),
+        layers,
+        false,
+        ("linux", "amd64", None),
+    )
+}
+
+/// Checks that every file under a final name in `store` and `dst` is
+/// whole (hashes to its name) and that `index.json` parses. Returns the
+/// temp files found.
+#[track_caller]
+fn assert_consistent(store: &Path, dst: &Path, when: &str) -> Vec<PathBuf> {
+    let index = std::fs::read(store.join("index.json")).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&index)
+        .unwrap_or_else(|e| panic!("{when}: index.json does not parse: {e}"));
+    let mut temps = Vec::new();
+    for dir in [store.join("blobs/sha256"), dst.join("sha256")] {
+        for path in files_under(&dir) {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") {
+                temps.push(path);
+                continue;
+            }
+            let content = std::fs::read(&path).unwrap();
+            assert_eq!(
+                sha256(&content),
+                format!("sha256:{name}"),
+                "{when}: {} is partial or corrupt",
+                path.display()
+            );
+        }
+    }
+    temps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pulls_leave_nothing_partial() {
+    let name = "killed_pulls_leave_nothing_partial";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_noise_image(&host, "crash", &[1, 2, 3, 4], 1 << 18);
+    let refs = [format!("{host}/crash:v1")];
+    let work = tempfile::tempdir().unwrap();
+
+    // How long a whole pull takes here, to spread the kills over it.
+    let timed = work.path().join("timed");
+    std::fs::create_dir_all(timed.join("dst")).unwrap();
+    let started = Instant::now();
+    let status = spawn_child(name, &timed.join("store"), &timed.join("dst"), &refs)
+        .wait()
+        .unwrap();
+    assert!(status.success(), "an uninterrupted child pull failed");
+    let span = started.elapsed();
+
+    let runs = 50;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut left_temps = Vec::new();
+    let mut interrupted = 0;
+    for run in 0..runs {
+        let dir = work.path().join(format!("run{run}"));
+        let (store, dst) = (dir.join("store"), dir.join("dst"));
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut child = spawn_child(name, &store, &dst, &refs);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(span.mul_f64((seed % 1000) as f64 / 1000.0));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if !store.join("index.json").exists() {
+            // Killed before the store existed: nothing to check.
+            continue;
+        }
+        assert_consistent(&store, &dst, &format!("after kill {run}"));
+        if files_under(&dst.join("sha256")).len() < pushed.layers.len() {
+            interrupted += 1;
+        }
+
+        // Opening the store again removes what the killed writer held;
+        // only a temp file killed in the instant between its creation and
+        // its lock may stay, empty, for a prune to take.
+        let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
+        for temp in assert_consistent(&store, &dst, &format!("reopened after kill {run}")) {
+            if temp.starts_with(&store) {
+                assert_eq!(
+                    std::fs::metadata(&temp).unwrap().len(),
+                    0,
+                    "{}",
+                    temp.display()
+                );
+            }
+        }
+        let image = cache.fetch_image(&refs[0], None).await.unwrap();
+        let mut files = cache.rootfs(&image, &dst).await.unwrap();
+        for (index, file) in files.iter_mut().enumerate() {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(file, &mut content).unwrap();
+            assert_bytes(&content, &pushed.layers[index].tar, "layer after the rerun");
+        }
+        left_temps.push((cache, dst));
+    }
+    assert!(
+        interrupted >= runs / 4,
+        "only {interrupted} of {runs} kills landed before the last layer was written"
+    );
+    // Past the grace period of temp files that were never locked, a prune
+    // of each store and dst leaves no temp file anywhere.
+    std::thread::sleep(Duration::from_secs(3));
+    for (cache, dst) in &left_temps {
+        cache.prune(Some(dst)).await.unwrap();
+    }
+    let temps: Vec<PathBuf> = files_under(work.path())
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .collect();
+    assert_eq!(temps, Vec::<PathBuf>::new(), "temp files after prune");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_share_one_store_and_dst() {
+    let name = "eight_processes_share_one_store_and_dst";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    let registry = Registry::start();
+    let host = registry.host();
+    // Layers overlap: 11 and 12 are in two images each, 13 in all three.
+    let images = [
+        push_noise_image(&host, "one", &[11, 12, 13, 14], 300_000),
+        push_noise_image(&host, "two", &[12, 13, 15], 300_000),
+        push_noise_image(&host, "three", &[13, 11, 16], 300_000),
+    ];
+    let refs: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .map(|repo| format!("{host}/{repo}:v1"))
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let (store, dst) = (work.path().join("store"), work.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+
+    let children: Vec<Child> = (0..8)
+        .map(|n| {
+            // Each child pulls the three images in its own order.
+            let mut order = refs.clone();
+            order.rotate_left(n % 3);
+            if n % 2 == 1 {
+                order.reverse();
+            }
+            spawn_child(name, &store, &dst, &order)
+        })
+        .collect();
+    for (n, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "child {n}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    assert_eq!(
+        assert_consistent(&store, &dst, "after 8 pulls"),
+        Vec::<PathBuf>::new()
+    );
+    let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
+    let mut listed: Vec<String> = cache
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|image| image.reference)
+        .collect();
+    listed.sort();
+    let mut expected_refs = refs.clone();
+    expected_refs.sort();
+    assert_eq!(listed, expected_refs, "references in index.json");
+
+    let mut tars: Vec<PathBuf> = images
+        .iter()
+        .flat_map(|image| &image.diff_ids)
+        .map(|diff_id| dst.join("sha256").join(&diff_id["sha256:".len()..]))
+        .collect();
+    tars.sort();
+    tars.dedup();
+    assert_eq!(files_under(&dst), tars, "layer tars in dst");
+    let verified = cache.verify(Some(&dst), false).await.unwrap();
+    assert_eq!(verified.corrupt, Vec::<PathBuf>::new());
+    // 6 distinct layer blobs, 3 configs and 3 manifests.
+    assert_eq!(verified.checked, 12 + tars.len() as u64);
+}

@@ -1,0 +1,267 @@
+//! Cache management through the Rust API against a real registry: list,
+//! remove, prune (store and dst), disk usage and verify, with exact files
+//! and byte counts, and temp files of dead writers cleaned while those of
+//! live ones stay.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use oci_cache::{CacheOptions, Error, ImageCache, Pruned};
+
+const PLATFORM: PlatformSpec = ("linux", "amd64", None);
+
+fn blob_path(store: &Path, digest: &str) -> PathBuf {
+    store.join("blobs/sha256").join(&digest["sha256:".len()..])
+}
+
+fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
+    dst.join("sha256").join(&diff_id["sha256:".len()..])
+}
+
+/// The store files an image reaches: manifest, config, layer blobs.
+fn image_blobs(store: &Path, image: &PushedImage) -> Vec<PathBuf> {
+    let mut paths = vec![
+        blob_path(store, &image.manifest_digest),
+        blob_path(store, &image.config_digest),
+    ];
+    paths.extend(image.layer_digests.iter().map(|d| blob_path(store, d)));
+    paths
+}
+
+fn total_size(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn sorted(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Two images sharing their first layer, pulled into a store and a dst.
+struct Pulled {
+    _registry: Registry,
+    cache: ImageCache,
+    store: tempfile::TempDir,
+    dst: tempfile::TempDir,
+    refs: [String; 2],
+    images: [PushedImage; 2],
+}
+
+async fn pull_two_images() -> Pulled {
+    let registry = Registry::start();
+    let host = registry.host();
+    let shared = tar_layer(&[("shared", &noise(1, 50_000))]);
+    let push = |repo: &str, seed: u64| {
+        let own = tar_layer(&[(repo, &noise(seed, 70_000))]);
+        let layers = vec![FixtureLayer::gzip(shared.clone()), FixtureLayer::zstd(own)];
+        push_image(&host, repo, Some("v1"), layers, false, PLATFORM)
+    };
+    let images = [push("first", 2), push("second", 3)];
+    let refs = [format!("{host}/first:v1"), format!("{host}/second:v1")];
+    let store = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
+    for reference in &refs {
+        let image = cache.fetch_image(reference, None).await.unwrap();
+        cache.rootfs(&image, dst.path()).await.unwrap();
+    }
+    Pulled {
+        _registry: registry,
+        cache,
+        store,
+        dst,
+        refs,
+        images,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_disk_usage_count_what_is_there() {
+    let p = pull_two_images().await;
+    let listed = p.cache.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for ((stored, reference), image) in listed.iter().zip(&p.refs).zip(&p.images) {
+        assert_eq!(&stored.reference, reference);
+        assert_eq!(stored.digest.as_str(), image.manifest_digest);
+        assert_eq!(stored.media_type, image.manifest_media_type);
+        assert_eq!(stored.size, total_size(&image_blobs(p.store.path(), image)));
+    }
+
+    let usage = p.cache.disk_usage(Some(p.dst.path())).await.unwrap();
+    let blobs = files_under(&p.store.path().join("blobs"));
+    let tars = files_under(p.dst.path());
+    // 3 layer blobs (one shared), 2 configs, 2 manifests; 3 tars.
+    assert_eq!((usage.store_files, usage.dst_files), (7, 3));
+    assert_eq!(usage.store_bytes, total_size(&blobs));
+    assert_eq!(usage.dst_bytes, total_size(&tars));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_then_prune_drops_only_what_nothing_else_reaches() {
+    let p = pull_two_images().await;
+    let (store, dst) = (p.store.path(), p.dst.path());
+    let first_only: Vec<PathBuf> = image_blobs(store, &p.images[0])
+        .into_iter()
+        .filter(|path| !image_blobs(store, &p.images[1]).contains(path))
+        .chain([tar_path(dst, &p.images[0].diff_ids[1])])
+        .collect();
+    let freed = total_size(&first_only);
+
+    p.cache.remove(&p.refs[0]).await.unwrap();
+    assert!(matches!(
+        p.cache.remove(&p.refs[0]).await,
+        Err(Error::NotFound(_))
+    ));
+    let listed: Vec<String> = p
+        .cache
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(listed, [p.refs[1].clone()]);
+    // Removing a reference alone deletes nothing.
+    for path in &first_only {
+        assert!(path.exists(), "{}", path.display());
+    }
+
+    let pruned = p.cache.prune(Some(dst)).await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            files: first_only.len() as u64,
+            bytes: freed
+        }
+    );
+    for path in &first_only {
+        assert!(!path.exists(), "{} survived the prune", path.display());
+    }
+    let mut kept = image_blobs(store, &p.images[1]);
+    kept.extend([
+        store.join(".oci-cache.lock"),
+        store.join("index.json"),
+        store.join("oci-layout"),
+    ]);
+    assert_eq!(files_under(store), sorted(kept));
+    let kept_tars: Vec<PathBuf> = p.images[1]
+        .diff_ids
+        .iter()
+        .map(|d| tar_path(dst, d))
+        .collect();
+    assert_eq!(files_under(dst), sorted(kept_tars));
+    assert_eq!(p.cache.prune(Some(dst)).await.unwrap(), Pruned::default());
+
+    // What is left still serves the remaining image with no registry.
+    let image = p.cache.fetch_image(&p.refs[1], None).await.unwrap();
+    p.cache.rootfs(&image, dst).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
+    let p = pull_two_images().await;
+    let (store, dst) = (p.store.path(), p.dst.path());
+    let clean = p.cache.verify(Some(dst), false).await.unwrap();
+    assert_eq!((clean.checked, clean.corrupt.len()), (10, 0));
+
+    let blob = blob_path(store, &p.images[1].layer_digests[0]);
+    let tar = tar_path(dst, &p.images[1].diff_ids[0]);
+    for path in [&blob, &tar] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(path, b"bit rot").unwrap();
+    }
+    let found = p.cache.verify(Some(dst), false).await.unwrap();
+    assert_eq!(found.checked, 10);
+    assert_eq!(
+        sorted(found.corrupt),
+        sorted(vec![blob.clone(), tar.clone()])
+    );
+    assert!(
+        blob.exists() && tar.exists(),
+        "verify without removal removed something"
+    );
+
+    let removed = p.cache.verify(Some(dst), true).await.unwrap();
+    assert_eq!(removed.corrupt.len(), 2);
+    assert!(!blob.exists() && !tar.exists());
+    // The next rootfs brings both back, whole.
+    let image = p.cache.fetch_image(&p.refs[1], None).await.unwrap();
+    let mut files = p.cache.rootfs(&image, dst).await.unwrap();
+    for (file, layer) in files.iter_mut().zip(&p.images[1].layers) {
+        let mut content = Vec::new();
+        file.read_to_end(&mut content).unwrap();
+        assert_bytes(&content, &layer.tar, "restored layer");
+    }
+    assert_eq!(
+        sha256(&std::fs::read(&blob).unwrap()),
+        p.images[1].layer_digests[0]
+    );
+    assert_eq!(
+        p.cache
+            .verify(Some(dst), false)
+            .await
+            .unwrap()
+            .corrupt
+            .len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_files_of_dead_writers_go_and_live_ones_stay() {
+    let store = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let blobs = store.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(dst.path().join("sha256")).unwrap();
+    let dead_blob = blobs.join(".tmp-dead");
+    let dead_tar = dst.path().join("sha256/.tmp-dead");
+    let live_tar = dst.path().join("sha256/.tmp-live");
+    for path in [&dead_blob, &dead_tar, &live_tar] {
+        std::fs::write(path, b"half a layer").unwrap();
+    }
+    // A live writer holds its temp file's lock.
+    let live = std::fs::File::open(&live_tar).unwrap();
+    // SAFETY: flock on a descriptor `live` owns.
+    assert_eq!(unsafe { libc::flock(live.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    // Opening the store cleans its own temp files.
+    let cache = ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
+    assert!(!dead_blob.exists());
+    // A prune cleans dst's, except the one being written.
+    let pruned = cache.prune(Some(dst.path())).await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            files: 1,
+            bytes: 12
+        }
+    );
+    assert!(!dead_tar.exists() && live_tar.exists());
+    drop(live);
+    assert_eq!(cache.prune(Some(dst.path())).await.unwrap().files, 1);
+    assert!(!live_tar.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_needs_a_store() {
+    let cache = ImageCache::new(CacheOptions::new()).unwrap();
+    assert!(matches!(cache.list().await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        cache.prune(None).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        cache.remove("a/b:c").await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
