@@ -71,9 +71,17 @@ typedef struct oci_error oci_error;
 // as the image.
 typedef struct oci_image oci_image;
 
+// The images a store records, from `oci_cache_list`. Immutable: may be
+// read from any thread. Strings it returns live as long as the list.
+typedef struct oci_image_list oci_image_list;
+
 // A layer being streamed, uncompressed. Use from one thread at a time. It
 // keeps the cache's internals alive, so it may outlive its cache and image.
 typedef struct oci_layer_reader oci_layer_reader;
+
+// What `oci_cache_verify` found. Immutable: may be read from any thread.
+// Strings it returns live as long as the report.
+typedef struct oci_verify_report oci_verify_report;
 
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
@@ -236,6 +244,85 @@ oci_status oci_extract_layers(oci_cache *cache, const oci_image *image, const ch
 // touching the network; only missing ones are fetched. The warm path of a
 // container start.
 oci_status oci_rootfs(oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
+
+// Stores in `*list_out` the images the cache's store records in its
+// `index.json`, in that order: the normalized reference, the digest and
+// media type of the manifest or index recorded, and the bytes of the
+// store's blobs each reaches (a blob shared by images counts for each).
+// Free the list with `oci_image_list_free`. `OCI_E_INVALID_ARGUMENT` for a
+// cache without a store.
+oci_status oci_cache_list(oci_cache *cache, const oci_call_options *options, oci_image_list **list_out, oci_error **err_out);
+
+// The number of images in `list`; 0 if `list` is NULL.
+size_t oci_image_list_count(const oci_image_list *list);
+
+// The normalized reference image `index` is recorded under, e.g.
+// `"docker.io/library/alpine:3.20"`; NULL if `list` is NULL or `index`
+// out of range.
+const char *oci_image_list_reference(const oci_image_list *list, size_t index);
+
+// The digest recorded for image `index`, `"sha256:<hex>"`: its manifest's,
+// or its index's for a multi-platform image; NULL if `list` is NULL or
+// `index` out of range.
+const char *oci_image_list_digest(const oci_image_list *list, size_t index);
+
+// The media type of the manifest or index recorded for image `index`;
+// NULL if `list` is NULL or `index` out of range.
+const char *oci_image_list_media_type(const oci_image_list *list, size_t index);
+
+// The bytes of the store's blobs image `index` reaches (manifests, configs
+// and the layer blobs the store holds); -1 if `list` is NULL or `index`
+// out of range.
+int64_t oci_image_list_size(const oci_image_list *list, size_t index);
+
+// Frees `list`. NULL is a no-op.
+void oci_image_list_free(oci_image_list *list);
+
+// Drops `reference` from the store's `index.json`. Its blobs, and its
+// layer tars in any `dst`, stay until `oci_cache_prune`.
+// `OCI_E_NOT_FOUND` if the store does not record `reference`;
+// `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
+// store.
+oci_status oci_cache_remove(oci_cache *cache, const char *reference, const oci_call_options *options, oci_error **err_out);
+
+// Removes the store's blobs, and the layer tars under `dst` (NULL: the
+// store only), that no image the store records reaches, and temporary
+// files left by writers that died. Stores the number of files removed in
+// `*files_out` and their bytes in `*bytes_out`. Safe while other threads
+// and processes pull into the same store and `dst`: what they are writing
+// is never removed. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
+// without a store.
+oci_status oci_cache_prune(oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, oci_error **err_out);
+
+// Stores in `*store_bytes_out` the bytes of the store's blobs, and in
+// `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
+// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+oci_status oci_cache_disk_usage(oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
+
+// Re-hashes every store blob, and every layer tar under `dst` (NULL: the
+// store only), against its name, and stores in `*report_out` how many
+// files were checked and the paths of those that did not match. With
+// `remove_corrupt` those files are deleted, so that the next pull or
+// `oci_rootfs` fetches them again. Free the report with
+// `oci_verify_report_free`. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for
+// a cache without a store.
+oci_status oci_cache_verify(oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
+
+// The number of files re-hashed: store blobs and layer tars; 0 if
+// `report` is NULL.
+uint64_t oci_verify_report_checked(const oci_verify_report *report);
+
+// The number of files whose content did not match their digest; 0 if
+// `report` is NULL.
+size_t oci_verify_report_corrupt_count(const oci_verify_report *report);
+
+// The path of corrupt file `index`: under the store's `blobs`, or under
+// `dst` as `realpath()` spells it. Removed if `oci_cache_verify` was asked
+// to. NULL if `report` is NULL or `index` out of range.
+const char *oci_verify_report_corrupt_path(const oci_verify_report *report, size_t index);
+
+// Frees `report`. NULL is a no-op.
+void oci_verify_report_free(oci_verify_report *report);
 
 // Makes options with every default: no store, the host's platform, 2
 // runtime worker threads, 3 layers fetched at once.

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod manage;
 pub mod options;
 
 pub use error::*;

@@ -342,6 +342,71 @@ static int count_regular_files(const char *path) {
     return count;
 }
 
+/* Bytes of the regular files anywhere under `path`; their number goes to
+ * *files. A missing directory holds nothing. */
+static long long sum_file_sizes(const char *path, int *files) {
+    DIR *dir = opendir(path);
+    if (!dir)
+        return 0;
+    long long bytes = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        if (S_ISREG(st.st_mode)) {
+            bytes += st.st_size;
+            (*files)++;
+        } else if (S_ISDIR(st.st_mode)) {
+            char child[PATH_CAP];
+            snprintf(child, sizeof child, "%s/%s", path, entry->d_name);
+            bytes += sum_file_sizes(child, files);
+        }
+    }
+    closedir(dir);
+    return bytes;
+}
+
+/* The absolute path `path` resolves to (symlinks followed), as the kernel
+ * names an open fd of it: realpath() without _XOPEN_SOURCE. */
+static void resolved_path(char *resolved, const char *path) {
+    char link[64];
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t len = readlink(link, resolved, PATH_CAP - 1);
+    close(fd);
+    REQUIRE(len > 0);
+    resolved[len] = '\0';
+}
+
+/* The size of the file at `path`, -1 if there is none. */
+static long long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* Where a store keeps blob `digest`: store/blobs/<algorithm>/<hex>. */
+static void blob_path(char *path, const char *store, const char *digest) {
+    const char *colon = strchr(digest, ':');
+    if (colon)
+        snprintf(path, PATH_CAP, "%s/blobs/%.*s/%s", store, (int)(colon - digest), digest,
+                 colon + 1);
+    else
+        snprintf(path, PATH_CAP, "%s/blobs/%s", store, digest);
+}
+
+/* Where a diff_id's tar lives under dst: dst/<algorithm>/<hex>. */
+static void tar_path(char *path, const char *dst, const char *diff_id) {
+    const char *colon = strchr(diff_id, ':');
+    if (colon)
+        snprintf(path, PATH_CAP, "%s/%.*s/%s", dst, (int)(colon - diff_id), diff_id, colon + 1);
+    else
+        snprintf(path, PATH_CAP, "%s/%s", dst, diff_id);
+}
+
 /* Everything `fd` yields from where it stands; NULL on a read error. */
 static unsigned char *read_all(int fd, size_t *len_out) {
     size_t cap = 1 << 16, len = 0;
@@ -456,6 +521,8 @@ static void test_free_null(void) {
     oci_error_free(NULL);
     oci_cancel_free(NULL);
     oci_call_options_free(NULL);
+    oci_image_list_free(NULL);
+    oci_verify_report_free(NULL);
     CHECK(oci_error_code(NULL) == OCI_E_INVALID_ARGUMENT);
     CHECK(oci_error_message(NULL) == NULL);
 }
@@ -961,6 +1028,285 @@ static void test_lean_store(void) {
     oci_cache_free(cache);
 }
 
+#define OCI_MANIFEST_TYPE "application/vnd.oci.image.manifest.v1+json"
+#define OCI_INDEX_TYPE "application/vnd.oci.image.index.v1+json"
+
+/* The index of `reference` in `list`, SIZE_MAX if it is not there (which
+ * the getters answer with NULL / -1, so checks on it fail visibly). */
+static size_t list_find(const oci_image_list *list, const char *reference) {
+    for (size_t i = 0; i < oci_image_list_count(list); i++) {
+        const char *at = oci_image_list_reference(list, i);
+        if (at && reference && strcmp(at, reference) == 0)
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+static int same_string(const char *got, const char *want) {
+    return got && want && strcmp(got, want) == 0;
+}
+
+/* Two checks: a verify of store and dst re-hashed `checked` files and found
+ * `corrupt` of them corrupt. Returns the report, or NULL. */
+static oci_verify_report *verify(oci_cache *cache, const char *dst, bool remove_corrupt,
+                                 uint64_t checked, size_t corrupt) {
+    oci_error *err = NULL;
+    oci_verify_report *report = NULL;
+    oci_status status = oci_cache_verify(cache, dst, remove_corrupt, NULL, &report, &err);
+    CHECK_E(status == OCI_OK && report != NULL, err);
+    oci_error_free(err);
+    CHECK(oci_verify_report_checked(report) == checked &&
+          oci_verify_report_corrupt_count(report) == corrupt);
+    return report;
+}
+
+/* List, disk usage, remove, prune and verify on a fresh store holding app
+ * and both platforms of multi (whose host entry is app's manifest), every
+ * expected number worked out from the files themselves. */
+static void test_cache_management(void) {
+    oci_error *err = NULL;
+    oci_cache *cache = NULL, *bare = NULL;
+    oci_cache_options *options = NULL;
+    oci_image *app = NULL, *multi = NULL, *other = NULL;
+    oci_image_list *list = SENTINEL;
+    oci_verify_report *report = SENTINEL;
+    uint64_t files = 777, bytes = 777, store_bytes = 777, dst_bytes = 777;
+    char store[PATH_CAP], blobs[PATH_CAP + 16], dst[PATH_CAP], path[PATH_CAP];
+    char real_dst[PATH_CAP], missing[PATH_CAP + 16];
+    int fds[LAYERS] = {-1, -1, -1}, other_fd[1] = {-1};
+    make_dir(store, "manage-store");
+    make_dir(dst, "manage-dst");
+    snprintf(blobs, sizeof blobs, "%s/blobs", store);
+    snprintf(missing, sizeof missing, "%s/no-such-dir", cfg.tmp);
+    cache = open_cache(store);
+
+    set_context("NULL arguments of the cache management calls");
+    EXPECT_ERROR(oci_cache_list(NULL, NULL, &list, &err), OCI_E_INVALID_ARGUMENT, &err, "cache",
+                 NULL);
+    EXPECT_ERROR(oci_cache_list(cache, NULL, NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "list_out", NULL);
+    CHECK(oci_cache_list(NULL, NULL, &list, NULL) == OCI_E_INVALID_ARGUMENT);
+    EXPECT_ERROR(oci_cache_remove(NULL, cfg.app_ref, NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "cache", NULL);
+    EXPECT_ERROR(oci_cache_remove(cache, NULL, NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "reference", NULL);
+    EXPECT_ERROR(oci_cache_prune(NULL, dst, NULL, &files, &bytes, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "cache", NULL);
+    EXPECT_ERROR(oci_cache_prune(cache, dst, NULL, NULL, &bytes, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "files_out", NULL);
+    EXPECT_ERROR(oci_cache_prune(cache, dst, NULL, &files, NULL, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "bytes_out", NULL);
+    EXPECT_ERROR(oci_cache_disk_usage(NULL, dst, NULL, &store_bytes, &dst_bytes, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "cache", NULL);
+    EXPECT_ERROR(oci_cache_disk_usage(cache, dst, NULL, NULL, &dst_bytes, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "store_bytes_out", NULL);
+    EXPECT_ERROR(oci_cache_disk_usage(cache, dst, NULL, &store_bytes, NULL, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "dst_bytes_out", NULL);
+    EXPECT_ERROR(oci_cache_verify(NULL, dst, false, NULL, &report, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "cache", NULL);
+    EXPECT_ERROR(oci_cache_verify(cache, dst, false, NULL, NULL, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "report_out", NULL);
+
+    set_context("getters of a NULL image list and verify report");
+    CHECK(oci_image_list_count(NULL) == 0);
+    CHECK(oci_image_list_reference(NULL, 0) == NULL && oci_image_list_digest(NULL, 0) == NULL &&
+          oci_image_list_media_type(NULL, 0) == NULL);
+    CHECK(oci_image_list_size(NULL, 0) == -1);
+    CHECK(oci_verify_report_checked(NULL) == 0 && oci_verify_report_corrupt_count(NULL) == 0 &&
+          oci_verify_report_corrupt_path(NULL, 0) == NULL);
+
+    set_context("bad strings and a missing dst for the cache management calls");
+    EXPECT_ERROR(oci_cache_remove(cache, "\xff\xfe", NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "UTF-8", "reference");
+    EXPECT_ERROR(oci_cache_remove(cache, "Not A Reference!", NULL, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "Not A Reference!", NULL);
+    EXPECT_ERROR(oci_cache_verify(cache, "\xff\xfe", false, NULL, &report, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "UTF-8", "dst");
+    EXPECT_ERROR(oci_cache_prune(cache, missing, NULL, &files, &bytes, &err), OCI_E_IO, &err,
+                 missing, NULL);
+    EXPECT_ERROR(oci_cache_disk_usage(cache, missing, NULL, &store_bytes, &dst_bytes, &err),
+                 OCI_E_IO, &err, missing, NULL);
+
+    set_context("the cache management calls on a cache without a store");
+    REQUIRE_OK(oci_cache_options_new(&options), NULL);
+    REQUIRE_OK(oci_cache_options_set_worker_threads(options, 1), NULL);
+    REQUIRE_OK(oci_cache_new(options, &bare, &err), err);
+    oci_cache_options_free(options);
+    EXPECT_ERROR(oci_cache_list(bare, NULL, &list, &err), OCI_E_INVALID_ARGUMENT, &err, "store",
+                 NULL);
+    EXPECT_ERROR(oci_cache_remove(bare, cfg.app_ref, NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "store", NULL);
+    EXPECT_ERROR(oci_cache_prune(bare, dst, NULL, &files, &bytes, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "store", NULL);
+    EXPECT_ERROR(oci_cache_disk_usage(bare, NULL, NULL, &store_bytes, &dst_bytes, &err),
+                 OCI_E_INVALID_ARGUMENT, &err, "store", NULL);
+    EXPECT_ERROR(oci_cache_verify(bare, NULL, false, NULL, &report, &err), OCI_E_INVALID_ARGUMENT,
+                 &err, "store", NULL);
+    oci_cache_free(bare);
+    /* Outputs are written only on success. */
+    CHECK(list == SENTINEL && report == SENTINEL);
+    CHECK(files == 777 && bytes == 777 && store_bytes == 777 && dst_bytes == 777);
+
+    set_context("pulling %s and both platforms of %s into a fresh store", cfg.app_ref,
+                cfg.multi_ref);
+    app = fetch(cache, cfg.app_ref);
+    multi = fetch(cache, cfg.multi_ref);
+    REQUIRE_OK(oci_fetch_image(cache, cfg.multi_ref, cfg.other_platform, NULL, &other, &err), err);
+    REQUIRE_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), err);
+    close_fds(fds, LAYERS);
+    REQUIRE_OK(oci_rootfs(cache, other, dst, NULL, other_fd, 1, &err), err);
+    close_fds(other_fd, 1);
+    REQUIRE(oci_image_layer_count(other) == 1);
+
+    /* What each image reaches, from the files: app's manifest, config and
+     * layer blobs; multi's index plus app's and the other platform's. */
+    long long app_size = (long long)strlen(oci_image_config(app));
+    blob_path(path, store, cfg.app_digest);
+    app_size += file_size(path);
+    for (size_t i = 0; i < LAYERS; i++)
+        app_size += cfg.layers[i].size;
+    long long other_only = (long long)strlen(oci_image_config(other)) +
+                           oci_image_layer_size(other, 0);
+    blob_path(path, store, cfg.multi_digest);
+    other_only += file_size(path);
+    blob_path(path, store, cfg.other_digest);
+    other_only += file_size(path);
+    tar_path(path, dst, oci_image_layer_diff_id(other, 0));
+    long long other_tar = file_size(path);
+    int store_files = 0, dst_files = 0;
+    long long store_total = sum_file_sizes(blobs, &store_files);
+    long long dst_total = sum_file_sizes(dst, &dst_files);
+    CHECK(store_files == 9 && store_total == app_size + other_only);
+    CHECK(dst_files == LAYERS + 1 && other_tar > 0);
+
+    set_context("oci_cache_list with %s and %s recorded", cfg.app_ref, cfg.multi_ref);
+    list = NULL;
+    EXPECT_OK(oci_cache_list(cache, NULL, &list, &err), &err);
+    CHECK(oci_image_list_count(list) == 2);
+    {
+        size_t a = list_find(list, oci_image_reference(app));
+        size_t m = list_find(list, oci_image_reference(multi));
+        CHECK(same_string(oci_image_reference(multi), cfg.multi_ref));
+        CHECK(same_string(oci_image_list_digest(list, a), cfg.app_digest));
+        CHECK(same_string(oci_image_list_media_type(list, a), OCI_MANIFEST_TYPE));
+        CHECK(oci_image_list_size(list, a) > 0 && oci_image_list_size(list, a) == app_size);
+        CHECK(same_string(oci_image_list_digest(list, m), cfg.multi_digest));
+        CHECK(same_string(oci_image_list_media_type(list, m), OCI_INDEX_TYPE));
+        /* The index reaches every blob of the store. */
+        CHECK(oci_image_list_size(list, m) == store_total);
+    }
+    set_context("image list getters given an index out of range");
+    CHECK(oci_image_list_reference(list, 2) == NULL && oci_image_list_digest(list, 2) == NULL &&
+          oci_image_list_media_type(list, 2) == NULL && oci_image_list_size(list, 2) == -1);
+    CHECK(oci_image_list_reference(list, SIZE_MAX) == NULL &&
+          oci_image_list_size(list, SIZE_MAX) == -1);
+    oci_image_list_free(list);
+    list = NULL;
+
+    set_context("oci_cache_disk_usage");
+    EXPECT_OK(oci_cache_disk_usage(cache, dst, NULL, &store_bytes, &dst_bytes, &err), &err);
+    CHECK(store_bytes == (uint64_t)store_total && dst_bytes == (uint64_t)dst_total);
+    store_bytes = dst_bytes = 777;
+    EXPECT_OK(oci_cache_disk_usage(cache, NULL, NULL, &store_bytes, &dst_bytes, &err), &err);
+    CHECK(store_bytes == (uint64_t)store_total && dst_bytes == 0);
+
+    set_context("oci_cache_remove of %s", cfg.multi_ref);
+    EXPECT_OK(oci_cache_remove(cache, cfg.multi_ref, NULL, &err), &err);
+    EXPECT_ERROR(oci_cache_remove(cache, cfg.multi_ref, NULL, &err), OCI_E_NOT_FOUND, &err,
+                 "c/multi:v1", NULL);
+    EXPECT_OK(oci_cache_list(cache, NULL, &list, &err), &err);
+    CHECK(oci_image_list_count(list) == 1 &&
+          same_string(oci_image_list_reference(list, 0), oci_image_reference(app)) &&
+          oci_image_list_size(list, 0) == app_size);
+    oci_image_list_free(list);
+    list = NULL;
+    {
+        /* Its blobs stay until a prune. */
+        int now_files = 0;
+        CHECK(sum_file_sizes(blobs, &now_files) == store_total && now_files == 9);
+    }
+
+    set_context("oci_cache_prune after removing %s", cfg.multi_ref);
+    files = bytes = 777;
+    EXPECT_OK(oci_cache_prune(cache, dst, NULL, &files, &bytes, &err), &err);
+    {
+        int store_after = 0, dst_after = 0;
+        long long bytes_after = sum_file_sizes(blobs, &store_after);
+        bytes_after += sum_file_sizes(dst, &dst_after);
+        /* The index, the other platform's manifest, config and layer blob,
+         * and its layer tar: what multi alone reached. */
+        CHECK(files == 5 && bytes == (uint64_t)(other_only + other_tar));
+        CHECK(files == (uint64_t)(store_files + dst_files - store_after - dst_after) &&
+              bytes == (uint64_t)(store_total + dst_total - bytes_after));
+        CHECK(store_after == 5 && dst_after == LAYERS);
+    }
+    blob_path(path, store, cfg.multi_digest);
+    CHECK(file_size(path) == -1);
+    blob_path(path, store, cfg.other_digest);
+    CHECK(file_size(path) == -1);
+    blob_path(path, store, oci_image_layer_digest(other, 0));
+    CHECK(file_size(path) == -1);
+    tar_path(path, dst, oci_image_layer_diff_id(other, 0));
+    CHECK(file_size(path) == -1);
+    blob_path(path, store, cfg.app_digest);
+    CHECK(file_size(path) > 0);
+    for (size_t i = 0; i < LAYERS; i++) {
+        set_context("app's layer %zu after the prune", i);
+        blob_path(path, store, cfg.layers[i].digest);
+        CHECK(file_size(path) == cfg.layers[i].size);
+        layer_path(path, dst, i);
+        CHECK(file_size(path) == cfg.layers[i].tar_size);
+    }
+    set_context("a second oci_cache_prune");
+    files = bytes = 777;
+    EXPECT_OK(oci_cache_prune(cache, dst, NULL, &files, &bytes, &err), &err);
+    CHECK(files == 0 && bytes == 0);
+
+    set_context("oci_cache_verify of an intact store and dst");
+    report = verify(cache, dst, false, 5 + LAYERS, 0);
+    CHECK(oci_verify_report_corrupt_path(report, 0) == NULL);
+    oci_verify_report_free(report);
+    report = verify(cache, NULL, false, 5, 0);
+    oci_verify_report_free(report);
+
+    set_context("oci_cache_verify of a dst whose layer 0 tar was overwritten");
+    layer_path(path, dst, 0);
+    CHECK(chmod(path, 0600) == 0);
+    {
+        FILE *file = fopen(path, "w");
+        REQUIRE(file != NULL);
+        fputs("not the layer you are looking for\n", file);
+        fclose(file);
+    }
+    resolved_path(real_dst, dst);
+    char expected[PATH_CAP];
+    layer_path(expected, real_dst, 0);
+    /* Found, and left alone when not asked to remove it. */
+    report = verify(cache, dst, false, 5 + LAYERS, 1);
+    CHECK(same_string(oci_verify_report_corrupt_path(report, 0), expected));
+    CHECK(oci_verify_report_corrupt_path(report, 1) == NULL);
+    oci_verify_report_free(report);
+    CHECK(access(path, F_OK) == 0);
+    report = verify(cache, dst, true, 5 + LAYERS, 1);
+    CHECK(same_string(oci_verify_report_corrupt_path(report, 0), expected));
+    oci_verify_report_free(report);
+    CHECK(access(path, F_OK) != 0);
+
+    set_context("oci_rootfs after verify removed a corrupt layer tar");
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    for (size_t i = 0; i < LAYERS; i++)
+        check_layer_fd(fds[i], dst, i);
+    close_fds(fds, LAYERS);
+    /* Restored with the right content: it hashes to its name again. */
+    report = verify(cache, dst, false, 5 + LAYERS, 0);
+    oci_verify_report_free(report);
+
+    oci_image_free(other);
+    oci_image_free(multi);
+    oci_image_free(app);
+    oci_cache_free(cache);
+}
+
 static void test_fetch_layer_range(oci_cache *cache, const oci_image *app) {
     oci_error *err = NULL;
     oci_layer_reader *reader = SENTINEL;
@@ -1248,6 +1594,7 @@ int main(void) {
     TIMED(test_happy_path(cache, app));
     TIMED(test_fetch_layer_range(cache, app));
     TIMED(test_lean_store());
+    TIMED(test_cache_management());
     TIMED(test_fork(cache, app));
     TIMED(test_fd_growth(cache, app));
     TIMED(test_threads(cache, app));

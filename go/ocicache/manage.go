@@ -1,0 +1,197 @@
+// This file owns cache management: List and Remove over the images a
+// store records, and Prune, DiskUsage and Verify over the store and a
+// directory of layer tars. Each needs a Cache opened with Options.Store.
+
+package ocicache
+
+/*
+#include <stdlib.h>
+#include "oci_cache.h"
+*/
+import "C"
+
+import (
+	"context"
+	"unsafe"
+)
+
+// StoredImage is one image a store records in its index.json.
+type StoredImage struct {
+	// Reference is the normalized reference it is recorded under, e.g.
+	// "docker.io/library/alpine:3.20".
+	Reference string
+	// Digest is the digest of its manifest, or of its index for a
+	// multi-platform image.
+	Digest string
+	// MediaType is the media type of that manifest or index.
+	MediaType string
+	// Size is the bytes of the store's blobs it reaches: manifests,
+	// configs and the layer blobs the store holds. A blob shared by images
+	// counts for each.
+	Size int64
+}
+
+// Pruned is what Prune removed.
+type Pruned struct {
+	// Files and Bytes count the files removed and their sizes.
+	Files, Bytes uint64
+}
+
+// DiskUsage is the space the store and a directory of layer tars take.
+type DiskUsage struct {
+	// StoreBytes is the size of the store's blobs.
+	StoreBytes uint64
+	// DstBytes is the size of the layer tars under dst; 0 without one.
+	DstBytes uint64
+}
+
+// Verified is what Verify found.
+type Verified struct {
+	// Checked is the number of files re-hashed: store blobs and layer tars.
+	Checked uint64
+	// Corrupt are the paths of the files whose content does not hash to
+	// their name: under the store's blobs, or under dst with its symlinks
+	// resolved.
+	Corrupt []string
+}
+
+// List returns the images the store records, in the order of its
+// index.json. A cache without a store fails with ErrInvalidArgument.
+func (c *Cache) List(ctx context.Context) ([]StoredImage, error) {
+	ptr, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.RUnlock()
+
+	var list *C.oci_image_list
+	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_list(ptr, opts, &list, errOut)
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer C.oci_image_list_free(list)
+	images := make([]StoredImage, int(C.oci_image_list_count(list)))
+	for i := range images {
+		ci := C.size_t(i)
+		images[i] = StoredImage{
+			Reference: C.GoString(C.oci_image_list_reference(list, ci)),
+			Digest:    C.GoString(C.oci_image_list_digest(list, ci)),
+			MediaType: C.GoString(C.oci_image_list_media_type(list, ci)),
+			Size:      int64(C.oci_image_list_size(list, ci)),
+		}
+	}
+	return images, nil
+}
+
+// Remove drops ref from the store's index.json. Its blobs, and its layer
+// tars in any dst, stay until Prune. A reference the store does not record
+// fails with ErrNotFound.
+func (c *Cache) Remove(ctx context.Context, ref string) error {
+	ptr, err := c.acquire()
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+
+	cref, err := cString("reference", ref)
+	if err != nil {
+		return err
+	}
+	defer C.free(unsafe.Pointer(cref))
+	return c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_remove(ptr, cref, opts, errOut)
+	})
+}
+
+// Prune removes the store's blobs, and the layer tars under dst ("" = the
+// store only), that no image the store records reaches, and temporary
+// files left by writers that died. It is safe while other goroutines and
+// processes pull into the same store and dst: what they are writing is
+// never removed.
+func (c *Cache) Prune(ctx context.Context, dst string) (Pruned, error) {
+	ptr, err := c.acquire()
+	if err != nil {
+		return Pruned{}, err
+	}
+	defer c.mu.RUnlock()
+
+	cdst, err := optionalDst(dst)
+	if err != nil {
+		return Pruned{}, err
+	}
+	defer C.free(unsafe.Pointer(cdst))
+	var files, bytes C.uint64_t
+	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_prune(ptr, cdst, opts, &files, &bytes, errOut)
+	})
+	if err != nil {
+		return Pruned{}, err
+	}
+	return Pruned{Files: uint64(files), Bytes: uint64(bytes)}, nil
+}
+
+// DiskUsage returns the bytes of the store's blobs and of the layer tars
+// under dst ("" = none).
+func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
+	ptr, err := c.acquire()
+	if err != nil {
+		return DiskUsage{}, err
+	}
+	defer c.mu.RUnlock()
+
+	cdst, err := optionalDst(dst)
+	if err != nil {
+		return DiskUsage{}, err
+	}
+	defer C.free(unsafe.Pointer(cdst))
+	var storeBytes, dstBytes C.uint64_t
+	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_disk_usage(ptr, cdst, opts, &storeBytes, &dstBytes, errOut)
+	})
+	if err != nil {
+		return DiskUsage{}, err
+	}
+	return DiskUsage{StoreBytes: uint64(storeBytes), DstBytes: uint64(dstBytes)}, nil
+}
+
+// Verify re-hashes every store blob, and every layer tar under dst ("" =
+// the store only), against its name and reports those that do not match.
+// With removeCorrupt it deletes them, so that the next RootFS fetches them
+// again.
+func (c *Cache) Verify(ctx context.Context, dst string, removeCorrupt bool) (Verified, error) {
+	ptr, err := c.acquire()
+	if err != nil {
+		return Verified{}, err
+	}
+	defer c.mu.RUnlock()
+
+	cdst, err := optionalDst(dst)
+	if err != nil {
+		return Verified{}, err
+	}
+	defer C.free(unsafe.Pointer(cdst))
+	var report *C.oci_verify_report
+	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_verify(ptr, cdst, C.bool(removeCorrupt), opts, &report, errOut)
+	})
+	if err != nil {
+		return Verified{}, err
+	}
+	defer C.oci_verify_report_free(report)
+	v := Verified{Checked: uint64(C.oci_verify_report_checked(report))}
+	for i := 0; i < int(C.oci_verify_report_corrupt_count(report)); i++ {
+		v.Corrupt = append(v.Corrupt, C.GoString(C.oci_verify_report_corrupt_path(report, C.size_t(i))))
+	}
+	return v, nil
+}
+
+// optionalDst copies dst to C, "" as NULL (no dst). The caller frees the
+// copy; C.free(NULL) does nothing.
+func optionalDst(dst string) (*C.char, error) {
+	if dst == "" {
+		return nil, nil
+	}
+	return cString("dst", dst)
+}

@@ -1,0 +1,309 @@
+//! Cache management: `oci_cache_list` and its `oci_image_list`,
+//! `oci_cache_remove`, `oci_cache_prune`, `oci_cache_disk_usage`, and
+//! `oci_cache_verify` and its `oci_verify_report`. Each is a skin over the
+//! `ImageCache` method of the same name and needs a cache with a store.
+
+use std::ffi::{c_char, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::cache::oci_cache;
+use super::options::oci_call_options;
+use super::{
+    arg, boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
+    Outcome, OCI_E_INVALID_CONTENT,
+};
+use crate::maintenance::StoredImage;
+
+/// The images a store records, from `oci_cache_list`. Immutable: may be
+/// read from any thread. Strings it returns live as long as the list.
+pub struct oci_image_list {
+    images: Vec<ListEntry>,
+}
+
+struct ListEntry {
+    reference: CString,
+    digest: CString,
+    media_type: CString,
+    size: i64,
+}
+
+/// What `oci_cache_verify` found. Immutable: may be read from any thread.
+/// Strings it returns live as long as the report.
+pub struct oci_verify_report {
+    checked: u64,
+    corrupt: Vec<CString>,
+}
+
+fn c_string(text: &[u8], what: &str) -> Outcome<CString> {
+    CString::new(text)
+        .map_err(|_| Failure::new(OCI_E_INVALID_CONTENT, format!("{what} contains a NUL byte")))
+}
+
+impl ListEntry {
+    fn new(image: &StoredImage) -> Outcome<ListEntry> {
+        Ok(ListEntry {
+            reference: c_string(image.reference.as_bytes(), "a recorded reference")?,
+            digest: c_string(image.digest.as_str().as_bytes(), "a recorded digest")?,
+            media_type: c_string(image.media_type.as_bytes(), "a recorded media type")?,
+            size: i64::try_from(image.size).unwrap_or(i64::MAX),
+        })
+    }
+}
+
+/// `dst` as a path; NULL is `None`.
+fn optional_dst<'a>(dst: *const c_char) -> Outcome<Option<&'a Path>> {
+    Ok(optional_str_arg(dst, "dst")?.map(Path::new))
+}
+
+/// Stores in `*list_out` the images the cache's store records in its
+/// `index.json`, in that order: the normalized reference, the digest and
+/// media type of the manifest or index recorded, and the bytes of the
+/// store's blobs each reaches (a blob shared by images counts for each).
+/// Free the list with `oci_image_list_free`. `OCI_E_INVALID_ARGUMENT` for a
+/// cache without a store.
+#[no_mangle]
+pub extern "C" fn oci_cache_list(
+    cache: *mut oci_cache,
+    options: *const oci_call_options,
+    list_out: *mut *mut oci_image_list,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let list_out = out(list_out, "list_out")?;
+        let images = cache.run(options, |cache| async move { cache.list().await })?;
+        let images = images
+            .iter()
+            .map(ListEntry::new)
+            .collect::<Outcome<Vec<_>>>()?;
+        *list_out = Box::into_raw(Box::new(oci_image_list { images }));
+        Ok(())
+    })
+}
+
+/// Reads entry `index` of `list` with `get`; NULL, out of range (or a
+/// panic) gives `fallback`.
+fn entry<T: Copy>(
+    list: *const oci_image_list,
+    index: usize,
+    fallback: T,
+    get: impl FnOnce(&ListEntry) -> T,
+) -> T {
+    quiet(fallback, || {
+        // SAFETY: NULL or a list handed out by oci_cache_list.
+        unsafe { list.as_ref() }
+            .and_then(|l| l.images.get(index))
+            .map_or(fallback, get)
+    })
+}
+
+/// The number of images in `list`; 0 if `list` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_image_list_count(list: *const oci_image_list) -> usize {
+    quiet(0, || {
+        // SAFETY: NULL or a list handed out by oci_cache_list.
+        unsafe { list.as_ref() }.map_or(0, |l| l.images.len())
+    })
+}
+
+/// The normalized reference image `index` is recorded under, e.g.
+/// `"docker.io/library/alpine:3.20"`; NULL if `list` is NULL or `index`
+/// out of range.
+#[no_mangle]
+pub extern "C" fn oci_image_list_reference(
+    list: *const oci_image_list,
+    index: usize,
+) -> *const c_char {
+    entry(list, index, std::ptr::null(), |e| e.reference.as_ptr())
+}
+
+/// The digest recorded for image `index`, `"sha256:<hex>"`: its manifest's,
+/// or its index's for a multi-platform image; NULL if `list` is NULL or
+/// `index` out of range.
+#[no_mangle]
+pub extern "C" fn oci_image_list_digest(
+    list: *const oci_image_list,
+    index: usize,
+) -> *const c_char {
+    entry(list, index, std::ptr::null(), |e| e.digest.as_ptr())
+}
+
+/// The media type of the manifest or index recorded for image `index`;
+/// NULL if `list` is NULL or `index` out of range.
+#[no_mangle]
+pub extern "C" fn oci_image_list_media_type(
+    list: *const oci_image_list,
+    index: usize,
+) -> *const c_char {
+    entry(list, index, std::ptr::null(), |e| e.media_type.as_ptr())
+}
+
+/// The bytes of the store's blobs image `index` reaches (manifests, configs
+/// and the layer blobs the store holds); -1 if `list` is NULL or `index`
+/// out of range.
+#[no_mangle]
+pub extern "C" fn oci_image_list_size(list: *const oci_image_list, index: usize) -> i64 {
+    entry(list, index, -1, |e| e.size)
+}
+
+/// Frees `list`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_image_list_free(list: *mut oci_image_list) {
+    free_box(list)
+}
+
+/// Drops `reference` from the store's `index.json`. Its blobs, and its
+/// layer tars in any `dst`, stay until `oci_cache_prune`.
+/// `OCI_E_NOT_FOUND` if the store does not record `reference`;
+/// `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
+/// store.
+#[no_mangle]
+pub extern "C" fn oci_cache_remove(
+    cache: *mut oci_cache,
+    reference: *const c_char,
+    options: *const oci_call_options,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let reference = str_arg(reference, "reference")?;
+        cache.run(
+            options,
+            |cache| async move { cache.remove(reference).await },
+        )
+    })
+}
+
+/// Removes the store's blobs, and the layer tars under `dst` (NULL: the
+/// store only), that no image the store records reaches, and temporary
+/// files left by writers that died. Stores the number of files removed in
+/// `*files_out` and their bytes in `*bytes_out`. Safe while other threads
+/// and processes pull into the same store and `dst`: what they are writing
+/// is never removed. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
+/// without a store.
+#[no_mangle]
+pub extern "C" fn oci_cache_prune(
+    cache: *mut oci_cache,
+    dst: *const c_char,
+    options: *const oci_call_options,
+    files_out: *mut u64,
+    bytes_out: *mut u64,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let dst = optional_dst(dst)?;
+        let files_out = out(files_out, "files_out")?;
+        let bytes_out = out(bytes_out, "bytes_out")?;
+        let pruned = cache.run(options, |cache| async move { cache.prune(dst).await })?;
+        *files_out = pruned.files;
+        *bytes_out = pruned.bytes;
+        Ok(())
+    })
+}
+
+/// Stores in `*store_bytes_out` the bytes of the store's blobs, and in
+/// `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
+/// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+#[no_mangle]
+pub extern "C" fn oci_cache_disk_usage(
+    cache: *mut oci_cache,
+    dst: *const c_char,
+    options: *const oci_call_options,
+    store_bytes_out: *mut u64,
+    dst_bytes_out: *mut u64,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let dst = optional_dst(dst)?;
+        let store_bytes_out = out(store_bytes_out, "store_bytes_out")?;
+        let dst_bytes_out = out(dst_bytes_out, "dst_bytes_out")?;
+        let usage = cache.run(options, |cache| async move { cache.disk_usage(dst).await })?;
+        *store_bytes_out = usage.store_bytes;
+        *dst_bytes_out = usage.dst_bytes;
+        Ok(())
+    })
+}
+
+/// Re-hashes every store blob, and every layer tar under `dst` (NULL: the
+/// store only), against its name, and stores in `*report_out` how many
+/// files were checked and the paths of those that did not match. With
+/// `remove_corrupt` those files are deleted, so that the next pull or
+/// `oci_rootfs` fetches them again. Free the report with
+/// `oci_verify_report_free`. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for
+/// a cache without a store.
+#[no_mangle]
+pub extern "C" fn oci_cache_verify(
+    cache: *mut oci_cache,
+    dst: *const c_char,
+    remove_corrupt: bool,
+    options: *const oci_call_options,
+    report_out: *mut *mut oci_verify_report,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg(cache.cast_const(), "cache")?;
+        let dst = optional_dst(dst)?;
+        let report_out = out(report_out, "report_out")?;
+        let verified = cache.run(options, |cache| async move {
+            cache.verify(dst, remove_corrupt).await
+        })?;
+        let corrupt = verified
+            .corrupt
+            .iter()
+            .map(|path| c_string(path.as_os_str().as_bytes(), "a corrupt file's path"))
+            .collect::<Outcome<Vec<_>>>()?;
+        *report_out = Box::into_raw(Box::new(oci_verify_report {
+            checked: verified.checked,
+            corrupt,
+        }));
+        Ok(())
+    })
+}
+
+/// Reads from `report` with `get`; NULL (or a panic) gives `fallback`.
+fn read_report<T: Copy>(
+    report: *const oci_verify_report,
+    fallback: T,
+    get: impl FnOnce(&oci_verify_report) -> Option<T>,
+) -> T {
+    quiet(fallback, || {
+        // SAFETY: NULL or a report handed out by oci_cache_verify.
+        unsafe { report.as_ref() }.and_then(get).unwrap_or(fallback)
+    })
+}
+
+/// The number of files re-hashed: store blobs and layer tars; 0 if
+/// `report` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_checked(report: *const oci_verify_report) -> u64 {
+    read_report(report, 0, |r| Some(r.checked))
+}
+
+/// The number of files whose content did not match their digest; 0 if
+/// `report` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_corrupt_count(report: *const oci_verify_report) -> usize {
+    read_report(report, 0, |r| Some(r.corrupt.len()))
+}
+
+/// The path of corrupt file `index`: under the store's `blobs`, or under
+/// `dst` as `realpath()` spells it. Removed if `oci_cache_verify` was asked
+/// to. NULL if `report` is NULL or `index` out of range.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_corrupt_path(
+    report: *const oci_verify_report,
+    index: usize,
+) -> *const c_char {
+    read_report(report, std::ptr::null(), |r| {
+        Some(r.corrupt.get(index)?.as_ptr())
+    })
+}
+
+/// Frees `report`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_free(report: *mut oci_verify_report) {
+    free_box(report)
+}
