@@ -2,8 +2,8 @@
 //! `examples-c` builds against the shared and the static library and pulls
 //! an image (cold, then warm with the registry gone), and
 //! `tests/c/api_test.c` checks every status code, the error, output and fd
-//! contracts, free order, fork and threads, once plainly and once under
-//! valgrind. This file only sets the stage (registries, fixtures, builds)
+//! contracts, free order, fork and threads: plainly, built with
+//! AddressSanitizer and UBSan (leaks included), and under valgrind. This file only sets the stage (registries, fixtures, builds)
 //! and judges what the programs report.
 
 mod common;
@@ -24,6 +24,14 @@ const API_TEST_CHECKS: usize = 357;
 const ODD_MEDIA_TYPE: &str = "application/vnd.example.layer.v1.tar+lz4";
 
 /// Generous bounds: a hang fails the test with the output so far.
+/// How api_test is built for its sanitizer run.
+const SANITIZERS: [&str; 4] = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-O1",
+];
+
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const VALGRIND_LIMIT: Duration = Duration::from_secs(120);
 
@@ -366,22 +374,28 @@ fn c_programs_use_the_c_abi() {
     let work = work.path();
 
     // Builds first: a program that does not compile needs no registry.
+    // api_test is built plain and with AddressSanitizer and UBSan.
     let api_test = work.join("api_test");
-    compile(
-        "cc api_test.c",
-        Command::new("cc")
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
-            .args(["-D_POSIX_C_SOURCE=200809L", "-g", "-I"])
-            .arg(&include)
-            .arg(root.join("tests/c/api_test.c"))
-            .arg("-o")
-            .arg(&api_test)
-            .arg("-L")
-            .arg(&lib)
-            .arg("-loci_cache")
-            .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .arg("-lpthread"),
-    );
+    let api_test_sanitized = work.join("api_test_sanitized");
+    for (program, sanitizers) in [(&api_test, &[][..]), (&api_test_sanitized, &SANITIZERS[..])] {
+        compile(
+            &format!("cc api_test.c {}", sanitizers.join(" ")),
+            Command::new("cc")
+                .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+                .args(["-D_POSIX_C_SOURCE=200809L", "-g"])
+                .args(sanitizers)
+                .arg("-I")
+                .arg(&include)
+                .arg(root.join("tests/c/api_test.c"))
+                .arg("-o")
+                .arg(program)
+                .arg("-L")
+                .arg(&lib)
+                .arg("-loci_cache")
+                .arg(format!("-Wl,-rpath,{}", lib.display()))
+                .arg("-lpthread"),
+        );
+    }
     compile(
         "the header as C11",
         Command::new("cc")
@@ -468,6 +482,34 @@ fn c_programs_use_the_c_abi() {
     let ran = run("api_test", &mut command, RUN_LIMIT);
     assert_api_test(&ran, &plain_tmp, &host, app, "api_test");
 
+    // Under the sanitizers, which stop at the first error; leaks count too.
+    let sanitized_tmp = dir("api-sanitized");
+    let mut command = Command::new(&api_test_sanitized);
+    api_test_env(&mut command, &fixtures, hosts, &sanitized_tmp);
+    command
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=98",
+        )
+        .env("LSAN_OPTIONS", "exitcode=99")
+        .env(
+            "UBSAN_OPTIONS",
+            "print_stacktrace=1:halt_on_error=1:exitcode=97",
+        )
+        .env("OCI_TEST_LEAK_EXIT", "99");
+    let ran = run(
+        "api_test under ASan and UBSan",
+        &mut command,
+        VALGRIND_LIMIT,
+    );
+    assert_api_test(
+        &ran,
+        &sanitized_tmp,
+        &host,
+        app,
+        "api_test under ASan and UBSan",
+    );
+
     require_tool(
         "valgrind",
         "apt-get install -y --no-install-recommends valgrind",
@@ -489,7 +531,7 @@ fn c_programs_use_the_c_abi() {
     // The forked child leaks its cache's runtime on purpose (its threads did
     // not survive the fork), so valgrind, silent there, still makes the
     // child exit 99: api_test.c accepts that code from the child alone.
-    command.env("OCI_TEST_VALGRIND_EXIT", "99");
+    command.env("OCI_TEST_LEAK_EXIT", "99");
     let ran = run("api_test under valgrind", &mut command, VALGRIND_LIMIT);
     let log = std::fs::read_to_string(&valgrind_log).unwrap_or_default();
     let with_log = || format!("{}\n--- valgrind log\n{log}", ran.describe());

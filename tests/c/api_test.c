@@ -1405,13 +1405,13 @@ static void test_fork(oci_cache *cache, oci_image *app) {
         ;
     /* The child frees a cache whose runtime threads did not survive the
      * fork, and the library leaks that runtime on purpose (shutting it down
-     * would wait forever). Under valgrind those leaks make the child exit
-     * with valgrind's error code; OCI_TEST_VALGRIND_EXIT names it. The
-     * child's own checks still count, through the verdict. */
-    const char *valgrind_exit = getenv("OCI_TEST_VALGRIND_EXIT");
+     * would wait forever). Under valgrind or LeakSanitizer those leaks make
+     * the child exit with the checker's error code; OCI_TEST_LEAK_EXIT
+     * names it. The child's own checks still count, through the verdict. */
+    const char *leak_exit = getenv("OCI_TEST_LEAK_EXIT");
     int exit_ok = waited == pid && WIFEXITED(status) &&
                   (WEXITSTATUS(status) == 0 ||
-                   (valgrind_exit && WEXITSTATUS(status) == atoi(valgrind_exit)));
+                   (leak_exit && WEXITSTATUS(status) == atoi(leak_exit)));
     if (waited == pid && WIFSIGNALED(status))
         fprintf(stderr, "fork child died of signal %d\n", WTERMSIG(status));
     else if (!exit_ok)
