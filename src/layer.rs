@@ -26,7 +26,7 @@ use crate::fs::{self, PendingFile, CONTENT_MODE};
 
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.
-const CHANNEL_DEPTH: usize = 16;
+const CHANNEL_DEPTH: usize = 4;
 /// Uncompressed bytes gathered before each hash update and write.
 const OUTPUT_BUFFER: usize = 256 << 10;
 
@@ -144,6 +144,14 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
         chunk: Bytes::new(),
         failed: None,
     }
+}
+
+/// Decompresses and verifies a blob held in `file` into memory, on the
+/// calling thread and without a runtime: [`unpack`] for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn unpack_local(check: &LayerCheck, file: File) -> Result<Vec<u8>> {
+    let input = Input::start(Blob::Local(file), None, check);
+    unpack(check, input, Vec::new()).map(|(out, _)| out)
 }
 
 /// Marks the work of a dropped call as abandoned and stops its download.
