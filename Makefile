@@ -11,7 +11,7 @@ LIB := target/release
 # What the static library needs besides itself (rustc --print native-static-libs).
 STATIC_LIBS := -lssl -lcrypto -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
-.PHONY: setup demo lib header header-check install test
+.PHONY: setup demo lib header header-check install test bench
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,11 @@ setup:
 demo: setup
 	$(CARGO) build --release --example pull
 	bash scripts/demo.sh
+
+# Times cold and warm pulls against skopeo and the decompression floor
+# (bench/run; BENCH_* variables tune it) and prints a results table.
+bench: setup lib
+	bash bench/run
 
 # The libraries, plus the SONAME link and a .pc file pointing at the tree,
 # so examples and tests link exactly as an installed copy would.

@@ -1,0 +1,71 @@
+# bench/report.awk: bench/run's results table, from two tab-separated files:
+#   SIZES  image, compression, layers, tar bytes, blob bytes, repetitions
+#   RAW    image, compression, job, repetition, numbers: a: seconds, peak RSS
+#          KiB; b, c: seconds; d: median µs, p99 µs
+# Prints a Markdown table (medians over repetitions; a/b and a/c are medians
+# of the per-repetition ratios; RSS is the largest seen) and the targets missed.
+# Usage: awk -f bench/report.awk SIZES RAW
+BEGIN { FS = "\t"; MiB = 1048576 }
+
+FNR == NR { rows[++nrows] = $1 SUBSEP $2; size[$1, $2] = $3 "\t" $4 "\t" $5 "\t" $6; next }
+
+{
+    row = $1 SUBSEP $2
+    add(row, $3, $5)
+    if ($3 == "a") { add(row, "rss", $6 / 1024); a[row, $4] = $5 }
+    if ($3 == "b") b[row, $4] = $5
+    if ($3 == "c") c[row, $4] = $5
+    if ($3 == "d") add(row, "p99", $6)
+}
+
+function add(row, key, value) { values[row, key, ++count[row, key]] = value }
+
+function median(row, key,    n, i, j, v, sorted) {
+    n = count[row, key]
+    if (!n) return ""
+    for (i = 1; i <= n; i++) {
+        v = values[row, key, i]
+        for (j = i - 1; j >= 1 && sorted[j] > v; j--) sorted[j + 1] = sorted[j]
+        sorted[j + 1] = v
+    }
+    return n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+}
+
+function largest(row, key,    i, m) {
+    for (i = 1; i <= count[row, key]; i++) if (values[row, key, i] > m) m = values[row, key, i]
+    return m
+}
+
+function fmt(format, value) { return value == "" ? "–" : sprintf(format, value) }
+
+function miss(what, value, limit) {
+    if (value != "" && value + 0 > limit)
+        missed = missed sprintf("- missed: %s %s %s = %.2f (target ≤ %s)\n", id[1], id[2], what, value, limit)
+}
+
+END {
+    print "| image | comp. | layers | tar MiB | blobs MiB | reps | a: oci-cache s | b: skopeo+unpack s | c: floor s | a/b | a/c | a peak RSS MiB | d: warm median µs | d: warm p99 µs |"
+    print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for (i = 1; i <= nrows; i++) {
+        row = rows[i]
+        split(row, id, SUBSEP)
+        split(size[row], s, "\t")
+        for (k in a) {
+            split(k, key, SUBSEP)
+            if (key[1] SUBSEP key[2] != row) continue
+            if (b[k] > 0) add(row, "a/b", a[k] / b[k])
+            if (c[k] > 0) add(row, "a/c", a[k] / c[k])
+        }
+        ab = median(row, "a/b"); ac = median(row, "a/c"); rss = largest(row, "rss"); warm = median(row, "d")
+        printf "| %s | %s | %d | %.0f | %.0f | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+            id[1], id[2], s[1], s[2] / MiB, s[3] / MiB, s[4],
+            fmt("%.2f", median(row, "a")), fmt("%.2f", median(row, "b")), fmt("%.2f", median(row, "c")),
+            fmt("%.2f", ab), fmt("%.2f", ac), fmt("%.0f", rss), fmt("%.0f", warm), fmt("%.0f", median(row, "p99"))
+        miss("a/b", ab, 0.4)
+        miss("a/c", ac, 1.2)
+        miss("peak RSS MiB", rss, 64)
+        miss("warm median µs", warm, 50)
+    }
+    printf "\nTargets: a/b ≤ 0.4 (gzip and zstd), a/c ≤ 1.2, warm median ≤ 50 µs for 5 layers, peak RSS ≤ 64 MiB.\n"
+    printf "%s", missed == "" ? "All targets met.\n" : missed
+}
