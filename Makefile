@@ -58,3 +58,4 @@ test: setup header-check lib
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	$(CARGO) test
 	cd go && test -z "$$(gofmt -l .)" && GOPROXY=off go vet ./... && GOPROXY=off go test -race -count=1 ./...
+	bash scripts/fuzz-smoke.sh

@@ -2,7 +2,8 @@
 # Installs what building, testing and the demo need on a fresh Debian
 # machine: the registry the tests start, the tools that read the store back,
 # the C/C++ and Go toolchains (and cmake, which builds zlib-ng), valgrind
-# for the C and Go tests, and the pinned cbindgen the header is generated with.
+# for the C and Go tests, the pinned cbindgen the header is generated with,
+# and cargo-fuzz with a nightly toolchain for the fuzz smoke run.
 set -euo pipefail
 
 packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make cmake pkg-config libssl-dev valgrind golang-go)
@@ -22,3 +23,7 @@ cbindgen_version=0.29.4
 if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $cbindgen_version" ]; then
     cargo install --quiet --locked cbindgen --version "$cbindgen_version"
 fi
+
+# The fuzz targets (fuzz/, scripts/fuzz-smoke.sh) need cargo-fuzz and nightly.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install --quiet --locked cargo-fuzz

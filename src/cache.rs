@@ -763,7 +763,7 @@ impl Inner {
     }
 }
 
-fn parse_reference(reference: &str) -> Result<Reference> {
+pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
     reference
         .parse()
         .map_err(|e| Error::InvalidArgument(format!("reference {reference:?}: {e}")))

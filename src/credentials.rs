@@ -388,7 +388,7 @@ fn default_auth_files(env: &dyn Environment) -> impl Iterator<Item = PathBuf> {
 /// credentials are; every other field is ignored. Fields are `Option` so an
 /// explicit `null` reads as absent, as it does for docker.
 #[derive(Deserialize)]
-struct AuthFile {
+pub(crate) struct AuthFile {
     #[serde(default)]
     auths: Option<BTreeMap<String, AuthEntry>>,
     #[serde(default, rename = "credHelpers")]
@@ -418,9 +418,14 @@ fn read_auth_file(path: &Path) -> Result<Option<AuthFile>> {
             MAX_AUTH_FILE_BYTES >> 20
         )));
     }
+    parse_auth_file(&data, path).map(Some)
+}
+
+/// Parses the bytes of the auth file at `path` (named in errors).
+pub(crate) fn parse_auth_file(data: &[u8], path: &Path) -> Result<AuthFile> {
     // serde_json's own message can quote a value (a password, say), so only
     // its category and position are kept.
-    serde_json::from_slice(&data).map(Some).map_err(|e| {
+    serde_json::from_slice(data).map_err(|e| {
         let problem = match e.classify() {
             serde_json::error::Category::Data => "a field of the wrong type",
             serde_json::error::Category::Eof => "truncated JSON",
@@ -435,6 +440,27 @@ fn read_auth_file(path: &Path) -> Result<Option<AuthFile>> {
             e.column()
         ))
     })
+}
+
+#[cfg(feature = "fuzzing")]
+impl AuthFile {
+    /// What lookups read of the file without running a helper: every key
+    /// normalized, and the credentials of every `auths` entry. Returns the
+    /// first entry's error, after reading them all.
+    pub(crate) fn read_entries(&self, path: &Path) -> Result<()> {
+        let helpers = self.cred_helpers.iter().flat_map(|h| h.keys());
+        let auths = self.auths.iter().flat_map(|a| a.keys());
+        for key in helpers.chain(auths) {
+            let _ = normalize(key);
+        }
+        let mut first_error = None;
+        for (key, entry) in self.auths.iter().flatten() {
+            if let Err(err) = entry.credential(path, key) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 /// One entry of `auths`.

@@ -87,7 +87,7 @@ pub(crate) fn load(dir: &Path, registry: &str) -> Result<Option<RegistryHosts>> 
     Ok(None)
 }
 
-fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
+pub(crate) fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
     let invalid = |why: String| Error::InvalidContent(format!("{}: {why}", path.display()));
     let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
     // containerd keeps the file's order of [host."…"] tables; TOML tables

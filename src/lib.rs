@@ -37,6 +37,9 @@ mod digest;
 mod error;
 pub mod ffi;
 mod fs;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hosts;
 mod http;
 mod layer;

@@ -191,7 +191,7 @@ mod tests {
         let bad = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:../x"]}}"#;
         assert!(matches!(
             config_summary(bad, "c"),
-            Err(Error::InvalidArgument(_))
+            Err(Error::InvalidContent(_))
         ));
         assert!(matches!(
             config_summary(b"{}", "c"),

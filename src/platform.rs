@@ -90,10 +90,12 @@ impl Platform {
             .variant
             .as_deref()
             .and_then(|v| v.strip_prefix('v')?.parse::<u32>().ok());
+        // Levels above the highest known (arm v8, amd64 v4) count from it, so
+        // that a caller's `v4000000000` cannot make a list of billions.
         let mut all = vec![self.clone()];
         match (self.architecture.as_str(), level) {
-            ("arm", Some(n)) => all.extend(lower(n, 5)),
-            ("amd64", Some(n)) => all.extend(lower(n, 1)),
+            ("arm", Some(n)) => all.extend(lower(n.min(9), 5)),
+            ("amd64", Some(n)) => all.extend(lower(n.min(5), 1)),
             _ => {}
         }
         all
@@ -160,6 +162,23 @@ mod tests {
             .collect();
         assert_eq!(names, ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64"]);
         assert_eq!(p("linux/arm64").compatible(), vec![p("linux/arm64")]);
+        // Found by the platform fuzz target: this once asked for 160 GB.
+        let names: Vec<String> = p("linux/arm/v4000000000")
+            .compatible()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "linux/arm/v4000000000",
+                "linux/arm/v8",
+                "linux/arm/v7",
+                "linux/arm/v6",
+                "linux/arm/v5"
+            ]
+        );
+        assert_eq!(p("linux/amd64/v9").compatible().len(), 5);
     }
 
     #[test]

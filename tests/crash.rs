@@ -2,8 +2,8 @@
 //! at random moments leave no partial file under a final name, an
 //! `index.json` that parses, and temp files the next open or a prune
 //! removes; eight processes pulling overlapping images into one store and
-//! one `dst` at once end with every reference recorded and every file
-//! verified. The test binary re-runs itself as the pulling child.
+//! one `dst` at once, watched by a reader that never sees a torn
+//! `index.json`, end with every reference recorded and every file verified. The test binary re-runs itself as the pulling child.
 
 mod common;
 
@@ -205,7 +205,7 @@ async fn eight_processes_share_one_store_and_dst() {
     let (store, dst) = (work.path().join("store"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
 
-    let children: Vec<Child> = (0..8)
+    let mut children: Vec<Child> = (0..8)
         .map(|n| {
             // Each child pulls the three images in its own order.
             let mut order = refs.clone();
@@ -216,6 +216,19 @@ async fn eight_processes_share_one_store_and_dst() {
             spawn_child(name, &store, &dst, &order)
         })
         .collect();
+    // Meanwhile a reader keeps parsing index.json: never torn.
+    let mut reads = 0;
+    while children
+        .iter_mut()
+        .any(|child| child.try_wait().unwrap().is_none())
+    {
+        if let Ok(bytes) = std::fs::read(store.join("index.json")) {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .unwrap_or_else(|e| panic!("read {reads} of index.json is torn: {e}"));
+            reads += 1;
+        }
+    }
+    assert!(reads > 0, "index.json was never read during the pulls");
     for (n, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output().unwrap();
         assert!(

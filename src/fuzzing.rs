@@ -1,0 +1,130 @@
+//! Entry points for the cargo-fuzz targets in fuzz/, not a stable API.
+//! Each function feeds one of the crate's parsers untrusted input the way
+//! the cache would, and returns the parser's error for input it refuses. A
+//! panic, in them or in what they call, is a bug the fuzzers report.
+
+use std::io::{Seek, Write};
+use std::path::Path;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layer::{self, Compression, LayerCheck};
+use crate::manifest::{self, Document};
+use crate::platform::Platform;
+
+/// The most uncompressed bytes [`layer`] accepts, so no input can exhaust memory.
+const MAX_LAYER_OUTPUT: u64 = 64 << 20;
+
+/// An image reference, as every cache call parses it, and the parts the
+/// cache then reads: the normalized name, the registry, a pinned digest.
+pub fn reference(text: &str) -> Result<()> {
+    let reference = crate::cache::parse_reference(text)?;
+    let _ = (reference.whole(), reference.resolve_registry());
+    match reference.digest() {
+        Some(pinned) => Digest::parse(pinned).map(drop),
+        None => Ok(()),
+    }
+}
+
+/// A platform string. One that parses displays as a string that parses
+/// back to the same platform.
+pub fn platform(text: &str) -> Result<()> {
+    let platform: Platform = text.parse()?;
+    let shown = platform.to_string();
+    let again: Platform = shown
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} displays as {shown:?}, which does not parse: {e}"));
+    assert_eq!(again, platform, "{text:?} displays as {shown:?}");
+    let _ = platform.compatible();
+    Ok(())
+}
+
+/// A manifest or index, and the digests (and for an index the platforms,
+/// for a manifest the layer compressions) of its descriptors. Returns the
+/// first error after reading every descriptor.
+pub fn manifest(bytes: &[u8]) -> Result<()> {
+    let (document, _media_type) = manifest::parse(bytes, "fuzzed manifest")?;
+    let mut first_error = None;
+    let mut note = |outcome: Result<()>| {
+        if let Err(err) = outcome {
+            first_error.get_or_insert(err);
+        }
+    };
+    match document {
+        Document::Index { manifests } => {
+            for entry in &manifests {
+                note(entry.digest().map(drop));
+                if let Some(platform) = entry.platform() {
+                    let _ = platform.to_string();
+                }
+            }
+        }
+        Document::Manifest { config, layers } => {
+            note(config.digest().map(drop));
+            for layer in &layers {
+                note(layer.digest().map(drop));
+                note(Compression::of(&layer.media_type).map(drop));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// An image config's diff_ids and platform.
+pub fn config(bytes: &[u8]) -> Result<()> {
+    let summary = manifest::config_summary(bytes, "fuzzed config")?;
+    if let Some(platform) = summary.platform {
+        let _ = platform.to_string();
+    }
+    Ok(())
+}
+
+/// A docker `config.json` or podman `auth.json`, and the credentials of its
+/// `auths` entries. Credential helpers are never run.
+pub fn auth_file(bytes: &[u8]) -> Result<()> {
+    let path = Path::new("fuzzed-auth.json");
+    crate::credentials::parse_auth_file(bytes, path)?.read_entries(path)
+}
+
+/// A containerd `hosts.toml`.
+pub fn hosts_toml(text: &str) -> Result<()> {
+    crate::hosts::parse(text, Path::new("fuzzed/hosts.toml")).map(drop)
+}
+
+/// A layer blob through the real decompress-and-verify path, from a temp
+/// file. The first byte chooses how: bits 0-1 the compression (0 or 3 none,
+/// 1 gzip, 2 zstd); bit 7 set, a limit on the uncompressed size of
+/// `(bits 2-6) * 4 KiB`, else 64 MiB. The rest is the blob.
+/// Its digest and size are the blob's own, and its diff_id is that of empty
+/// content, so any layer that uncompresses to something ends in a
+/// `DigestMismatch`, after the decoder has read all of it.
+pub fn layer(data: &[u8]) -> Result<()> {
+    let Some((&selector, blob)) = data.split_first() else {
+        return Ok(());
+    };
+    let compression = match selector & 0b11 {
+        1 => Compression::Gzip,
+        2 => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let max_size = if selector & 0x80 != 0 {
+        u64::from((selector >> 2) & 0x1f) * 4096
+    } else {
+        MAX_LAYER_OUTPUT
+    };
+    let check = LayerCheck {
+        what: "fuzzed layer".into(),
+        index: 0,
+        digest: Digest::sha256_of(blob),
+        size: blob.len() as u64,
+        diff_id: Digest::sha256_of(b""),
+        compression,
+        max_size: Some(max_size),
+        progress: None,
+    };
+    let io = |e: std::io::Error| Error::Io(format!("fuzzed layer temp file: {e}"));
+    let mut file = tempfile::tempfile().map_err(io)?;
+    file.write_all(blob).map_err(io)?;
+    file.rewind().map_err(io)?;
+    layer::unpack_local(&check, file).map(drop)
+}
