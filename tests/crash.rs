@@ -48,22 +48,6 @@ async fn child_pull() {
     }
 }
 
-/// Pushes `repo:v1` with gzip layers of noise, one per seed.
-fn push_noise_image(host: &str, repo: &str, seeds: &[u64], size: usize) -> PushedImage {
-    let layers = seeds
-        .iter()
-        .map(|&seed| FixtureLayer::gzip(tar_layer(&[(&format!("f{seed}"), &noise(seed, size))])))
-        .collect();
-    push_image(
-        host,
-        repo,
-        Some("v1"),
-        layers,
-        false,
-        ("linux", "amd64", None),
-    )
-}
-
 /// Checks that every file under a final name in `store` and `dst` is
 /// whole (hashes to its name) and that `index.json` parses. Returns the
 /// temp files found.
@@ -100,7 +84,7 @@ async fn killed_pulls_leave_nothing_partial() {
     }
     let registry = Registry::start();
     let host = registry.host();
-    let pushed = push_noise_image(&host, "crash", &[1, 2, 3, 4], 1 << 18);
+    let pushed = push_noise_image(&host, "crash", &[1, 2, 3, 4].map(|seed| (seed, 1 << 18)));
     let refs = [format!("{host}/crash:v1")];
     let work = tempfile::tempdir().unwrap();
 
@@ -193,9 +177,9 @@ async fn eight_processes_share_one_store_and_dst() {
     let host = registry.host();
     // Layers overlap: 11 and 12 are in two images each, 13 in all three.
     let images = [
-        push_noise_image(&host, "one", &[11, 12, 13, 14], 300_000),
-        push_noise_image(&host, "two", &[12, 13, 15], 300_000),
-        push_noise_image(&host, "three", &[13, 11, 16], 300_000),
+        push_noise_image(&host, "one", &[11, 12, 13, 14].map(|seed| (seed, 300_000))),
+        push_noise_image(&host, "two", &[12, 13, 15].map(|seed| (seed, 300_000))),
+        push_noise_image(&host, "three", &[13, 11, 16].map(|seed| (seed, 300_000))),
     ];
     let refs: Vec<String> = ["one", "two", "three"]
         .iter()

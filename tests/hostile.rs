@@ -169,16 +169,19 @@ struct Refusal {
     took: Duration,
 }
 
-/// `rootfs`, `extract_layers`, `extract_layer` and a streamed `fetch_layer`
-/// of `image` (already fetched) must each fail with `want` naming
+/// After `fetch_image` of `reference` succeeds, `rootfs`, `extract_layers`,
+/// `extract_layer` and a streamed `fetch_layer` must each fail with `want` naming
 /// `needles`, leaving the scene as it was.
 async fn assert_layers_refused(
     scene: &Scene,
     cache: &ImageCache,
-    image: &Image,
+    reference: &str,
     want: &str,
     needles: &[&str],
 ) -> Vec<Refusal> {
+    let image = &within("fetch_image", cache.fetch_image(reference, None))
+        .await
+        .expect("fetch_image");
     let dst = scene.dst();
     let mut refusals = Vec::new();
     for call in ["rootfs", "extract_layers", "extract_layer", "fetch_layer"] {
@@ -200,6 +203,7 @@ async fn assert_layers_refused(
         let took = started.elapsed();
         let message = assert_error(outcome, want, needles, &what);
         scene.assert_untouched(&before, &what);
+        eprintln!("{what}: {message} ({took:.1?})");
         refusals.push(Refusal {
             call,
             message,
@@ -308,21 +312,9 @@ async fn assert_served_layer_refused(
     }
     let scene = Scene::new();
     let cache = scene.cache(options);
-    let pulled = within(
-        "fetch_image",
-        cache.fetch_image(&reference(&fake, case), None),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{case}: fetch_image: {e}"));
     let mut all: Vec<&str> = vec![&image.layer_digests[0]];
     all.extend_from_slice(needles);
-    let refusals = assert_layers_refused(&scene, &cache, &pulled, want, &all).await;
-    for r in &refusals {
-        eprintln!(
-            "{case}: {} -> {want} in {:.1?}: {}",
-            r.call, r.took, r.message
-        );
-    }
+    let refusals = assert_layers_refused(&scene, &cache, &reference(&fake, case), want, &all).await;
     (image, refusals)
 }
 
@@ -385,16 +377,10 @@ async fn blob_longer_than_its_descriptor_is_a_digest_mismatch() {
     fake.raw(&blob_path(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
-    let pulled = within(
-        "fetch_image",
-        cache.fetch_image(&reference(&fake, "long-unannounced"), None),
-    )
-    .await
-    .expect("fetch_image");
     assert_layers_refused(
         &scene,
         &cache,
-        &pulled,
+        &reference(&fake, "long-unannounced"),
         "DigestMismatch",
         &[&image.layer_digests[0], &size],
     )
@@ -927,23 +913,14 @@ async fn redirect_loops_are_network_errors() {
         }
         let scene = Scene::new();
         let cache = scene.cache(CacheOptions::new());
-        let pulled = within(
-            "fetch_image",
-            cache.fetch_image(&reference(&fake, case), None),
-        )
-        .await
-        .expect("fetch_image");
-        let refusals = assert_layers_refused(
+        assert_layers_refused(
             &scene,
             &cache,
-            &pulled,
+            &reference(&fake, case),
             "Network",
             &[&image.layer_digests[0], "redirect"],
         )
         .await;
-        for r in &refusals {
-            eprintln!("{case}: {} in {:.1?}: {}", r.call, r.took, r.message);
-        }
         assert!(fake.requests(&blob) > 1);
     }
 }
@@ -1041,22 +1018,15 @@ async fn stalled_blob_is_a_timeout_within_seconds() {
         let cache = scene
             .cache(CacheOptions::new())
             .with_call_options(CallOptions::new().stall_timeout(Duration::from_millis(500)));
-        let pulled = within(
-            "fetch_image",
-            cache.fetch_image(&reference(&fake, case), None),
-        )
-        .await
-        .expect("fetch_image");
         let refusals = assert_layers_refused(
             &scene,
             &cache,
-            &pulled,
+            &reference(&fake, case),
             "Timeout",
             &[&image.layer_digests[0], "stall"],
         )
         .await;
         for r in &refusals {
-            eprintln!("{case}: {} in {:.1?}: {}", r.call, r.took, r.message);
             assert!(
                 r.took < Duration::from_secs(10),
                 "{case}: {} took {:.1?} to time out a 500 ms stall",
@@ -1088,23 +1058,14 @@ async fn content_length_longer_than_the_body_is_a_network_error() {
     fake.raw(&blob_path(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
-    let pulled = within(
-        "fetch_image",
-        cache.fetch_image(&reference(&fake, "cl-lies"), None),
-    )
-    .await
-    .expect("fetch_image");
-    let refusals = assert_layers_refused(
+    assert_layers_refused(
         &scene,
         &cache,
-        &pulled,
+        &reference(&fake, "cl-lies"),
         "Network",
         &[&image.layer_digests[0]],
     )
     .await;
-    for r in &refusals {
-        eprintln!("cl-lies: {} in {:.1?}: {}", r.call, r.took, r.message);
-    }
 }
 
 /// A Content-Length over the descriptor's size is refused on the head
@@ -1124,16 +1085,10 @@ async fn content_length_over_the_descriptor_size_is_refused_before_reading() {
     fake.raw_then_stall(&blob_path(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
-    let pulled = within(
-        "fetch_image",
-        cache.fetch_image(&reference(&fake, "cl-over"), None),
-    )
-    .await
-    .expect("fetch_image");
     let refusals = assert_layers_refused(
         &scene,
         &cache,
-        &pulled,
+        &reference(&fake, "cl-over"),
         "DigestMismatch",
         &[
             &image.layer_digests[0],

@@ -1124,46 +1124,34 @@ async fn chosen_platform_is_enforced_on_single_platform_images() {
     ));
 }
 
-/// Pushes `repo:v1` with gzip layers of random bytes of these sizes.
-fn push_sized_layers(host: &str, repo: &str, sizes: &[usize]) -> PushedImage {
-    let layers = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &size)| {
-            let name = format!("layer{i}");
-            FixtureLayer::gzip(tar_layer(&[(&name, &noise(i as u64 + 7, size))]))
-        })
-        .collect();
-    push_image(
-        host,
-        repo,
-        Some("v1"),
-        layers,
-        false,
-        ("linux", "amd64", None),
-    )
+/// Pulls `reference` to rootfs in a new directory and checks that every
+/// tar, bottom first, is the one pushed.
+async fn pull_checked(cache: &ImageCache, reference: &str, pushed: &PushedImage) -> Image {
+    let image = within("fetch_image", cache.fetch_image(reference, None))
+        .await
+        .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+    for (index, file) in files.iter_mut().enumerate() {
+        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
+    }
+    image
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_are_fetched_largest_first() {
     let registry = Registry::start();
     let host = registry.host();
-    let pushed = push_sized_layers(&host, "order", &[2_000, 300_000, 60_000, 150_000]);
+    let pushed = push_noise_image(
+        &host,
+        "order",
+        &[(7, 2_000), (8, 300_000), (9, 60_000), (10, 150_000)],
+    );
     let cache = ImageCache::new(CacheOptions::new().max_concurrent_layers(1)).unwrap();
-    let image = within(
-        "fetch_image",
-        cache.fetch_image(&format!("{host}/order:v1"), None),
-    )
-    .await
-    .unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
-        .await
-        .unwrap();
     // Files come back bottom first whatever order they were fetched in.
-    for (index, file) in files.iter_mut().enumerate() {
-        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
-    }
+    pull_checked(&cache, &format!("{host}/order:v1"), &pushed).await;
     let fetched: Vec<usize> = registry
         .requests()
         .iter()
@@ -1182,23 +1170,14 @@ async fn layers_are_fetched_largest_first() {
 async fn store_without_layer_blobs_keeps_manifests_and_configs_only() {
     let registry = Registry::start();
     let host = registry.host();
-    let pushed = push_sized_layers(&host, "lean", &[40_000, 20_000]);
+    let pushed = push_noise_image(&host, "lean", &[(7, 40_000), (8, 20_000)]);
     let store = tempfile::tempdir().unwrap();
     let options = CacheOptions::new()
         .store(store.path())
         .keep_layer_blobs(false);
     let cache = ImageCache::new(options).unwrap();
     let reference = format!("{host}/lean:v1");
-    let image = within("fetch_image", cache.fetch_image(&reference, None))
-        .await
-        .unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
-        .await
-        .unwrap();
-    for (index, file) in files.iter_mut().enumerate() {
-        assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
-    }
+    let image = pull_checked(&cache, &reference, &pushed).await;
     let mut expected = vec![
         store.path().join(".oci-cache.lock"),
         store.path().join("index.json"),
@@ -1225,7 +1204,7 @@ async fn store_without_layer_blobs_keeps_manifests_and_configs_only() {
 async fn warm_rootfs_is_opened_only_when_every_layer_is_there() {
     let registry = Registry::start();
     let host = registry.host();
-    let pushed = push_sized_layers(&host, "warm", &[5_000, 9_000, 3_000]);
+    let pushed = push_noise_image(&host, "warm", &[(7, 5_000), (8, 9_000), (9, 3_000)]);
     let cache = new_cache(None);
     let image = within(
         "fetch_image",

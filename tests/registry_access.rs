@@ -194,7 +194,11 @@ fn write_auth_entry(dir: &Path, name: &str, host: &str, entry: serde_json::Value
 fn assert_store_empty(store: &Path, what: &str) {
     assert_eq!(
         files_under(store),
-        [store.join("index.json"), store.join("oci-layout")],
+        [
+            store.join(".oci-cache.lock"),
+            store.join("index.json"),
+            store.join("oci-layout"),
+        ],
         "{what}: files in the store {}",
         store.display()
     );

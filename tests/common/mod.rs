@@ -2646,3 +2646,23 @@ pub fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
         sha256(expected)
     );
 }
+
+/// Pushes `repo:v1` (linux/amd64) with one gzip layer per `(seed, size)`:
+/// a tar of one file of [`noise`], so every layer is distinct and does
+/// not compress.
+pub fn push_noise_image(host: &str, repo: &str, layers: &[(u64, usize)]) -> PushedImage {
+    let layers = layers
+        .iter()
+        .map(|&(seed, size)| {
+            FixtureLayer::gzip(tar_layer(&[(&format!("f{seed}"), &noise(seed, size))]))
+        })
+        .collect();
+    push_image(
+        host,
+        repo,
+        Some("v1"),
+        layers,
+        false,
+        ("linux", "amd64", None),
+    )
+}
