@@ -44,7 +44,7 @@ impl PendingFile {
             .permissions(Permissions::from_mode(mode))
             .tempfile_in(dir)
             .map_err(|e| Error::io("creating a temp file in", dir, e))?;
-        if !try_lock(temp.as_file())? {
+        if !try_lock(temp.as_file(), temp.path())? {
             return Err(Error::io(
                 "locking a new temp file",
                 temp.path(),
@@ -107,14 +107,14 @@ pub(crate) fn open_if_exists(path: &Path) -> Result<Option<File>> {
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
 /// lock lasts until the file is closed, or its process dies.
-fn try_lock(file: &File) -> Result<bool> {
+fn try_lock(file: &File, path: &Path) -> Result<bool> {
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);
     }
     match io::Error::last_os_error() {
         e if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        e => Err(Error::Io(format!("flock: {e}"))),
+        e => Err(Error::io("locking", path, e)),
     }
 }
 
@@ -159,7 +159,7 @@ pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(u64, u64)> {
             .ok()
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .map_or(true, |age| age < TEMP_GRACE);
-        if (meta.len() == 0 && young) || !try_lock(&temp)? {
+        if (meta.len() == 0 && young) || !try_lock(&temp, &path)? {
             continue;
         }
         match std::fs::remove_file(&path) {
