@@ -3,7 +3,7 @@
 //! manifest and config for a platform, and turns its layers into verified,
 //! uncompressed tar files. The C API is a thin skin over this module.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use oci_client::Reference;
 use crate::call::CallOptions;
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
-use crate::fs::{self, PendingFile};
-use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader};
+use crate::fs::{Dir, PendingFile, Reserve};
+use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
@@ -32,6 +32,7 @@ pub struct CacheOptions {
     max_concurrent_layers: usize,
     keep_layer_blobs: bool,
     max_layer_size: Option<u64>,
+    free_space_reserve: Reserve,
 }
 
 impl Default for CacheOptions {
@@ -43,6 +44,7 @@ impl Default for CacheOptions {
             max_concurrent_layers: 3,
             keep_layer_blobs: true,
             max_layer_size: None,
+            free_space_reserve: Reserve::default(),
         }
     }
 }
@@ -177,6 +179,17 @@ impl CacheOptions {
         self.max_layer_size = Some(bytes);
         self
     }
+
+    /// The free space every layer tar and store blob write leaves on its
+    /// file system, in bytes; 0 turns the reserve off. Default: 5% of the
+    /// file system or 1 GiB, whichever is smaller. A write that would eat
+    /// into it fails with [`Error::Io`] naming the reserve and leaves
+    /// nothing behind, instead of filling the disk. Free space is looked at
+    /// before a file is created and every few MiB while it is written.
+    pub fn free_space_reserve(mut self, bytes: u64) -> CacheOptions {
+        self.free_space_reserve = Reserve(Some(bytes));
+        self
+    }
 }
 
 /// An image's manifest and config for one platform, and its layers. Layer
@@ -277,6 +290,10 @@ struct Inner {
     max_concurrent_layers: usize,
     keep_layer_blobs: bool,
     max_layer_size: Option<u64>,
+    free_space_reserve: Reserve,
+    // The `dst/<alg>` directories whose dead writers' temp files were
+    // removed: once each, on the first cold extract there.
+    swept: Mutex<HashSet<PathBuf>>,
     // One lock per layer tar being written, so that concurrent callers asking
     // for the same layer download it once: the others wait and then find it.
     extracting: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
@@ -296,7 +313,11 @@ impl ImageCache {
         if options.registry.attempts == 0 {
             return Err(Error::InvalidArgument("attempts must be at least 1".into()));
         }
-        let store = options.store.as_deref().map(Store::open).transpose()?;
+        let store = options
+            .store
+            .as_deref()
+            .map(|root| Store::open(root, options.free_space_reserve))
+            .transpose()?;
         Ok(ImageCache {
             inner: Arc::new(Inner {
                 registry: Registry::new(options.registry),
@@ -305,6 +326,8 @@ impl ImageCache {
                 max_concurrent_layers: options.max_concurrent_layers,
                 keep_layer_blobs: options.keep_layer_blobs,
                 max_layer_size: options.max_layer_size,
+                free_space_reserve: options.free_space_reserve,
+                swept: Mutex::new(HashSet::new()),
                 extracting: Mutex::new(HashMap::new()),
             }),
             call: CallOptions::default(),
@@ -548,16 +571,29 @@ impl ImageCache {
     }
 
     /// Files for every layer of `image` if all are already in `dst`, opened
-    /// on the calling thread with one `open` per layer and nothing else;
-    /// None if any cannot be opened (then [`rootfs`](Self::rootfs) finds
-    /// out why). A layer tar only ever appears whole, by rename, so one
-    /// that opens is complete. The warm path of a container start.
+    /// on the calling thread with one `open` per layer (plus one for `dst`
+    /// and one for `dst/sha256`) and nothing else; None if any cannot be
+    /// opened (then [`rootfs`](Self::rootfs) finds out why). A layer tar
+    /// only ever appears whole, by rename, so one that opens is complete.
+    /// The warm path of a container start. Only regular files are handed
+    /// out: each is opened without following a link or blocking on a FIFO,
+    /// and anything else there counts as missing.
     pub fn rootfs_cached(&self, image: &Image, dst: &Path) -> Option<Vec<File>> {
-        image
-            .layers
-            .iter()
-            .map(|layer| File::open(layer::tar_path(dst, &layer.diff_id)).ok())
-            .collect()
+        let root = Dir::open(dst).ok()?;
+        let mut dirs: Vec<(&str, Dir)> = Vec::new();
+        let mut files = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            let algorithm = layer.diff_id.algorithm();
+            let dir = match dirs.iter().find(|(alg, _)| *alg == algorithm) {
+                Some((_, dir)) => dir,
+                None => {
+                    dirs.push((algorithm, root.sub(algorithm).ok()??));
+                    &dirs.last()?.1
+                }
+            };
+            files.push(dir.open_regular(layer.diff_id.hex()).ok()??);
+        }
+        Some(files)
     }
 
     async fn extract(&self, image: &Image, index: usize, dst: &Path, reuse: bool) -> Result<File> {
@@ -566,13 +602,21 @@ impl ImageCache {
         let lock = self.inner.extraction_lock(&path);
         let _writing = lock.lock().await;
         if reuse {
-            if let Some(file) = fs::open_if_exists(&path)? {
-                return Ok(file);
+            let algorithm = layer.diff_id.algorithm();
+            if let Some(dir) = Dir::open(dst)?.sub(algorithm)? {
+                if let Some(file) = dir.open_regular(layer.diff_id.hex())? {
+                    return Ok(file);
+                }
             }
         }
         let check = self.layer_check(image, index)?;
         let (blob, copy) = self.open_blob(image, layer).await?;
-        layer::extract(check, blob, copy, dst).await
+        let target = Target {
+            dst: dst.to_owned(),
+            reserve: self.inner.free_space_reserve,
+            sweep: self.inner.first_extract_into(path.parent().unwrap_or(dst)),
+        };
+        layer::extract(check, blob, copy, target).await
     }
 
     /// The layer's blob from the store if it has it, else from the registry
@@ -748,6 +792,13 @@ impl ImageCache {
 }
 
 impl Inner {
+    /// Whether this is the first cold extract into `dir` (a `dst/<alg>`),
+    /// which then removes the temp files killed writers left there.
+    fn first_extract_into(&self, dir: &Path) -> bool {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        swept.insert(dir.to_owned())
+    }
+
     fn extraction_lock(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .extracting

@@ -1,25 +1,36 @@
-//! Durable, atomic file creation: content goes to a temp file in the
-//! destination's directory, is fsynced, renamed over the final name, and the
-//! directory is fsynced. A file therefore exists under its final name whole,
-//! or not at all; a temp file left by a failure is removed when dropped.
-//! Its writer holds an exclusive `flock` on it, so a temp file nobody holds
-//! belongs to a process that died and can be removed by anyone; advisory
-//! locks also serialize updates of a file across processes.
+//! The library's only door to the file system below `dst` and the store.
+//! Nothing there is trusted: directories are opened `O_NOFOLLOW` relative to
+//! their parent's descriptor ([`Dir`]), files are opened without following
+//! links or blocking on FIFOs and handed out only when regular, and modes
+//! are set with `fchmod`, whatever the umask.
+//!
+//! Files appear durably and atomically ([`PendingFile`]): content goes to a
+//! temp file in the destination's directory, is fsynced, renamed over the
+//! final name, and the directory is fsynced. A temp file left by a failure
+//! is removed when dropped. Its writer holds an exclusive `flock` on it, so
+//! a temp file nobody holds belongs to a process that died and can be
+//! removed by anyone; advisory locks also serialize updates of a file
+//! across processes. Writes keep a free-space reserve ([`Reserve`]).
 
-use std::fs::{File, Permissions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-
-use tempfile::NamedTempFile;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
+/// Mode of the directories the library creates.
+pub(crate) const DIR_MODE: u32 = 0o755;
 /// Mode of content-addressed files, which never change once written.
 pub(crate) const CONTENT_MODE: u32 = 0o444;
-/// Mode of files that are rewritten in place, such as `index.json`.
+/// Mode of files that are rewritten in place, such as `index.json`, and of
+/// the lock file.
 pub(crate) const MUTABLE_MODE: u32 = 0o644;
 
 /// How temp files' names start; nothing else in the store or `dst` does.
@@ -29,80 +40,492 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// have created it and not yet taken the lock.
 const TEMP_GRACE: Duration = Duration::from_secs(2);
 
+/// Bytes written between two looks at the free space, at most.
+const RESERVE_CHECK_EVERY: u64 = 4 << 20;
+
+/// The default reserve's ceiling; below it, 5% of the file system.
+const DEFAULT_RESERVE_CAP: u64 = 1 << 30;
+
+/// An open directory. Subdirectories are reached through it without ever
+/// following a symbolic link, so what is created below it stays there.
+/// Cheap to clone: clones share the descriptor.
+#[derive(Clone)]
+pub(crate) struct Dir {
+    fd: Arc<OwnedFd>,
+    path: Arc<PathBuf>,
+}
+
+impl Dir {
+    /// Opens the caller's directory `path`. It may be a symbolic link (the
+    /// caller's choice); nothing below it is followed.
+    pub(crate) fn open(path: &Path) -> Result<Dir> {
+        let c_path = c_string(path.as_os_str(), path)?;
+        // SAFETY: a valid C string; the descriptor is owned below.
+        let fd = unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::io(
+                "opening directory",
+                path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(Dir::own(fd, path.to_owned()))
+    }
+
+    /// Opens the caller's directory `path`, creating it and its missing
+    /// parents (mode 0755) first.
+    pub(crate) fn create(path: &Path) -> Result<Dir> {
+        create_dir_all(path)?;
+        Dir::open(path)
+    }
+
+    fn own(fd: libc::c_int, path: PathBuf) -> Dir {
+        Dir {
+            // SAFETY: `fd` was just opened and nothing else owns it.
+            fd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            path: Arc::new(path),
+        }
+    }
+
+    /// The directory's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` in this directory, for messages.
+    pub(crate) fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Subdirectory `name`, or `None` if there is none. A symbolic link or
+    /// anything else in its place is an error naming it.
+    pub(crate) fn sub(&self, name: &str) -> Result<Option<Dir>> {
+        let c_name = c_string(OsStr::new(name), &self.join(name))?;
+        // SAFETY: a valid C string and directory descriptor.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            return Ok(Some(Dir::own(fd, self.join(name))));
+        }
+        let err = io::Error::last_os_error();
+        let path = self.join(name);
+        match err.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            // O_DIRECTORY reports a link as ENOTDIR, O_NOFOLLOW as ELOOP.
+            Some(libc::ELOOP | libc::ENOTDIR) if self.is_symlink(&c_name) => {
+                Err(Error::Io(format!(
+                    "{} is a symbolic link; links below dst and the store are never followed",
+                    path.display()
+                )))
+            }
+            Some(libc::ENOTDIR) => Err(Error::Io(format!("{} is not a directory", path.display()))),
+            _ => Err(Error::io("opening directory", &path, err)),
+        }
+    }
+
+    fn is_symlink(&self, c_name: &CString) -> bool {
+        // SAFETY: fstatat fills the struct on success.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        let found = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                &mut stat,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } == 0;
+        found && stat.st_mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// Subdirectory `name`, created with mode 0755 if missing.
+    pub(crate) fn create_sub(&self, name: &str) -> Result<Dir> {
+        let c_name = c_string(OsStr::new(name), &self.join(name))?;
+        // SAFETY: a valid C string and directory descriptor.
+        let made = unsafe { libc::mkdirat(self.fd.as_raw_fd(), c_name.as_ptr(), DIR_MODE) } == 0;
+        if !made {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::AlreadyExists {
+                return Err(Error::io("creating directory", &self.join(name), err));
+            }
+        }
+        let dir = self.sub(name)?.ok_or_else(|| {
+            Error::Io(format!(
+                "{} vanished as it was created",
+                self.join(name).display()
+            ))
+        })?;
+        if made {
+            dir.set_mode(DIR_MODE)?;
+        }
+        Ok(dir)
+    }
+
+    /// The regular file `name` opened read-only at offset 0, or `None` when
+    /// there is none: missing, or a symbolic link, FIFO, socket, device or
+    /// directory, none of which is ever opened in a way that could block
+    /// or handed out.
+    pub(crate) fn open_regular(&self, name: &str) -> Result<Option<File>> {
+        let path = self.join(name);
+        let c_name = c_string(OsStr::new(name), &path)?;
+        // SAFETY: a valid C string and directory descriptor; O_NONBLOCK so a
+        // FIFO cannot block the open.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                // Missing; a symbolic link; a socket.
+                Some(libc::ENOENT | libc::ELOOP | libc::ENXIO) => Ok(None),
+                _ => Err(Error::io("opening", &path, err)),
+            };
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", &path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        // SAFETY: fcntl on a descriptor `file` owns.
+        let cleared = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+        };
+        if !cleared {
+            return Err(Error::io("opening", &path, io::Error::last_os_error()));
+        }
+        Ok(Some(file))
+    }
+
+    /// The content of the regular file `name`, or `None` when there is none
+    /// (see [`open_regular`](Self::open_regular)).
+    pub(crate) fn read_regular(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut file) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let mut content = Vec::new();
+        file.read_to_end(&mut content)
+            .map_err(|e| Error::io("reading", &self.join(name), e))?;
+        Ok(Some(content))
+    }
+
+    /// Removes the entry `name` (not a directory). False if it was missing.
+    pub(crate) fn remove(&self, name: &str) -> Result<bool> {
+        let c_name = c_string(OsStr::new(name), &self.join(name))?;
+        // SAFETY: a valid C string and directory descriptor.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), 0) } == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            e => Err(Error::io("removing", &self.join(name), e)),
+        }
+    }
+
+    /// The names in this directory, `.` and `..` left out.
+    pub(crate) fn names(&self) -> Result<Vec<OsString>> {
+        let failed = |e| Error::io("listing", self.path(), e);
+        // SAFETY: dup of a descriptor we own; fdopendir takes the copy,
+        // closedir releases it. rewinddir because the copy shares its
+        // offset with `self.fd`, which an earlier listing moved.
+        unsafe {
+            let copy = libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0);
+            if copy < 0 {
+                return Err(failed(io::Error::last_os_error()));
+            }
+            let stream = libc::fdopendir(copy);
+            if stream.is_null() {
+                let err = io::Error::last_os_error();
+                libc::close(copy);
+                return Err(failed(err));
+            }
+            libc::rewinddir(stream);
+            let mut names = Vec::new();
+            loop {
+                *libc::__errno_location() = 0;
+                let entry = libc::readdir(stream);
+                if entry.is_null() {
+                    let errno = *libc::__errno_location();
+                    libc::closedir(stream);
+                    if errno != 0 {
+                        return Err(failed(io::Error::from_raw_os_error(errno)));
+                    }
+                    break;
+                }
+                let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(OsStr::from_bytes(name).to_owned());
+                }
+            }
+            Ok(names)
+        }
+    }
+
+    /// Makes the entries of this directory durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        // SAFETY: fsync on a descriptor we own.
+        if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
+            return Err(Error::io(
+                "syncing directory",
+                self.path(),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_mode(&self, mode: u32) -> Result<()> {
+        set_mode(self.fd.as_raw_fd(), mode, self.path())
+    }
+
+    /// Free bytes for unprivileged writers, and the file system's size.
+    fn space(&self) -> Result<(u64, u64)> {
+        // SAFETY: fstatvfs fills the struct on success.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.fd.as_raw_fd(), &mut stat) } != 0 {
+            return Err(Error::io(
+                "reading the free space of",
+                self.path(),
+                io::Error::last_os_error(),
+            ));
+        }
+        let unit = stat.f_frsize as u64;
+        Ok((
+            (stat.f_bavail as u64).saturating_mul(unit),
+            (stat.f_blocks as u64).saturating_mul(unit),
+        ))
+    }
+}
+
+/// How much free space writes must leave on their file system: `None` for
+/// the default policy (5% of the file system or 1 GiB, whichever is
+/// smaller), `Some(0)` for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reserve(pub Option<u64>);
+
+impl Reserve {
+    /// No reserve: for the layout's own small files, which must stay
+    /// writable so that removing and pruning can free space.
+    pub(crate) const OFF: Reserve = Reserve(Some(0));
+
+    fn bytes(self, total: u64) -> u64 {
+        self.0.unwrap_or((total / 20).min(DEFAULT_RESERVE_CAP))
+    }
+}
+
+/// How much more a [`PendingFile`] may write before it looks again.
+struct Budget {
+    reserve: Reserve,
+    /// Bytes that were free beyond the reserve at the last look.
+    left: u64,
+    /// Bytes written since then.
+    since: u64,
+}
+
+impl Budget {
+    /// Looks at the free space of `dir`; an error naming the reserve when
+    /// `wanted` more bytes would eat into it.
+    fn check(&mut self, dir: &Dir, dest: &Path, doing: &str, wanted: u64) -> Result<()> {
+        let (free, total) = dir.space()?;
+        let reserve = self.reserve.bytes(total);
+        self.left = free.saturating_sub(reserve);
+        self.since = 0;
+        if reserve > 0 && wanted > self.left {
+            return Err(Error::Io(format!(
+                "{doing} {} would leave less than the {} free-space reserve on {} \
+                 (free_space_reserve)",
+                dest.display(),
+                human(reserve),
+                dir.path().display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `bytes` as people read it: `1 GiB`, `3.2 MiB`, `512 bytes`.
+fn human(bytes: u64) -> String {
+    let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in units {
+        if bytes >= size {
+            let value = format!("{:.1}", bytes as f64 / size as f64);
+            return format!("{} {unit}", value.trim_end_matches(".0"));
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// A file being written that takes its final name only on [`commit`](Self::commit).
 pub(crate) struct PendingFile {
-    temp: NamedTempFile,
-    dest: PathBuf,
+    file: File,
+    dir: Dir,
+    temp: String,
+    dest: String,
+    budget: Option<Budget>,
+    committed: bool,
 }
 
 impl PendingFile {
-    /// Starts a file that will become `dest` with permission bits `mode`.
-    pub(crate) fn create(dest: PathBuf, mode: u32) -> Result<PendingFile> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .permissions(Permissions::from_mode(mode))
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating a temp file in", dir, e))?;
-        if !try_lock(temp.as_file(), temp.path())? {
+    /// Starts a file that will become `name` in `dir`, with permission bits
+    /// `mode`, keeping `reserve` free while it is written.
+    pub(crate) fn create(
+        dir: &Dir,
+        name: &str,
+        mode: u32,
+        reserve: Reserve,
+    ) -> Result<PendingFile> {
+        let dest_path = dir.join(name);
+        let mut budget = (reserve != Reserve::OFF).then_some(Budget {
+            reserve,
+            left: 0,
+            since: 0,
+        });
+        if let Some(budget) = &mut budget {
+            budget.check(dir, &dest_path, "creating", 1)?;
+        }
+        let (file, temp) = create_temp(dir)?;
+        let pending = PendingFile {
+            file,
+            dir: dir.clone(),
+            temp,
+            dest: name.to_owned(),
+            budget,
+            committed: false,
+        };
+        set_mode(pending.file.as_raw_fd(), mode, &dir.join(&pending.temp))?;
+        if !try_lock(&pending.file, &dir.join(&pending.temp))? {
             return Err(Error::io(
                 "locking a new temp file",
-                temp.path(),
+                &dir.join(&pending.temp),
                 io::Error::from(io::ErrorKind::WouldBlock),
             ));
         }
-        Ok(PendingFile { temp, dest })
+        Ok(pending)
     }
 
-    /// Makes the content durable and gives it its final name.
-    pub(crate) fn commit(self) -> Result<()> {
-        let PendingFile { temp, dest } = self;
-        temp.as_file()
+    /// Makes the content durable and gives it its final name, replacing
+    /// whatever file, link or FIFO had it (a directory there is an error).
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let dest = self.dir.join(&self.dest);
+        self.file
             .sync_all()
-            .map_err(|e| Error::io("syncing", temp.path(), e))?;
-        temp.persist(&dest)
-            .map_err(|e| Error::io("renaming a temp file to", &dest, e.error))?;
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("syncing directory", dir, e))
+            .map_err(|e| Error::io("syncing", &self.dir.join(&self.temp), e))?;
+        let from = c_string(OsStr::new(&self.temp), &dest)?;
+        let to = c_string(OsStr::new(&self.dest), &dest)?;
+        let fd = self.dir.fd.as_raw_fd();
+        // SAFETY: valid C strings and directory descriptor.
+        if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
+            return Err(Error::io(
+                "renaming a temp file to",
+                &dest,
+                io::Error::last_os_error(),
+            ));
+        }
+        self.committed = true;
+        self.dir.sync()
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.dir.remove(&self.temp);
+        }
     }
 }
 
 impl Write for PendingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.temp
+        let dest = self.dir.join(&self.dest);
+        if let Some(budget) = &mut self.budget {
+            let wanted = budget.since + buf.len() as u64;
+            if wanted > budget.left.min(RESERVE_CHECK_EVERY) {
+                budget
+                    .check(&self.dir, &dest, "writing", buf.len() as u64)
+                    .map_err(Error::into_io)?;
+            }
+        }
+        let n = self
+            .file
             .write(buf)
-            .map_err(|e| Error::io("writing", &self.dest, e).into_io())
+            .map_err(|e| Error::io("writing", &dest, e).into_io())?;
+        if let Some(budget) = &mut self.budget {
+            budget.since += n as u64;
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.temp.flush()
+        self.file.flush()
     }
 }
 
-/// Writes `content` to `dest` atomically.
-pub(crate) fn write_atomic(dest: &Path, content: &[u8], mode: u32) -> Result<()> {
-    let mut file = PendingFile::create(dest.to_owned(), mode)?;
+/// Creates a new, empty temp file in `dir` with a name no one else uses.
+fn create_temp(dir: &Dir) -> Result<(File, String)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "{TEMP_PREFIX}{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let c_name = c_string(OsStr::new(&name), &dir.join(&name))?;
+        // SAFETY: a valid C string and directory descriptor; the mode is
+        // fixed with fchmod by the caller.
+        let fd = unsafe {
+            libc::openat(
+                dir.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and nothing else owns it.
+            return Ok((unsafe { File::from_raw_fd(fd) }, name));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::AlreadyExists {
+            return Err(Error::io("creating a temp file in", dir.path(), err));
+        }
+    }
+}
+
+/// Writes `content` to `name` in `dir` atomically.
+pub(crate) fn write_atomic(
+    dir: &Dir,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+    reserve: Reserve,
+) -> Result<()> {
+    let mut file = PendingFile::create(dir, name, mode, reserve)?;
     file.write_all(content)
-        .map_err(|e| Error::from_io(e, |e| Error::io("writing", dest, e)))?;
+        .map_err(|e| Error::from_io(e, |e| Error::io("writing", &dir.join(name), e)))?;
     file.commit()
-}
-
-/// Opens `path` read-only, close-on-exec, at offset 0: a fresh open, so it
-/// shares no offset or flags with any other descriptor.
-pub(crate) fn open_read_only(path: &Path) -> Result<File> {
-    // std opens every file with O_CLOEXEC.
-    File::open(path).map_err(|e| Error::io("opening", path, e))
-}
-
-/// Like [`open_read_only`], but `None` when `path` does not exist.
-pub(crate) fn open_if_exists(path: &Path) -> Result<Option<File>> {
-    match File::open(path) {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("opening", path, e)),
-    }
 }
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
@@ -118,39 +541,103 @@ fn try_lock(file: &File, path: &Path) -> Result<bool> {
     }
 }
 
-/// An exclusive advisory lock on `path` (created if missing), held until
-/// the returned file is dropped. Waits for other holders, in any process.
-pub(crate) fn lock_file(path: &Path) -> Result<File> {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("opening lock file", path, e))?;
+/// Opens the lock file `name` in `dir` for [`lock_file`], creating it with
+/// mode 0644 if missing. Never follows a link (a dangling one must not
+/// create its target) and never blocks on a FIFO: anything but a regular
+/// file there is an error naming it.
+pub(crate) fn open_lock_file(dir: &Dir, name: &str) -> Result<File> {
+    let path = dir.join(name);
+    let c_name = c_string(OsStr::new(name), &path)?;
+    let base = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    loop {
+        // SAFETY: a valid C string and directory descriptor.
+        let created = unsafe {
+            libc::openat(
+                dir.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                base | libc::O_CREAT | libc::O_EXCL,
+                MUTABLE_MODE as libc::c_uint,
+            )
+        };
+        if created >= 0 {
+            // SAFETY: `created` was just opened and nothing else owns it.
+            let file = unsafe { File::from_raw_fd(created) };
+            set_mode(file.as_raw_fd(), MUTABLE_MODE, &path)?;
+            return Ok(file);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::AlreadyExists {
+            return Err(lock_open_error(&path, err));
+        }
+        // SAFETY: as above, without creating.
+        let fd = unsafe { libc::openat(dir.fd.as_raw_fd(), c_name.as_ptr(), base) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::NotFound {
+                continue; // Removed meanwhile: create it.
+            }
+            return Err(lock_open_error(&path, err));
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let regular = file.metadata().is_ok_and(|meta| meta.is_file());
+        if !regular {
+            return Err(Error::Io(format!(
+                "lock file {} is not a regular file",
+                path.display()
+            )));
+        }
+        return Ok(file);
+    }
+}
+
+fn lock_open_error(path: &Path, err: io::Error) -> Error {
+    match err.raw_os_error() {
+        Some(libc::ELOOP) => Error::Io(format!(
+            "lock file {} is a symbolic link, which is never followed",
+            path.display()
+        )),
+        _ => Error::io("opening lock file", path, err),
+    }
+}
+
+/// An exclusive advisory lock on the lock file `name` in `dir` (see
+/// [`open_lock_file`]), held until the returned file is dropped. Waits for
+/// other holders, in any process.
+pub(crate) fn lock_file(dir: &Dir, name: &str) -> Result<File> {
+    let file = open_lock_file(dir, name)?;
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io("locking", path, io::Error::last_os_error()));
+        return Err(Error::io(
+            "locking",
+            &dir.join(name),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(file)
 }
 
-/// Removes the temp files in `dir` that no live writer holds: those left by
-/// a process that was killed. Returns how many files and bytes went.
+/// [`remove_stale_temps_in`] the directory at `dir`; nothing if it is missing.
 pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(u64, u64)> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(Error::io("listing", dir, e)),
-    };
+    match Dir::open(dir) {
+        Ok(dir) => remove_stale_temps_in(&dir),
+        Err(_) if !dir.exists() => Ok((0, 0)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the temp files in `dir` that no live writer holds: those left by
+/// a process that was killed. Anything under a temp name that is not a
+/// regular file is left alone, unopened. Returns how many files and bytes
+/// went.
+pub(crate) fn remove_stale_temps_in(dir: &Dir) -> Result<(u64, u64)> {
     let (mut files, mut bytes) = (0, 0);
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
-        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+    for name in dir.names()? {
+        let Some(name) = name.to_str().filter(|name| is_temp(name)) else {
             continue;
-        }
-        let path = entry.path();
-        // Gone already: its writer committed or dropped it meanwhile.
-        let Ok(temp) = File::open(&path) else {
+        };
+        // Gone already (its writer committed or dropped it), or not a file.
+        let Some(temp) = dir.open_regular(name)? else {
             continue;
         };
         let Ok(meta) = temp.metadata() else { continue };
@@ -159,16 +646,12 @@ pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(u64, u64)> {
             .ok()
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .map_or(true, |age| age < TEMP_GRACE);
-        if (meta.len() == 0 && young) || !try_lock(&temp, &path)? {
+        if (meta.len() == 0 && young) || !try_lock(&temp, &dir.join(name))? {
             continue;
         }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                files += 1;
-                bytes += meta.len();
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("removing stale temp file", &path, e)),
+        if dir.remove(name)? {
+            files += 1;
+            bytes += meta.size();
         }
     }
     Ok((files, bytes))
@@ -179,7 +662,57 @@ pub(crate) fn is_temp(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
 }
 
-/// Creates `dir` and its parents.
+/// Creates the caller's directory `dir` and its missing parents, each with
+/// mode 0755 whatever the umask. Links on the way are followed: these are
+/// the caller's paths.
 pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                create_dir_all(parent)?;
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(e) => return Err(Error::io("creating directory", dir, e)),
+            }
+        }
+        Err(e) => return Err(Error::io("creating directory", dir, e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+        .map_err(|e| Error::io("setting the mode of", dir, e))
+}
+
+fn set_mode(fd: libc::c_int, mode: u32, path: &Path) -> Result<()> {
+    // SAFETY: fchmod on a descriptor the caller owns.
+    if unsafe { libc::fchmod(fd, mode) } != 0 {
+        return Err(Error::io(
+            "setting the mode of",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn c_string(name: &OsStr, path: &Path) -> Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("{} contains a NUL byte", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_sizes_read_well() {
+        assert_eq!(human(1 << 30), "1 GiB");
+        assert_eq!(human(3_355_443), "3.2 MiB");
+        assert_eq!(human(512), "512 bytes");
+        assert_eq!(Reserve(None).bytes(100 << 30), 1 << 30);
+        assert_eq!(Reserve(None).bytes(64 << 20), (64 << 20) / 20);
+        assert_eq!(Reserve(Some(7)).bytes(64 << 20), 7);
+    }
 }

@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use crate::call::{Progress, ProgressFn, Work};
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::fs::{self, PendingFile, CONTENT_MODE};
+use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.
@@ -91,15 +91,26 @@ pub(crate) fn tar_path(dst: &Path, diff_id: &Digest) -> PathBuf {
     dst.join(diff_id.algorithm()).join(diff_id.hex())
 }
 
+/// Where [`extract`] writes a layer tar.
+pub(crate) struct Target {
+    /// The caller's directory; the tar goes to [`tar_path`] under it.
+    pub dst: PathBuf,
+    /// What the tar's writes leave free.
+    pub reserve: Reserve,
+    /// Whether to remove dead writers' temp files in `dst/<alg>` first.
+    pub sweep: bool,
+}
+
 /// Writes the layer to [`tar_path`] atomically, after both digests matched,
 /// commits `copy` (the blob's store copy) likewise, and opens the tar afresh.
+/// `dst/<alg>` is created or opened without following a link; a link or
+/// FIFO in the tar's place is replaced, a directory there is an error.
 pub(crate) async fn extract(
     check: LayerCheck,
     blob: Blob,
     copy: Option<PendingFile>,
-    dst: &Path,
+    target: Target,
 ) -> Result<File> {
-    let path = tar_path(dst, &check.diff_id);
     let input = Input::start(blob, copy, &check);
     // Dropping this future (a deadline, a cancel) stops the blocking work at
     // its next read, which then removes its temp files.
@@ -108,8 +119,13 @@ pub(crate) async fn extract(
     let abandoned = input.abandoned.clone();
     blocking(move || {
         let _running = running;
-        fs::create_dir_all(path.parent().expect("tar paths have a parent"))?;
-        let tar = PendingFile::create(path.clone(), CONTENT_MODE)?;
+        let dir = Dir::open(&target.dst)?.create_sub(check.diff_id.algorithm())?;
+        if target.sweep {
+            // Best effort: what a failed sweep leaves, a prune removes.
+            let _ = fs::remove_stale_temps_in(&dir);
+        }
+        let name = check.diff_id.hex();
+        let tar = PendingFile::create(&dir, name, CONTENT_MODE, target.reserve)?;
         let (tar, copy) = unpack(&check, input, tar)?;
         // A call that ended early leaves nothing new, even a finished layer.
         if abandoned.load(Ordering::Relaxed) {
@@ -120,7 +136,12 @@ pub(crate) async fn extract(
         }
         tar.commit()?;
         copy.map_or(Ok(()), PendingFile::commit)?;
-        fs::open_read_only(&path)
+        dir.open_regular(name)?.ok_or_else(|| {
+            Error::Io(format!(
+                "{} was replaced by something else as it was written",
+                dir.join(name).display()
+            ))
+        })
     })
     .await
 }

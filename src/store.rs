@@ -8,7 +8,6 @@
 //! each other's entries; readers see the old or the new file, never a mix.
 
 use std::fs::File;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -16,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::digest::{hex_length, Digest};
 use crate::error::{Error, Result};
-use crate::fs::{self, PendingFile, CONTENT_MODE, MUTABLE_MODE};
+use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE, MUTABLE_MODE};
 use crate::manifest::{Descriptor, OCI_INDEX};
 
 /// The annotation that names an image in `index.json`.
@@ -28,6 +27,11 @@ const LOCK_FILE: &str = ".oci-cache.lock";
 /// An OCI image layout on disk.
 pub(crate) struct Store {
     root: PathBuf,
+    // The root opened once: everything below is reached through it without
+    // following links.
+    dir: Dir,
+    // What blob writes leave free.
+    reserve: Reserve,
     // flock is per open file, so threads of this process take turns here
     // before they take the file lock.
     lock: Mutex<()>,
@@ -35,19 +39,28 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens the layout at `root`, creating it (and `root`) if missing, and
-    /// removes temp files that processes killed mid-write left behind.
-    pub(crate) fn open(root: &Path) -> Result<Store> {
-        fs::create_dir_all(&root.join("blobs"))?;
+    /// removes temp files that processes killed mid-write left behind. Blob
+    /// writes keep `reserve` free.
+    pub(crate) fn open(root: &Path, reserve: Reserve) -> Result<Store> {
+        let dir = Dir::create(root)?;
+        dir.create_sub("blobs")?;
         let store = Store {
             root: root.to_owned(),
+            dir,
+            reserve,
             lock: Mutex::new(()),
         };
         store.locked(|| {
-            let layout = root.join("oci-layout");
-            if !layout.exists() {
-                fs::write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#, MUTABLE_MODE)?;
+            if store.dir.open_regular("oci-layout")?.is_none() {
+                fs::write_atomic(
+                    &store.dir,
+                    "oci-layout",
+                    br#"{"imageLayoutVersion":"1.0.0"}"#,
+                    MUTABLE_MODE,
+                    Reserve::OFF,
+                )?;
             }
-            if !store.index_path().exists() {
+            if store.dir.open_regular("index.json")?.is_none() {
                 store.write_index(
                     &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
                 )?;
@@ -62,16 +75,21 @@ impl Store {
     /// process that shares the store.
     pub(crate) fn locked<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
         let _in_process = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _across_processes = fs::lock_file(&self.root.join(LOCK_FILE))?;
+        let _across_processes = fs::lock_file(&self.dir, LOCK_FILE)?;
         change()
     }
 
     /// Removes temp files no live writer holds, in the layout's root and
     /// blob directories. Returns how many files and bytes went.
     pub(crate) fn remove_stale_temps(&self) -> Result<(u64, u64)> {
-        let mut removed = fs::remove_stale_temps(&self.root)?;
+        let mut removed = fs::remove_stale_temps_in(&self.dir)?;
+        let blobs = self.dir.create_sub("blobs")?;
         for dir in self.blob_dirs()? {
-            let (files, bytes) = fs::remove_stale_temps(&dir)?;
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(dir) = blobs.sub(&name.unwrap_or_default())? else {
+                continue;
+            };
+            let (files, bytes) = fs::remove_stale_temps_in(&dir)?;
             removed = (removed.0 + files, removed.1 + bytes);
         }
         Ok(removed)
@@ -84,6 +102,15 @@ impl Store {
 
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
+    }
+
+    /// `blobs/<alg>`, never through a link; `None` if missing and not `create`.
+    fn blob_dir(&self, algorithm: &str, create: bool) -> Result<Option<Dir>> {
+        let blobs = self.dir.create_sub("blobs")?;
+        if create {
+            return blobs.create_sub(algorithm).map(Some);
+        }
+        blobs.sub(algorithm)
     }
 
     /// Where the blob `digest` lives (whether or not it is there).
@@ -110,38 +137,43 @@ impl Store {
     }
 
     /// The content of blob `digest`, verified, or `None` if the store lacks it.
+    /// Anything but a regular file there counts as missing.
     pub(crate) fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
         let path = self.blob_path(digest);
-        let content = match std::fs::read(&path) {
-            Ok(content) => content,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("reading", &path, e)),
+        let Some(dir) = self.blob_dir(digest.algorithm(), false)? else {
+            return Ok(None);
+        };
+        let Some(content) = dir.read_regular(digest.hex())? else {
+            return Ok(None);
         };
         digest.verify(&content, &format!("store blob {}", path.display()))?;
         Ok(Some(content))
     }
 
     /// The blob `digest` opened for reading, or `None` if the store lacks it.
-    /// The caller verifies what it reads.
+    /// The caller verifies what it reads. Anything but a regular file there
+    /// counts as missing.
     pub(crate) fn open_blob(&self, digest: &Digest) -> Result<Option<File>> {
-        fs::open_if_exists(&self.blob_path(digest))
+        match self.blob_dir(digest.algorithm(), false)? {
+            Some(dir) => dir.open_regular(digest.hex()),
+            None => Ok(None),
+        }
     }
 
     /// Stores `content`, which the caller has verified to be `digest`.
+    /// A link or FIFO in its place is replaced.
     pub(crate) fn write_blob(&self, digest: &Digest, content: &[u8]) -> Result<()> {
-        let path = self.blob_path(digest);
-        if path.exists() {
+        let dir = self.blob_dir(digest.algorithm(), true)?.expect("created");
+        if dir.open_regular(digest.hex())?.is_some() {
             return Ok(());
         }
-        fs::create_dir_all(path.parent().expect("blob paths have a parent"))?;
-        fs::write_atomic(&path, content, CONTENT_MODE)
+        fs::write_atomic(&dir, digest.hex(), content, CONTENT_MODE, self.reserve)
     }
 
     /// Starts writing blob `digest`; the caller commits it once verified.
     pub(crate) fn ingest(&self, digest: &Digest) -> Result<PendingFile> {
-        let path = self.blob_path(digest);
-        fs::create_dir_all(path.parent().expect("blob paths have a parent"))?;
-        PendingFile::create(path, CONTENT_MODE)
+        let dir = self.blob_dir(digest.algorithm(), true)?.expect("created");
+        PendingFile::create(&dir, digest.hex(), CONTENT_MODE, self.reserve)
     }
 
     /// Stores `blobs` (verified by the caller), then records `top` in
@@ -216,13 +248,22 @@ impl Store {
 
     fn read_index(&self) -> Result<Value> {
         let path = self.index_path();
-        let content = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let content = self
+            .dir
+            .read_regular("index.json")?
+            .ok_or_else(|| Error::Io(format!("{} is missing or not a file", path.display())))?;
         serde_json::from_slice(&content).map_err(|e| self.malformed_index(&e.to_string()))
     }
 
     fn write_index(&self, index: &Value) -> Result<()> {
         let content = serde_json::to_vec(index).expect("JSON values serialize");
-        fs::write_atomic(&self.index_path(), &content, MUTABLE_MODE)
+        fs::write_atomic(
+            &self.dir,
+            "index.json",
+            &content,
+            MUTABLE_MODE,
+            Reserve::OFF,
+        )
     }
 
     fn malformed_index(&self, why: &str) -> Error {
@@ -273,7 +314,7 @@ mod tests {
     #[test]
     fn tags_replace_their_own_entry_and_keep_others() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), Reserve::default()).unwrap();
         let foreign = r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:ab","size":1,"annotations":{"org.opencontainers.image.ref.name":"other"},"vendor":{"k":1}}]}"#;
         std::fs::write(dir.path().join("index.json"), foreign).unwrap();
 
@@ -296,7 +337,7 @@ mod tests {
     #[test]
     fn read_blob_verifies_content() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), Reserve::default()).unwrap();
         let digest = Digest::sha256_of(b"content");
         assert_eq!(store.read_blob(&digest).unwrap(), None);
         store.write_blob(&digest, b"content").unwrap();
