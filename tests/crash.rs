@@ -3,7 +3,10 @@
 //! `index.json` that parses, and temp files the next open or a prune
 //! removes; eight processes pulling overlapping images into one store and
 //! one `dst` at once, watched by a reader that never sees a torn
-//! `index.json`, end with every reference recorded and every file verified. The test binary re-runs itself as the pulling child.
+//! `index.json`, end with every reference recorded and every file verified;
+//! pulls killed again and again into one store and `dst` leave no temp file
+//! with content once the next pull completes. The test binary re-runs
+//! itself as the pulling child.
 
 mod common;
 
@@ -252,4 +255,88 @@ async fn eight_processes_share_one_store_and_dst() {
     assert_eq!(verified.corrupt, Vec::<PathBuf>::new());
     // 6 distinct layer blobs, 3 configs and 3 manifests.
     assert_eq!(verified.checked, 12 + tars.len() as u64);
+}
+
+/// The temp files under `dirs` that hold data.
+fn temps_with_content(dirs: &[&Path]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|dir| files_under(dir))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
+    let name = "killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    let registry = Registry::start();
+    let host = registry.host();
+    let pushed = push_noise_image(&host, "garbage", &[21, 22, 23].map(|seed| (seed, 1 << 19)));
+    let refs = [format!("{host}/garbage:v1")];
+    let work = tempfile::tempdir().unwrap();
+    let (store, dst) = (work.path().join("store"), work.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    // Each run starts as a restarted runtime whose pull never finished:
+    // no layer tar or layer blob yet, so every run writes temp files.
+    let unfinished = || {
+        for diff_id in &pushed.diff_ids {
+            let _ = std::fs::remove_file(dst.join("sha256").join(&diff_id[7..]));
+        }
+        for digest in &pushed.layer_digests {
+            let _ = std::fs::remove_file(store.join("blobs/sha256").join(&digest[7..]));
+        }
+    };
+
+    let started = Instant::now();
+    let status = spawn_child(name, &store, &dst, &refs).wait().unwrap();
+    assert!(status.success(), "an uninterrupted child pull failed");
+    let span = started.elapsed();
+
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut most_garbage = 0;
+    for run in 0..20 {
+        unfinished();
+        let mut child = spawn_child(name, &store, &dst, &refs);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(span.mul_f64((seed % 1000) as f64 / 1000.0));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_consistent(&store, &dst, &format!("after kill {run}"));
+        most_garbage = most_garbage.max(temps_with_content(&[&store, &dst]).len());
+    }
+    assert!(
+        most_garbage > 0,
+        "no kill left a temp file: the test proves nothing"
+    );
+
+    // One complete pull, as the restarted runtime would make.
+    unfinished();
+    let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
+    let image = cache.fetch_image(&refs[0], None).await.unwrap();
+    let mut files = cache.rootfs(&image, &dst).await.unwrap();
+    for (index, file) in files.iter_mut().enumerate() {
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(file, &mut content).unwrap();
+        assert_bytes(
+            &content,
+            &pushed.layers[index].tar,
+            "layer after the complete pull",
+        );
+    }
+    assert_consistent(&store, &dst, "after the complete pull");
+    assert_eq!(
+        temps_with_content(&[&store, &dst]),
+        Vec::<PathBuf>::new(),
+        "temp files with content after one complete pull"
+    );
 }
