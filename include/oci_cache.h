@@ -391,6 +391,13 @@ oci_status oci_cache_options_set_keep_layer_blobs(oci_cache_options *options, bo
 // decompression bombs.
 oci_status oci_cache_options_set_max_layer_size(oci_cache_options *options, uint64_t bytes);
 
+// The free space, in bytes, that every layer tar and store blob write
+// leaves on its file system. Default (without this call): 5% of the file
+// system or 1 GiB, whichever is smaller; 0 turns the reserve off. A write
+// that would eat into it fails with `OCI_E_IO` naming the reserve and
+// leaves nothing behind, instead of filling the disk.
+oci_status oci_cache_options_set_free_space_reserve(oci_cache_options *options, uint64_t bytes);
+
 // How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 // (default 3, at least 1).
 oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *options, size_t layers);

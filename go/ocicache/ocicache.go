@@ -93,6 +93,9 @@ func Version() string {
 	return C.GoString(C.oci_version())
 }
 
+// NoLimit, set in an Options field that documents it, turns that limit off.
+const NoLimit = -1
+
 // Options configures a Cache. The zero value of every field means the
 // library's default.
 type Options struct {
@@ -120,6 +123,13 @@ type Options struct {
 	// MaxLayerSize is the most bytes a layer may uncompress to; a layer
 	// past it fails with ErrInvalidContent. Zero: no limit.
 	MaxLayerSize int64
+
+	// FreeSpaceReserve is the free space, in bytes, that every layer tar
+	// and store blob write leaves on its file system; a write that would
+	// eat into it fails with ErrIO naming the reserve, leaving nothing
+	// behind. Zero: the default, 5% of the file system or 1 GiB, whichever
+	// is smaller. NoLimit (or any negative value): no reserve.
+	FreeSpaceReserve int64
 
 	// Credentials are presented to their registries, overriding any auth
 	// file. Empty: only auth files (see AuthFile).
@@ -273,6 +283,15 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 	if opts.MaxLayerSize > 0 {
 		if st := C.oci_cache_options_set_max_layer_size(copts, C.uint64_t(opts.MaxLayerSize)); st != C.OCI_OK {
 			return statusError(st, fmt.Sprintf("Options.MaxLayerSize %d", opts.MaxLayerSize))
+		}
+	}
+	if opts.FreeSpaceReserve != 0 {
+		reserve := uint64(0) // Negative: off.
+		if opts.FreeSpaceReserve > 0 {
+			reserve = uint64(opts.FreeSpaceReserve)
+		}
+		if st := C.oci_cache_options_set_free_space_reserve(copts, C.uint64_t(reserve)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("Options.FreeSpaceReserve %d", opts.FreeSpaceReserve))
 		}
 	}
 	if opts.DropLayerBlobs {

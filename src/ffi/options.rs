@@ -252,6 +252,22 @@ pub extern "C" fn oci_cache_options_set_max_layer_size(
     })
 }
 
+/// The free space, in bytes, that every layer tar and store blob write
+/// leaves on its file system. Default (without this call): 5% of the file
+/// system or 1 GiB, whichever is smaller; 0 turns the reserve off. A write
+/// that would eat into it fails with `OCI_E_IO` naming the reserve and
+/// leaves nothing behind, instead of filling the disk.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_free_space_reserve(
+    options: *mut oci_cache_options,
+    bytes: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        arg_mut(options, "options")?.update(|o| o.free_space_reserve(bytes));
+        Ok(())
+    })
+}
+
 /// How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 /// (default 3, at least 1).
 #[no_mangle]

@@ -1000,6 +1000,70 @@ static void test_happy_path(oci_cache *cache, const oci_image *app) {
     }
 }
 
+/* Nothing planted in dst is trusted: a FIFO where a layer tar belongs does
+ * not hang oci_rootfs (the fast path opens it without blocking and skips
+ * it), a symlink to a file outside dst is replaced rather than followed,
+ * and both come back as the real layers. Then the free-space reserve
+ * setter: a reserve no disk can keep refuses the write with OCI_E_IO
+ * naming it and leaves nothing; 0 turns it off. 16 checks. */
+static void test_hostile_dst(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_cache_options *options = NULL;
+    oci_cache *strict = NULL, *unlimited = NULL;
+    char dst[PATH_CAP], path[PATH_CAP], outside[PATH_CAP], bare[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    static const char secret[] = "root:$6$secret:19000::::::\n";
+    make_dir(dst, "hostile");
+    snprintf(outside, sizeof outside, "%s/hostile-shadow", cfg.tmp);
+    FILE *f = fopen(outside, "w");
+    REQUIRE(f != NULL && fputs(secret, f) >= 0 && fclose(f) == 0);
+
+    set_context("oci_rootfs with a FIFO and a symlink planted in dst");
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    close_fds(fds, LAYERS);
+    layer_path(path, dst, 0);
+    REQUIRE(unlink(path) == 0 && mkfifo(path, 0666) == 0);
+    layer_path(path, dst, 1);
+    REQUIRE(unlink(path) == 0 && symlink(outside, path) == 0);
+    EXPECT_OK(oci_rootfs(cache, app, dst, NULL, fds, LAYERS, &err), &err);
+    for (size_t i = 0; i < LAYERS; i++) {
+        struct stat st;
+        set_context("layer %zu after the FIFO and the symlink", i);
+        layer_path(path, dst, i);
+        CHECK(lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0444);
+        CHECK(same_content(fds[i], path) &&
+              fstat(fds[i], &st) == 0 && st.st_size == cfg.layers[i].tar_size);
+    }
+    close_fds(fds, LAYERS);
+    {
+        set_context("the file the symlink pointed at");
+        char got[sizeof secret + 16] = {0};
+        int fd = open(outside, O_RDONLY);
+        CHECK(fd >= 0 && read(fd, got, sizeof got) == (ssize_t)strlen(secret) &&
+              strcmp(got, secret) == 0);
+        if (fd >= 0)
+            close(fd);
+    }
+
+    set_context("oci_cache_options_set_free_space_reserve");
+    CHECK(oci_cache_options_set_free_space_reserve(NULL, 0) == OCI_E_INVALID_ARGUMENT);
+    make_dir(bare, "reserve-dst");
+    REQUIRE_OK(oci_cache_options_new(&options), NULL);
+    CHECK(oci_cache_options_set_free_space_reserve(options, UINT64_MAX) == OCI_OK);
+    REQUIRE_OK(oci_cache_new(options, &strict, &err), err);
+    CHECK(oci_cache_options_set_free_space_reserve(options, 0) == OCI_OK);
+    REQUIRE_OK(oci_cache_new(options, &unlimited, &err), err);
+    oci_cache_options_free(options);
+    EXPECT_ERROR(oci_rootfs(strict, app, bare, NULL, fds, LAYERS, &err), OCI_E_IO, &err,
+                 "free-space reserve", "(free_space_reserve)");
+    CHECK(count_regular_files(bare) == 0);
+    EXPECT_OK(oci_rootfs(unlimited, app, bare, NULL, fds, LAYERS, &err), &err);
+    close_fds(fds, LAYERS);
+    CHECK(count_regular_files(bare) == LAYERS);
+    oci_cache_free(strict);
+    oci_cache_free(unlimited);
+}
+
 /* A store told not to keep layer blobs holds the manifest and config only. */
 static void test_lean_store(void) {
     oci_error *err = NULL;
@@ -1592,6 +1656,7 @@ int main(void) {
     TIMED(test_missing_dst(cache, app));
     TIMED(test_cancel(cache, app));
     TIMED(test_happy_path(cache, app));
+    TIMED(test_hostile_dst(cache, app));
     TIMED(test_fetch_layer_range(cache, app));
     TIMED(test_lean_store());
     TIMED(test_cache_management());
