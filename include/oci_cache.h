@@ -242,7 +242,11 @@ oci_status oci_extract_layers(oci_cache *cache, const oci_image *image, const ch
 
 // Like `oci_extract_layers`, but layers already in `dst` are opened without
 // touching the network; only missing ones are fetched. The warm path of a
-// container start.
+// container start. Only regular files are handed out, opened without
+// following a link or blocking on a FIFO: a symlink, FIFO, socket or
+// device at a layer's path counts as missing and is replaced by the
+// fetched layer; a directory there fails with `OCI_E_IO` naming it, as
+// does a symlink in place of `dst/sha256`.
 oci_status oci_rootfs(oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
 
 // Stores in `*list_out` the images the cache's store records in its

@@ -535,7 +535,11 @@ impl ImageCache {
 
     /// Files for every layer of `image`, bottom first: layers already in
     /// `dst` are opened without touching the network, missing ones are
-    /// fetched and extracted. `dst` must exist.
+    /// fetched and extracted. `dst` must exist. Only regular files are
+    /// handed out (see [`rootfs_cached`](Self::rootfs_cached)): anything
+    /// else at a layer's path is replaced by the fetched layer, except a
+    /// directory, which fails with [`Error::Io`] naming it, as does a
+    /// symlink in place of `dst/sha256`.
     pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
         self.extract_all(image, dst, true).await
     }

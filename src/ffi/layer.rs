@@ -153,7 +153,11 @@ pub extern "C" fn oci_extract_layers(
 
 /// Like `oci_extract_layers`, but layers already in `dst` are opened without
 /// touching the network; only missing ones are fetched. The warm path of a
-/// container start.
+/// container start. Only regular files are handed out, opened without
+/// following a link or blocking on a FIFO: a symlink, FIFO, socket or
+/// device at a layer's path counts as missing and is replaced by the
+/// fetched layer; a directory there fails with `OCI_E_IO` naming it, as
+/// does a symlink in place of `dst/sha256`.
 #[no_mangle]
 pub extern "C" fn oci_rootfs(
     cache: *mut oci_cache,
