@@ -707,6 +707,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_regular_files_are_opened_and_temps_go_on_drop() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = Dir::open(work.path()).unwrap();
+        let sub = dir.create_sub("sha256").unwrap();
+        std::fs::write(sub.join("file"), b"data").unwrap();
+        std::os::unix::fs::symlink(sub.join("file"), sub.join("link")).unwrap();
+        std::os::unix::fs::symlink(work.path(), dir.join("linked")).unwrap();
+        std::fs::create_dir(sub.join("dir")).unwrap();
+        let fifo = CString::new(sub.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+        let mut file = sub.open_regular("file").unwrap().unwrap();
+        let mut content = Vec::new();
+        file.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"data");
+        // SAFETY: F_GETFL on a descriptor `file` owns.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "O_NONBLOCK is cleared");
+        for other in ["link", "dir", "fifo", "missing"] {
+            assert!(sub.open_regular(other).unwrap().is_none(), "{other}");
+        }
+        let Err(Error::Io(msg)) = dir.sub("linked") else {
+            panic!("a linked directory was opened")
+        };
+        assert!(msg.contains("symbolic link"), "{msg}");
+
+        let mut pending = PendingFile::create(&sub, "new", CONTENT_MODE, Reserve::OFF).unwrap();
+        pending.write_all(b"abc").unwrap();
+        drop(pending);
+        let mut names = sub.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["dir", "fifo", "file", "link"]);
+    }
+
+    #[test]
     fn reserve_sizes_read_well() {
         assert_eq!(human(1 << 30), "1 GiB");
         assert_eq!(human(3_355_443), "3.2 MiB");
