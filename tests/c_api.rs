@@ -19,7 +19,7 @@ use common::*;
 /// The checks `tests/c/api_test.c` runs when nothing is skipped. Keep it in
 /// step with that file: the count is what shows that no check silently
 /// stopped running.
-const API_TEST_CHECKS: usize = 357;
+const API_TEST_CHECKS: usize = 386;
 
 const ODD_MEDIA_TYPE: &str = "application/vnd.example.layer.v1.tar+lz4";
 
@@ -334,7 +334,14 @@ fn assert_api_test(ran: &Run, tmp: &Path, host: &str, app: &PushedImage, what: &
         ran.describe()
     );
     // The files the C side checked by fd are the layers, byte for byte.
-    for dir in ["happy", "free-order", "fork", "fd-growth", "threads"] {
+    for dir in [
+        "happy",
+        "free-order",
+        "fork",
+        "fd-growth",
+        "threads",
+        "free-in-callback",
+    ] {
         assert_app_layers(&tmp.join(dir), app);
     }
     // Its cache kept a store, recording what it fetched by reference.
