@@ -139,7 +139,9 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // The caller's array or buffer is too small; the message gives the size needed.
 #define OCI_E_BUFFER_TOO_SMALL -11
 
-// A handle was used in a child process after `fork()`.
+// A handle was used in a child process after `fork()`: told by the pid and
+// a count of forks, so also in a child that has its parent's pid (pid 1 of
+// a new pid namespace).
 #define OCI_E_FORKED -12
 
 // A bug in the library (a Rust panic) caught at the boundary.
