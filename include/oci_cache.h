@@ -41,7 +41,8 @@
 // An image cache: a local store, the registries behind it, and the runtime
 // its calls run on. Thread-safe: share it between threads freely. Images
 // and readers made from it keep what they need alive, so it may be freed
-// before them.
+// before them; every call holds a reference to it while it runs, so it may
+// be freed from another thread or a progress callback during a call.
 typedef struct oci_cache oci_cache;
 
 // Settings for `oci_cache_new`. A builder: every setting has a default and
@@ -138,7 +139,9 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // The caller's array or buffer is too small; the message gives the size needed.
 #define OCI_E_BUFFER_TOO_SMALL -11
 
-// A handle was used in a child process after `fork()`.
+// A handle was used in a child process after `fork()`: told by the pid and
+// a count of forks, so also in a child that has its parent's pid (pid 1 of
+// a new pid namespace).
 #define OCI_E_FORKED -12
 
 // A bug in the library (a Rust panic) caught at the boundary.
@@ -153,8 +156,10 @@ extern "C" {
 oci_status oci_cache_new(const oci_cache_options *options, oci_cache **cache_out, oci_error **err_out);
 
 // Releases the caller's reference to `cache`. Images and readers made from
-// it stay usable; the runtime stops when the last of them is freed. NULL
-// is a no-op.
+// it stay usable; the runtime stops when the last of them is freed. Calls
+// running on `cache` in other threads, or the call whose progress callback
+// this is, hold their own reference: they complete normally. NULL is a
+// no-op.
 void oci_cache_free(oci_cache *cache);
 
 // Writes the digest `reference` names (`"sha256:<hex>"`, NUL-terminated)
@@ -219,10 +224,12 @@ oci_status oci_fetch_layer(oci_cache *cache, const oci_image *image, size_t inde
 // Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
 // The cancel token of the options given to `oci_fetch_layer` applies to
 // every read.
-// `*n_out == 0` means the end of the layer, reported only after the blob's
-// digest and size and the tar's diff_id were verified; a mismatch is an
-// error (`OCI_E_DIGEST_MISMATCH`), never an end. After an error every read
-// fails the same way.
+// `*n_out == 0` means the end of the layer, and nothing else: it is
+// reported only after the blob's digest and size and the tar's diff_id
+// were verified; a mismatch is an error (`OCI_E_DIGEST_MISMATCH`), and a
+// failure inside the library (`OCI_E_INTERNAL`) too, never an end. `cap`
+// must be at least 1: `cap == 0` is `OCI_E_INVALID_ARGUMENT`. After an
+// error from the layer, every read fails the same way.
 oci_status oci_layer_reader_read(oci_layer_reader *reader, uint8_t *buf, size_t cap, size_t *n_out, oci_error **err_out);
 
 // Frees `reader`, stopping its download. NULL is a no-op.

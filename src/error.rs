@@ -35,6 +35,11 @@ pub enum Error {
     /// A deadline or stall timeout expired.
     #[error("timeout: {0}")]
     Timeout(String),
+    /// A panic caught inside the library, e.g. in a progress callback or a
+    /// worker thread: reported as an error rather than taken as the end of
+    /// the work.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Shorthand for results of this library.
@@ -61,8 +66,22 @@ impl Error {
         }
     }
 
+    /// The error for a panic caught while doing `what`, with its message.
+    pub(crate) fn panicked(what: &str, panic: &(dyn std::any::Any + Send)) -> Error {
+        Error::Internal(format!("{what} panicked: {}", panic_message(panic)))
+    }
+
     /// Wraps this error so it can travel through `io::Read` and come back out intact.
     pub(crate) fn into_io(self) -> std::io::Error {
         std::io::Error::other(self)
     }
+}
+
+/// The text a panic was raised with, when it has one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,7 +118,8 @@ pub(crate) async fn extract(
     let _abandon = Abandon(input.abandoned.clone(), input.feeder.clone());
     let running = Work::enter();
     let abandoned = input.abandoned.clone();
-    blocking(move || {
+    let what = format!("{}: extracting", check.what);
+    blocking(&what, move || {
         let _running = running;
         let dir = Dir::open(&target.dst)?.create_sub(check.diff_id.algorithm())?;
         if target.sweep {
@@ -147,14 +149,24 @@ pub(crate) async fn extract(
 }
 
 /// Streams the uncompressed layer. The stream ends only after both digests
-/// matched; a mismatch is an error, never an end of stream.
+/// matched; a mismatch is an error, never an end of stream, and so is a
+/// panic in the worker (a progress callback's, say): the reader gets
+/// [`Error::Internal`].
 pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -> LayerReader {
     let input = Input::start(blob, copy, &check);
     let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
     let failure = sender.clone();
     tokio::task::spawn_blocking(move || {
-        let outcome = unpack(&check, input, ChannelWriter(sender))
-            .and_then(|(_, copy)| copy.map_or(Ok(()), PendingFile::commit));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            unpack(&check, input, ChannelWriter(sender))
+                .and_then(|(_, copy)| copy.map_or(Ok(()), PendingFile::commit))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::panicked(
+                &format!("{}: streaming", check.what),
+                &*panic,
+            ))
+        });
         if let Err(err) = outcome {
             // Nobody is left to tell if the reader is gone.
             let _ = failure.blocking_send(Err(err.into_io()));
@@ -187,13 +199,16 @@ impl Drop for Abandon {
     }
 }
 
-/// Runs `work` on a blocking thread; a panic there goes on in the caller.
+/// Runs `work` on a blocking thread; a panic there (a progress callback's,
+/// say) is an [`Error::Internal`] naming `what`, after the work's temp files
+/// were dropped by the unwinding.
 async fn blocking<T: Send + 'static>(
+    what: &str,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) if err.is_panic() => Err(Error::panicked(what, &*err.into_panic())),
         Err(_) => Err(Error::Canceled(
             "the runtime shut down during extraction".into(),
         )),
@@ -445,7 +460,9 @@ impl Write for ChannelWriter {
 ///
 /// Read errors are `io::Error`s that wrap an [`Error`]; get it back with
 /// `err.get_ref().and_then(|e| e.downcast_ref::<oci_cache::Error>())`. An
-/// error is final: every later read returns it again.
+/// error is final: every later read returns it again. A read returns 0 (the
+/// end) only once the layer was verified: a panic in the work behind it (a
+/// progress callback's) is [`Error::Internal`], never an end.
 pub struct LayerReader {
     receiver: mpsc::Receiver<io::Result<Bytes>>,
     chunk: Bytes,
@@ -482,6 +499,113 @@ impl AsyncRead for LayerReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A plain-tar layer of `content` held in a local file, whose progress
+    /// callback panics at the first report `panic_at` accepts.
+    fn panicking_layer(content: &[u8], panic_at: fn(&Progress) -> bool) -> (LayerCheck, Blob) {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(content).unwrap();
+        io::Seek::rewind(&mut file).unwrap();
+        let digest = Digest::sha256_of(content);
+        let check = LayerCheck {
+            what: "layer 0 of test".into(),
+            index: 0,
+            digest: digest.clone(),
+            size: content.len() as u64,
+            diff_id: digest,
+            compression: Compression::None,
+            max_size: None,
+            progress: Some(Arc::new(move |report: &Progress| {
+                if panic_at(report) {
+                    panic!("progress callback failed on purpose");
+                }
+            })),
+        };
+        (check, Blob::Local(file))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_panic_in_the_stream_worker_is_an_internal_error_not_an_end() {
+        // Big enough for several reports: the panic comes at the first one,
+        // mid-layer, and at the last one, after every byte went out, where
+        // a dropped channel would look most like a complete layer.
+        let content = vec![7u8; 3 * OUTPUT_BUFFER + 5];
+        let first: fn(&Progress) -> bool = |_| true;
+        let last: fn(&Progress) -> bool = |p| p.written_total.is_some();
+        for (when, panic_at) in [("first", first), ("last", last)] {
+            let (check, blob) = panicking_layer(&content, panic_at);
+            let runtime = runtime();
+            let (read, result) = runtime.block_on(async {
+                let mut reader = stream(check, blob, None);
+                let mut read = Vec::new();
+                let result = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    reader.read_to_end(&mut read),
+                )
+                .await
+                .expect("the reader ends");
+                // Once failed, every read fails the same way.
+                let again = reader.read(&mut [0; 16]).await;
+                assert!(again.is_err(), "read after the error: {again:?}");
+                (read, result)
+            });
+            let err = result.expect_err("a panicked worker must not end the stream cleanly");
+            let err = Error::from_io(err, |e| panic!("not a library error: {e}"));
+            let Error::Internal(message) = &err else {
+                panic!("panic at the {when} report: {err:?}, want Error::Internal")
+            };
+            assert!(
+                message.contains("layer 0 of test: streaming panicked")
+                    && message.contains("progress callback failed on purpose"),
+                "{message}"
+            );
+            assert!(
+                content.starts_with(&read),
+                "{when}: {} bytes read",
+                read.len()
+            );
+            if when == "last" {
+                assert_eq!(read.len(), content.len(), "every byte went out first");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_extract_worker_is_an_internal_error_leaving_nothing() {
+        let content = vec![9u8; 2 * OUTPUT_BUFFER];
+        let dst = tempfile::tempdir().unwrap();
+        let (check, blob) = panicking_layer(&content, |p| p.written > 0);
+        let diff_id = check.diff_id.clone();
+        let target = Target {
+            dst: dst.path().to_owned(),
+            reserve: crate::fs::Reserve::OFF,
+            sweep: false,
+        };
+        let result = runtime().block_on(extract(check, blob, None, target));
+        let Err(Error::Internal(message)) = &result else {
+            panic!("{result:?}, want Error::Internal")
+        };
+        assert!(
+            message.contains("layer 0 of test: extracting panicked")
+                && message.contains("progress callback failed on purpose"),
+            "{message}"
+        );
+        assert!(!tar_path(dst.path(), &diff_id).exists());
+        let left: Vec<_> = std::fs::read_dir(dst.path().join("sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 
     #[test]
     fn every_layer_media_type_maps_to_its_compression() {

@@ -47,6 +47,7 @@ fn split(err: &Error) -> (&'static str, &str) {
         Error::Io(m) => ("Io", m),
         Error::Canceled(m) => ("Canceled", m),
         Error::Timeout(m) => ("Timeout", m),
+        Error::Internal(m) => ("Internal", m),
     }
 }
 

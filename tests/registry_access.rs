@@ -1142,6 +1142,72 @@ async fn progress_counts_layers_read_from_the_store() {
     check_progress(&take(&events), &pushed, &[0, 1]);
 }
 
+/// A progress callback that panics fails the call with `Error::Internal`
+/// naming the panic, from every layer call: never a panic in the caller,
+/// never a clean end of a streamed layer, and nothing left in `dst`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_progress_callback_is_an_internal_error() {
+    let registry = Registry::start();
+    let big_tar = tar_layer(&[("big.bin", noise(5, 1 << 20).as_slice())]);
+    push_image_to(
+        &registry.endpoint(),
+        "panics",
+        Some("v1"),
+        vec![FixtureLayer::gzip(big_tar)],
+        false,
+        PLATFORM,
+    );
+    let reference = format!("{}/panics:v1", registry.host());
+    let cache = new_cache(CacheOptions::new());
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    // Half way through the layer, so that bytes were already streamed.
+    let scoped = cache.with_call_options(CallOptions::new().progress(|p: &Progress| {
+        if p.written > 0 && p.written_total.is_none() {
+            panic!("the progress callback gave up");
+        }
+    }));
+    let internal = |what: &str, err: Error| match err {
+        Error::Internal(message) => assert!(
+            message.contains("panicked") && message.contains("the progress callback gave up"),
+            "{what}: {message}"
+        ),
+        other => panic!("{what}: {other:?}, want Error::Internal"),
+    };
+    let dst = tempfile::tempdir().unwrap();
+    let err = within("rootfs", scoped.rootfs(&image, dst.path())).await;
+    internal("rootfs", err.unwrap_err());
+    let err = within("extract_layers", scoped.extract_layers(&image, dst.path())).await;
+    internal("extract_layers", err.unwrap_err());
+    let err = within("extract_layer", scoped.extract_layer(&image, 0, dst.path())).await;
+    internal("extract_layer", err.unwrap_err());
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+
+    let mut reader = within("fetch_layer", scoped.fetch_layer(&image, 0))
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let err = within(
+        "reading",
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut read),
+    )
+    .await
+    .expect_err("a stream whose worker panicked must not end cleanly");
+    let err = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .cloned()
+        .unwrap_or_else(|| panic!("not a library error: {err:?}"));
+    internal("fetch_layer", err);
+    assert!(read.len() < (1 << 20), "{} bytes streamed", read.len());
+
+    // The cache is fine afterwards.
+    within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // The C API: tests/c/call_options_test.c
 

@@ -49,6 +49,23 @@ const (
 // Without any of them the library gets NULL options, as before they
 // existed.
 func (c *Cache) withCall(ctx context.Context, withProgress bool, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
+	return c.withCallExtras(ctx, withProgress, callExtras{}, call)
+}
+
+// callExtras is what some calls add to withCall's plumbing.
+type callExtras struct {
+	// discard releases what a successful call handed out (fds, a handle)
+	// when the progress function panicked: the panic goes on to the
+	// caller, who never sees those results, so they must not leak.
+	discard func()
+	// cancel, if not nil, is the cancel token the call gets instead of one
+	// made for it: one that outlives the call (a layer reader's, which the
+	// library keeps). ctx still triggers it while the call runs.
+	cancel *C.oci_cancel
+}
+
+// withCallExtras is withCall with extras.
+func (c *Cache) withCallExtras(ctx context.Context, withProgress bool, extras callExtras, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
 	if err := ctx.Err(); err != nil {
 		return contextError(err)
 	}
@@ -62,7 +79,7 @@ func (c *Cache) withCall(ctx context.Context, withProgress bool, call func(opts 
 	done := ctx.Done()
 
 	var opts *C.oci_call_options
-	if done != nil || hasDeadline || progress != nil || c.stallMS > 0 {
+	if done != nil || hasDeadline || progress != nil || c.stallMS > 0 || extras.cancel != nil {
 		if st := C.oci_call_options_new(&opts); st != C.OCI_OK {
 			return statusError(st, "oci_call_options_new")
 		}
@@ -84,15 +101,19 @@ func (c *Cache) withCall(ctx context.Context, withProgress bool, call func(opts 
 			return statusError(st, "oci_call_options_set_progress")
 		}
 	}
-	if done != nil {
-		var cancel *C.oci_cancel
+	cancel := extras.cancel
+	if cancel == nil && done != nil {
 		if st := C.oci_cancel_new(&cancel); st != C.OCI_OK {
 			return statusError(st, "oci_cancel_new")
 		}
 		defer C.oci_cancel_free(cancel)
+	}
+	if cancel != nil {
 		if st := C.oci_call_options_set_cancel(opts, cancel); st != C.OCI_OK {
 			return statusError(st, "oci_call_options_set_cancel")
 		}
+	}
+	if done != nil {
 		stop := make(chan struct{})
 		exited := make(chan struct{})
 		go func() {
@@ -128,9 +149,14 @@ func (c *Cache) withCall(ctx context.Context, withProgress bool, call func(opts 
 	if progress != nil && progress.panicked {
 		// The progress function panicked; it was stopped at the C boundary
 		// (a panic must not unwind through the library's frames) and the
-		// call canceled. Resume it here, in the caller's goroutine.
+		// call canceled. Resume it here, in the caller's goroutine. A call
+		// can still have succeeded (the panic came from a report delivered
+		// as it finished): what it handed out is released first.
 		if cerr != nil {
 			C.oci_error_free(cerr)
+		}
+		if st == C.OCI_OK && extras.discard != nil {
+			extras.discard()
 		}
 		panic(progress.panicValue)
 	}

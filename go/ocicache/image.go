@@ -18,6 +18,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"unsafe"
 )
 
@@ -95,7 +97,8 @@ func (c *Cache) FetchImage(ctx context.Context, ref, platform string) (*Image, e
 		defer C.free(unsafe.Pointer(cplatform))
 	}
 	var cimg *C.oci_image
-	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	discard := func() { C.oci_image_free(cimg) }
+	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_image(ptr, cref, cplatform, opts, &cimg, errOut)
 	})
 	if err != nil {
@@ -182,7 +185,8 @@ func (c *Cache) ExtractLayer(ctx context.Context, dst string, img *Image, index 
 	}
 	defer C.free(unsafe.Pointer(cdst))
 	var fd C.int
-	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	discard := func() { syscall.Close(int(fd)) }
+	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_extract_layer(cp, ip, C.size_t(index), cdst, opts, &fd, errOut)
 	})
 	if err != nil {
@@ -212,7 +216,12 @@ func (c *Cache) layerFiles(ctx context.Context, dst string, img *Image, call lay
 	// even for an image without layers). Go memory holding no Go pointers,
 	// written only during the call: fine by cgo's pointer rules.
 	fds := make([]C.int, n+1)
-	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	discard := func() {
+		for _, fd := range fds[:n] {
+			syscall.Close(int(fd))
+		}
+	}
+	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return call(cp, ip, cdst, opts, &fds[0], C.size_t(n), errOut)
 	})
 	if err != nil {
@@ -237,16 +246,18 @@ func layerPath(dst, diffID string) string {
 // FetchLayer starts streaming layer index of img, uncompressed. The reader
 // reports io.EOF only after the blob's digest and size and the tar's
 // diff_id were verified; a mismatch is an error matching ErrDigestMismatch.
-// Close the reader to stop the download.
+// Close the reader to stop the download: Close from another goroutine also
+// ends a Read waiting for the network, which then fails with an error
+// matching ErrClosed.
 //
 // ctx bounds the start of the download and is checked before every Read:
 // once it is done, Read fails with an error matching ErrCanceled and
-// ctx.Err(). A Read already waiting for the network is not interrupted
-// (this package stops watching ctx when FetchLayer returns), so a stalled
-// registry holds it until data, an error or the end arrives, or until
-// Options.StallTimeout ends it; set one when reading from a registry you
-// do not trust to keep sending. ctx's deadline is the library's deadline
-// for the start only. WithProgress reports nothing for FetchLayer.
+// ctx.Err(). A Read already waiting for the network is not interrupted by
+// ctx (this package stops watching ctx when FetchLayer returns), so a
+// stalled registry holds it until data, an error or the end arrives, until
+// Options.StallTimeout ends it, or until Close. ctx's deadline is the
+// library's deadline for the start only. WithProgress reports nothing for
+// FetchLayer.
 func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadCloser, error) {
 	if index < 0 {
 		return nil, invalidArgument("negative layer index")
@@ -257,14 +268,21 @@ func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadC
 	}
 	defer release()
 
+	// The reader's own token, which the library keeps with the reader and
+	// watches during every read: Close triggers it.
+	var cancel *C.oci_cancel
+	if st := C.oci_cancel_new(&cancel); st != C.OCI_OK {
+		return nil, statusError(st, "oci_cancel_new")
+	}
 	var reader *C.oci_layer_reader
-	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCallExtras(ctx, ignoreProgress, callExtras{cancel: cancel}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_layer(cp, ip, C.size_t(index), opts, &reader, errOut)
 	})
 	if err != nil {
+		C.oci_cancel_free(cancel)
 		return nil, err
 	}
-	r := &layerReader{ctx: ctx, ptr: reader}
+	r := &layerReader{ctx: ctx, ptr: reader, cancel: cancel}
 	runtime.SetFinalizer(r, (*layerReader).Close)
 	return r, nil
 }
@@ -273,11 +291,19 @@ func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadC
 // needs of the cache and image alive, so it does not lock them.
 type layerReader struct {
 	ctx context.Context
-	// mu serializes Read and Close: the C reader is for one thread at a
-	// time, and freeing it under a read would be a use after free.
+	// mu serializes Read and the free in Close: the C reader is for one
+	// thread at a time, and freeing it under a read would be a use after
+	// free.
 	mu  sync.Mutex
 	ptr *C.oci_layer_reader
 	eof bool
+
+	// cancelMu guards cancel, the reader's token, which Close triggers
+	// before it waits for mu, so that a Read stuck on the network returns.
+	cancelMu sync.Mutex
+	cancel   *C.oci_cancel
+	// closing is set once Close began: a Read it stopped says ErrClosed.
+	closing atomic.Bool
 }
 
 // readChunk bounds one C read, so a huge p cannot make a single
@@ -298,7 +324,8 @@ func (r *layerReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if len(p) == 0 {
-		// The library's zero count means the end, so never ask for zero.
+		// The library refuses a read of zero bytes (its zero count means
+		// only the end), and io.Reader allows (0, nil).
 		return 0, nil
 	}
 	if err := r.ctx.Err(); err != nil {
@@ -312,6 +339,10 @@ func (r *layerReader) Read(p []byte) (int, error) {
 	var n C.size_t
 	var cerr *C.oci_error
 	st := C.oci_layer_reader_read(r.ptr, (*C.uint8_t)(unsafe.Pointer(&p[0])), C.size_t(len(p)), &n, &cerr)
+	if st == C.OCI_E_CANCELED && r.closing.Load() {
+		C.oci_error_free(cerr)
+		return 0, closedError("layer reader")
+	}
 	if st != C.OCI_OK {
 		return 0, takeError(st, cerr)
 	}
@@ -323,8 +354,17 @@ func (r *layerReader) Read(p []byte) (int, error) {
 }
 
 // Close implements io.Closer: it frees the reader, stopping its download.
-// Closing twice is a no-op.
+// A Read running in another goroutine is stopped first (it fails with an
+// error matching ErrClosed); Close waits for it to return. Closing twice is
+// a no-op.
 func (r *layerReader) Close() error {
+	r.cancelMu.Lock()
+	if r.cancel != nil {
+		r.closing.Store(true)
+		C.oci_cancel_trigger(r.cancel)
+	}
+	r.cancelMu.Unlock()
+
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ptr != nil {
@@ -332,5 +372,11 @@ func (r *layerReader) Close() error {
 		r.ptr = nil
 		runtime.SetFinalizer(r, nil)
 	}
+	r.cancelMu.Lock()
+	if r.cancel != nil {
+		C.oci_cancel_free(r.cancel)
+		r.cancel = nil
+	}
+	r.cancelMu.Unlock()
 	return nil
 }

@@ -61,7 +61,9 @@ type progressKey struct{}
 // which the library demands (a blocking call from inside its callback
 // would deadlock). Nor may fn call runtime.Goexit (t.Fatal in a test). A
 // panic in fn cancels the call and is raised again, in the same
-// goroutine, once the library returned.
+// goroutine, once the library returned; the call returns nothing then, and
+// what it had made is released first (the files of a RootFS that finished
+// anyway are closed, never leaked).
 //
 // A nil fn removes the function given by a parent context.
 func WithProgress(ctx context.Context, fn func(Progress) bool) context.Context {

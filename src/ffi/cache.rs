@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::options::{oci_cache_options, oci_call_options, oci_cancel, ProgressCallback};
 use super::{
-    arg, boundary, check_pid, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome,
+    arg, boundary, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome, Process,
     OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
 use crate::cache::{Image, ImageCache};
@@ -23,12 +23,13 @@ use crate::error::Error;
 /// An image cache: a local store, the registries behind it, and the runtime
 /// its calls run on. Thread-safe: share it between threads freely. Images
 /// and readers made from it keep what they need alive, so it may be freed
-/// before them.
+/// before them; every call holds a reference to it while it runs, so it may
+/// be freed from another thread or a progress callback during a call.
 pub struct oci_cache {
     pub(crate) cache: ImageCache,
     runtime: OnceCell<Runtime>,
     worker_threads: usize,
-    pid: u32,
+    owner: Process,
 }
 
 /// What the calling thread watches while a call runs: the call's cancel
@@ -98,7 +99,7 @@ impl oci_cache {
         dst: &Path,
         options: *const oci_call_options,
     ) -> Outcome<Option<Vec<File>>> {
-        check_pid(self.pid)?;
+        self.owner.check()?;
         // SAFETY: NULL or call options handed out by oci_call_options_new.
         let options = unsafe { options.as_ref() };
         if options
@@ -119,7 +120,7 @@ impl oci_cache {
         watch: Watch,
         work: impl Future<Output = crate::Result<T>>,
     ) -> Outcome<T> {
-        check_pid(self.pid)?;
+        self.owner.check()?;
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Failure::invalid(
                 "a blocking oci-cache call was made from inside an async runtime or a callback; it would deadlock",
@@ -192,12 +193,18 @@ impl oci_cache {
 
 impl Drop for oci_cache {
     fn drop(&mut self) {
-        // A forked child has none of the runtime's threads: shutting it down
-        // would wait for them forever. Leak it instead.
-        if std::process::id() != self.pid {
-            if let Some(runtime) = self.runtime.take() {
-                std::mem::forget(runtime);
-            }
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        if !self.owner.is_current() {
+            // A forked child has none of the runtime's threads: shutting it
+            // down would wait for them forever. Leak it instead.
+            std::mem::forget(runtime);
+        } else if tokio::runtime::Handle::try_current().is_ok() {
+            // The last reference went inside an async context (a runtime
+            // thread, or a callback run inside a call), where tokio panics
+            // on a runtime's blocking drop: stop it without waiting.
+            runtime.shutdown_background();
         }
     }
 }
@@ -219,7 +226,7 @@ pub extern "C" fn oci_cache_new(
             cache: ImageCache::new(options.options.clone())?,
             runtime: OnceCell::new(),
             worker_threads: options.worker_threads,
-            pid: std::process::id(),
+            owner: Process::current(),
         };
         *cache_out = Arc::into_raw(Arc::new(cache)).cast_mut();
         Ok(())
@@ -227,8 +234,10 @@ pub extern "C" fn oci_cache_new(
 }
 
 /// Releases the caller's reference to `cache`. Images and readers made from
-/// it stay usable; the runtime stops when the last of them is freed. NULL
-/// is a no-op.
+/// it stay usable; the runtime stops when the last of them is freed. Calls
+/// running on `cache` in other threads, or the call whose progress callback
+/// this is, hold their own reference: they complete normally. NULL is a
+/// no-op.
 #[no_mangle]
 pub extern "C" fn oci_cache_free(cache: *mut oci_cache) {
     free_arc(cache.cast_const())
@@ -249,7 +258,7 @@ pub extern "C" fn oci_cache_resolve(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let reference = str_arg(reference, "reference")?;
         out(digest_out, "digest_out")?;
         let digest = cache.run(
@@ -334,6 +343,40 @@ mod tests {
         oci_cancel_free(cancel);
         oci_cache_free(cache);
         drop(silent);
+    }
+
+    #[test]
+    fn the_last_reference_dropped_inside_a_runtime_stops_it_without_panicking() {
+        let mut cache = null_mut();
+        assert_eq!(oci_cache_new(null(), &mut cache, null_mut()), OCI_OK);
+        // A pinned digest resolves without the network, but on the runtime.
+        let reference = c"registry.example/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let mut digest = [0 as c_char; 80];
+        let status = oci_cache_resolve(
+            cache,
+            reference.as_ptr(),
+            null(),
+            digest.as_mut_ptr(),
+            digest.len(),
+            null_mut(),
+        );
+        assert_eq!(status, OCI_OK);
+        assert!(cache_runtime_started(cache));
+        // Dropped as a callback run inside a call would: in an async
+        // context, where a blocking Runtime drop panics. Not through
+        // oci_cache_free, whose boundary would hide the panic.
+        let inside = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        inside.block_on(async move {
+            // SAFETY: the reference oci_cache_new handed out, released once.
+            drop(unsafe { Arc::from_raw(cache.cast_const()) });
+        });
+    }
+
+    fn cache_runtime_started(cache: *const oci_cache) -> bool {
+        // SAFETY: a live cache from oci_cache_new.
+        unsafe { &*cache }.runtime.get().is_some()
     }
 
     #[test]

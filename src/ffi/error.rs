@@ -38,7 +38,9 @@ pub const OCI_E_CANCELED: oci_status = -9;
 pub const OCI_E_TIMEOUT: oci_status = -10;
 /// The caller's array or buffer is too small; the message gives the size needed.
 pub const OCI_E_BUFFER_TOO_SMALL: oci_status = -11;
-/// A handle was used in a child process after `fork()`.
+/// A handle was used in a child process after `fork()`: told by the pid and
+/// a count of forks, so also in a child that has its parent's pid (pid 1 of
+/// a new pid namespace).
 pub const OCI_E_FORKED: oci_status = -12;
 /// A bug in the library (a Rust panic) caught at the boundary.
 pub const OCI_E_INTERNAL: oci_status = -13;

@@ -14,7 +14,7 @@ use super::cache::{oci_cache, Watch};
 use super::image::oci_image;
 use super::options::{oci_call_options, oci_cancel};
 use super::{
-    arg, arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg, Failure, Outcome,
+    arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg, Failure, Outcome,
     OCI_E_BUFFER_TOO_SMALL,
 };
 use crate::error::Error;
@@ -61,10 +61,12 @@ pub extern "C" fn oci_fetch_layer(
 /// Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
 /// The cancel token of the options given to `oci_fetch_layer` applies to
 /// every read.
-/// `*n_out == 0` means the end of the layer, reported only after the blob's
-/// digest and size and the tar's diff_id were verified; a mismatch is an
-/// error (`OCI_E_DIGEST_MISMATCH`), never an end. After an error every read
-/// fails the same way.
+/// `*n_out == 0` means the end of the layer, and nothing else: it is
+/// reported only after the blob's digest and size and the tar's diff_id
+/// were verified; a mismatch is an error (`OCI_E_DIGEST_MISMATCH`), and a
+/// failure inside the library (`OCI_E_INTERNAL`) too, never an end. `cap`
+/// must be at least 1: `cap == 0` is `OCI_E_INVALID_ARGUMENT`. After an
+/// error from the layer, every read fails the same way.
 #[no_mangle]
 pub extern "C" fn oci_layer_reader_read(
     reader: *mut oci_layer_reader,
@@ -77,6 +79,12 @@ pub extern "C" fn oci_layer_reader_read(
         let reader = arg_mut(reader, "reader")?;
         out(buf, "buf")?;
         let n_out = out(n_out, "n_out")?;
+        if cap == 0 {
+            // A zero count must only ever mean the end of the layer.
+            return Err(Failure::invalid(
+                "cap is 0: a read needs room for at least one byte",
+            ));
+        }
         // SAFETY: the caller gives `cap` writable bytes at `buf`.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, cap) };
         let oci_layer_reader {
@@ -116,7 +124,7 @@ pub extern "C" fn oci_extract_layer(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let image = oci_image::get(image)?;
         let dst = Path::new(str_arg(dst, "dst")?);
         let fd_out = out(fd_out, "fd_out")?;
@@ -189,7 +197,7 @@ fn layer_files(
     fds_cap: usize,
     files: impl FnOnce(&oci_cache, &oci_image, &Path) -> Outcome<Vec<File>>,
 ) -> Outcome {
-    let cache = arg(cache.cast_const(), "cache")?;
+    let cache = oci_cache::share(cache)?;
     let image = oci_image::get(image)?;
     let dst = Path::new(str_arg(dst, "dst")?);
     out(fds_out, "fds_out")?;
@@ -203,7 +211,7 @@ fn layer_files(
             ),
         ));
     }
-    let files = files(cache, image, dst)?;
+    let files = files(&cache, image, dst)?;
     for (i, file) in files.into_iter().enumerate() {
         // SAFETY: `fds_out` has room for `fds_cap >= needed` ints.
         unsafe { *fds_out.add(i) = file.into_raw_fd() };

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::cache::oci_cache;
 use super::options::oci_call_options;
 use super::{
-    arg, boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
+    boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
     Outcome, OCI_E_INVALID_CONTENT,
 };
 use crate::maintenance::StoredImage;
@@ -70,7 +70,7 @@ pub extern "C" fn oci_cache_list(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let list_out = out(list_out, "list_out")?;
         let images = cache.run(options, |cache| async move { cache.list().await })?;
         let images = images
@@ -166,7 +166,7 @@ pub extern "C" fn oci_cache_remove(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let reference = str_arg(reference, "reference")?;
         cache.run(
             options,
@@ -192,7 +192,7 @@ pub extern "C" fn oci_cache_prune(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let dst = optional_dst(dst)?;
         let files_out = out(files_out, "files_out")?;
         let bytes_out = out(bytes_out, "bytes_out")?;
@@ -216,7 +216,7 @@ pub extern "C" fn oci_cache_disk_usage(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let dst = optional_dst(dst)?;
         let store_bytes_out = out(store_bytes_out, "store_bytes_out")?;
         let dst_bytes_out = out(dst_bytes_out, "dst_bytes_out")?;
@@ -244,7 +244,7 @@ pub extern "C" fn oci_cache_verify(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = arg(cache.cast_const(), "cache")?;
+        let cache = oci_cache::share(cache)?;
         let dst = optional_dst(dst)?;
         let report_out = out(report_out, "report_out")?;
         let verified = cache.run(options, |cache| async move {

@@ -9,11 +9,12 @@
 // every pointer is NULL-checked before use.
 #![allow(non_camel_case_types, clippy::not_unsafe_ptr_arg_deref)]
 
-use std::any::Any;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 
-use crate::error::Error;
+use crate::error::{panic_message, Error};
 
 pub mod cache;
 pub mod error;
@@ -56,6 +57,7 @@ impl From<Error> for Failure {
             Error::Io(_) => OCI_E_IO,
             Error::Canceled(_) => OCI_E_CANCELED,
             Error::Timeout(_) => OCI_E_TIMEOUT,
+            Error::Internal(_) => OCI_E_INTERNAL,
         };
         Failure::new(code, err.to_string())
     }
@@ -110,14 +112,6 @@ pub(crate) fn free_arc<T>(ptr: *const T) {
     })
 }
 
-fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message")
-}
-
 /// Borrows the object behind a pointer the caller passed in.
 pub(crate) fn arg<'a, T>(ptr: *const T, name: &str) -> Outcome<&'a T> {
     // SAFETY: a non-NULL pointer from the caller points to a live `T` handed
@@ -157,17 +151,61 @@ pub(crate) fn optional_str_arg<'a>(ptr: *const c_char, name: &str) -> Outcome<Op
     }
 }
 
-/// Fails with `OCI_E_FORKED` when a handle made by process `owner` is used
-/// in another one: its runtime's threads did not survive `fork()`.
-pub(crate) fn check_pid(owner: u32) -> Outcome {
-    if std::process::id() == owner {
-        Ok(())
-    } else {
+/// Forks made since the first handle, counted in each child by a
+/// `pthread_atfork` handler: with the pid, it tells a forked child from its
+/// parent even where both have the same pid (pid 1 of two pid namespaces).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The process a handle was made in: its pid and how many forks led to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Process {
+    pid: u32,
+    forks: u64,
+}
+
+impl Process {
+    /// The calling process. The first call registers the fork counter, so
+    /// every fork after a handle exists is seen.
+    pub(crate) fn current() -> Process {
+        static COUNTING: Once = Once::new();
+        COUNTING.call_once(|| {
+            // SAFETY: registers a handler that only bumps an atomic, which
+            // is async-signal-safe as fork's child handler must be. It can
+            // only fail for want of memory: the pid check then still works.
+            unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+        });
+        Process {
+            pid: std::process::id(),
+            forks: FORKS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether this is the calling process (no fork since it was taken).
+    pub(crate) fn is_current(self) -> bool {
+        self == Process::current()
+    }
+
+    /// Fails with `OCI_E_FORKED` when a handle made in this process is used
+    /// in another one: its runtime's threads did not survive `fork()`.
+    pub(crate) fn check(self) -> Outcome {
+        if self.is_current() {
+            return Ok(());
+        }
+        let pid = std::process::id();
+        let how = if pid == self.pid {
+            " (the same pid, in another pid namespace)"
+        } else {
+            ""
+        };
         Err(Failure::new(
             OCI_E_FORKED,
             format!(
-                "forked: handle created in process {owner} used in child {}",
-                std::process::id()
+                "forked: handle created in process {} used in child {pid}{how}",
+                self.pid
             ),
         ))
     }

@@ -13,9 +13,11 @@
  */
 #include "oci_cache.h" /* first, so the header is seen to stand on its own */
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,11 +25,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* unshare(2), declared here: the file builds as strict C11 with POSIX only,
+ * where <sched.h> hides it (it is Linux's, in glibc). */
+int unshare(int flags);
+#define NEW_PID_NAMESPACE 0x20000000 /* CLONE_NEWPID */
 
 #define PATH_CAP 4096
 #define LAYERS 3
@@ -1563,6 +1571,240 @@ static void test_threads(oci_cache *cache, const oci_image *app) {
     CHECK(count_regular_files(dst) == LAYERS);
 }
 
+/* A socket on 127.0.0.1 that listens and never accepts: connections
+ * complete in the kernel and no byte ever comes back. Its host:port goes
+ * to `host`; close the fd when done. */
+static int silent_listener(char *host, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    REQUIRE(bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+    REQUIRE(listen(fd, 16) == 0);
+    REQUIRE(getsockname(fd, (struct sockaddr *)&addr, &len) == 0);
+    snprintf(host, cap, "127.0.0.1:%u", (unsigned)ntohs(addr.sin_port));
+    return fd;
+}
+
+/* The caches a progress callback frees at its first report. */
+struct freeing_progress {
+    oci_cache *cache; /* the cache of the call reporting */
+    oci_cache *other; /* a cache whose last reference this is */
+    int reports;
+};
+
+static int32_t free_at_first_report(void *user_data, size_t layer, const char *digest,
+                                    uint64_t downloaded, int64_t download_total, uint64_t written,
+                                    int64_t written_total) {
+    struct freeing_progress *p = user_data;
+    (void)layer, (void)digest, (void)downloaded, (void)download_total, (void)written,
+        (void)written_total;
+    if (p->reports++ == 0) {
+        oci_cache_free(p->cache);
+        oci_cache_free(p->other);
+    }
+    return 0;
+}
+
+struct delayed_free {
+    pthread_t thread;
+    oci_cache *cache;
+};
+
+static void *free_after_200_ms(void *arg) {
+    struct delayed_free *d = arg;
+    struct timespec pause = {0, 200 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    oci_cache_free(d->cache);
+    return NULL;
+}
+
+/* oci_cache_free while a call on the cache runs: from its own progress
+ * callback, and from another thread. The call holds its own reference, so
+ * it completes as if nothing happened. */
+static void test_free_during_calls(void) {
+    oci_error *err = NULL;
+    char dst[PATH_CAP];
+    int fds[LAYERS] = {-1, -1, -1};
+    make_dir(dst, "free-in-callback");
+
+    set_context("oci_cache_free from a progress callback during a cold oci_rootfs");
+    oci_cache *cache = open_cache(NULL);
+    oci_image *image = fetch(cache, cfg.app_ref);
+    /* `other` has a running runtime and no image: its last reference goes
+     * in the callback, inside the call's runtime, where a runtime must be
+     * shut down in the background. */
+    oci_cache *other = open_cache(NULL);
+    char digest[80];
+    EXPECT_OK(oci_cache_resolve(other, cfg.app_ref, NULL, digest, sizeof digest, &err), &err);
+    struct freeing_progress freeing = {.cache = cache, .other = other};
+    oci_call_options *options = NULL;
+    REQUIRE_OK(oci_call_options_new(&options), NULL);
+    REQUIRE_OK(oci_call_options_set_progress(options, free_at_first_report, &freeing), NULL);
+    EXPECT_OK(oci_rootfs(cache, image, dst, options, fds, LAYERS, &err), &err);
+    CHECK(freeing.reports > 1);
+    for (size_t i = 0; i < LAYERS; i++) {
+        set_context("oci_rootfs fd of layer %zu, the cache freed during the call", i);
+        check_layer_fd(fds[i], dst, i);
+    }
+    close_fds(fds, LAYERS);
+    oci_call_options_free(options);
+    /* The image held the last reference to the cache. */
+    oci_image_free(image);
+
+    set_context("oci_cache_free from another thread during a call on a silent registry");
+    char silent[64], reference[128];
+    int listener = silent_listener(silent, sizeof silent);
+    snprintf(reference, sizeof reference, "%s/c/app:v1", silent);
+    struct delayed_free freer = {.cache = open_cache(NULL)};
+    REQUIRE_OK(oci_call_options_new(&options), NULL);
+    REQUIRE_OK(oci_call_options_set_deadline_ms(options, 1000), NULL);
+    REQUIRE(pthread_create(&freer.thread, NULL, free_after_200_ms, &freer) == 0);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    /* No image keeps this cache alive: only the call's own reference. */
+    EXPECT_ERROR(oci_cache_resolve(freer.cache, reference, options, digest, sizeof digest, &err),
+                 OCI_E_TIMEOUT, &err, "deadline", NULL);
+    double took = seconds_since(&start);
+    CHECK(took > 0.9 && took < 20.0);
+    REQUIRE(pthread_join(freer.thread, NULL) == 0);
+    oci_call_options_free(options);
+    close(listener);
+}
+
+/* A zero-byte read is refused, so that n_out == 0 means only the end. */
+static void test_read_cap_zero(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_layer_reader *reader = NULL;
+    uint8_t buf[64];
+    size_t n = 777;
+
+    set_context("oci_layer_reader_read with cap 0");
+    REQUIRE_OK(oci_fetch_layer(cache, app, 0, NULL, &reader, &err), err);
+    EXPECT_ERROR(oci_layer_reader_read(reader, buf, 0, &n, &err), OCI_E_INVALID_ARGUMENT, &err,
+                 "cap", NULL);
+    CHECK(n == 777);
+    /* It changed nothing: the layer still reads from its start. */
+    EXPECT_OK(oci_layer_reader_read(reader, buf, sizeof buf, &n, &err), &err);
+    CHECK(n > 0 && n <= sizeof buf);
+    oci_layer_reader_free(reader);
+}
+
+/* Runs in pid 1 of a new pid namespace: makes a cache and starts its
+ * runtime, then forks into another new pid namespace, whose first process
+ * has pid 1 too. 0 when the grandchild was refused with OCI_E_FORKED and
+ * its free returned; else the number of problems (printed). */
+static int pid_namespace_parent(int verdict_fd) {
+    if (getpid() != 1) {
+        fprintf(stderr, "pidns: the first child has pid %d, want 1\n", (int)getpid());
+        return 1;
+    }
+    oci_cache *cache = open_cache(NULL);
+    oci_error *err = NULL;
+    char digest[80];
+    /* A pinned digest resolves without the network, on the runtime. */
+    char pinned[300];
+    snprintf(pinned, sizeof pinned, "%s/c/app@%s", cfg.host, cfg.app_digest);
+    oci_status status = oci_cache_resolve(cache, pinned, NULL, digest, sizeof digest, &err);
+    if (status != OCI_OK) {
+        fprintf(stderr, "pidns: resolve before the fork gave %s\n", status_name(status));
+        oci_error_free(err);
+        return 1;
+    }
+    if (unshare(NEW_PID_NAMESPACE) != 0) {
+        fprintf(stderr, "pidns: unshare(CLONE_NEWPID): %s\n", strerror(errno));
+        return 1;
+    }
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0) {
+        int problems = 0;
+        if (getpid() != 1) {
+            fprintf(stderr, "pidns: the grandchild has pid %d, want 1\n", (int)getpid());
+            problems++;
+        }
+        err = NULL;
+        status = oci_cache_resolve(cache, pinned, NULL, digest, sizeof digest, &err);
+        if (status != OCI_E_FORKED || oci_error_code(err) != OCI_E_FORKED ||
+            !strstr(oci_error_message(err), "pid namespace")) {
+            fprintf(stderr, "pidns: the grandchild's resolve gave %s: %s\n", status_name(status),
+                    err ? oci_error_message(err) : "(no error)");
+            problems++;
+        }
+        oci_error_free(err);
+        /* Must return: the runtime's threads are in the parent only. */
+        oci_cache_free(cache);
+        ssize_t written = write(verdict_fd, problems ? "n" : "y", 1);
+        _exit(problems == 0 && written == 1 ? 0 : 1);
+    }
+    int wstatus = 0;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    oci_cache_free(cache);
+    return 0;
+}
+
+/* Fork detection where the pid cannot tell: pid 1 forking pid 1. */
+static void test_fork_same_pid(void) {
+    int verdict_pipe[2];
+    set_context("a handle used in a forked child with the same pid, in a new pid namespace");
+    REQUIRE(pipe(verdict_pipe) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(verdict_pipe[0]);
+        if (unshare(NEW_PID_NAMESPACE) != 0) {
+            fprintf(stderr, "pidns: unshare(CLONE_NEWPID): %s\n", strerror(errno));
+            _exit(1);
+        }
+        pid_t init = fork();
+        if (init == 0)
+            _exit(pid_namespace_parent(verdict_pipe[1]) == 0 ? 0 : 1);
+        if (init < 0)
+            _exit(1);
+        /* A pid 1 ignores its own alarm: a hang there is ended from here,
+         * and SIGKILL to a namespace's init ends every process in it. */
+        int wstatus = 0;
+        struct timespec start, pause = {0, 20 * 1000 * 1000};
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        while (waitpid(init, &wstatus, WNOHANG) == 0) {
+            if (seconds_since(&start) > 30.0) {
+                fprintf(stderr, "pidns: the namespace's processes hung; killing them\n");
+                kill(init, SIGKILL);
+                waitpid(init, &wstatus, 0);
+                _exit(1);
+            }
+            nanosleep(&pause, NULL);
+        }
+        _exit(WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 1);
+    }
+    close(verdict_pipe[1]);
+    char verdict = 0;
+    ssize_t got;
+    while ((got = read(verdict_pipe[0], &verdict, 1)) < 0 && errno == EINTR)
+        ;
+    close(verdict_pipe[0]);
+    int status = 0;
+    pid_t waited;
+    while ((waited = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    /* As in test_fork: a checker's leak exit code is fine, the verdict counts. */
+    const char *leak_exit = getenv("OCI_TEST_LEAK_EXIT");
+    int exit_ok = waited == pid && WIFEXITED(status) &&
+                  (WEXITSTATUS(status) == 0 ||
+                   (leak_exit && WEXITSTATUS(status) == atoi(leak_exit)));
+    if (waited == pid && WIFSIGNALED(status))
+        fprintf(stderr, "pidns child died of signal %d\n", WTERMSIG(status));
+    else if (!exit_ok)
+        fprintf(stderr, "pidns child exited with %d\n", WEXITSTATUS(status));
+    CHECK(got == 1 && verdict == 'y');
+    CHECK(exit_ok);
+}
+
 /* Last: takes over the shared cache and image and frees them, the cache
  * first (under valgrind a cache costs seconds, so the test makes just one). */
 static void test_free_order(oci_cache *cache, oci_image *app) {
@@ -1661,6 +1903,9 @@ int main(void) {
     TIMED(test_lean_store());
     TIMED(test_cache_management());
     TIMED(test_fork(cache, app));
+    TIMED(test_fork_same_pid());
+    TIMED(test_free_during_calls());
+    TIMED(test_read_cap_zero(cache, app));
     TIMED(test_fd_growth(cache, app));
     TIMED(test_threads(cache, app));
     TIMED(test_free_order(cache, app));
