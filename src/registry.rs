@@ -502,7 +502,7 @@ impl Registry {
     }
 
     /// Refuses a descriptor URL unless it is https (or http to a host the
-    /// caller marked insecure) and, unless the registry itself is on one,
+    /// caller marked insecure, or a loopback one) and, unless the registry itself is on one,
     /// none of its addresses is loopback, link-local or unspecified: a
     /// manifest must not point the library at the machine's own services or
     /// a cloud metadata endpoint. (The name is resolved here and again when
@@ -521,7 +521,8 @@ impl Registry {
             .any(|host| *host == authority || Some(host.as_str()) == parsed.host_str());
         match parsed.scheme() {
             "https" => {}
-            "http" if insecure => {}
+            // Loopback hosts speak plain HTTP, as registries do (see `connect`).
+            "http" if insecure || is_loopback(&authority) => {}
             "http" => return Err(refused("plain HTTP to a host not marked insecure")),
             _ => return Err(refused("not an http(s) URL")),
         }

@@ -1718,6 +1718,31 @@ async fn https_proxy_and_no_proxy_from_the_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_registries_never_use_an_environment_proxy() {
+    let name = "loopback_registries_never_use_an_environment_proxy";
+    if in_child(name) {
+        return child_pull().await;
+    }
+    // As Go's ProxyFromEnvironment: loopback literals and localhost go
+    // straight there, whatever HTTP_PROXY, HTTPS_PROXY and ALL_PROXY say
+    // (here a proxy that is not there, and one that records its targets).
+    let registry = Registry::start();
+    let pushed = push_small_image(&registry.endpoint(), "direct");
+    let port = registry.host().rsplit_once(':').unwrap().1.to_owned();
+    let dead = format!("http://{}", dead_host());
+    let recording = ConnectProxy::start();
+    for host in [registry.host(), format!("localhost:{port}")] {
+        let mut env = child_env(&format!("{host}/direct:v1"), &pushed, EXPECT_OK, None);
+        env.push(("HTTP_PROXY", dead.clone()));
+        env.push(("http_proxy", dead.clone()));
+        env.push(("HTTPS_PROXY", recording.url()));
+        env.push(("ALL_PROXY", dead.clone()));
+        run_child(name, &env);
+    }
+    assert_eq!(recording.targets(), Vec::<String>::new(), "CONNECT targets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_token_from_auth_file_is_exchanged_at_the_realm() {
     let registry = Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new()));
     let host = registry.host();
