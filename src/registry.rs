@@ -235,8 +235,9 @@ impl Registry {
     }
 
     /// Runs `operation` against `reference`'s mirrors in order, then its
-    /// registry: a mirror that cannot be reached, fails with 5xx after its
-    /// retries, or lacks the content (404) hands over to the next. Returns
+    /// registry: a mirror that cannot be reached (in time), does not answer
+    /// in time, fails with 5xx after its retries, or lacks the content (404)
+    /// hands over to the next. Returns
     /// the result with the endpoint that served it.
     /// `resolving` says the request turns a tag into a manifest, which only
     /// hosts with the `resolve` capability may answer.
@@ -273,7 +274,7 @@ impl Registry {
                 namespace: Some(reference.registry().to_owned()),
             };
             match self.attempted(&endpoint, &operation).await {
-                Err(Error::Network(_) | Error::NotFound(_)) => continue,
+                Err(Error::Network(_) | Error::NotFound(_) | Error::Timeout(_)) => continue,
                 outcome => return outcome.map(|value| (value, endpoint)),
             }
         }

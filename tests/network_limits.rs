@@ -800,3 +800,31 @@ fn debug_output_never_shows_secrets() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_does_not_answer_in_time_hands_over_to_the_registry() {
+    let silent = SilentServer::start();
+    let built = small_image("unused.invalid", "mirrored", noise_layer(18));
+    let fake = serve(&built, "mirrored");
+    let cache = new_cache(
+        CacheOptions::new()
+            .mirror(fake.host(), silent.host())
+            .response_timeout(Duration::from_millis(300)),
+    );
+    let started = Instant::now();
+    let image = within(
+        Duration::from_secs(20),
+        "fetch_image",
+        cache.fetch_image(&format!("{}/mirrored:v1", fake.host()), None),
+    )
+    .await
+    .expect("fetch_image past a silent mirror");
+    assert_eq!(image.digest().as_str(), built.manifest_digest);
+    assert_took(
+        started.elapsed(),
+        Duration::from_millis(290),
+        Duration::from_secs(5),
+        "a pull past a silent mirror",
+    );
+    assert!(silent.connections() >= 1, "the mirror was never tried");
+}

@@ -39,7 +39,10 @@ impl Default for oci_cache_options {
 }
 
 /// Makes options with every default: no store, the host's platform, 2
-/// runtime worker threads, 3 layers fetched at once.
+/// runtime worker threads, 3 layers fetched at once, and a time limit on
+/// every network step (connect 30 s, TLS handshake 10 s, response headers
+/// 30 s, stall 60 s: see `oci_cache_options_set_connect_timeout_ms` and
+/// the setters after it).
 #[no_mangle]
 pub extern "C" fn oci_cache_options_new(options_out: *mut *mut oci_cache_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
