@@ -49,7 +49,9 @@ impl Default for CacheOptions {
 }
 
 impl CacheOptions {
-    /// Defaults: no store, the host's platform, three layers at a time.
+    /// Defaults: no store, the host's platform, three layers at a time, and
+    /// a time limit on every network step (see
+    /// [`connect_timeout`](Self::connect_timeout) and the setters after it).
     pub fn new() -> CacheOptions {
         CacheOptions::default()
     }

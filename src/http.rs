@@ -237,7 +237,7 @@ impl Drop for SettingUp {
 }
 
 /// The limits on one call's waits for answers and their bytes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// The longest wait for response headers once connected.
     pub response: Option<Duration>,
