@@ -45,6 +45,12 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// is waited on this long, and the call's deadline still applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// How many times one request may fail to connect in time before it gives
+/// up, whatever the attempts: a host that could not be reached twice in a
+/// row is down, not flaky, and with the default 30 s connect timeout two
+/// tries keep a black-holed registry under 90 s.
+const MAX_CONNECT_TIMEOUTS: u32 = 2;
+
 /// Where the registry API lives on a host unless hosts.toml says otherwise.
 const STANDARD_API_ROOT: &str = "/v2";
 
@@ -325,10 +331,25 @@ impl Registry {
         Fut: Future<Output = std::result::Result<T, Failed>>,
     {
         let attempts = self.config.attempts.max(1);
+        let mut connect_timeouts = 0;
         for attempt in 1.. {
-            match operation(endpoint.clone()).await {
+            let outcome = operation(endpoint.clone()).await;
+            if matches!(
+                &outcome,
+                Err(Failed {
+                    error: Error::Timeout(_),
+                    ..
+                })
+            ) {
+                connect_timeouts += 1;
+            }
+            match outcome {
                 Ok(value) => return Ok(value),
-                Err(failed) if failed.transient && attempt < attempts => {
+                Err(failed)
+                    if failed.transient
+                        && attempt < attempts
+                        && connect_timeouts < MAX_CONNECT_TIMEOUTS =>
+                {
                     let wait = match failed.retry_after {
                         Some(asked) => asked.min(MAX_RETRY_AFTER),
                         None => backoff(attempt),
