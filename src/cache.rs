@@ -184,8 +184,8 @@ impl CacheOptions {
     /// How long setting up a TCP connection to a registry, mirror, token
     /// realm or descriptor URL may take (default 30 s, as containerd's
     /// dialer). A connection not set up in time fails the try with
-    /// [`Error::Timeout`] naming the host; it counts as transient and is
-    /// tried again within [`attempts`](Self::attempts). The TCP connect and
+    /// [`Error::Timeout`] naming the host, and is tried once more (within
+    /// [`attempts`](Self::attempts)). The TCP connect and
     /// the TLS handshake are one step in the HTTP client, so an HTTPS
     /// connection gets `connect_timeout + tls_handshake_timeout` for both.
     /// `None` turns the limit off (and with it that of HTTPS connections).

@@ -142,7 +142,7 @@ type Options struct {
 	// ConnectTimeout bounds setting up a TCP connection to a registry,
 	// mirror, token realm or descriptor URL; a connection not set up in
 	// time fails that try with an error matching ErrTimeout, and is tried
-	// again within Attempts. The TCP connect and the TLS handshake are one
+	// once more (within Attempts). The TCP connect and the TLS handshake are one
 	// step in the HTTP client: an HTTPS connection gets ConnectTimeout +
 	// TLSHandshakeTimeout for both, and turning either off leaves it
 	// unbounded. Zero: 30 s. NoLimit (any negative value): off. Every

@@ -274,8 +274,8 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
 /// How long setting up a TCP connection to a registry, mirror, token realm
 /// or descriptor URL may take, in milliseconds. Default: 30000 (30 s, as
 /// containerd's dialer); 0 turns the limit off. A connection not set up in
-/// time fails that try with `OCI_E_TIMEOUT` naming the host, and counts as
-/// transient (tried again within the attempts). The TCP connect and the TLS
+/// time fails that try with `OCI_E_TIMEOUT` naming the host, and is tried
+/// once more (within the attempts). The TCP connect and the TLS
 /// handshake are one step in the HTTP client: an HTTPS connection gets
 /// connect + TLS handshake timeouts for both, and turning either off
 /// leaves it unbounded.
