@@ -336,7 +336,10 @@ const char *oci_verify_report_corrupt_path(const oci_verify_report *report, size
 void oci_verify_report_free(oci_verify_report *report);
 
 // Makes options with every default: no store, the host's platform, 2
-// runtime worker threads, 3 layers fetched at once.
+// runtime worker threads, 3 layers fetched at once, and a time limit on
+// every network step (connect 30 s, TLS handshake 10 s, response headers
+// 30 s, stall 60 s: see `oci_cache_options_set_connect_timeout_ms` and
+// the setters after it).
 oci_status oci_cache_options_new(oci_cache_options **options_out);
 
 // Keeps images in the OCI image layout at `dir`, created if missing, and
@@ -413,6 +416,34 @@ oci_status oci_cache_options_set_free_space_reserve(oci_cache_options *options, 
 // (default 3, at least 1).
 oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *options, size_t layers);
 
+// How long setting up a TCP connection to a registry, mirror, token realm
+// or descriptor URL may take, in milliseconds. Default: 30000 (30 s, as
+// containerd's dialer); 0 turns the limit off. A connection not set up in
+// time fails that try with `OCI_E_TIMEOUT` naming the host, and is tried
+// once more (within the attempts). The TCP connect and the TLS
+// handshake are one step in the HTTP client: an HTTPS connection gets
+// connect + TLS handshake timeouts for both, and turning either off
+// leaves it unbounded.
+oci_status oci_cache_options_set_connect_timeout_ms(oci_cache_options *options, uint64_t ms);
+
+// How long a TLS handshake may take, in milliseconds, on top of the
+// connect timeout (see `oci_cache_options_set_connect_timeout_ms`).
+// Default: 10000 (10 s); 0 turns the limit of HTTPS connection setup off.
+oci_status oci_cache_options_set_tls_handshake_timeout_ms(oci_cache_options *options, uint64_t ms);
+
+// How long a request waits for the response headers once connected, in
+// milliseconds, token requests included. Default: 30000 (30 s); 0 turns
+// the limit off. The stall timeout, when shorter, bounds this wait too. A
+// server that does not answer in time fails the call with `OCI_E_TIMEOUT`
+// naming the host (not retried).
+oci_status oci_cache_options_set_response_timeout_ms(oci_cache_options *options, uint64_t ms);
+
+// How long a response may go without a byte, in milliseconds: the wait
+// for headers and for each next part of a body, token answers included.
+// Default: 60000 (60 s); 0 turns the limit off. A call's own
+// `oci_call_options_set_stall_timeout_ms` overrides it for that call.
+oci_status oci_cache_options_set_stall_timeout_ms(oci_cache_options *options, uint64_t ms);
+
 // Frees `options`. NULL is a no-op.
 void oci_cache_options_free(oci_cache_options *options);
 
@@ -438,8 +469,10 @@ oci_status oci_call_options_set_cancel(oci_call_options *options, oci_cancel *ca
 oci_status oci_call_options_set_deadline_ms(oci_call_options *options, uint64_t ms);
 
 // Fails calls using `options` with `OCI_E_TIMEOUT` when a registry sends
-// nothing (no response, or no next bytes of one) for `ms` milliseconds
-// (0 removes the limit).
+// nothing (no response, or no next bytes of one) for `ms` milliseconds,
+// instead of the cache's stall timeout (default 60 s, see
+// `oci_cache_options_set_stall_timeout_ms`); 0 turns the stall timeout off
+// for these calls. Unset: the cache's.
 oci_status oci_call_options_set_stall_timeout_ms(oci_call_options *options, uint64_t ms);
 
 // Reports progress of calls using `options` to `callback` with

@@ -1,14 +1,16 @@
 //! Registry authorization: the challenge a registry answers a 401 with, and
 //! the bearer tokens its realm hands out, fetched with the host's credentials
-//! (Basic, anonymous, or an OAuth2 identity token) and cached per scope until
-//! they expire.
+//! (Basic, anonymous, or an OAuth2 identity token) within the call's time
+//! limits and cached per scope until they expire.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::credentials::Credential;
 use crate::error::{Error, Result};
-use crate::http::{error_chain, read_limited, reason};
+use crate::http::{error_chain, read_limited, reason, Limits, ReadError, SendError};
 
 /// How a registry asks to be authorized, from its `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,27 +81,44 @@ fn auth_params(text: &str) -> Vec<(String, String)> {
     params
 }
 
-/// A bearer token and when it stops being good.
-#[derive(Debug, Clone)]
+/// A bearer token and when it stops being good. Debug never shows it.
+#[derive(Clone)]
 pub(crate) struct Token {
     pub value: String,
     expires: Instant,
 }
 
-/// The lifetime the token specification assumes when a realm names none.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &format_args!("<redacted>"))
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+/// The lifetime the token specification assumes when a realm names none
+/// (or names one that is not a number of seconds).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The longest a token is kept, whatever its realm says: a lifetime of
+/// `u64::MAX` seconds must neither overflow nor pin a token for ever.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The longest token answer read; real ones are a few KiB.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
 
-/// Tokens of one host, by scope. Fetching holds the lock, so concurrent
-/// requests for the same repository wait for one token request.
+/// Tokens of one host, by scope. Each scope has its own lock, held while
+/// its token is fetched: concurrent requests for the same repository wait
+/// for one token request (itself bounded by the time limits), and requests
+/// for other repositories do not wait at all.
 #[derive(Default)]
-pub(crate) struct Tokens(tokio::sync::Mutex<HashMap<String, Token>>);
+pub(crate) struct Tokens(Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>);
 
 impl Tokens {
     /// A token for `scope`: the cached one unless it expired or is `stale`
     /// (the one a registry just refused), else a new one from the realm.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn get(
         &self,
         http: &reqwest::Client,
@@ -108,15 +127,23 @@ impl Tokens {
         credential: &Credential,
         stale: Option<&str>,
         what: &str,
+        limits: &Limits,
     ) -> Result<Token> {
-        let mut tokens = self.0.lock().await;
-        if let Some(token) = tokens.get(scope) {
+        let slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(scope.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(token) = &*slot {
             if token.expires > Instant::now() && Some(token.value.as_str()) != stale {
                 return Ok(token.clone());
             }
         }
-        let token = fetch_token(http, challenge, scope, credential, what).await?;
-        tokens.insert(scope.to_owned(), token.clone());
+        let token = fetch_token(http, challenge, scope, credential, what, limits).await?;
+        *slot = Some(token.clone());
         Ok(token)
     }
 }
@@ -129,6 +156,7 @@ async fn fetch_token(
     scope: &str,
     credential: &Credential,
     what: &str,
+    limits: &Limits,
 ) -> Result<Token> {
     let mut params = vec![("scope", scope)];
     if let Some(service) = service {
@@ -152,16 +180,25 @@ async fn fetch_token(
     let started = Instant::now();
     let failed =
         |why: String| Error::Unauthorized(format!("{what}: token request to {realm}: {why}"));
-    let response = request.send().await.map_err(|e| {
-        Error::Network(format!(
+    let response = limits.send(request).await.map_err(|e| match e {
+        SendError::Transport(e) => Error::Network(format!(
             "{what}: token request to {realm}: {}",
             error_chain(&e)
-        ))
+        )),
+        SendError::TimedOut { message, .. } => {
+            Error::Timeout(format!("{what}: token request to {realm}: {message}"))
+        }
     })?;
     let status = response.status();
-    let body = read_limited(response, MAX_TOKEN_RESPONSE_BYTES)
+    let body = read_limited(response, MAX_TOKEN_RESPONSE_BYTES, limits)
         .await
-        .map_err(|e| Error::Network(format!("{what}: token request to {realm}: {e}")))?;
+        .map_err(|e| {
+            let message = format!("{what}: token request to {realm}: {e}");
+            match e {
+                ReadError::Stalled(_) => Error::Timeout(message),
+                _ => Error::Network(message),
+            }
+        })?;
     if !status.is_success() {
         return Err(failed(format!(
             "refused with status {}: {}",
@@ -175,19 +212,52 @@ async fn fetch_token(
         .iter()
         .find_map(|key| answer[key].as_str().filter(|t| !t.is_empty()))
         .ok_or_else(|| failed("the answer holds no token".to_owned()))?;
-    let lifetime = answer["expires_in"]
-        .as_u64()
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    let expires = started
+        .checked_add(token_lifetime(&answer["expires_in"]))
+        .unwrap_or(started);
     Ok(Token {
         value: value.to_owned(),
-        expires: started + lifetime,
+        expires,
+    })
+}
+
+/// How long a token lives by its realm's `expires_in`: whole seconds up to
+/// [`MAX_TOKEN_LIFETIME`]; anything else (negative, text, missing) gets
+/// [`DEFAULT_TOKEN_LIFETIME`].
+fn token_lifetime(expires_in: &serde_json::Value) -> Duration {
+    expires_in.as_u64().map_or(DEFAULT_TOKEN_LIFETIME, |secs| {
+        Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME)
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_are_clamped() {
+        let lifetime = |json: &str| token_lifetime(&serde_json::from_str(json).unwrap());
+        assert_eq!(lifetime("18446744073709551615"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("-5"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime(r#""abc""#), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("null"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("1.5"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("300"), Duration::from_secs(300));
+        assert!(Instant::now()
+            .checked_add(lifetime("18446744073709551615"))
+            .is_some());
+    }
+
+    #[test]
+    fn token_debug_hides_the_token() {
+        let token = Token {
+            value: "s3cr3t-bearer-value".into(),
+            expires: Instant::now(),
+        };
+        let shown = format!("{token:?} {:?}", Some(&token));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn challenges() {

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
@@ -50,7 +51,9 @@ impl Default for CacheOptions {
 }
 
 impl CacheOptions {
-    /// Defaults: no store, the host's platform, three layers at a time.
+    /// Defaults: no store, the host's platform, three layers at a time, and
+    /// a time limit on every network step (see
+    /// [`connect_timeout`](Self::connect_timeout) and the setters after it).
     pub fn new() -> CacheOptions {
         CacheOptions::default()
     }
@@ -188,6 +191,46 @@ impl CacheOptions {
     /// before a file is created and every few MiB while it is written.
     pub fn free_space_reserve(mut self, bytes: u64) -> CacheOptions {
         self.free_space_reserve = Reserve(Some(bytes));
+        self
+    }
+
+    /// How long setting up a TCP connection to a registry, mirror, token
+    /// realm or descriptor URL may take (default 30 s, as containerd's
+    /// dialer). A connection not set up in time fails the try with
+    /// [`Error::Timeout`] naming the host, and is tried once more (within
+    /// [`attempts`](Self::attempts)). The TCP connect and
+    /// the TLS handshake are one step in the HTTP client, so an HTTPS
+    /// connection gets `connect_timeout + tls_handshake_timeout` for both.
+    /// `None` turns the limit off (and with it that of HTTPS connections).
+    pub fn connect_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
+        self.registry.timeouts.connect = limit.into();
+        self
+    }
+
+    /// How long a TLS handshake may take (default 10 s), on top of the
+    /// connect timeout (see [`connect_timeout`](Self::connect_timeout)).
+    /// `None` turns the limit of HTTPS connection setup off.
+    pub fn tls_handshake_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
+        self.registry.timeouts.tls_handshake = limit.into();
+        self
+    }
+
+    /// How long a request waits for the response headers once connected
+    /// (default 30 s), token requests included; the stall timeout, when
+    /// shorter, bounds this wait too. Not retried: a server that does not
+    /// answer fails the call with [`Error::Timeout`] naming the host.
+    /// `None` turns the limit off.
+    pub fn response_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
+        self.registry.timeouts.response = limit.into();
+        self
+    }
+
+    /// How long a response may go without a byte (default 60 s): the wait
+    /// for headers and for each next part of a body, token answers
+    /// included. [`CallOptions::stall_timeout`] overrides it per call.
+    /// `None` turns the limit off.
+    pub fn stall_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
+        self.registry.timeouts.stall = limit.into();
         self
     }
 }
@@ -344,9 +387,7 @@ impl ImageCache {
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            stall_timeout: self.call.stall_limit(),
-        }
+        self.inner.registry.limits(self.call.stall_override())
     }
 
     /// The digest `reference` names: its pinned digest, else the one the
@@ -641,7 +682,7 @@ impl ImageCache {
                 &image.repository,
                 &layer.digest,
                 layer.size,
-                &layer.urls,
+                (&layer.media_type, &layer.urls),
                 self.limits(),
             )
             .await?;

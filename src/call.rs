@@ -1,5 +1,5 @@
 //! Per-call settings: a deadline for the whole call, a stall timeout for
-//! each network wait, and a progress callback, carried by an
+//! each network wait that overrides the cache's, and a progress callback, carried by an
 //! [`ImageCache`](crate::ImageCache) made with
 //! [`with_call_options`](crate::ImageCache::with_call_options).
 
@@ -38,12 +38,13 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct CallOptions {
     deadline: Option<Duration>,
-    stall_timeout: Option<Duration>,
+    // None: the cache's stall timeout; Some(None): none for these calls.
+    stall_timeout: Option<Option<Duration>>,
     progress: Option<ProgressFn>,
 }
 
 impl CallOptions {
-    /// No deadline, no stall timeout, no progress reports.
+    /// No deadline, the cache's stall timeout, no progress reports.
     pub fn new() -> CallOptions {
         CallOptions::default()
     }
@@ -56,10 +57,12 @@ impl CallOptions {
     }
 
     /// Fails a call with [`Error::Timeout`] when a registry sends nothing
-    /// (no response, or no next bytes of one) for this long (`None`: no
-    /// limit, the default).
+    /// (no response, or no next bytes of one) for this long, instead of the
+    /// cache's [`CacheOptions::stall_timeout`](crate::CacheOptions::stall_timeout)
+    /// (60 s unless changed there). `None` turns the stall timeout off for
+    /// these calls; not calling this keeps the cache's.
     pub fn stall_timeout(mut self, limit: impl Into<Option<Duration>>) -> CallOptions {
-        self.stall_timeout = limit.into();
+        self.stall_timeout = Some(limit.into());
         self
     }
 
@@ -69,7 +72,8 @@ impl CallOptions {
         self
     }
 
-    pub(crate) fn stall_limit(&self) -> Option<Duration> {
+    /// The stall timeout these calls set instead of the cache's, if any.
+    pub(crate) fn stall_override(&self) -> Option<Option<Duration>> {
         self.stall_timeout
     }
 

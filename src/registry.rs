@@ -3,8 +3,9 @@
 //! authorizes requests (through [`auth`](crate::auth)), retries transient
 //! failures as the server asks (`Retry-After`), tries mirrors (configured or
 //! from hosts.toml) before the registry, resumes broken blob downloads,
-//! bounds every read by the size the caller expects and every wait by the
-//! stall timeout, and names what failed in every error. Manifests are
+//! bounds every read by the size the caller expects and every wait by its
+//! time limit (connecting, response headers, stalls), and names what failed
+//! in every error. Manifests are
 //! checked here against the pinned digest and `Docker-Content-Digest`; blobs
 //! are verified by the caller, which hashes what it reads.
 
@@ -29,7 +30,9 @@ use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::hosts::{self, HostEntry, RegistryHosts};
-use crate::http::{error_chain, read_limited, reason, ReadError};
+use crate::http::{error_chain, host_of, read_limited, reason, ReadError, SendError, Timeouts};
+
+pub(crate) use crate::http::Limits;
 
 /// The most bytes a manifest or config may have; larger ones are refused so
 /// a hostile registry cannot make us hold arbitrary amounts in memory.
@@ -41,6 +44,12 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// The longest wait a `Retry-After` header gets; a server asking for more
 /// is waited on this long, and the call's deadline still applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How many times one request may fail to connect in time before it gives
+/// up, whatever the attempts: a host that could not be reached twice in a
+/// row is down, not flaky, and with the default 30 s connect timeout two
+/// tries keep a black-holed registry under 90 s.
+const MAX_CONNECT_TIMEOUTS: u32 = 2;
 
 /// Where the registry API lives on a host unless hosts.toml says otherwise.
 const STANDARD_API_ROOT: &str = "/v2";
@@ -74,6 +83,8 @@ pub(crate) struct RegistryConfig {
     pub mirrors: Vec<(String, String)>,
     /// A containerd `certs.d`-style directory of `<registry>/hosts.toml`.
     pub hosts_dir: Option<PathBuf>,
+    /// The limit of each network step.
+    pub timeouts: Timeouts,
 }
 
 impl Default for RegistryConfig {
@@ -86,6 +97,7 @@ impl Default for RegistryConfig {
             attempts: 4,
             mirrors: Vec::new(),
             hosts_dir: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -152,6 +164,15 @@ impl Registry {
         }
     }
 
+    /// The limits of one call: the stall timeout is the call's own when it
+    /// sets one (`Some(None)`: off for that call), else the cache's.
+    pub(crate) fn limits(&self, call_stall: Option<Option<Duration>>) -> Limits {
+        Limits {
+            response: self.config.timeouts.response,
+            stall: call_stall.unwrap_or(self.config.timeouts.stall),
+        }
+    }
+
     /// The client for host `name`, made on first use: making one loads CA
     /// certificates and may run a credential helper, which a warm cache
     /// never needs.
@@ -201,8 +222,9 @@ impl Registry {
         // a credential helper is a process to wait for: off the runtime's
         // threads, so that nothing else waits on them.
         let task_name = name.clone();
+        let timeouts = self.config.timeouts;
         let (http, credential) = tokio::task::spawn_blocking(move || {
-            let http = http_client(&task_name, &ca_files, skip_verify)?;
+            let http = http_client(&task_name, &ca_files, skip_verify, &timeouts)?;
             let credential =
                 credentials::lookup(&task_name, &sources, &credentials::ProcessEnvironment)?;
             Ok::<_, Error>((http, credential))
@@ -219,16 +241,15 @@ impl Registry {
     }
 
     /// Runs `operation` against `reference`'s mirrors in order, then its
-    /// registry: a mirror that cannot be reached, fails with 5xx after its
-    /// retries, or lacks the content (404) hands over to the next. Returns
+    /// registry: a mirror that cannot be reached (in time), does not answer
+    /// in time, fails with 5xx after its retries, or lacks the content (404)
+    /// hands over to the next. Returns
     /// the result with the endpoint that served it.
     /// `resolving` says the request turns a tag into a manifest, which only
     /// hosts with the `resolve` capability may answer.
     async fn served<T, F, Fut>(
         &self,
         reference: &Reference,
-        what: &str,
-        limits: Limits,
         resolving: bool,
         operation: F,
     ) -> Result<(T, Endpoint)>
@@ -258,8 +279,8 @@ impl Registry {
                 repository: reference.repository().to_owned(),
                 namespace: Some(reference.registry().to_owned()),
             };
-            match self.attempted(&endpoint, what, limits, &operation).await {
-                Err(Error::Network(_) | Error::NotFound(_)) => continue,
+            match self.attempted(&endpoint, &operation).await {
+                Err(Error::Network(_) | Error::NotFound(_) | Error::Timeout(_)) => continue,
                 outcome => return outcome.map(|value| (value, endpoint)),
             }
         }
@@ -269,7 +290,7 @@ impl Registry {
             repository: reference.repository().to_owned(),
             namespace: None,
         };
-        let value = self.attempted(&endpoint, what, limits, &operation).await?;
+        let value = self.attempted(&endpoint, &operation).await?;
         Ok((value, endpoint))
     }
 
@@ -302,26 +323,33 @@ impl Registry {
 
     /// Runs `operation` on `endpoint` until it succeeds, fails for good, or
     /// has used the configured attempts; between tries it waits as long as
-    /// the server asked, or backs off.
-    async fn attempted<T, F, Fut>(
-        &self,
-        endpoint: &Endpoint,
-        what: &str,
-        limits: Limits,
-        operation: &F,
-    ) -> Result<T>
+    /// the server asked, or backs off. Each step of each try is bounded by
+    /// its own limit (see [`Limits`]).
+    async fn attempted<T, F, Fut>(&self, endpoint: &Endpoint, operation: &F) -> Result<T>
     where
         F: Fn(Endpoint) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failed>>,
     {
         let attempts = self.config.attempts.max(1);
+        let mut connect_timeouts = 0;
         for attempt in 1.. {
-            let outcome = limits
-                .stalling(what, async { Ok(operation(endpoint.clone()).await) })
-                .await?;
+            let outcome = operation(endpoint.clone()).await;
+            if matches!(
+                &outcome,
+                Err(Failed {
+                    error: Error::Timeout(_),
+                    ..
+                })
+            ) {
+                connect_timeouts += 1;
+            }
             match outcome {
                 Ok(value) => return Ok(value),
-                Err(failed) if failed.transient && attempt < attempts => {
+                Err(failed)
+                    if failed.transient
+                        && attempt < attempts
+                        && connect_timeouts < MAX_CONNECT_TIMEOUTS =>
+                {
                     let wait = match failed.retry_after {
                         Some(asked) => asked.min(MAX_RETRY_AFTER),
                         None => backoff(attempt),
@@ -339,12 +367,12 @@ impl Registry {
     pub(crate) async fn resolve(&self, reference: &Reference, limits: Limits) -> Result<Digest> {
         let what = format!("manifest {reference}");
         let header = self
-            .served(reference, &what, limits, true, |endpoint| {
+            .served(reference, true, |endpoint| {
                 let what = &what;
                 async move {
                     let url = endpoint.manifest_url(reference);
                     let response = endpoint
-                        .send(what, |http| {
+                        .send(what, limits, |http| {
                             http.head(&url).header(ACCEPT, MANIFEST_MEDIA_TYPES)
                         })
                         .await?;
@@ -370,25 +398,19 @@ impl Registry {
     ) -> Result<(Vec<u8>, Digest)> {
         let what = format!("manifest {reference}");
         let (body, header) = self
-            .served(
-                reference,
-                &what,
-                limits,
-                reference.digest().is_none(),
-                |endpoint| {
-                    let what = &what;
-                    async move {
-                        let url = endpoint.manifest_url(reference);
-                        let response = endpoint
-                            .send(what, |http| {
-                                http.get(&url).header(ACCEPT, MANIFEST_MEDIA_TYPES)
-                            })
-                            .await?;
-                        let header = content_digest(response.headers());
-                        Ok((read_metadata(response, what).await?, header))
-                    }
-                },
-            )
+            .served(reference, reference.digest().is_none(), |endpoint| {
+                let what = &what;
+                async move {
+                    let url = endpoint.manifest_url(reference);
+                    let response = endpoint
+                        .send(what, limits, |http| {
+                            http.get(&url).header(ACCEPT, MANIFEST_MEDIA_TYPES)
+                        })
+                        .await?;
+                    let header = content_digest(response.headers());
+                    Ok((read_metadata(response, what, &limits).await?, header))
+                }
+            })
             .await?
             .0;
         let digest = match header {
@@ -406,28 +428,29 @@ impl Registry {
     }
 
     /// A stream of the blob `digest` from `reference`'s repository (or,
-    /// when no host has it, the descriptor's `urls`), which fails instead of
-    /// yielding more than `size` bytes or going quiet for longer than the
-    /// stall timeout. The caller hashes what it reads.
+    /// when no host has it and `media_type` is a non-distributable layer's,
+    /// the descriptor's `urls`), which fails instead of yielding more than
+    /// `size` bytes or going quiet for longer than the stall timeout. The
+    /// caller hashes what it reads.
     pub(crate) async fn blob(
         &self,
         reference: &Reference,
         digest: &Digest,
         size: u64,
-        urls: &Option<Vec<String>>,
+        (media_type, urls): (&str, &Option<Vec<String>>),
         limits: Limits,
     ) -> Result<BlobStream> {
         let what = format!("blob {digest} of {}", reference.repository());
         let served = self
-            .served(reference, &what, limits, false, |endpoint| {
+            .served(reference, false, |endpoint| {
                 let source = BlobSource::Endpoint(endpoint);
                 let what = &what;
-                async move { Ok((source.get(digest, 0, what).await?, source)) }
+                async move { Ok((source.get(digest, 0, what, limits).await?, source)) }
             })
             .await;
         let (response, source) = match served {
             Ok(((response, source), _)) => (response, source),
-            Err(Error::NotFound(not_found)) => self
+            Err(Error::NotFound(not_found)) if is_non_distributable(media_type) => self
                 .blob_from_urls(reference, digest, urls, &what, limits)
                 .await?
                 .ok_or(Error::NotFound(not_found))?,
@@ -446,6 +469,7 @@ impl Registry {
             size,
             what,
             limits,
+            from: host_of(response.url()),
             stream: Some(Box::pin(response.bytes_stream())),
             received: 0,
             skip: 0,
@@ -458,8 +482,9 @@ impl Registry {
         Ok(Box::pin(chunks))
     }
 
-    /// The first of a descriptor's `urls` (http or https) that serves the
-    /// blob, asked without credentials: they belong to the registry only.
+    /// The first of a descriptor's `urls` that may be followed (see
+    /// [`check_url`](Self::check_url)) and serves the blob, asked without
+    /// credentials: they belong to the registry only.
     async fn blob_from_urls(
         &self,
         reference: &Reference,
@@ -468,10 +493,12 @@ impl Registry {
         what: &str,
         limits: Limits,
     ) -> Result<Option<(Response, BlobSource)>> {
-        let urls = urls.iter().flatten();
-        let urls = urls.filter(|url| url.starts_with("http://") || url.starts_with("https://"));
         let mut last_error = None;
-        for url in urls {
+        for url in urls.iter().flatten() {
+            if let Err(refused) = self.check_url(reference, url, what).await {
+                last_error = Some(refused);
+                continue;
+            }
             let endpoint = Endpoint {
                 host: self.host(reference.resolve_registry()).await?,
                 api_root: STANDARD_API_ROOT.to_owned(),
@@ -483,9 +510,9 @@ impl Registry {
                 url: url.clone(),
             };
             let outcome = self
-                .attempted(&endpoint, what, limits, &|_| {
+                .attempted(&endpoint, &|_| {
                     let source = &source;
-                    async move { source.get(digest, 0, what).await }
+                    async move { source.get(digest, 0, what, limits).await }
                 })
                 .await;
             match outcome {
@@ -494,6 +521,46 @@ impl Registry {
             }
         }
         last_error.map_or(Ok(None), Err)
+    }
+
+    /// Refuses a descriptor URL unless it is https (or http to a host the
+    /// caller marked insecure, or a loopback one) and, unless the registry itself is on one,
+    /// none of its addresses is loopback, link-local or unspecified: a
+    /// manifest must not point the library at the machine's own services or
+    /// a cloud metadata endpoint. (The name is resolved here and again when
+    /// connecting; this is a guard against hostile manifests, not against
+    /// hostile DNS.)
+    async fn check_url(&self, reference: &Reference, url: &str, what: &str) -> Result<()> {
+        let refused = |why: &str| {
+            Error::InvalidContent(format!("{what}: descriptor URL {url} refused: {why}"))
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| refused(&e.to_string()))?;
+        let authority = host_of(&parsed);
+        let insecure = self
+            .config
+            .insecure_hosts
+            .iter()
+            .any(|host| *host == authority || Some(host.as_str()) == parsed.host_str());
+        match parsed.scheme() {
+            "https" => {}
+            // Loopback hosts speak plain HTTP, as registries do (see `connect`).
+            "http" if insecure || is_loopback(&authority) => {}
+            "http" => return Err(refused("plain HTTP to a host not marked insecure")),
+            _ => return Err(refused("not an http(s) URL")),
+        }
+        let registry = reference.resolve_registry().to_owned();
+        let (target, registry) = tokio::task::spawn_blocking(move || {
+            (addresses(&authority, 443), addresses(&registry, 443))
+        })
+        .await
+        .map_err(|e| Error::Network(format!("{what}: resolving {url}: {e}")))?;
+        if url_target_allowed(&target, &registry) {
+            Ok(())
+        } else {
+            Err(refused(
+                "it leads to a loopback, link-local or unspecified address, and the registry is not on one",
+            ))
+        }
     }
 
     /// The whole of a small blob (a config), verified and at most
@@ -511,7 +578,9 @@ impl Registry {
                 "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
             )));
         }
-        let mut stream = self.blob(reference, digest, size, &None, limits).await?;
+        let mut stream = self
+            .blob(reference, digest, size, ("", &None), limits)
+            .await?;
         let mut content = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
             content.extend_from_slice(
@@ -525,8 +594,16 @@ impl Registry {
 }
 
 /// A client with the system's CAs plus `ca_files`, or one that accepts any
-/// certificate when the host is configured to skip verification.
-fn http_client(name: &str, ca_files: &[PathBuf], skip_verify: bool) -> Result<reqwest::Client> {
+/// certificate when the host is configured to skip verification, whose
+/// connections are set up within `timeouts`. A loopback registry is never
+/// reached through a proxy from the environment (as Go's
+/// `ProxyFromEnvironment` decides), whatever `NO_PROXY` says.
+fn http_client(
+    name: &str,
+    ca_files: &[PathBuf],
+    skip_verify: bool,
+    timeouts: &Timeouts,
+) -> Result<reqwest::Client> {
     let mut roots = Vec::new();
     for path in ca_files {
         let pem = std::fs::read(path).map_err(|e| Error::io("reading CA certificate", path, e))?;
@@ -535,14 +612,17 @@ fn http_client(name: &str, ca_files: &[PathBuf], skip_verify: bool) -> Result<re
         })?;
         roots.extend(certificates);
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .tls_certs_merge(roots)
         .danger_accept_invalid_certs(skip_verify)
-        .build()
-        .map_err(|e| {
-            Error::InvalidArgument(format!("client for registry {name}: {}", error_chain(&e)))
-        })
+        .connector_layer(timeouts.connect_limit());
+    if is_loopback(name) {
+        builder = builder.no_proxy();
+    }
+    builder.build().map_err(|e| {
+        Error::InvalidArgument(format!("client for registry {name}: {}", error_chain(&e)))
+    })
 }
 
 impl Endpoint {
@@ -567,6 +647,7 @@ impl Endpoint {
     async fn send(
         &self,
         what: &str,
+        limits: Limits,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> std::result::Result<Response, Failed> {
         let host = &self.host;
@@ -590,6 +671,7 @@ impl Endpoint {
                             credential,
                             presented_token.as_deref(),
                             what,
+                            &limits,
                         )
                         .await?;
                     request = request.bearer_auth(&token.value);
@@ -608,18 +690,27 @@ impl Endpoint {
                 }
                 _ => {}
             }
-            let response = request
-                .send()
+            let response = limits
+                .send(request)
                 .await
-                .map_err(|e| transport_failure(e, what))?;
+                .map_err(|e| send_failure(e, what))?;
             if response.status() != StatusCode::UNAUTHORIZED || last_try {
-                return check_status(response, what).await;
+                return check_status(response, what, &limits).await;
+            }
+            // Only the host itself says how to authorize with it: a 401 from
+            // wherever a redirect led (a storage backend, another origin)
+            // must not send our credentials or tokens there.
+            if !same_origin(response.url(), &host.base) {
+                return check_status(response, what, &limits).await;
             }
             let learned = response
                 .headers()
                 .get(WWW_AUTHENTICATE)
                 .and_then(|value| value.to_str().ok())
                 .and_then(Challenge::parse);
+            if let Some(Challenge::Bearer { realm, .. }) = &learned {
+                check_realm(realm, &host.base, what)?;
+            }
             let retry = match &learned {
                 Some(Challenge::Bearer { .. }) => true,
                 Some(Challenge::Basic) => {
@@ -628,7 +719,7 @@ impl Endpoint {
                 None => false,
             };
             if !retry {
-                return check_status(response, what).await;
+                return check_status(response, what, &limits).await;
             }
             *host.challenge.lock().unwrap_or_else(|p| p.into_inner()) = learned;
         }
@@ -652,6 +743,7 @@ impl BlobSource {
         digest: &Digest,
         offset: u64,
         what: &str,
+        limits: Limits,
     ) -> std::result::Result<Response, Failed> {
         let range = |request: RequestBuilder| match offset {
             0 => request,
@@ -660,14 +752,16 @@ impl BlobSource {
         match self {
             BlobSource::Endpoint(endpoint) => {
                 let url = endpoint.url("blobs", digest.as_str());
-                endpoint.send(what, |http| range(http.get(&url))).await
+                endpoint
+                    .send(what, limits, |http| range(http.get(&url)))
+                    .await
             }
             BlobSource::Url { http, url } => {
-                let response = range(http.get(url))
-                    .send()
+                let response = limits
+                    .send(range(http.get(url)))
                     .await
-                    .map_err(|e| transport_failure(e, what))?;
-                check_status(response, what).await
+                    .map_err(|e| send_failure(e, what))?;
+                check_status(response, what, &limits).await
             }
         }
     }
@@ -684,6 +778,8 @@ struct BlobDownload {
     size: u64,
     what: String,
     limits: Limits,
+    /// `host:port` the bytes come from, for the stall message.
+    from: String,
     // None once the download has ended or failed.
     stream: Option<Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>>,
     received: u64,
@@ -698,8 +794,9 @@ impl BlobDownload {
             let stream = self.stream.as_mut()?;
             let next = self
                 .limits
-                .stalling(&self.what, async { Ok(stream.next().await) })
-                .await;
+                .stalling(&self.from, stream.next())
+                .await
+                .map_err(|stalled| Error::Timeout(format!("{}: {stalled}", self.what)));
             let interrupted = match next {
                 Ok(Some(Ok(mut bytes))) => {
                     let skipped = self.skip.min(bytes.len() as u64);
@@ -764,34 +861,39 @@ impl BlobDownload {
         } else {
             offset
         };
+        self.from = host_of(response.url());
         self.stream = Some(Box::pin(response.bytes_stream()));
         Ok(())
     }
 
-    /// The blob from byte `offset` on, within the stall timeout. (A
+    /// The blob from byte `offset` on, within the time limits. (A
     /// function of fields, not of `self`: the stream in `self` is not `Sync`.)
     async fn request(
         (source, digest, what, limits): (&BlobSource, &Digest, &str, Limits),
         offset: u64,
     ) -> Result<Response> {
-        let get = source.get(digest, offset, what);
-        limits
-            .stalling(what, async { get.await.map_err(|failed| failed.error) })
+        source
+            .get(digest, offset, what, limits)
             .await
+            .map_err(|failed| failed.error)
     }
 }
 
 /// A success passes; anything else becomes the error it stands for, with
 /// the server's own reason: 404 is not found, 401 and 403 unauthorized, 429
 /// and 5xx worth retrying (when the server asks, after `Retry-After`).
-async fn check_status(response: Response, what: &str) -> std::result::Result<Response, Failed> {
+async fn check_status(
+    response: Response,
+    what: &str,
+    limits: &Limits,
+) -> std::result::Result<Response, Failed> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let url = response.url().clone();
     let retry_after = retry_after(response.headers());
-    let body = read_limited(response, MAX_ERROR_BODY_BYTES)
+    let body = read_limited(response, MAX_ERROR_BODY_BYTES, limits)
         .await
         .unwrap_or_default();
     let codes = error_codes(&body);
@@ -828,6 +930,24 @@ async fn check_status(response: Response, what: &str) -> std::result::Result<Res
     })
 }
 
+/// A request that got no answer: the connection or TLS failed (worth
+/// another try, like a connection not set up in time), or the answer's
+/// headers did not come in time (not retried: a silent server stays silent,
+/// and each try would cost the whole response timeout again).
+fn send_failure(err: SendError, what: &str) -> Failed {
+    match err {
+        SendError::Transport(err) => transport_failure(err, what),
+        SendError::TimedOut {
+            message,
+            connecting,
+        } => Failed {
+            error: Error::Timeout(format!("{what}: {message}")),
+            transient: connecting,
+            retry_after: None,
+        },
+    }
+}
+
 /// A request that got no answer: the connection failed, or TLS did.
 fn transport_failure(err: reqwest::Error, what: &str) -> Failed {
     Failed {
@@ -839,7 +959,11 @@ fn transport_failure(err: reqwest::Error, what: &str) -> Failed {
 }
 
 /// Reads a manifest or config body, refusing one over [`MAX_METADATA_BYTES`].
-async fn read_metadata(response: Response, what: &str) -> std::result::Result<Vec<u8>, Failed> {
+async fn read_metadata(
+    response: Response,
+    what: &str,
+    limits: &Limits,
+) -> std::result::Result<Vec<u8>, Failed> {
     let too_big = |size: &str| -> Failed {
         Error::InvalidContent(format!(
             "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
@@ -851,11 +975,12 @@ async fn read_metadata(response: Response, what: &str) -> std::result::Result<Ve
             return Err(too_big(&announced.to_string()));
         }
     }
-    read_limited(response, MAX_METADATA_BYTES as usize)
+    read_limited(response, MAX_METADATA_BYTES as usize, limits)
         .await
         .map_err(|err| match err {
             ReadError::TooLong(_) => too_big("more than that many"),
             ReadError::Request(e) => transport_failure(e, what),
+            ReadError::Stalled(stalled) => Error::Timeout(format!("{what}: {stalled}")).into(),
         })
 }
 
@@ -920,25 +1045,76 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(0.5 + (noise % 1000) as f64 / 1000.0)
 }
 
-/// Bounds on one call's network waits.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Limits {
-    /// The longest wait for a response or for the next bytes of one.
-    pub stall_timeout: Option<Duration>,
+/// Layers whose descriptor `urls` may be followed: the non-distributable
+/// ("foreign") ones, which registries may legitimately not hold.
+fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
 
-impl Limits {
-    /// Runs `wait`, failing with a timeout if it takes longer than the stall timeout.
-    async fn stalling<T>(&self, what: &str, wait: impl Future<Output = Result<T>>) -> Result<T> {
-        let Some(limit) = self.stall_timeout else {
-            return wait.await;
-        };
-        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "{what}: nothing received for {limit:?} (stall timeout)"
-            )))
-        })
+/// The addresses `host[:port]` resolves to (none when it does not).
+fn addresses(host: &str, default_port: u16) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse() {
+        return vec![ip];
     }
+    let with_port = match host.rsplit_once(':') {
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(']') => {
+            host.to_owned()
+        }
+        _ => format!("{host}:{default_port}"),
+    };
+    with_port
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|addr| addr.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// Loopback, link-local and unspecified addresses: the machine itself and
+/// its link (where cloud metadata services live).
+fn is_internal(ip: &std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
+        IpAddr::V4(_) => *ip,
+    };
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        }
+}
+
+/// A descriptor URL's addresses may be reached unless one is internal and
+/// the registry's are not.
+fn url_target_allowed(target: &[std::net::IpAddr], registry: &[std::net::IpAddr]) -> bool {
+    !target.iter().any(is_internal) || registry.iter().any(is_internal)
+}
+
+/// Whether `url` is on the origin `base` (`scheme://host[:port]`).
+fn same_origin(url: &reqwest::Url, base: &str) -> bool {
+    reqwest::Url::parse(base).is_ok_and(|base| base.origin() == url.origin())
+}
+
+/// Refuses a bearer realm that is not an http(s) URL, or that is plain
+/// HTTP for a registry reached over HTTPS: the realm gets the credentials.
+fn check_realm(realm: &str, base: &str, what: &str) -> std::result::Result<(), Failed> {
+    let scheme = reqwest::Url::parse(realm).map(|url| url.scheme().to_owned());
+    let refused = match scheme.as_deref() {
+        Ok("https") => return Ok(()),
+        Ok("http") if base.starts_with("http://") => return Ok(()),
+        Ok("http") => {
+            "is plain HTTP for a registry reached over HTTPS: credentials \
+                       never travel in clear text"
+        }
+        _ => "is not an http(s) URL",
+    };
+    Err(Error::Unauthorized(format!(
+        "{what}: {base} names the token realm {realm:?}, which {refused}"
+    ))
+    .into())
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -955,7 +1131,85 @@ fn is_loopback(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    #[test]
+    fn descriptor_urls_reach_internal_addresses_only_from_internal_registries() {
+        let ips = |list: &[&str]| -> Vec<std::net::IpAddr> {
+            list.iter().map(|ip| ip.parse().unwrap()).collect()
+        };
+        let public = ips(&["203.0.113.7"]);
+        for internal in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "169.254.169.254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let target = ips(&[internal]);
+            assert!(!url_target_allowed(&target, &public), "{internal}");
+            assert!(
+                url_target_allowed(&target, &ips(&["127.0.0.1"])),
+                "{internal}"
+            );
+        }
+        assert!(!url_target_allowed(
+            &ips(&["198.51.100.1", "127.0.0.1"]),
+            &public
+        ));
+        assert!(url_target_allowed(&ips(&["198.51.100.1"]), &public));
+        assert!(url_target_allowed(&[], &public));
+        assert_eq!(addresses("127.0.0.1:5000", 443), ips(&["127.0.0.1"]));
+        assert_eq!(addresses("[::1]:5000", 443), ips(&["::1"]));
+        assert!(addresses("localhost", 443)
+            .iter()
+            .all(|ip| ip.is_loopback()));
+    }
+
+    #[test]
+    fn only_foreign_layers_follow_urls() {
+        for media_type in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ] {
+            assert!(is_non_distributable(media_type), "{media_type}");
+        }
+        for media_type in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "",
+        ] {
+            assert!(!is_non_distributable(media_type), "{media_type}");
+        }
+    }
+
+    #[test]
+    fn realms_and_origins() {
+        assert!(check_realm("https://auth.example/token", "https://r.example", "x").is_ok());
+        assert!(check_realm("http://127.0.0.1:9/token", "http://127.0.0.1:5000", "x").is_ok());
+        for (realm, base) in [
+            ("http://auth.example/token", "https://r.example"),
+            ("ftp://auth.example/token", "https://r.example"),
+            ("/token", "http://127.0.0.1:5000"),
+        ] {
+            match check_realm(realm, base, "x") {
+                Err(Failed {
+                    error: Error::Unauthorized(msg),
+                    transient: false,
+                    ..
+                }) => assert!(msg.contains(realm), "{msg}"),
+                _ => panic!("{realm} for {base} was not refused"),
+            }
+        }
+        let url = reqwest::Url::parse("https://r.example/v2/a/blobs/x").unwrap();
+        assert!(same_origin(&url, "https://r.example"));
+        assert!(same_origin(&url, "https://r.example:443"));
+        assert!(!same_origin(&url, "http://r.example"));
+        assert!(!same_origin(&url, "https://r.example:5000"));
+    }
 
     #[test]
     fn loopback_hosts_use_plain_http() {

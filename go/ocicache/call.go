@@ -39,11 +39,10 @@ const (
 )
 
 // withCall runs one blocking library call with call options made from ctx
-// and the cache's settings, and turns its outcome into an error:
+// and turns its outcome into an error:
 //   - ctx.Done() triggers a cancel token (any call, any time);
 //   - ctx's deadline becomes the library's deadline for the call, so a
 //     call ends on time even where cancellation is not watched;
-//   - c.stallMS is the stall timeout;
 //   - the progress function of WithProgress, if withProgress.
 //
 // Without any of them the library gets NULL options, as before they
@@ -79,16 +78,11 @@ func (c *Cache) withCallExtras(ctx context.Context, withProgress bool, extras ca
 	done := ctx.Done()
 
 	var opts *C.oci_call_options
-	if done != nil || hasDeadline || progress != nil || c.stallMS > 0 || extras.cancel != nil {
+	if done != nil || hasDeadline || progress != nil || extras.cancel != nil {
 		if st := C.oci_call_options_new(&opts); st != C.OCI_OK {
 			return statusError(st, "oci_call_options_new")
 		}
 		defer C.oci_call_options_free(opts)
-	}
-	if c.stallMS > 0 {
-		if st := C.oci_call_options_set_stall_timeout_ms(opts, C.uint64_t(c.stallMS)); st != C.OCI_OK {
-			return statusError(st, "oci_call_options_set_stall_timeout_ms")
-		}
 	}
 	if progress != nil {
 		// The library keeps user_data and calls back with it, so it must be

@@ -60,8 +60,10 @@
 // matching context.DeadlineExceeded, ErrTimeout and ErrCanceled, whichever
 // of the library's deadline and the cancellation came first.
 //
-// Options.StallTimeout bounds how long any call waits for a registry that
-// sends nothing; it fails the call with an error matching ErrTimeout only.
+// Every network step has a time limit by default (see Options.ConnectTimeout,
+// TLSHandshakeTimeout, ResponseTimeout and StallTimeout): a registry that
+// accepts connections and never answers fails a call with an error matching
+// ErrTimeout only, naming the host and the step, within 30 s.
 //
 // FetchLayer's reader checks its context between reads only (see
 // FetchLayer).
@@ -93,7 +95,9 @@ func Version() string {
 	return C.GoString(C.oci_version())
 }
 
-// NoLimit, set in an Options field that documents it, turns that limit off.
+// NoLimit, set in an Options field that documents it (a time limit or the
+// free-space reserve), turns that limit off. It is an untyped constant, so
+// it fits both time.Duration and byte-count fields.
 const NoLimit = -1
 
 // Options configures a Cache. The zero value of every field means the
@@ -147,10 +151,28 @@ type Options struct {
 	// files, and a fixed order makes the first failure reported the same
 	// on every run.
 	HostCACertificates []HostCACertificate
-	// StallTimeout fails every call of the cache with an error matching
-	// ErrTimeout when a registry sends nothing (no response, or no next
-	// bytes of one) for this long. Zero: no limit; a call then waits as
-	// long as its context lets it. Rounded up to whole milliseconds.
+	// ConnectTimeout bounds setting up a TCP connection to a registry,
+	// mirror, token realm or descriptor URL; a connection not set up in
+	// time fails that try with an error matching ErrTimeout, and is tried
+	// once more (within Attempts). The TCP connect and the TLS handshake are one
+	// step in the HTTP client: an HTTPS connection gets ConnectTimeout +
+	// TLSHandshakeTimeout for both, and turning either off leaves it
+	// unbounded. Zero: 30 s. NoLimit (any negative value): off. Every
+	// timeout is rounded up to whole milliseconds.
+	ConnectTimeout time.Duration
+	// TLSHandshakeTimeout bounds a TLS handshake, on top of ConnectTimeout.
+	// Zero: 10 s. NoLimit: off.
+	TLSHandshakeTimeout time.Duration
+	// ResponseTimeout bounds the wait for a response's headers once
+	// connected, token requests included; a server that does not answer in
+	// time fails the call with an error matching ErrTimeout (not retried).
+	// StallTimeout, when shorter, bounds this wait too. Zero: 30 s.
+	// NoLimit: off.
+	ResponseTimeout time.Duration
+	// StallTimeout fails a call with an error matching ErrTimeout when a
+	// registry sends nothing (no response, or no next bytes of one) for
+	// this long. Zero: 60 s. NoLimit: off; a call then waits for a body
+	// as long as its context lets it.
 	StallTimeout time.Duration
 	// Mirrors are tried, in order, before the registry they stand for:
 	// one that is unreachable, answers 5xx or lacks the content hands over
@@ -200,10 +222,6 @@ type Cache struct {
 	// by Close, so the handle is never freed under a running call.
 	mu  sync.RWMutex
 	ptr *C.oci_cache
-	// stallMS is Options.StallTimeout for oci_call_options_set_stall_timeout_ms:
-	// the library has it per call, this package per cache. Set by Open,
-	// read-only after.
-	stallMS uint64
 }
 
 // Open makes a Cache with opts. It does no I/O beyond creating the store
@@ -220,9 +238,6 @@ func Open(opts Options) (*Cache, error) {
 	if opts.Attempts < 0 {
 		return nil, invalidArgument("Options.Attempts must not be negative")
 	}
-	if opts.StallTimeout < 0 {
-		return nil, invalidArgument("Options.StallTimeout must not be negative")
-	}
 
 	var copts *C.oci_cache_options
 	if st := C.oci_cache_options_new(&copts); st != C.OCI_OK {
@@ -238,7 +253,7 @@ func Open(opts Options) (*Cache, error) {
 	if st := C.oci_cache_new(copts, &ptr, &cerr); st != C.OCI_OK {
 		return nil, takeError(st, cerr)
 	}
-	c := &Cache{ptr: ptr, stallMS: ceilMillis(opts.StallTimeout)}
+	c := &Cache{ptr: ptr}
 	// Only a safety net for a forgotten Close: the handle owns a thread
 	// pool, which the garbage collector cannot see.
 	runtime.SetFinalizer(c, (*Cache).Close)
@@ -340,6 +355,36 @@ func applyOptions(copts *C.oci_cache_options, opts *Options) error {
 	if opts.Attempts > 0 {
 		if st := C.oci_cache_options_set_attempts(copts, C.uint32_t(opts.Attempts)); st != C.OCI_OK {
 			return statusError(st, fmt.Sprintf("Options.Attempts %d", opts.Attempts))
+		}
+	}
+	for _, limit := range []struct {
+		field string
+		value time.Duration
+		set   func(*C.oci_cache_options, C.uint64_t) C.oci_status
+	}{
+		{"Options.ConnectTimeout", opts.ConnectTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_connect_timeout_ms(o, ms)
+		}},
+		{"Options.TLSHandshakeTimeout", opts.TLSHandshakeTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_tls_handshake_timeout_ms(o, ms)
+		}},
+		{"Options.ResponseTimeout", opts.ResponseTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_response_timeout_ms(o, ms)
+		}},
+		{"Options.StallTimeout", opts.StallTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_stall_timeout_ms(o, ms)
+		}},
+	} {
+		if limit.value == 0 {
+			continue // the library's default
+		}
+		// 0 ms is the library's "off"; NoLimit (any negative value) asks for it.
+		ms := uint64(0)
+		if limit.value > 0 {
+			ms = ceilMillis(limit.value)
+		}
+		if st := limit.set(copts, C.uint64_t(ms)); st != C.OCI_OK {
+			return statusError(st, fmt.Sprintf("%s %v", limit.field, limit.value))
 		}
 	}
 	for _, hc := range opts.HostCACertificates {

@@ -1,6 +1,7 @@
 // This file owns the tests of time limits and of the registry Options:
 // a context's deadline (the library's own deadline path, and together with
-// cancellation), Options.StallTimeout, CA certificate files (read at first
+// cancellation), the default network time limits, Options.StallTimeout,
+// ResponseTimeout and NoLimit, CA certificate files (read at first
 // use, not by Open), credentials and auth file on a plain registry, and
 // setter failures naming their field.
 
@@ -277,6 +278,64 @@ func TestCredentialsOnPlainRegistry(t *testing.T) {
 	checkLayerFiles(t, dst, files)
 }
 
+// With no option set, a registry that accepts connections and never
+// answers fails a call with ErrTimeout alone, naming the host and the
+// step, within 90 s (the 30 s response timeout). Parallel with
+// TestNoLimitTurnsALimitOff, so the wait overlaps.
+func TestDefaultLimitsEndACallToASilentRegistry(t *testing.T) {
+	t.Parallel()
+	c := openCache(t, ocicache.Options{})
+	s := startSilentServer(t)
+	// Only an outer bound: the library's own limits must end the call first.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := c.FetchImage(ctx, s.ref(), "")
+	elapsed := time.Since(start)
+	if !errors.Is(err, ocicache.ErrTimeout) || errors.Is(err, ocicache.ErrCanceled) ||
+		errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("FetchImage from a silent registry: %v, want ErrTimeout only", err)
+	}
+	host := s.l.Addr().String()
+	for _, part := range []string{"waiting for response headers from " + host, "nothing within 30s (response_timeout)"} {
+		if !strings.Contains(err.Error(), part) {
+			t.Errorf("%q is missing from %v", part, err)
+		}
+	}
+	if elapsed < 29*time.Second || elapsed > 90*time.Second {
+		t.Errorf("default limits ended the call after %v, want 30 s (at most 90 s)", elapsed)
+	}
+}
+
+// ResponseTimeout bounds the wait for headers; NoLimit turns the response
+// and stall timeouts off, leaving only the context's deadline.
+func TestNoLimitTurnsALimitOff(t *testing.T) {
+	t.Parallel()
+	s := startSilentServer(t)
+	quick := openCache(t, ocicache.Options{ResponseTimeout: 300 * time.Millisecond})
+	start := time.Now()
+	_, err := quick.FetchImage(context.Background(), s.ref(), "")
+	elapsed := time.Since(start)
+	if !errors.Is(err, ocicache.ErrTimeout) || !strings.Contains(err.Error(), "nothing within 300ms (response_timeout)") {
+		t.Errorf("FetchImage with a 300ms ResponseTimeout: %v", err)
+	}
+	if elapsed < 250*time.Millisecond || elapsed > 2*time.Second {
+		t.Errorf("a 300ms ResponseTimeout ended the call after %v", elapsed)
+	}
+
+	off := openCache(t, ocicache.Options{ResponseTimeout: ocicache.NoLimit, StallTimeout: -time.Second})
+	ctx := deadlineOnly{context.Background(), time.Now().Add(800 * time.Millisecond)}
+	start = time.Now()
+	_, err = off.FetchImage(ctx, s.ref(), "")
+	elapsed = time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "_timeout") {
+		t.Errorf("FetchImage with the limits off: %v, want the deadline's error", err)
+	}
+	if elapsed < 750*time.Millisecond || elapsed > 3*time.Second {
+		t.Errorf("an 800ms deadline ended the call after %v", elapsed)
+	}
+}
+
 // A setter's failure names the Options field, and never a password.
 func TestOptionsErrorsNameTheField(t *testing.T) {
 	for _, tc := range []struct {
@@ -291,7 +350,6 @@ func TestOptionsErrorsNameTheField(t *testing.T) {
 		{ocicache.Options{AuthFile: "bad\xff.json"}, "Options.AuthFile"},
 		{ocicache.Options{Credentials: []ocicache.Credential{{Host: "h", Username: "u", Password: "pass\xffword"}}}, "Options.Credentials"},
 		{ocicache.Options{InsecureRegistries: []string{"h\x00"}}, "Options.InsecureRegistries"},
-		{ocicache.Options{StallTimeout: -time.Second}, "Options.StallTimeout"},
 	} {
 		c, err := ocicache.Open(tc.opts)
 		if c != nil {

@@ -39,7 +39,10 @@ impl Default for oci_cache_options {
 }
 
 /// Makes options with every default: no store, the host's platform, 2
-/// runtime worker threads, 3 layers fetched at once.
+/// runtime worker threads, 3 layers fetched at once, and a time limit on
+/// every network step (connect 30 s, TLS handshake 10 s, response headers
+/// 30 s, stall 60 s: see `oci_cache_options_set_connect_timeout_ms` and
+/// the setters after it).
 #[no_mangle]
 pub extern "C" fn oci_cache_options_new(options_out: *mut *mut oci_cache_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
@@ -284,6 +287,79 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
     })
 }
 
+/// How long setting up a TCP connection to a registry, mirror, token realm
+/// or descriptor URL may take, in milliseconds. Default: 30000 (30 s, as
+/// containerd's dialer); 0 turns the limit off. A connection not set up in
+/// time fails that try with `OCI_E_TIMEOUT` naming the host, and is tried
+/// once more (within the attempts). The TCP connect and the TLS
+/// handshake are one step in the HTTP client: an HTTPS connection gets
+/// connect + TLS handshake timeouts for both, and turning either off
+/// leaves it unbounded.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_connect_timeout_ms(
+    options: *mut oci_cache_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|o| o.connect_timeout(limit_ms(ms)));
+        Ok(())
+    })
+}
+
+/// How long a TLS handshake may take, in milliseconds, on top of the
+/// connect timeout (see `oci_cache_options_set_connect_timeout_ms`).
+/// Default: 10000 (10 s); 0 turns the limit of HTTPS connection setup off.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_tls_handshake_timeout_ms(
+    options: *mut oci_cache_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|o| o.tls_handshake_timeout(limit_ms(ms)));
+        Ok(())
+    })
+}
+
+/// How long a request waits for the response headers once connected, in
+/// milliseconds, token requests included. Default: 30000 (30 s); 0 turns
+/// the limit off. The stall timeout, when shorter, bounds this wait too. A
+/// server that does not answer in time fails the call with `OCI_E_TIMEOUT`
+/// naming the host (not retried).
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_response_timeout_ms(
+    options: *mut oci_cache_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|o| o.response_timeout(limit_ms(ms)));
+        Ok(())
+    })
+}
+
+/// How long a response may go without a byte, in milliseconds: the wait
+/// for headers and for each next part of a body, token answers included.
+/// Default: 60000 (60 s); 0 turns the limit off. A call's own
+/// `oci_call_options_set_stall_timeout_ms` overrides it for that call.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_stall_timeout_ms(
+    options: *mut oci_cache_options,
+    ms: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        let options = arg_mut(options, "options")?;
+        options.update(|o| o.stall_timeout(limit_ms(ms)));
+        Ok(())
+    })
+}
+
+/// A time limit given in milliseconds, 0 meaning none.
+fn limit_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 /// Frees `options`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_cache_options_free(options: *mut oci_cache_options) {
@@ -467,8 +543,10 @@ pub extern "C" fn oci_call_options_set_deadline_ms(
 }
 
 /// Fails calls using `options` with `OCI_E_TIMEOUT` when a registry sends
-/// nothing (no response, or no next bytes of one) for `ms` milliseconds
-/// (0 removes the limit).
+/// nothing (no response, or no next bytes of one) for `ms` milliseconds,
+/// instead of the cache's stall timeout (default 60 s, see
+/// `oci_cache_options_set_stall_timeout_ms`); 0 turns the stall timeout off
+/// for these calls. Unset: the cache's.
 #[no_mangle]
 pub extern "C" fn oci_call_options_set_stall_timeout_ms(
     options: *mut oci_call_options,
@@ -476,7 +554,7 @@ pub extern "C" fn oci_call_options_set_stall_timeout_ms(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.update(|call| call.stall_timeout((ms > 0).then(|| Duration::from_millis(ms))));
+        options.update(|call| call.stall_timeout(limit_ms(ms)));
         Ok(())
     })
 }

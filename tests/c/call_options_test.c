@@ -360,6 +360,70 @@ int main(void) {
         oci_cache_options_free(options);
     }
 
+    /* The time limits of every network step: NULL options, then values
+     * and 0 (off) accepted: 8 checks. */
+    {
+        oci_cache_options *options = new_options();
+        CHECK(oci_cache_options_set_connect_timeout_ms(NULL, 5) == OCI_E_INVALID_ARGUMENT,
+              "connect timeout NULL");
+        CHECK(oci_cache_options_set_tls_handshake_timeout_ms(NULL, 5) == OCI_E_INVALID_ARGUMENT,
+              "TLS handshake timeout NULL");
+        CHECK(oci_cache_options_set_response_timeout_ms(NULL, 5) == OCI_E_INVALID_ARGUMENT,
+              "response timeout NULL");
+        CHECK(oci_cache_options_set_stall_timeout_ms(NULL, 5) == OCI_E_INVALID_ARGUMENT,
+              "cache stall timeout NULL");
+        CHECK(oci_cache_options_set_connect_timeout_ms(options, 0) == OCI_OK, "connect off");
+        CHECK(oci_cache_options_set_tls_handshake_timeout_ms(options, 2000) == OCI_OK, "TLS 2 s");
+        CHECK(oci_cache_options_set_response_timeout_ms(options, UINT64_MAX) == OCI_OK,
+              "response timeout UINT64_MAX");
+        CHECK(oci_cache_options_set_stall_timeout_ms(options, 0) == OCI_OK, "stall off");
+        oci_cache_options_free(options);
+    }
+
+    /* A server that accepts and never answers, with DEFAULT options:
+     * OCI_E_TIMEOUT within 90 s, naming the host and the step: 4 checks. */
+    {
+        oci_cache *defaults = open_cache(NULL);
+        oci_image *image = NULL;
+        oci_error *err = NULL;
+        double started = now();
+        oci_status status = oci_fetch_image(defaults, silent_ref, NULL, NULL, &image, &err);
+        double took = now() - started;
+        CHECK(status == OCI_E_TIMEOUT && oci_error_code(err) == OCI_E_TIMEOUT,
+              "default limits: %d %s", status, message(err));
+        CHECK(image == NULL, "default limits: image written on failure");
+        CHECK(took >= 29.0 && took <= 90.0, "default limits ended the call after %.3f s", took);
+        CHECK(err != NULL && strstr(message(err), silent_host) != NULL &&
+                  strstr(message(err), "waiting for response headers") != NULL &&
+                  strstr(message(err), "(response_timeout)") != NULL,
+              "default limits: the message names neither host nor step: %s", message(err));
+        oci_error_free(err);
+        oci_cache_free(defaults);
+    }
+
+    /* A cache's response timeout, and a call's stall timeout 0 (off for
+     * the call) leaving the cache's limits alone: 3 checks. */
+    {
+        oci_cache_options *options = new_options();
+        oci_cache_options_set_response_timeout_ms(options, 300);
+        oci_cache *quick = open_cache(options);
+        oci_call_options *call = new_call_options();
+        CHECK(oci_call_options_set_stall_timeout_ms(call, 0) == OCI_OK, "call stall off");
+        oci_image *image = NULL;
+        oci_error *err = NULL;
+        double started = now();
+        oci_status status = oci_fetch_image(quick, silent_ref, NULL, call, &image, &err);
+        double took = now() - started;
+        CHECK(status == OCI_E_TIMEOUT && err != NULL &&
+                  strstr(message(err), "nothing within 300ms (response_timeout)") != NULL,
+              "response timeout: %d %s", status, message(err));
+        CHECK(took >= 0.29 && took <= 2.0, "a 300 ms response timeout ended the call after %.3f s",
+              took);
+        oci_error_free(err);
+        oci_call_options_free(call);
+        oci_cache_free(quick);
+    }
+
     oci_cache *cache = open_cache(NULL);
 
     /* Deadline against a server that never answers: 5 checks. */
