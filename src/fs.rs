@@ -107,7 +107,7 @@ pub(crate) fn open_if_exists(path: &Path) -> Result<Option<File>> {
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
 /// lock lasts until the file is closed, or its process dies.
-fn try_lock(file: &File, path: &Path) -> Result<bool> {
+pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);
@@ -121,17 +121,23 @@ fn try_lock(file: &File, path: &Path) -> Result<bool> {
 /// An exclusive advisory lock on `path` (created if missing), held until
 /// the returned file is dropped. Waits for other holders, in any process.
 pub(crate) fn lock_file(path: &Path) -> Result<File> {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("opening lock file", path, e))?;
+    let file = open_lock_file(path)?;
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(Error::io("locking", path, io::Error::last_os_error()));
     }
     Ok(file)
+}
+
+/// Opens the lock file at `path` (created if missing), unlocked: for a
+/// caller that polls [`try_lock`] instead of blocking in `flock`.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening lock file", path, e))
 }
 
 /// Removes the temp files in `dir` that no live writer holds: those left by
