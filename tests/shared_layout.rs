@@ -643,7 +643,34 @@ async fn a_prune_never_takes_what_a_concurrent_pull_records() {
     let cache = ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
     let image = cache.fetch_image(&reference, None).await.unwrap();
     cache.rootfs(&image, dst.path()).await.unwrap();
-    let blobs = sorted(image_blobs(store.path(), &pushed));
+    // Other tools' small documents as roots, so that each prune spends a
+    // while walking: long enough for a pull to record its image meanwhile.
+    let fillers: Vec<Value> = (0..2000)
+        .map(|i| {
+            let doc = serde_json::to_vec(&json!({"schemaVersion": 2, "filler": i})).unwrap();
+            let digest = sha256(&doc);
+            std::fs::write(blob_path(store.path(), &digest), &doc).unwrap();
+            json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": doc.len()})
+        })
+        .collect();
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(store.path().join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .extend(fillers.iter().cloned());
+    std::fs::write(
+        store.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let mut blobs = image_blobs(store.path(), &pushed);
+    blobs.extend(
+        fillers
+            .iter()
+            .map(|f| blob_path(store.path(), f["digest"].as_str().unwrap())),
+    );
+    let blobs = sorted(blobs);
     let tars: Vec<PathBuf> = pushed
         .diff_ids
         .iter()
@@ -653,7 +680,7 @@ async fn a_prune_never_takes_what_a_concurrent_pull_records() {
         cache.remove(&reference).await.unwrap();
         let pull = async {
             // Staggered, so that rounds hit different moments of the prune.
-            tokio::time::sleep(Duration::from_millis(round * 2)).await;
+            tokio::time::sleep(Duration::from_millis(round * 5)).await;
             let image = cache.fetch_image(&reference, None).await?;
             cache.rootfs(&image, dst.path()).await.map(drop)
         };
@@ -676,4 +703,49 @@ async fn a_prune_never_takes_what_a_concurrent_pull_records() {
         cache.verify(Some(dst.path()), false).await.unwrap().corrupt,
         Vec::<PathBuf>::new()
     );
+}
+
+/// Verify stops between chunks of a file once its deadline passes or its
+/// future is dropped: a store of large (sparse) corrupt blobs, verified
+/// with removal, ends promptly, and nothing changes after it returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_stops_on_its_deadline_and_when_dropped() {
+    let store = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
+    let blobs = store.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    // Holes read as zeros, so the files take no disk but a long hash each.
+    for i in 0..8u8 {
+        let file = File::create(blobs.join(format!("{i:02x}").repeat(32))).unwrap();
+        file.set_len(1 << 30).unwrap();
+    }
+    let before = files_under(store.path());
+    let limited = cache.with_call_options(CallOptions::new().deadline(Duration::from_millis(200)));
+    let started = Instant::now();
+    let outcome = limited.verify(None, true).await;
+    assert!(
+        matches!(&outcome, Err(Error::Timeout(msg)) if msg.contains("verify")),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Returned once the work stopped: nothing is removed from now on.
+    let after = files_under(store.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(files_under(store.path()), after);
+    assert_eq!(
+        after, before,
+        "a blob was removed before it was fully hashed"
+    );
+
+    let dropped = tokio::time::timeout(Duration::from_millis(200), cache.verify(None, true)).await;
+    assert!(dropped.is_err(), "verify of 8 GiB finished in 200 ms");
+    // The work notices within a chunk; then nothing more changes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = files_under(store.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(files_under(store.path()), settled);
 }
