@@ -380,6 +380,10 @@ impl ImageCache {
     ///
     /// A tag the store already records is served from the store without
     /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
+    /// A store manifest or config that fails to verify is removed and
+    /// fetched again (once); if that fails too, the error is still
+    /// [`Error::DigestMismatch`] naming it. Recording waits for the store's
+    /// lock without holding a runtime thread; the deadline ends the wait.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         self.call
             .bounded(
@@ -532,7 +536,8 @@ impl ImageCache {
 
     /// Files for every layer of `image`, bottom first: layers already in
     /// `dst` are opened without touching the network, missing ones are
-    /// fetched and extracted. `dst` must exist.
+    /// fetched and extracted. `dst` must exist. A store layer blob found
+    /// corrupt while extracting is removed and fetched again (once).
     pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
         self.extract_all(image, dst, true).await
     }
@@ -717,14 +722,18 @@ impl ImageCache {
 /// needs a store ([`CacheOptions::store`]); `dst` is a directory of layer
 /// tars, as given to [`ImageCache::rootfs`].
 impl ImageCache {
-    /// The images the store records: reference, digest, and the bytes of
-    /// the store's blobs each reaches.
+    /// The images the store records under a name (`index.json` entries
+    /// with a `org.opencontainers.image.ref.name`): reference, digest, and
+    /// the bytes of the store's blobs each reaches. Other entries, which
+    /// other tools may write, are skipped. Takes no lock.
     pub async fn list(&self) -> Result<Vec<StoredImage>> {
         self.maintain("list", maintenance::list).await
     }
 
     /// Drops `reference` from the store's `index.json` (`NotFound` if it is
-    /// not there). Its blobs stay until [`prune`](Self::prune).
+    /// not there). Its blobs stay until [`prune`](Self::prune). Waits for
+    /// the store's lock without holding a runtime thread; the deadline, or
+    /// dropping the call, ends the wait.
     pub async fn remove(&self, reference: &str) -> Result<()> {
         let name = parse_reference(reference)?.whole();
         self.maintain("remove", |store| async move {
@@ -735,9 +744,16 @@ impl ImageCache {
     }
 
     /// Removes the store's blobs, and the layer tars under `dst`, that no
-    /// recorded image reaches, and temp files left by killed writers. Safe
+    /// entry of `index.json` reaches, and temp files left by killed
+    /// writers. Every entry is a root, named or not (as other tools such as
+    /// skopeo write them), whatever its media type; everything it reaches
+    /// through `manifests`, `config`, `layers`, `blobs` and `subject` stays,
+    /// and so do the layer tars of every reached config's diff_ids. Safe
     /// while other threads and processes pull into the same store and
-    /// `dst`: what they are writing is never removed.
+    /// `dst`: what they are writing or have just recorded is never removed.
+    /// The store's lock is held only to delete, in short batches, and
+    /// waited for without holding a runtime thread; a deadline or dropping
+    /// the call ends the prune between files.
     pub async fn prune(&self, dst: Option<&Path>) -> Result<Pruned> {
         let dst = dst.map(existing_dir).transpose()?;
         self.maintain("prune", |store| maintenance::prune(store, dst))
@@ -754,7 +770,9 @@ impl ImageCache {
     /// Re-hashes every store blob and every layer tar under `dst` and
     /// reports those that do not match their digest; with `remove_corrupt`
     /// it deletes them, so the next [`rootfs`](Self::rootfs) fetches them
-    /// again.
+    /// again. Takes no lock; a deadline or dropping the call ends it
+    /// between chunks of a file. Files that are not regular (symlinks,
+    /// FIFOs) are skipped, never followed or waited on.
     pub async fn verify(&self, dst: Option<&Path>, remove_corrupt: bool) -> Result<Verified> {
         let dst = dst.map(existing_dir).transpose()?;
         self.maintain("verify", |store| {

@@ -1,7 +1,8 @@
 //! Per-call settings: a deadline for the whole call, a stall timeout for
 //! each network wait, and a progress callback, carried by an
 //! [`ImageCache`](crate::ImageCache) made with
-//! [`with_call_options`](crate::ImageCache::with_call_options).
+//! [`with_call_options`](crate::ImageCache::with_call_options), and the
+//! blocking work a call starts, which stops when the call is dropped.
 
 use std::fmt;
 use std::future::Future;

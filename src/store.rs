@@ -219,7 +219,7 @@ impl Store {
             .collect())
     }
 
-    /// The bytes of `index.json` now: what [`roots`] reads, and what tells
+    /// The bytes of `index.json` now: what [`roots`](Self::roots) reads, and what tells
     /// a later look whether it changed meanwhile.
     pub(crate) fn index_bytes(&self) -> Result<Vec<u8>> {
         let path = self.index_path();

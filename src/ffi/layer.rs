@@ -153,7 +153,9 @@ pub extern "C" fn oci_extract_layers(
 
 /// Like `oci_extract_layers`, but layers already in `dst` are opened without
 /// touching the network; only missing ones are fetched. The warm path of a
-/// container start.
+/// container start. A store layer blob found corrupt while extracting is
+/// removed and fetched again (once); if that fails too, the status is still
+/// `OCI_E_DIGEST_MISMATCH`, naming the blob.
 #[no_mangle]
 pub extern "C" fn oci_rootfs(
     cache: *mut oci_cache,
