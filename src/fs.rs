@@ -9,7 +9,7 @@
 use std::fs::{File, Permissions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -130,14 +130,27 @@ pub(crate) fn lock_file(path: &Path) -> Result<File> {
 }
 
 /// Opens the lock file at `path` (created if missing), unlocked: for a
-/// caller that polls [`try_lock`] instead of blocking in `flock`.
+/// caller that polls [`try_lock`] instead of blocking in `flock`. A FIFO
+/// planted there is refused, not waited on (`O_NONBLOCK`, which `flock`
+/// and regular files ignore).
 pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
-    File::options()
+    let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("opening lock file", path, e))
+        .map_err(|e| Error::io("opening lock file", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("opening lock file", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Io(format!(
+            "lock file {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Removes the temp files in `dir` that no live writer holds: those left by

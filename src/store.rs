@@ -11,7 +11,8 @@
 //! not, is a root: other tools' images in the layout count as much as ours.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,9 +222,24 @@ impl Store {
 
     /// The bytes of `index.json` now: what [`roots`](Self::roots) reads, and what tells
     /// a later look whether it changed meanwhile.
+    /// A FIFO there is refused, not waited on.
     pub(crate) fn index_bytes(&self) -> Result<Vec<u8>> {
         let path = self.index_path();
-        std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))
+        let mut file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| Error::io("reading", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("reading", &path, e))?;
+        if !meta.is_file() {
+            return Err(self.malformed_index("not a regular file"));
+        }
+        let mut content = Vec::new();
+        file.read_to_end(&mut content)
+            .map_err(|e| Error::io("reading", &path, e))?;
+        Ok(content)
     }
 
     /// Drops the entry for `name` from `index.json`; its blobs stay until
@@ -272,8 +288,7 @@ impl Store {
     }
 
     fn read_index(&self) -> Result<Value> {
-        let path = self.index_path();
-        let content = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let content = self.index_bytes()?;
         serde_json::from_slice(&content).map_err(|e| self.malformed_index(&e.to_string()))
     }
 

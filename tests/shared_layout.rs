@@ -749,3 +749,109 @@ async fn verify_stops_on_its_deadline_and_when_dropped() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(files_under(store.path()), settled);
 }
+
+/// Opens each FIFO once for reading and writing when dropped, which
+/// releases anyone blocked opening it: a test that fails because a call
+/// waited on one then fails instead of hanging.
+struct Unblock(Vec<PathBuf>);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        for fifo in &self.0 {
+            let _ = File::options().read(true).write(true).open(fifo);
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+}
+
+/// FIFOs and symlinks planted in the store and `dst` under digest names
+/// (one as a root's document) are never waited on, followed or removed by
+/// list, prune, verify or disk_usage; a FIFO in place of `index.json` is
+/// an error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_fifos_and_symlinks_are_not_waited_on_or_followed() {
+    let store = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
+    let blobs = store.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(dst.path().join("sha256")).unwrap();
+    let target = outside.path().join("precious");
+    std::fs::write(&target, b"not the library's").unwrap();
+    let root_fifo = blob_path(store.path(), &sha256(b"root"));
+    let fifos = vec![
+        root_fifo.clone(),
+        blob_path(store.path(), &sha256(b"loose")),
+        tar_path(dst.path(), &sha256(b"tar")),
+    ];
+    let _unblock = Unblock(fifos.clone());
+    for fifo in &fifos {
+        mkfifo(fifo);
+    }
+    let links = [
+        blob_path(store.path(), &sha256(b"link")),
+        tar_path(dst.path(), &sha256(b"link tar")),
+    ];
+    for link in &links {
+        std::os::unix::fs::symlink(&target, link).unwrap();
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": sha256(b"root"), "size": 4,
+         "annotations": {"org.opencontainers.image.ref.name": "planted:1"}},
+    ]});
+    std::fs::write(
+        store.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let before_store = files_under(store.path());
+    let before_dst = files_under(dst.path());
+    let limit = Duration::from_secs(10);
+
+    let listed = tokio::time::timeout(limit, cache.list())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].reference.as_str(), listed[0].size),
+        ("planted:1", 0)
+    );
+    let pruned = tokio::time::timeout(limit, cache.prune(Some(dst.path()))).await;
+    assert_eq!(pruned.unwrap().unwrap(), Pruned::default());
+    let verified = tokio::time::timeout(limit, cache.verify(Some(dst.path()), true)).await;
+    let verified = verified.unwrap().unwrap();
+    assert_eq!((verified.checked, verified.corrupt.len()), (0, 0));
+    let usage = tokio::time::timeout(limit, cache.disk_usage(Some(dst.path()))).await;
+    let usage = usage.unwrap().unwrap();
+    assert_eq!((usage.store_files, usage.dst_files), (0, 0));
+    assert_eq!(files_under(store.path()), before_store);
+    assert_eq!(files_under(dst.path()), before_dst);
+    assert_eq!(std::fs::read(&target).unwrap(), b"not the library's");
+
+    let index_path = store.path().join("index.json");
+    std::fs::remove_file(&index_path).unwrap();
+    mkfifo(&index_path);
+    let _unblock_index = Unblock(vec![index_path.clone()]);
+    for outcome in [
+        tokio::time::timeout(limit, cache.prune(None))
+            .await
+            .unwrap()
+            .map(drop),
+        tokio::time::timeout(limit, cache.list())
+            .await
+            .unwrap()
+            .map(drop),
+    ] {
+        assert!(
+            matches!(&outcome, Err(Error::InvalidContent(msg)) if msg.contains("index.json")),
+            "{outcome:?}"
+        );
+    }
+}
