@@ -427,6 +427,22 @@ async fn a_corrupt_store_blob_is_fetched_again() {
     assert_blobs_intact(store.path());
     assert_eq!(files_under(cold.path()).len(), 2);
 
+    // What verify removes is fetched again by the next pull.
+    for path in [&manifest, &config, &layer] {
+        corrupt(path);
+    }
+    let verified = cache.verify(None, true).await.unwrap();
+    assert_eq!(
+        sorted(verified.corrupt),
+        sorted(vec![manifest.clone(), config.clone(), layer.clone()])
+    );
+    assert!(!manifest.exists() && !config.exists() && !layer.exists());
+    let image = cache.fetch_image(&reference, None).await.unwrap();
+    let again = tempfile::tempdir().unwrap();
+    cache.rootfs(&image, again.path()).await.unwrap();
+    assert_eq!(files_under(&store.path().join("blobs")), all_blobs);
+    assert_blobs_intact(store.path());
+
     // No registry: the same corruption is a digest mismatch naming the
     // blob, and the corrupt copy does not stay to fail every later call.
     registry.stop();
@@ -444,14 +460,21 @@ async fn a_corrupt_store_blob_is_fetched_again() {
     };
     assert!(msg.contains(&pushed.layer_digests[0]), "{msg}");
     assert!(!layer.exists(), "the corrupt layer blob stayed");
-    // The other layer, extracted alongside, was abandoned when this one
-    // failed: its blocking work removes its temp file as it stops, which
-    // a call without a deadline does not wait for.
+    // The other layer, extracted alongside from its intact blob, either
+    // finished (a whole, verified tar) or was abandoned when this one
+    // failed; then its blocking work removes its temp file as it stops,
+    // which a call without a deadline does not wait for.
+    let other_tar = tar_path(empty.path(), &pushed.diff_ids[1]);
+    let settled = || files_under(empty.path()).iter().all(|p| *p == other_tar);
     let started = Instant::now();
-    while !files_under(empty.path()).is_empty() && started.elapsed() < Duration::from_secs(5) {
+    while !settled() && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(files_under(empty.path()), Vec::<PathBuf>::new());
+    assert!(settled(), "{:?}", files_under(empty.path()));
+    if other_tar.exists() {
+        let content = std::fs::read(&other_tar).unwrap();
+        assert_bytes(&content, &pushed.layers[1].tar, "the other layer's tar");
+    }
 }
 
 /// A layer whose store blob is intact but whose tar does not match the
@@ -521,6 +544,10 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     let limited = cache.with_call_options(CallOptions::new().deadline(Duration::from_millis(300)));
 
     let lock = hold_store_lock(store.path());
+    // Opening an existing store needs no lock.
+    let started = Instant::now();
+    ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
     let timed_out = |what: &str, outcome: Result<(), Error>, started: Instant| {
         let took = started.elapsed();
         assert!(
