@@ -186,7 +186,12 @@ const char *oci_version(void);
 // (`"os/arch[/variant]"`; NULL = the cache's platform), following an index
 // or manifest list to the platform's manifest. Layer blobs are not
 // downloaded. `OCI_E_NOT_FOUND` for a missing tag, repository or platform
-// (the message lists the platforms available).
+// (the message lists the platforms available). A store manifest or config
+// that fails to verify is removed and fetched again (once); if that fails
+// too, the status is still `OCI_E_DIGEST_MISMATCH`, naming it. Recording
+// the image in the store waits for the store's lock (held by another
+// process, say) without holding a runtime thread, as long as it takes
+// unless the options' deadline or cancel token ends the wait.
 oci_status oci_fetch_image(oci_cache *cache, const char *reference, const char *platform, const oci_call_options *options, oci_image **image_out, oci_error **err_out);
 
 // The normalized reference, e.g. `"docker.io/library/alpine:3.20"`; NULL if `image` is NULL.
@@ -253,15 +258,19 @@ oci_status oci_extract_layers(oci_cache *cache, const oci_image *image, const ch
 // following a link or blocking on a FIFO: a symlink, FIFO, socket or
 // device at a layer's path counts as missing and is replaced by the
 // fetched layer; a directory there fails with `OCI_E_IO` naming it, as
-// does a symlink in place of `dst/sha256`.
+// does a symlink in place of `dst/sha256`. A store layer blob found corrupt while extracting is
+// removed and fetched again (once); if that fails too, the status is still
+// `OCI_E_DIGEST_MISMATCH`, naming the blob.
 oci_status oci_rootfs(oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
 
 // Stores in `*list_out` the images the cache's store records in its
-// `index.json`, in that order: the normalized reference, the digest and
-// media type of the manifest or index recorded, and the bytes of the
-// store's blobs each reaches (a blob shared by images counts for each).
-// Free the list with `oci_image_list_free`. `OCI_E_INVALID_ARGUMENT` for a
-// cache without a store.
+// `index.json` under a name (entries with an
+// `org.opencontainers.image.ref.name` annotation), in that order: the
+// normalized reference, the digest and media type of the manifest or index
+// recorded, and the bytes of the store's blobs each reaches (a blob shared
+// by images counts for each). Other entries (other tools') are skipped.
+// Takes no lock. Free the list with `oci_image_list_free`.
+// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_list(oci_cache *cache, const oci_call_options *options, oci_image_list **list_out, oci_error **err_out);
 
 // The number of images in `list`; 0 if `list` is NULL.
@@ -290,19 +299,30 @@ int64_t oci_image_list_size(const oci_image_list *list, size_t index);
 void oci_image_list_free(oci_image_list *list);
 
 // Drops `reference` from the store's `index.json`. Its blobs, and its
-// layer tars in any `dst`, stay until `oci_cache_prune`.
-// `OCI_E_NOT_FOUND` if the store does not record `reference`;
+// layer tars in any `dst`, stay until `oci_cache_prune`. While another
+// thread or process holds the store's lock this waits, without holding a
+// runtime thread, until the options' deadline (`OCI_E_TIMEOUT`) or cancel
+// token (`OCI_E_CANCELED`) ends the wait; by default it waits as long as
+// it takes. `OCI_E_NOT_FOUND` if the store does not record `reference`;
 // `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
 // store.
 oci_status oci_cache_remove(oci_cache *cache, const char *reference, const oci_call_options *options, oci_error **err_out);
 
 // Removes the store's blobs, and the layer tars under `dst` (NULL: the
-// store only), that no image the store records reaches, and temporary
-// files left by writers that died. Stores the number of files removed in
+// store only), that no entry of the store's `index.json` reaches, and
+// temporary files left by writers that died. Every entry is a root, with
+// or without a name (as skopeo and other tools write them), whatever its
+// media type: everything it reaches through `manifests`, `config`,
+// `layers`, `blobs` and `subject` stays, and so do the layer tars of every
+// reached config's diff_ids. Stores the number of files removed in
 // `*files_out` and their bytes in `*bytes_out`. Safe while other threads
 // and processes pull into the same store and `dst`: what they are writing
-// is never removed. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
-// without a store.
+// or have just recorded is never removed. The store's lock is held only
+// to delete, in batches of about 20 ms, and waited for without holding a
+// runtime thread; the options' deadline (`OCI_E_TIMEOUT`) or cancel token
+// (`OCI_E_CANCELED`) ends the prune between files (what was removed until
+// then stays removed). `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a
+// cache without a store.
 oci_status oci_cache_prune(oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, oci_error **err_out);
 
 // Stores in `*store_bytes_out` the bytes of the store's blobs, and in
@@ -315,8 +335,10 @@ oci_status oci_cache_disk_usage(oci_cache *cache, const char *dst, const oci_cal
 // files were checked and the paths of those that did not match. With
 // `remove_corrupt` those files are deleted, so that the next pull or
 // `oci_rootfs` fetches them again. Free the report with
-// `oci_verify_report_free`. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for
-// a cache without a store.
+// `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
+// token ends it between chunks of a file. Files that are not regular
+// (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
+// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_verify(oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
 
 // The number of files re-hashed: store blobs and layer tars; 0 if

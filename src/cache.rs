@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 
-use crate::call::CallOptions;
+use crate::call::{self, CallOptions};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{Dir, PendingFile, Reserve};
@@ -327,7 +327,8 @@ pub struct ImageCache {
 
 struct Inner {
     registry: Registry,
-    store: Option<Store>,
+    // Shared with the blocking work of maintenance and of recording images.
+    store: Option<Arc<Store>>,
     // None: the host's, applied to indexes only.
     platform: Option<Platform>,
     max_concurrent_layers: usize,
@@ -342,8 +343,22 @@ struct Inner {
     extracting: Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>,
 }
 
-/// Blobs read from a registry during one `fetch_image`, to be stored.
-type Fetched = Vec<(Digest, Vec<u8>)>;
+/// The documents (manifests, config) one `fetch_image` used, to be stored
+/// with the image: all of them, not only those a registry sent, so that
+/// one a concurrent prune removed before the image was recorded is
+/// written back when it is.
+#[derive(Default)]
+struct Fetched {
+    documents: Vec<(Digest, Vec<u8>)>,
+    from_registry: bool,
+}
+
+impl Fetched {
+    fn note(&mut self, digest: &Digest, content: &[u8], from_registry: bool) {
+        self.documents.push((digest.clone(), content.to_vec()));
+        self.from_registry |= from_registry;
+    }
+}
 
 impl ImageCache {
     /// Opens the store (if any). Registry clients are made on first use.
@@ -360,7 +375,8 @@ impl ImageCache {
             .store
             .as_deref()
             .map(|root| Store::open(root, options.free_space_reserve))
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
         Ok(ImageCache {
             inner: Arc::new(Inner {
                 registry: Registry::new(options.registry),
@@ -424,6 +440,10 @@ impl ImageCache {
     ///
     /// A tag the store already records is served from the store without
     /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
+    /// A store manifest or config that fails to verify is removed and
+    /// fetched again (once); if that fails too, the error is still
+    /// [`Error::DigestMismatch`] naming it. Recording waits for the store's
+    /// lock without holding a runtime thread; the deadline ends the wait.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         self.call
             .bounded(
@@ -441,7 +461,7 @@ impl ImageCache {
         let explicit_platform = platform.or(self.inner.platform.as_ref());
         let host = Platform::host();
         let platform = explicit_platform.unwrap_or(&host);
-        let mut fetched = Fetched::new();
+        let mut fetched = Fetched::default();
 
         let (top, top_digest) = self.top_manifest(&reference, &mut fetched).await?;
         let (document, top_media_type) = manifest::parse(&top, &format!("manifest {name}"))?;
@@ -527,7 +547,7 @@ impl ImageCache {
                 size: top.len() as u64,
                 ..Descriptor::default()
             };
-            store.record(&name, &fetched, &top)?;
+            record(store, &name, fetched, top).await?;
         }
         Ok(Image {
             reference: name,
@@ -580,7 +600,8 @@ impl ImageCache {
     /// handed out (see [`rootfs_cached`](Self::rootfs_cached)): anything
     /// else at a layer's path is replaced by the fetched layer, except a
     /// directory, which fails with [`Error::Io`] naming it, as does a
-    /// symlink in place of `dst/sha256`.
+    /// symlink in place of `dst/sha256`. A store layer blob found corrupt
+    /// while extracting is removed and fetched again (once).
     pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
         self.extract_all(image, dst, true).await
     }
@@ -656,12 +677,32 @@ impl ImageCache {
         }
         let check = self.layer_check(image, index)?;
         let (blob, copy) = self.open_blob(image, layer).await?;
-        let target = Target {
+        let target = || Target {
             dst: dst.to_owned(),
             reserve: self.inner.free_space_reserve,
             sweep: self.inner.first_extract_into(path.parent().unwrap_or(dst)),
         };
-        layer::extract(check, blob, copy, target).await
+        let local = matches!(blob, Blob::Local(_));
+        let failure = match layer::extract(check, blob, copy, target()).await {
+            Err(Error::DigestMismatch(failure)) if local => failure,
+            done => return done,
+        };
+        // The store's copy failed to verify: if it is corrupt (not the
+        // image, whose diff_id may be wrong), it is removed and the layer
+        // fetched again, once.
+        let store = self
+            .inner
+            .store
+            .clone()
+            .expect("local blobs come from the store");
+        if !maintenance::remove_if_corrupt(store, layer.digest.clone()).await? {
+            return Err(Error::DigestMismatch(failure));
+        }
+        let refetched = async {
+            let (blob, copy) = self.open_blob(image, layer).await?;
+            layer::extract(self.layer_check(image, index)?, blob, copy, target()).await
+        };
+        refetched.await.map_err(|e| refetch_failed(failure, e))
     }
 
     /// The layer's blob from the store if it has it, else from the registry
@@ -700,6 +741,7 @@ impl ImageCache {
         reference: &Reference,
         fetched: &mut Fetched,
     ) -> Result<(Vec<u8>, Digest)> {
+        let mut corrupt = None;
         if let Some(store) = &self.inner.store {
             let local = match reference.digest() {
                 Some(pinned) => Some(Digest::parse(pinned)?),
@@ -709,34 +751,54 @@ impl ImageCache {
                     .transpose()?,
             };
             if let Some(digest) = local {
-                if let Some(content) = store.read_blob(&digest)? {
-                    return Ok((content, digest));
+                match read_local(store, &digest)? {
+                    Local::Intact(content) => {
+                        fetched.note(&digest, &content, false);
+                        return Ok((content, digest));
+                    }
+                    Local::Missing => {}
+                    Local::Removed(failure) => corrupt = Some(failure),
                 }
             }
         }
-        let (content, digest) = self
-            .inner
-            .registry
-            .manifest(reference, self.limits())
-            .await?;
-        fetched.push((digest.clone(), content.clone()));
+        let (content, digest) = match self.inner.registry.manifest(reference, self.limits()).await {
+            Ok(found) => found,
+            Err(e) => {
+                return Err(match corrupt {
+                    Some(failure) => refetch_failed(failure, e),
+                    None => e,
+                })
+            }
+        };
+        fetched.note(&digest, &content, true);
         Ok((content, digest))
     }
 
-    /// Blob `digest` from the store, else from `remote` (noted in `fetched`).
+    /// Blob `digest` from the store, else from `remote`; noted in `fetched`.
+    /// A store copy that fails to verify is removed and fetched again.
     async fn load(
         &self,
         digest: &Digest,
         fetched: &mut Fetched,
         remote: impl Future<Output = Result<Vec<u8>>>,
     ) -> Result<Vec<u8>> {
+        let mut corrupt = None;
         if let Some(store) = &self.inner.store {
-            if let Some(content) = store.read_blob(digest)? {
-                return Ok(content);
+            match read_local(store, digest)? {
+                Local::Intact(content) => {
+                    fetched.note(digest, &content, false);
+                    return Ok(content);
+                }
+                Local::Missing => {}
+                Local::Removed(failure) => corrupt = Some(failure),
             }
         }
-        let content = remote.await?;
-        fetched.push((digest.clone(), content.clone()));
+        let content = match (remote.await, corrupt) {
+            (Ok(content), _) => content,
+            (Err(e), Some(failure)) => return Err(refetch_failed(failure, e)),
+            (Err(e), None) => return Err(e),
+        };
+        fetched.note(digest, &content, true);
         Ok(content)
     }
 }
@@ -745,72 +807,81 @@ impl ImageCache {
 /// needs a store ([`CacheOptions::store`]); `dst` is a directory of layer
 /// tars, as given to [`ImageCache::rootfs`].
 impl ImageCache {
-    /// The images the store records: reference, digest, and the bytes of
-    /// the store's blobs each reaches.
+    /// The images the store records under a name (`index.json` entries
+    /// with a `org.opencontainers.image.ref.name`): reference, digest, and
+    /// the bytes of the store's blobs each reaches. Other entries, which
+    /// other tools may write, are skipped. Takes no lock.
     pub async fn list(&self) -> Result<Vec<StoredImage>> {
         self.maintain("list", maintenance::list).await
     }
 
     /// Drops `reference` from the store's `index.json` (`NotFound` if it is
-    /// not there). Its blobs stay until [`prune`](Self::prune).
+    /// not there). Its blobs stay until [`prune`](Self::prune). Waits for
+    /// the store's lock without holding a runtime thread; the deadline, or
+    /// dropping the call, ends the wait.
     pub async fn remove(&self, reference: &str) -> Result<()> {
         let name = parse_reference(reference)?.whole();
-        self.maintain("remove", move |store| store.remove(&name))
-            .await
+        self.maintain("remove", |store| async move {
+            let lock = store.lock().await?;
+            call::blocking(move |_| store.remove(&lock, &name)).await
+        })
+        .await
     }
 
     /// Removes the store's blobs, and the layer tars under `dst`, that no
-    /// recorded image reaches, and temp files left by killed writers. Safe
+    /// entry of `index.json` reaches, and temp files left by killed
+    /// writers. Every entry is a root, named or not (as other tools such as
+    /// skopeo write them), whatever its media type; everything it reaches
+    /// through `manifests`, `config`, `layers`, `blobs` and `subject` stays,
+    /// and so do the layer tars of every reached config's diff_ids. Safe
     /// while other threads and processes pull into the same store and
-    /// `dst`: what they are writing is never removed.
+    /// `dst`: what they are writing or have just recorded is never removed.
+    /// The store's lock is held only to delete, in short batches, and
+    /// waited for without holding a runtime thread; a deadline or dropping
+    /// the call ends the prune between files.
     pub async fn prune(&self, dst: Option<&Path>) -> Result<Pruned> {
         let dst = dst.map(existing_dir).transpose()?;
-        self.maintain("prune", move |store| {
-            maintenance::prune(store, dst.as_deref())
-        })
-        .await
+        self.maintain("prune", |store| maintenance::prune(store, dst))
+            .await
     }
 
     /// Bytes and files of the store's blobs, and of the layer tars under `dst`.
     pub async fn disk_usage(&self, dst: Option<&Path>) -> Result<DiskUsage> {
         let dst = dst.map(existing_dir).transpose()?;
-        self.maintain("disk_usage", move |store| {
-            maintenance::disk_usage(store, dst.as_deref())
-        })
-        .await
+        self.maintain("disk_usage", |store| maintenance::disk_usage(store, dst))
+            .await
     }
 
     /// Re-hashes every store blob and every layer tar under `dst` and
     /// reports those that do not match their digest; with `remove_corrupt`
     /// it deletes them, so the next [`rootfs`](Self::rootfs) fetches them
-    /// again.
+    /// again. Takes no lock; a deadline or dropping the call ends it
+    /// between chunks of a file. Files that are not regular (symlinks,
+    /// FIFOs) are skipped, never followed or waited on.
     pub async fn verify(&self, dst: Option<&Path>, remove_corrupt: bool) -> Result<Verified> {
         let dst = dst.map(existing_dir).transpose()?;
-        self.maintain("verify", move |store| {
-            maintenance::verify(store, dst.as_deref(), remove_corrupt)
+        self.maintain("verify", |store| {
+            maintenance::verify(store, dst, remove_corrupt)
         })
         .await
     }
 
-    /// Runs `work` on the store, on a blocking thread, bounded by the
-    /// call options.
-    async fn maintain<T: Send + 'static>(
+    /// Runs `work` on the store, bounded by the call options: a deadline
+    /// or a drop ends it between files, and any wait for the store's lock.
+    async fn maintain<T, Fut>(
         &self,
         what: &'static str,
-        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner.clone();
-        let run = async move {
-            tokio::task::spawn_blocking(move || match &inner.store {
-                Some(store) => work(store),
-                None => Err(Error::InvalidArgument(format!(
-                    "{what} needs a store (CacheOptions::store)"
-                ))),
-            })
-            .await
-            .map_err(|e| Error::Io(format!("{what}: {e}")))?
+        work: impl FnOnce(Arc<Store>) -> Fut,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let Some(store) = self.inner.store.clone() else {
+            return Err(Error::InvalidArgument(format!(
+                "{what} needs a store (CacheOptions::store)"
+            )));
         };
-        self.call.bounded(|| what.to_owned(), run).await
+        self.call.bounded(|| what.to_owned(), work(store)).await
     }
 }
 
@@ -856,6 +927,53 @@ impl Inner {
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         locks.insert(path.to_owned(), Arc::downgrade(&lock));
         lock
+    }
+}
+
+/// Records `top` under `name` in the store, with the documents `fetched`
+/// (any missing is written). Needs the store's lock, waited for
+/// asynchronously, unless the store had everything and records `top`
+/// already (entries keep what they reach): a warm fetch takes no lock.
+async fn record(store: &Arc<Store>, name: &str, fetched: Fetched, top: Descriptor) -> Result<()> {
+    if !fetched.from_registry && store.lookup(name)?.is_some_and(|d| d.digest == top.digest) {
+        return Ok(());
+    }
+    let lock = store.lock().await?;
+    let (store, name) = (store.clone(), name.to_owned());
+    call::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
+}
+
+/// What the store holds for a blob.
+enum Local {
+    Intact(Vec<u8>),
+    Missing,
+    /// It failed to verify (the message says how) and was removed.
+    Removed(String),
+}
+
+/// Blob `digest` from the store, verified; a corrupt copy is removed, so
+/// that it is fetched again instead of failing every later call.
+fn read_local(store: &Store, digest: &Digest) -> Result<Local> {
+    match store.read_blob(digest) {
+        Ok(Some(content)) => Ok(Local::Intact(content)),
+        Ok(None) => Ok(Local::Missing),
+        Err(Error::DigestMismatch(failure)) => {
+            store.remove_blob(digest)?;
+            Ok(Local::Removed(failure))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The error when a corrupt store blob (`failure` says how), now removed,
+/// could not be fetched again: still a digest mismatch naming the blob,
+/// unless the call was canceled or timed out meanwhile.
+fn refetch_failed(failure: String, error: Error) -> Error {
+    match error {
+        Error::Canceled(_) | Error::Timeout(_) => error,
+        other => Error::DigestMismatch(format!(
+            "{failure} (the corrupt store copy was removed; fetching it again failed: {other})"
+        )),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Per-call settings: a deadline for the whole call, a stall timeout for
 //! each network wait that overrides the cache's, and a progress callback, carried by an
 //! [`ImageCache`](crate::ImageCache) made with
-//! [`with_call_options`](crate::ImageCache::with_call_options).
+//! [`with_call_options`](crate::ImageCache::with_call_options), and the
+//! blocking work a call starts, which stops when the call is dropped.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -174,5 +176,53 @@ impl Drop for WorkGuard {
         if *running == 0 {
             state.idle.notify_waiters();
         }
+    }
+}
+
+/// The stop flag of blocking work started by [`blocking`]: set once the
+/// call that started it was dropped (a deadline, a cancel), so that the
+/// work, which checks it between files, returns instead of running on.
+#[derive(Clone, Default)]
+pub(crate) struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// `Canceled`, naming `what`, once the call was dropped. Nobody sees
+    /// that error (the call has ended): it only unwinds the work.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        if self.0.load(Ordering::Relaxed) {
+            return Err(Error::Canceled(format!("{what}: the call was dropped")));
+        }
+        Ok(())
+    }
+}
+
+/// Sets the flag of a [`Stop`] when dropped.
+struct StopOnDrop(Stop);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        (self.0).0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work` on a blocking thread, off the runtime's workers, as part of
+/// the current call: dropping the returned future sets the work's stop
+/// flag, and the call (see [`Work`]) waits until the work has returned.
+/// A panic in the work goes on in the caller.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce(&Stop) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let stop = Stop::default();
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let running = Work::enter();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        work(&stop)
+    })
+    .await;
+    match outcome {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(Error::Canceled("the runtime shut down".into())),
     }
 }

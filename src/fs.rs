@@ -530,7 +530,7 @@ pub(crate) fn write_atomic(
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
 /// lock lasts until the file is closed, or its process dies.
-fn try_lock(file: &File, path: &Path) -> Result<bool> {
+pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);

@@ -6,10 +6,14 @@
 //! Changes to `index.json` hold an advisory lock on `.oci-cache.lock` and
 //! merge into what is on disk, so processes sharing a store never lose
 //! each other's entries; readers see the old or the new file, never a mix.
+//! The lock is waited for asynchronously, off the runtime's threads, so a
+//! deadline or cancel ends the wait. Every entry of `index.json`, named or
+//! not, is a root: other tools' images in the layout count as much as ours.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -24,6 +28,9 @@ pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The file whose advisory lock guards changes to the layout.
 const LOCK_FILE: &str = ".oci-cache.lock";
 
+/// The longest pause between two tries of a busy lock file.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(50);
+
 /// An OCI image layout on disk.
 pub(crate) struct Store {
     root: PathBuf,
@@ -32,9 +39,16 @@ pub(crate) struct Store {
     dir: Dir,
     // What blob writes leave free.
     reserve: Reserve,
-    // flock is per open file, so threads of this process take turns here
+    // flock is per open file, so tasks of this process take turns here
     // before they take the file lock.
-    lock: Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The layout's lock, held (against every task and process sharing the
+/// store) until dropped. Functions that need it take a reference to it.
+pub(crate) struct StoreLock {
+    _across_processes: File,
+    _in_process: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Store {
@@ -48,10 +62,14 @@ impl Store {
             root: root.to_owned(),
             dir,
             reserve,
-            lock: Mutex::new(()),
+            lock: Arc::default(),
         };
-        store.locked(|| {
-            if store.dir.open_regular("oci-layout")?.is_none() {
+        let missing = |name| Ok::<_, Error>(store.dir.open_regular(name)?.is_none());
+        // Only a new layout needs the lock (waited for on this thread:
+        // opening is synchronous), so opening an existing one never waits.
+        if missing("oci-layout")? || missing("index.json")? {
+            let _lock = fs::lock_file(&store.dir, LOCK_FILE)?;
+            if missing("oci-layout")? {
                 fs::write_atomic(
                     &store.dir,
                     "oci-layout",
@@ -65,18 +83,29 @@ impl Store {
                     &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
                 )?;
             }
-            store.remove_stale_temps()?;
-            Ok(())
-        })?;
+        }
+        // Each writer holds its own temp file's lock: no layout lock needed.
+        store.remove_stale_temps()?;
         Ok(store)
     }
 
-    /// Runs `change` holding the layout's lock, against every thread and
-    /// process that shares the store.
-    pub(crate) fn locked<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _in_process = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _across_processes = fs::lock_file(&self.dir, LOCK_FILE)?;
-        change()
+    /// Waits for the layout's lock, against every task and process that
+    /// shares the store. The wait is asynchronous (a busy lock file is
+    /// tried again after short sleeps), so it never holds a runtime
+    /// thread, and dropping the future (a deadline, a cancel) ends it.
+    pub(crate) async fn lock(&self) -> Result<StoreLock> {
+        let in_process = self.lock.clone().lock_owned().await;
+        let file = fs::open_lock_file(&self.dir, LOCK_FILE)?;
+        let path = self.root.join(LOCK_FILE);
+        let mut pause = Duration::from_millis(1);
+        while !fs::try_lock(&file, &path)? {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+        Ok(StoreLock {
+            _across_processes: file,
+            _in_process: in_process,
+        })
     }
 
     /// Removes temp files no live writer holds, in the layout's root and
@@ -160,6 +189,14 @@ impl Store {
         }
     }
 
+    /// Removes blob `digest` (found corrupt), if it is there.
+    pub(crate) fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        if let Some(dir) = self.blob_dir(digest.algorithm(), false)? {
+            dir.remove(digest.hex())?;
+        }
+        Ok(())
+    }
+
     /// Stores `content`, which the caller has verified to be `digest`.
     /// A link or FIFO in its place is replaced.
     pub(crate) fn write_blob(&self, digest: &Digest, content: &[u8]) -> Result<()> {
@@ -181,54 +218,77 @@ impl Store {
     /// the lock, so a concurrent prune never sees the blobs unreferenced.
     pub(crate) fn record(
         &self,
+        _lock: &StoreLock,
         name: &str,
         blobs: &[(Digest, Vec<u8>)],
         top: &Descriptor,
     ) -> Result<()> {
-        self.locked(|| {
-            for (digest, content) in blobs {
-                self.write_blob(digest, content)?;
-            }
-            let recorded = self.lookup(name)?.map(|d| d.digest);
-            if recorded.as_deref() != Some(top.digest.as_str()) {
-                self.tag(name, top)?;
-            }
-            Ok(())
-        })
+        for (digest, content) in blobs {
+            self.write_blob(digest, content)?;
+        }
+        let recorded = self.lookup(name)?.map(|d| d.digest);
+        if recorded.as_deref() != Some(top.digest.as_str()) {
+            self.tag(name, top)?;
+        }
+        Ok(())
     }
 
-    /// Every entry of `index.json` that names an image, as (name, descriptor).
+    /// Every entry of `index.json` that names an image, as (name,
+    /// descriptor). Entries this library cannot read as a descriptor with
+    /// a valid digest (other tools') are skipped, not an error.
     pub(crate) fn entries(&self) -> Result<Vec<(String, Descriptor)>> {
         let index = self.read_index()?;
-        entries(&index)
+        Ok(entries(&index)
             .iter()
-            .filter_map(|entry| Some((ref_name(entry)?.to_owned(), entry)))
-            .map(|(name, entry)| {
-                let descriptor = serde_json::from_value(entry.clone())
-                    .map_err(|e| self.malformed_index(&format!("entry for {name}: {e}")))?;
-                Ok((name, descriptor))
+            .filter_map(|entry| {
+                let name = ref_name(entry)?.to_owned();
+                let descriptor: Descriptor = serde_json::from_value(entry.clone()).ok()?;
+                descriptor.digest().ok()?;
+                Some((name, descriptor))
             })
-            .collect()
+            .collect())
+    }
+
+    /// The bytes of `index.json` now: what [`roots`](Self::roots) reads, and what tells
+    /// a later look whether it changed meanwhile.
+    /// A FIFO there is refused, not waited on.
+    pub(crate) fn index_bytes(&self) -> Result<Vec<u8>> {
+        self.dir.read_regular("index.json")?.ok_or_else(|| {
+            Error::Io(format!(
+                "{} is missing or not a regular file",
+                self.index_path().display()
+            ))
+        })
     }
 
     /// Drops the entry for `name` from `index.json`; its blobs stay until
     /// a prune. `NotFound` if no entry has that name.
-    pub(crate) fn remove(&self, name: &str) -> Result<()> {
-        self.locked(|| {
-            let mut index = self.read_index()?;
-            let Some(manifests) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
-                return Err(self.malformed_index("no manifests array"));
-            };
-            let before = manifests.len();
-            manifests.retain(|e| ref_name(e) != Some(name));
-            if manifests.len() == before {
-                return Err(Error::NotFound(format!(
-                    "{name} is not recorded in {}",
-                    self.index_path().display()
-                )));
-            }
-            self.write_index(&index)
-        })
+    pub(crate) fn remove(&self, _lock: &StoreLock, name: &str) -> Result<()> {
+        let mut index = self.read_index()?;
+        let Some(manifests) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
+            return Err(self.malformed_index("no manifests array"));
+        };
+        let before = manifests.len();
+        manifests.retain(|e| ref_name(e) != Some(name));
+        if manifests.len() == before {
+            return Err(Error::NotFound(format!(
+                "{name} is not recorded in {}",
+                self.index_path().display()
+            )));
+        }
+        self.write_index(&index)
+    }
+
+    /// Every entry of `index_bytes` (see [`index_bytes`](Self::index_bytes)),
+    /// named or not, whatever its media type: the roots of a prune. A
+    /// malformed `index.json` is an error, since what it keeps is unknown.
+    pub(crate) fn roots(&self, index_bytes: &[u8]) -> Result<Vec<Value>> {
+        let index: Value = serde_json::from_slice(index_bytes)
+            .map_err(|e| self.malformed_index(&e.to_string()))?;
+        match index.get("manifests") {
+            Some(Value::Array(manifests)) => Ok(manifests.clone()),
+            _ => Err(self.malformed_index("no manifests array")),
+        }
     }
 
     /// Records `descriptor` in `index.json` under `name`, replacing any entry
@@ -247,11 +307,7 @@ impl Store {
     }
 
     fn read_index(&self) -> Result<Value> {
-        let path = self.index_path();
-        let content = self
-            .dir
-            .read_regular("index.json")?
-            .ok_or_else(|| Error::Io(format!("{} is missing or not a file", path.display())))?;
+        let content = self.index_bytes()?;
         serde_json::from_slice(&content).map_err(|e| self.malformed_index(&e.to_string()))
     }
 

@@ -55,8 +55,9 @@ type Verified struct {
 	Corrupt []string
 }
 
-// List returns the images the store records, in the order of its
-// index.json. A cache without a store fails with ErrInvalidArgument.
+// List returns the images the store records under a name, in the order of
+// its index.json; entries without one (other tools') are skipped. A cache
+// without a store fails with ErrInvalidArgument.
 func (c *Cache) List(ctx context.Context) ([]StoredImage, error) {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -87,7 +88,8 @@ func (c *Cache) List(ctx context.Context) ([]StoredImage, error) {
 
 // Remove drops ref from the store's index.json. Its blobs, and its layer
 // tars in any dst, stay until Prune. A reference the store does not record
-// fails with ErrNotFound.
+// fails with ErrNotFound. While another process holds the store's lock it
+// waits until ctx is done.
 func (c *Cache) Remove(ctx context.Context, ref string) error {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -106,10 +108,12 @@ func (c *Cache) Remove(ctx context.Context, ref string) error {
 }
 
 // Prune removes the store's blobs, and the layer tars under dst ("" = the
-// store only), that no image the store records reaches, and temporary
-// files left by writers that died. It is safe while other goroutines and
-// processes pull into the same store and dst: what they are writing is
-// never removed.
+// store only), that no entry of the store's index.json reaches, and
+// temporary files left by writers that died. Every entry is a root, named
+// or not (as skopeo writes them), whatever its media type. It is safe while
+// other goroutines and processes pull into the same store and dst: what
+// they are writing or have just recorded is never removed. It holds the
+// store's lock only to delete, and ends between files once ctx is done.
 func (c *Cache) Prune(ctx context.Context, dst string) (Pruned, error) {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -159,7 +163,7 @@ func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
 // Verify re-hashes every store blob, and every layer tar under dst ("" =
 // the store only), against its name and reports those that do not match.
 // With removeCorrupt it deletes them, so that the next RootFS fetches them
-// again.
+// again. It ends between chunks of a file once ctx is done.
 func (c *Cache) Verify(ctx context.Context, dst string, removeCorrupt bool) (Verified, error) {
 	ptr, err := c.acquire()
 	if err != nil {

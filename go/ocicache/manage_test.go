@@ -15,7 +15,9 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"oci-cache/go/ocicache"
 )
@@ -278,5 +280,86 @@ func TestCacheManagementErrors(t *testing.T) {
 	c.Close()
 	if _, err := c.List(ctx); !errors.Is(err, ocicache.ErrClosed) {
 		t.Errorf("List after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestStoreLockWait holds the store's lock as another process would: Prune,
+// Remove and a FetchImage that must record the image end when their
+// context's deadline passes or it is canceled, within a second and changing
+// nothing; List, which needs no lock, goes on; once the lock is free, the
+// same calls succeed.
+func TestStoreLockWait(t *testing.T) {
+	store := t.TempDir()
+	c := openCache(t, ocicache.Options{Store: store})
+	fetch(t, c, gzipRef)
+	fetch(t, c, zstdRef)
+	// Something to prune: a prune with nothing to delete needs no lock.
+	if err := c.Remove(context.Background(), zstdRef); err != nil {
+		t.Fatalf("Remove(%s): %v", zstdRef, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(store, ".oci-cache.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("taking the store's lock: %v", err)
+	}
+
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"Prune", func(ctx context.Context) error { _, err := c.Prune(ctx, ""); return err }},
+		{"Remove", func(ctx context.Context) error { return c.Remove(ctx, gzipRef) }},
+		{"FetchImage", func(ctx context.Context) error { _, err := c.FetchImage(ctx, zstdRef, ""); return err }},
+	}
+	for _, tc := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		start := time.Now()
+		err := tc.call(ctx)
+		elapsed := time.Since(start)
+		cancel()
+		if elapsed < 300*time.Millisecond || elapsed > time.Second {
+			t.Errorf("%s with a 300ms deadline took %v", tc.name, elapsed)
+		}
+		assertCanceled(t, err, context.DeadlineExceeded)
+		if !errors.Is(err, ocicache.ErrTimeout) {
+			t.Errorf("%s with a 300ms deadline: %v, want ErrTimeout", tc.name, err)
+		}
+
+		ctx, cancel = context.WithCancel(context.Background())
+		timer := time.AfterFunc(200*time.Millisecond, cancel)
+		start = time.Now()
+		err = tc.call(ctx)
+		elapsed = time.Since(start)
+		timer.Stop()
+		cancel()
+		if elapsed < 200*time.Millisecond || elapsed > time.Second {
+			t.Errorf("%s canceled after 200ms took %v", tc.name, elapsed)
+		}
+		assertCanceled(t, err, context.Canceled)
+	}
+	if images, err := c.List(context.Background()); err != nil || len(images) != 1 || images[0].Reference != gzipRef {
+		t.Errorf("List with the lock held = %+v, %v; want only %s", images, err, gzipRef)
+	}
+
+	lock.Close()
+	ctx := context.Background()
+	if _, err := c.FetchImage(ctx, zstdRef, ""); err != nil {
+		t.Errorf("FetchImage(%s) once the lock is free: %v", zstdRef, err)
+	}
+	if err := c.Remove(ctx, gzipRef); err != nil {
+		t.Errorf("Remove(%s) once the lock is free: %v", gzipRef, err)
+	}
+	// gzip's manifest alone: its config is zstd's too (same tars), and
+	// fetching stores no layer blob.
+	info, err := os.Stat(storeBlob(store, gzipDigest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ocicache.Pruned{Files: 1, Bytes: uint64(info.Size())}
+	if pruned, err := c.Prune(ctx, ""); err != nil || pruned != want {
+		t.Errorf("Prune once the lock is free = %+v, %v; want %+v", pruned, err, want)
 	}
 }

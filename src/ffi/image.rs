@@ -70,7 +70,12 @@ impl oci_image {
 /// (`"os/arch[/variant]"`; NULL = the cache's platform), following an index
 /// or manifest list to the platform's manifest. Layer blobs are not
 /// downloaded. `OCI_E_NOT_FOUND` for a missing tag, repository or platform
-/// (the message lists the platforms available).
+/// (the message lists the platforms available). A store manifest or config
+/// that fails to verify is removed and fetched again (once); if that fails
+/// too, the status is still `OCI_E_DIGEST_MISMATCH`, naming it. Recording
+/// the image in the store waits for the store's lock (held by another
+/// process, say) without holding a runtime thread, as long as it takes
+/// unless the options' deadline or cancel token ends the wait.
 #[no_mangle]
 pub extern "C" fn oci_fetch_image(
     cache: *mut oci_cache,

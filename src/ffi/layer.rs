@@ -165,7 +165,9 @@ pub extern "C" fn oci_extract_layers(
 /// following a link or blocking on a FIFO: a symlink, FIFO, socket or
 /// device at a layer's path counts as missing and is replaced by the
 /// fetched layer; a directory there fails with `OCI_E_IO` naming it, as
-/// does a symlink in place of `dst/sha256`.
+/// does a symlink in place of `dst/sha256`. A store layer blob found corrupt while extracting is
+/// removed and fetched again (once); if that fails too, the status is still
+/// `OCI_E_DIGEST_MISMATCH`, naming the blob.
 #[no_mangle]
 pub extern "C" fn oci_rootfs(
     cache: *mut oci_cache,

@@ -57,11 +57,13 @@ fn optional_dst<'a>(dst: *const c_char) -> Outcome<Option<&'a Path>> {
 }
 
 /// Stores in `*list_out` the images the cache's store records in its
-/// `index.json`, in that order: the normalized reference, the digest and
-/// media type of the manifest or index recorded, and the bytes of the
-/// store's blobs each reaches (a blob shared by images counts for each).
-/// Free the list with `oci_image_list_free`. `OCI_E_INVALID_ARGUMENT` for a
-/// cache without a store.
+/// `index.json` under a name (entries with an
+/// `org.opencontainers.image.ref.name` annotation), in that order: the
+/// normalized reference, the digest and media type of the manifest or index
+/// recorded, and the bytes of the store's blobs each reaches (a blob shared
+/// by images counts for each). Other entries (other tools') are skipped.
+/// Takes no lock. Free the list with `oci_image_list_free`.
+/// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_list(
     cache: *mut oci_cache,
@@ -154,8 +156,11 @@ pub extern "C" fn oci_image_list_free(list: *mut oci_image_list) {
 }
 
 /// Drops `reference` from the store's `index.json`. Its blobs, and its
-/// layer tars in any `dst`, stay until `oci_cache_prune`.
-/// `OCI_E_NOT_FOUND` if the store does not record `reference`;
+/// layer tars in any `dst`, stay until `oci_cache_prune`. While another
+/// thread or process holds the store's lock this waits, without holding a
+/// runtime thread, until the options' deadline (`OCI_E_TIMEOUT`) or cancel
+/// token (`OCI_E_CANCELED`) ends the wait; by default it waits as long as
+/// it takes. `OCI_E_NOT_FOUND` if the store does not record `reference`;
 /// `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
 /// store.
 #[no_mangle]
@@ -176,12 +181,20 @@ pub extern "C" fn oci_cache_remove(
 }
 
 /// Removes the store's blobs, and the layer tars under `dst` (NULL: the
-/// store only), that no image the store records reaches, and temporary
-/// files left by writers that died. Stores the number of files removed in
+/// store only), that no entry of the store's `index.json` reaches, and
+/// temporary files left by writers that died. Every entry is a root, with
+/// or without a name (as skopeo and other tools write them), whatever its
+/// media type: everything it reaches through `manifests`, `config`,
+/// `layers`, `blobs` and `subject` stays, and so do the layer tars of every
+/// reached config's diff_ids. Stores the number of files removed in
 /// `*files_out` and their bytes in `*bytes_out`. Safe while other threads
 /// and processes pull into the same store and `dst`: what they are writing
-/// is never removed. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
-/// without a store.
+/// or have just recorded is never removed. The store's lock is held only
+/// to delete, in batches of about 20 ms, and waited for without holding a
+/// runtime thread; the options' deadline (`OCI_E_TIMEOUT`) or cancel token
+/// (`OCI_E_CANCELED`) ends the prune between files (what was removed until
+/// then stays removed). `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a
+/// cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_prune(
     cache: *mut oci_cache,
@@ -232,8 +245,10 @@ pub extern "C" fn oci_cache_disk_usage(
 /// files were checked and the paths of those that did not match. With
 /// `remove_corrupt` those files are deleted, so that the next pull or
 /// `oci_rootfs` fetches them again. Free the report with
-/// `oci_verify_report_free`. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for
-/// a cache without a store.
+/// `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
+/// token ends it between chunks of a file. Files that are not regular
+/// (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
+/// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_verify(
     cache: *mut oci_cache,

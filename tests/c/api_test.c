@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1379,6 +1380,112 @@ static void test_cache_management(void) {
     oci_cache_free(cache);
 }
 
+/* Triggers `cancel` after `ms` milliseconds, from its own thread. */
+struct later_trigger {
+    oci_cancel *cancel;
+    long ms;
+};
+
+static void *trigger_later(void *arg) {
+    const struct later_trigger *later = arg;
+    struct timespec pause = {later->ms / 1000, (later->ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+    oci_cancel_trigger(later->cancel);
+    return NULL;
+}
+
+/* 24 checks: while another process holds the store's lock, each call that
+ * needs it (prune, remove, a fetch to record) ends with OCI_E_TIMEOUT on a
+ * 300 ms deadline, and with OCI_E_CANCELED when its token is triggered
+ * 200 ms in, within a second either way and changing nothing; once the
+ * lock is free, the same calls succeed. */
+static void test_store_lock_wait(void) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    oci_image_list *list = NULL;
+    oci_call_options *deadline = NULL, *cancelable = NULL;
+    uint64_t files = 777, bytes = 777;
+    char store[PATH_CAP], lock_path[PATH_CAP + 32];
+    struct timespec start;
+    make_dir(store, "lock-store");
+    oci_cache *cache = open_cache(store);
+    /* app recorded; multi recorded then removed, so a prune has work. */
+    oci_image_free(fetch(cache, cfg.app_ref));
+    oci_image_free(fetch(cache, cfg.multi_ref));
+    REQUIRE_OK(oci_cache_remove(cache, cfg.multi_ref, NULL, &err), err);
+    REQUIRE_OK(oci_call_options_new(&deadline), NULL);
+    REQUIRE_OK(oci_call_options_set_deadline_ms(deadline, 300), NULL);
+
+    snprintf(lock_path, sizeof lock_path, "%s/.oci-cache.lock", store);
+    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    REQUIRE(lock_fd >= 0 && flock(lock_fd, LOCK_EX | LOCK_NB) == 0);
+
+    set_context("a 300 ms deadline while another process holds the store's lock");
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    EXPECT_ERROR(oci_cache_prune(cache, NULL, deadline, &files, &bytes, &err), OCI_E_TIMEOUT, &err,
+                 "prune", NULL);
+    CHECK(seconds_since(&start) >= 0.3 && seconds_since(&start) < 1.0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    EXPECT_ERROR(oci_cache_remove(cache, cfg.app_ref, deadline, &err), OCI_E_TIMEOUT, &err,
+                 "remove", NULL);
+    CHECK(seconds_since(&start) >= 0.3 && seconds_since(&start) < 1.0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    EXPECT_ERROR(oci_fetch_image(cache, cfg.multi_ref, NULL, deadline, &image, &err),
+                 OCI_E_TIMEOUT, &err, "c/multi:v1", NULL);
+    CHECK(seconds_since(&start) >= 0.3 && seconds_since(&start) < 1.0);
+    CHECK(image == SENTINEL && files == 777 && bytes == 777);
+
+    set_context("a cancel token triggered while another process holds the store's lock");
+    for (int call = 0; call < 3; call++) {
+        oci_cancel *cancel = NULL;
+        pthread_t thread;
+        REQUIRE_OK(oci_cancel_new(&cancel), NULL);
+        REQUIRE_OK(oci_call_options_new(&cancelable), NULL);
+        REQUIRE_OK(oci_call_options_set_cancel(cancelable, cancel), NULL);
+        struct later_trigger later = {cancel, 200};
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        REQUIRE(pthread_create(&thread, NULL, trigger_later, &later) == 0);
+        oci_status status;
+        if (call == 0)
+            status = oci_cache_prune(cache, NULL, cancelable, &files, &bytes, &err);
+        else if (call == 1)
+            status = oci_cache_remove(cache, cfg.app_ref, cancelable, &err);
+        else
+            status = oci_fetch_image(cache, cfg.multi_ref, NULL, cancelable, &image, &err);
+        EXPECT_ERROR(status, OCI_E_CANCELED, &err, NULL, NULL);
+        CHECK(seconds_since(&start) >= 0.2 && seconds_since(&start) < 1.0);
+        REQUIRE(pthread_join(thread, NULL) == 0);
+        oci_call_options_free(cancelable);
+        oci_cancel_free(cancel);
+    }
+    CHECK(image == SENTINEL && files == 777 && bytes == 777);
+
+    set_context("listing, which needs no lock, while another process holds it");
+    EXPECT_OK(oci_cache_list(cache, deadline, &list, &err), &err);
+    CHECK(oci_image_list_count(list) == 1 &&
+          same_string(oci_image_list_reference(list, 0), cfg.app_ref));
+    oci_image_list_free(list);
+    list = NULL;
+
+    set_context("the same calls once the store's lock is free");
+    close(lock_fd);
+    image = NULL;
+    EXPECT_OK(oci_fetch_image(cache, cfg.multi_ref, NULL, deadline, &image, &err), &err);
+    CHECK(image != NULL && image != SENTINEL);
+    oci_image_free(image);
+    EXPECT_OK(oci_cache_remove(cache, cfg.app_ref, deadline, &err), &err);
+    EXPECT_OK(oci_cache_remove(cache, cfg.multi_ref, deadline, &err), &err);
+    /* Both images' blobs: app's manifest and config, and multi's index;
+     * fetching stores no layer blob. */
+    EXPECT_OK(oci_cache_prune(cache, NULL, deadline, &files, &bytes, &err), &err);
+    CHECK(files == 3);
+    EXPECT_OK(oci_cache_list(cache, NULL, &list, &err), &err);
+    CHECK(oci_image_list_count(list) == 0);
+    oci_image_list_free(list);
+    oci_call_options_free(deadline);
+    oci_cache_free(cache);
+}
+
 static void test_fetch_layer_range(oci_cache *cache, const oci_image *app) {
     oci_error *err = NULL;
     oci_layer_reader *reader = SENTINEL;
@@ -1902,6 +2009,7 @@ int main(void) {
     TIMED(test_fetch_layer_range(cache, app));
     TIMED(test_lean_store());
     TIMED(test_cache_management());
+    TIMED(test_store_lock_wait());
     TIMED(test_fork(cache, app));
     TIMED(test_fork_same_pid());
     TIMED(test_free_during_calls());
