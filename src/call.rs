@@ -84,29 +84,29 @@ impl CallOptions {
     }
 
     /// Runs `call` within the deadline, if there is one; `what` names the
-    /// call in the error (made only then: the warm path allocates nothing).
-    /// A call cut short returns only once the blocking work it started has
-    /// stopped and removed its temp files.
+    /// call in the error (made only then). A call that fails or is cut
+    /// short returns only once the blocking work it started has stopped and
+    /// removed its temp files, so a caller never sees what a failed call
+    /// half-wrote.
     pub(crate) async fn bounded<T>(
         &self,
         what: impl FnOnce() -> String,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let Some(limit) = self.deadline else {
-            return call.await;
-        };
         let (work, call) = Work::scope(call);
-        let outcome = tokio::time::timeout(limit, call).await;
-        match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                work.stopped().await;
+        let outcome = match self.deadline {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
                 Err(Error::Timeout(format!(
                     "{}: not done within its {limit:?} deadline",
                     what()
                 )))
-            }
+            }),
+        };
+        if outcome.is_err() {
+            work.stopped().await;
         }
+        outcome
     }
 }
 
