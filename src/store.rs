@@ -113,7 +113,7 @@ impl Store {
     pub(crate) fn remove_stale_temps(&self) -> Result<(u64, u64)> {
         let mut removed = fs::remove_stale_temps_in(&self.dir)?;
         let blobs = self.dir.create_sub("blobs")?;
-        for dir in self.blob_dirs()? {
+        for dir in algorithm_dirs(&self.root.join("blobs"))? {
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(dir) = blobs.sub(&name.unwrap_or_default())? else {
                 continue;
@@ -124,8 +124,11 @@ impl Store {
         Ok(removed)
     }
 
-    /// `blobs/<alg>` for every algorithm present.
+    /// `blobs/<alg>` for every algorithm present. A link in place of
+    /// `blobs` is an error naming it, never walked (nor are links in place
+    /// of `blobs/<alg>`: [`algorithm_dirs`] lists directories only).
     pub(crate) fn blob_dirs(&self) -> Result<Vec<PathBuf>> {
+        self.dir.create_sub("blobs")?;
         algorithm_dirs(&self.root.join("blobs"))
     }
 
@@ -253,12 +256,9 @@ impl Store {
     /// a later look whether it changed meanwhile.
     /// A FIFO there is refused, not waited on.
     pub(crate) fn index_bytes(&self) -> Result<Vec<u8>> {
-        self.dir.read_regular("index.json")?.ok_or_else(|| {
-            Error::Io(format!(
-                "{} is missing or not a regular file",
-                self.index_path().display()
-            ))
-        })
+        self.dir
+            .read_regular("index.json")?
+            .ok_or_else(|| self.malformed_index("missing or not a regular file"))
     }
 
     /// Drops the entry for `name` from `index.json`; its blobs stay until
