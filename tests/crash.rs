@@ -282,7 +282,7 @@ async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
     }
     let registry = Registry::start();
     let host = registry.host();
-    let pushed = push_noise_image(&host, "garbage", &[21, 22, 23].map(|seed| (seed, 1 << 19)));
+    let pushed = push_noise_image(&host, "garbage", &[21, 22, 23].map(|seed| (seed, 6 << 20)));
     let refs = [format!("{host}/garbage:v1")];
     let work = tempfile::tempdir().unwrap();
     let (store, dst) = (work.path().join("store"), work.path().join("dst"));
