@@ -167,7 +167,7 @@ void oci_cache_free(oci_cache *cache);
 // the registry's. For a multi-platform image this is the index's digest.
 // `OCI_E_BUFFER_TOO_SMALL` if `digest_cap` bytes cannot hold it and its
 // NUL (72 bytes always suffice for sha256, 136 for sha512).
-oci_status oci_cache_resolve(oci_cache *cache, const char *reference, const oci_call_options *options, char *digest_out, size_t digest_cap, oci_error **err_out);
+oci_status oci_cache_resolve(const oci_cache *cache, const char *reference, const oci_call_options *options, char *digest_out, size_t digest_cap, oci_error **err_out);
 
 // The status code of `err`; `OCI_E_INVALID_ARGUMENT` if `err` is NULL.
 oci_status oci_error_code(const oci_error *err);
@@ -192,7 +192,7 @@ const char *oci_version(void);
 // the image in the store waits for the store's lock (held by another
 // process, say) without holding a runtime thread, as long as it takes
 // unless the options' deadline or cancel token ends the wait.
-oci_status oci_fetch_image(oci_cache *cache, const char *reference, const char *platform, const oci_call_options *options, oci_image **image_out, oci_error **err_out);
+oci_status oci_fetch_image(const oci_cache *cache, const char *reference, const char *platform, const oci_call_options *options, oci_image **image_out, oci_error **err_out);
 
 // The normalized reference, e.g. `"docker.io/library/alpine:3.20"`; NULL if `image` is NULL.
 const char *oci_image_reference(const oci_image *image);
@@ -224,7 +224,7 @@ void oci_image_free(oci_image *image);
 // Starts streaming layer `index` of `image`, uncompressed. Read it with
 // `oci_layer_reader_read`. `OCI_E_UNSUPPORTED` for a layer media type the
 // library does not handle, `OCI_E_INVALID_ARGUMENT` for an index out of range.
-oci_status oci_fetch_layer(oci_cache *cache, const oci_image *image, size_t index, const oci_call_options *options, oci_layer_reader **reader_out, oci_error **err_out);
+oci_status oci_fetch_layer(const oci_cache *cache, const oci_image *image, size_t index, const oci_call_options *options, oci_layer_reader **reader_out, oci_error **err_out);
 
 // Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
 // The cancel token of the options given to `oci_fetch_layer` applies to
@@ -244,13 +244,13 @@ void oci_layer_reader_free(oci_layer_reader *reader);
 // (replacing any file there) and stores in `*fd_out` a fresh descriptor
 // of it: `O_RDONLY | O_CLOEXEC`, offset 0, owned by the caller. `dst` must
 // exist. The file appears whole and verified, or not at all.
-oci_status oci_extract_layer(oci_cache *cache, const oci_image *image, size_t index, const char *dst, const oci_call_options *options, int *fd_out, oci_error **err_out);
+oci_status oci_extract_layer(const oci_cache *cache, const oci_image *image, size_t index, const char *dst, const oci_call_options *options, int *fd_out, oci_error **err_out);
 
 // Extracts every layer of `image` into `dst` concurrently, replacing files
 // already there, and stores one fd per layer in `fds_out` (bottom layer
 // first), each as in `oci_extract_layer`. `fds_cap` below the layer count
 // gives `OCI_E_BUFFER_TOO_SMALL` before any work. On failure no fd is open.
-oci_status oci_extract_layers(oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
+oci_status oci_extract_layers(const oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
 
 // Like `oci_extract_layers`, but layers already in `dst` are opened without
 // touching the network; only missing ones are fetched. The warm path of a
@@ -261,7 +261,7 @@ oci_status oci_extract_layers(oci_cache *cache, const oci_image *image, const ch
 // does a symlink in place of `dst/sha256`. A store layer blob found corrupt while extracting is
 // removed and fetched again (once); if that fails too, the status is still
 // `OCI_E_DIGEST_MISMATCH`, naming the blob.
-oci_status oci_rootfs(oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
+oci_status oci_rootfs(const oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
 
 // Stores in `*list_out` the images the cache's store records in its
 // `index.json` under a name (entries with an
@@ -271,7 +271,7 @@ oci_status oci_rootfs(oci_cache *cache, const oci_image *image, const char *dst,
 // by images counts for each). Other entries (other tools') are skipped.
 // Takes no lock. Free the list with `oci_image_list_free`.
 // `OCI_E_INVALID_ARGUMENT` for a cache without a store.
-oci_status oci_cache_list(oci_cache *cache, const oci_call_options *options, oci_image_list **list_out, oci_error **err_out);
+oci_status oci_cache_list(const oci_cache *cache, const oci_call_options *options, oci_image_list **list_out, oci_error **err_out);
 
 // The number of images in `list`; 0 if `list` is NULL.
 size_t oci_image_list_count(const oci_image_list *list);
@@ -306,7 +306,7 @@ void oci_image_list_free(oci_image_list *list);
 // it takes. `OCI_E_NOT_FOUND` if the store does not record `reference`;
 // `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
 // store.
-oci_status oci_cache_remove(oci_cache *cache, const char *reference, const oci_call_options *options, oci_error **err_out);
+oci_status oci_cache_remove(const oci_cache *cache, const char *reference, const oci_call_options *options, oci_error **err_out);
 
 // Removes the store's blobs, and the layer tars under `dst` (NULL: the
 // store only), that no entry of the store's `index.json` reaches, and
@@ -323,12 +323,12 @@ oci_status oci_cache_remove(oci_cache *cache, const char *reference, const oci_c
 // (`OCI_E_CANCELED`) ends the prune between files (what was removed until
 // then stays removed). `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a
 // cache without a store.
-oci_status oci_cache_prune(oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, oci_error **err_out);
+oci_status oci_cache_prune(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, oci_error **err_out);
 
 // Stores in `*store_bytes_out` the bytes of the store's blobs, and in
 // `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
 // must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
-oci_status oci_cache_disk_usage(oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
+oci_status oci_cache_disk_usage(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
 
 // Re-hashes every store blob, and every layer tar under `dst` (NULL: the
 // store only), against its name, and stores in `*report_out` how many
@@ -339,7 +339,7 @@ oci_status oci_cache_disk_usage(oci_cache *cache, const char *dst, const oci_cal
 // token ends it between chunks of a file. Files that are not regular
 // (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
 // exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
-oci_status oci_cache_verify(oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
+oci_status oci_cache_verify(const oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
 
 // The number of files re-hashed: store blobs and layer tars; 0 if
 // `report` is NULL.

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use super::options::{oci_cache_options, oci_call_options, oci_cancel, ProgressCallback};
 use super::{
-    arg, boundary, free_arc, oci_error, oci_status, out, str_arg, Failure, Outcome, Process,
-    OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
+    arg_arc, boundary, free_arc, oci_error, oci_status, out, str_arg, to_arc_const_ptr, try_ref,
+    Castable, Failure, Outcome, OwnershipArc, Process, OCI_E_BUFFER_TOO_SMALL, OCI_E_INTERNAL,
 };
 use crate::cache::{Image, ImageCache};
 use crate::call::{Progress, Work};
@@ -30,6 +30,10 @@ pub struct oci_cache {
     runtime: OnceCell<Runtime>,
     worker_threads: usize,
     owner: Process,
+}
+
+impl Castable for oci_cache {
+    type Ownership = OwnershipArc;
 }
 
 /// What the calling thread watches while a call runs: the call's cancel
@@ -75,8 +79,7 @@ impl oci_cache {
         F: FnOnce(ImageCache) -> Fut,
         Fut: Future<Output = crate::Result<T>>,
     {
-        // SAFETY: NULL or call options handed out by oci_call_options_new.
-        let options = unsafe { options.as_ref() };
+        let options = try_ref(options);
         let mut call = options.map(|o| o.call.clone()).unwrap_or_default();
         let mut watch = Watch::cancel(options.and_then(|o| o.cancel.clone()));
         if let Some(callback) = options.and_then(|o| o.progress) {
@@ -100,9 +103,7 @@ impl oci_cache {
         options: *const oci_call_options,
     ) -> Outcome<Option<Vec<File>>> {
         self.owner.check()?;
-        // SAFETY: NULL or call options handed out by oci_call_options_new.
-        let options = unsafe { options.as_ref() };
-        if options
+        if try_ref(options)
             .and_then(|o| o.cancel.as_ref())
             .is_some_and(|c| c.is_triggered())
         {
@@ -178,17 +179,6 @@ impl oci_cache {
         });
         Ok(outcome?)
     }
-
-    /// A new counted reference to the cache behind `ptr`, for objects that
-    /// must keep it alive.
-    pub(crate) fn share(ptr: *const oci_cache) -> Outcome<Arc<oci_cache>> {
-        arg(ptr, "cache")?;
-        // SAFETY: `ptr` came from Arc::into_raw in oci_cache_new and is live.
-        unsafe {
-            Arc::increment_strong_count(ptr);
-            Ok(Arc::from_raw(ptr))
-        }
-    }
 }
 
 impl Drop for oci_cache {
@@ -220,15 +210,14 @@ pub extern "C" fn oci_cache_new(
     boundary(err_out, || {
         let cache_out = out(cache_out, "cache_out")?;
         let defaults = oci_cache_options::default();
-        // SAFETY: NULL or options handed out by oci_cache_options_new.
-        let options = unsafe { options.as_ref() }.unwrap_or(&defaults);
+        let options = try_ref(options).unwrap_or(&defaults);
         let cache = oci_cache {
             cache: ImageCache::new(options.options.clone())?,
             runtime: OnceCell::new(),
             worker_threads: options.worker_threads,
             owner: Process::current(),
         };
-        *cache_out = Arc::into_raw(Arc::new(cache)).cast_mut();
+        *cache_out = to_arc_const_ptr(cache).cast_mut();
         Ok(())
     })
 }
@@ -250,7 +239,7 @@ pub extern "C" fn oci_cache_free(cache: *mut oci_cache) {
 /// NUL (72 bytes always suffice for sha256, 136 for sha512).
 #[no_mangle]
 pub extern "C" fn oci_cache_resolve(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     reference: *const c_char,
     options: *const oci_call_options,
     digest_out: *mut c_char,
@@ -258,7 +247,7 @@ pub extern "C" fn oci_cache_resolve(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let reference = str_arg(reference, "reference")?;
         out(digest_out, "digest_out")?;
         let digest = cache.run(

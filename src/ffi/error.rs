@@ -2,7 +2,9 @@
 
 use std::ffi::{c_char, CString};
 
-use super::{free_box, quiet, Failure};
+use super::{
+    boundary_or, free_box, getter, to_boxed_mut_ptr, try_ref, Castable, Failure, OwnershipBox,
+};
 
 /// The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 /// code. Fixed width, so it never depends on the size of a C enum. The
@@ -60,34 +62,34 @@ pub struct oci_error {
     message: CString,
 }
 
+impl Castable for oci_error {
+    type Ownership = OwnershipBox;
+}
+
 impl oci_error {
     pub(crate) fn boxed(failure: Failure) -> *mut oci_error {
         // Interior NULs would cut the message short in C: show them instead.
         let message =
             CString::new(failure.message.replace('\0', "\\0")).expect("NULs were replaced");
-        Box::into_raw(Box::new(oci_error {
+        to_boxed_mut_ptr(oci_error {
             code: failure.code,
             message,
-        }))
+        })
     }
 }
 
 /// The status code of `err`; `OCI_E_INVALID_ARGUMENT` if `err` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_error_code(err: *const oci_error) -> oci_status {
-    quiet(OCI_E_INTERNAL, || {
-        // SAFETY: NULL or an error handed out by this library.
-        unsafe { err.as_ref() }.map_or(OCI_E_INVALID_ARGUMENT, |e| e.code)
+    boundary_or(OCI_E_INTERNAL, || {
+        try_ref(err).map_or(OCI_E_INVALID_ARGUMENT, |e| e.code)
     })
 }
 
 /// The message of `err`, valid until `oci_error_free(err)`; NULL if `err` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_error_message(err: *const oci_error) -> *const c_char {
-    quiet(std::ptr::null(), || {
-        // SAFETY: NULL or an error handed out by this library.
-        unsafe { err.as_ref() }.map_or(std::ptr::null(), |e| e.message.as_ptr())
-    })
+    getter(err, std::ptr::null(), |e| Some(e.message.as_ptr()))
 }
 
 /// Frees `err`. NULL is a no-op.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::cache::oci_cache;
 use super::options::oci_call_options;
 use super::{
-    arg, boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
-    Outcome, OCI_E_INVALID_CONTENT,
+    arg_arc, boundary, c_string, free_box, getter, oci_error, oci_status, optional_str_arg, out,
+    str_arg, to_boxed_mut_ptr, Castable, Outcome, OwnershipBox,
 };
 use crate::cache::Image;
 use crate::platform::Platform;
@@ -32,9 +32,8 @@ struct LayerStrings {
     media_type: CString,
 }
 
-fn c_string(text: &[u8], what: &str) -> Outcome<CString> {
-    CString::new(text)
-        .map_err(|_| Failure::new(OCI_E_INVALID_CONTENT, format!("{what} contains a NUL byte")))
+impl Castable for oci_image {
+    type Ownership = OwnershipBox;
 }
 
 impl oci_image {
@@ -59,11 +58,6 @@ impl oci_image {
             _cache: cache,
         })
     }
-
-    /// Borrows the image behind a caller's pointer.
-    pub(crate) fn get<'a>(ptr: *const oci_image) -> Outcome<&'a oci_image> {
-        arg(ptr, "image")
-    }
 }
 
 /// Fetches the manifest and config of `reference` for `platform`
@@ -78,7 +72,7 @@ impl oci_image {
 /// unless the options' deadline or cancel token ends the wait.
 #[no_mangle]
 pub extern "C" fn oci_fetch_image(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     reference: *const c_char,
     platform: *const c_char,
     options: *const oci_call_options,
@@ -86,7 +80,7 @@ pub extern "C" fn oci_fetch_image(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let reference = str_arg(reference, "reference")?;
         let platform: Option<Platform> = optional_str_arg(platform, "platform")?
             .map(str::parse)
@@ -95,20 +89,8 @@ pub extern "C" fn oci_fetch_image(
         let image = cache.run(options, |cache| async move {
             cache.fetch_image(reference, platform.as_ref()).await
         })?;
-        *image_out = Box::into_raw(Box::new(oci_image::new(image, cache)?));
+        *image_out = to_boxed_mut_ptr(oci_image::new(image, cache)?);
         Ok(())
-    })
-}
-
-/// Reads from `image` with `get`; NULL (or a panic) gives `fallback`.
-fn getter<T: Copy>(
-    image: *const oci_image,
-    fallback: T,
-    get: impl FnOnce(&oci_image) -> Option<T>,
-) -> T {
-    quiet(fallback, || {
-        // SAFETY: NULL or an image handed out by oci_fetch_image.
-        unsafe { image.as_ref() }.and_then(get).unwrap_or(fallback)
     })
 }
 

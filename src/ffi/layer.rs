@@ -14,8 +14,8 @@ use super::cache::{oci_cache, Watch};
 use super::image::oci_image;
 use super::options::{oci_call_options, oci_cancel};
 use super::{
-    arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg, Failure, Outcome,
-    OCI_E_BUFFER_TOO_SMALL,
+    arg, arg_arc, arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg,
+    to_boxed_mut_ptr, Castable, Failure, Outcome, OwnershipBox, OCI_E_BUFFER_TOO_SMALL,
 };
 use crate::error::Error;
 use crate::layer::LayerReader;
@@ -29,12 +29,16 @@ pub struct oci_layer_reader {
     cancel: Option<Arc<oci_cancel>>,
 }
 
+impl Castable for oci_layer_reader {
+    type Ownership = OwnershipBox;
+}
+
 /// Starts streaming layer `index` of `image`, uncompressed. Read it with
 /// `oci_layer_reader_read`. `OCI_E_UNSUPPORTED` for a layer media type the
 /// library does not handle, `OCI_E_INVALID_ARGUMENT` for an index out of range.
 #[no_mangle]
 pub extern "C" fn oci_fetch_layer(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     image: *const oci_image,
     index: usize,
     options: *const oci_call_options,
@@ -42,18 +46,18 @@ pub extern "C" fn oci_fetch_layer(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
-        let image = oci_image::get(image)?;
+        let cache = arg_arc(cache, "cache")?;
+        let image = arg(image, "image")?;
         let reader_out = out(reader_out, "reader_out")?;
         let reader = cache.run(options, |cache| async move {
             cache.fetch_layer(&image.image, index).await
         })?;
         let cancel = oci_call_options::cancel_of(options);
-        *reader_out = Box::into_raw(Box::new(oci_layer_reader {
+        *reader_out = to_boxed_mut_ptr(oci_layer_reader {
             reader,
             cache,
             cancel,
-        }));
+        });
         Ok(())
     })
 }
@@ -115,7 +119,7 @@ pub extern "C" fn oci_layer_reader_free(reader: *mut oci_layer_reader) {
 /// exist. The file appears whole and verified, or not at all.
 #[no_mangle]
 pub extern "C" fn oci_extract_layer(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     image: *const oci_image,
     index: usize,
     dst: *const c_char,
@@ -124,8 +128,8 @@ pub extern "C" fn oci_extract_layer(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
-        let image = oci_image::get(image)?;
+        let cache = arg_arc(cache, "cache")?;
+        let image = arg(image, "image")?;
         let dst = Path::new(str_arg(dst, "dst")?);
         let fd_out = out(fd_out, "fd_out")?;
         let file = cache.run(options, |cache| async move {
@@ -142,7 +146,7 @@ pub extern "C" fn oci_extract_layer(
 /// gives `OCI_E_BUFFER_TOO_SMALL` before any work. On failure no fd is open.
 #[no_mangle]
 pub extern "C" fn oci_extract_layers(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     image: *const oci_image,
     dst: *const c_char,
     options: *const oci_call_options,
@@ -170,7 +174,7 @@ pub extern "C" fn oci_extract_layers(
 /// `OCI_E_DIGEST_MISMATCH`, naming the blob.
 #[no_mangle]
 pub extern "C" fn oci_rootfs(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     image: *const oci_image,
     dst: *const c_char,
     options: *const oci_call_options,
@@ -192,15 +196,15 @@ pub extern "C" fn oci_rootfs(
 
 /// The checks and fd hand-over shared by the calls returning all layers.
 fn layer_files(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     image: *const oci_image,
     dst: *const c_char,
     fds_out: *mut c_int,
     fds_cap: usize,
     files: impl FnOnce(&oci_cache, &oci_image, &Path) -> Outcome<Vec<File>>,
 ) -> Outcome {
-    let cache = oci_cache::share(cache)?;
-    let image = oci_image::get(image)?;
+    let cache = arg_arc(cache, "cache")?;
+    let image = arg(image, "image")?;
     let dst = Path::new(str_arg(dst, "dst")?);
     out(fds_out, "fds_out")?;
     let needed = image.image.layers().len();

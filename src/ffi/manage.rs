@@ -10,8 +10,8 @@ use std::path::Path;
 use super::cache::oci_cache;
 use super::options::oci_call_options;
 use super::{
-    boundary, free_box, oci_error, oci_status, optional_str_arg, out, quiet, str_arg, Failure,
-    Outcome, OCI_E_INVALID_CONTENT,
+    arg_arc, boundary, c_string, free_box, getter, oci_error, oci_status, optional_str_arg, out,
+    str_arg, to_boxed_mut_ptr, Castable, Outcome, OwnershipBox,
 };
 use crate::maintenance::StoredImage;
 
@@ -35,9 +35,12 @@ pub struct oci_verify_report {
     corrupt: Vec<CString>,
 }
 
-fn c_string(text: &[u8], what: &str) -> Outcome<CString> {
-    CString::new(text)
-        .map_err(|_| Failure::new(OCI_E_INVALID_CONTENT, format!("{what} contains a NUL byte")))
+impl Castable for oci_image_list {
+    type Ownership = OwnershipBox;
+}
+
+impl Castable for oci_verify_report {
+    type Ownership = OwnershipBox;
 }
 
 impl ListEntry {
@@ -66,20 +69,20 @@ fn optional_dst<'a>(dst: *const c_char) -> Outcome<Option<&'a Path>> {
 /// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_list(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     options: *const oci_call_options,
     list_out: *mut *mut oci_image_list,
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let list_out = out(list_out, "list_out")?;
         let images = cache.run(options, |cache| async move { cache.list().await })?;
         let images = images
             .iter()
             .map(ListEntry::new)
             .collect::<Outcome<Vec<_>>>()?;
-        *list_out = Box::into_raw(Box::new(oci_image_list { images }));
+        *list_out = to_boxed_mut_ptr(oci_image_list { images });
         Ok(())
     })
 }
@@ -92,21 +95,13 @@ fn entry<T: Copy>(
     fallback: T,
     get: impl FnOnce(&ListEntry) -> T,
 ) -> T {
-    quiet(fallback, || {
-        // SAFETY: NULL or a list handed out by oci_cache_list.
-        unsafe { list.as_ref() }
-            .and_then(|l| l.images.get(index))
-            .map_or(fallback, get)
-    })
+    getter(list, fallback, |l| l.images.get(index).map(get))
 }
 
 /// The number of images in `list`; 0 if `list` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_image_list_count(list: *const oci_image_list) -> usize {
-    quiet(0, || {
-        // SAFETY: NULL or a list handed out by oci_cache_list.
-        unsafe { list.as_ref() }.map_or(0, |l| l.images.len())
-    })
+    getter(list, 0, |l| Some(l.images.len()))
 }
 
 /// The normalized reference image `index` is recorded under, e.g.
@@ -165,13 +160,13 @@ pub extern "C" fn oci_image_list_free(list: *mut oci_image_list) {
 /// store.
 #[no_mangle]
 pub extern "C" fn oci_cache_remove(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     reference: *const c_char,
     options: *const oci_call_options,
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let reference = str_arg(reference, "reference")?;
         cache.run(
             options,
@@ -197,7 +192,7 @@ pub extern "C" fn oci_cache_remove(
 /// cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_prune(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     dst: *const c_char,
     options: *const oci_call_options,
     files_out: *mut u64,
@@ -205,7 +200,7 @@ pub extern "C" fn oci_cache_prune(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let dst = optional_dst(dst)?;
         let files_out = out(files_out, "files_out")?;
         let bytes_out = out(bytes_out, "bytes_out")?;
@@ -221,7 +216,7 @@ pub extern "C" fn oci_cache_prune(
 /// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_disk_usage(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     dst: *const c_char,
     options: *const oci_call_options,
     store_bytes_out: *mut u64,
@@ -229,7 +224,7 @@ pub extern "C" fn oci_cache_disk_usage(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let dst = optional_dst(dst)?;
         let store_bytes_out = out(store_bytes_out, "store_bytes_out")?;
         let dst_bytes_out = out(dst_bytes_out, "dst_bytes_out")?;
@@ -251,7 +246,7 @@ pub extern "C" fn oci_cache_disk_usage(
 /// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_verify(
-    cache: *mut oci_cache,
+    cache: *const oci_cache,
     dst: *const c_char,
     remove_corrupt: bool,
     options: *const oci_call_options,
@@ -259,7 +254,7 @@ pub extern "C" fn oci_cache_verify(
     err_out: *mut *mut oci_error,
 ) -> oci_status {
     boundary(err_out, || {
-        let cache = oci_cache::share(cache)?;
+        let cache = arg_arc(cache, "cache")?;
         let dst = optional_dst(dst)?;
         let report_out = out(report_out, "report_out")?;
         let verified = cache.run(options, |cache| async move {
@@ -270,23 +265,11 @@ pub extern "C" fn oci_cache_verify(
             .iter()
             .map(|path| c_string(path.as_os_str().as_bytes(), "a corrupt file's path"))
             .collect::<Outcome<Vec<_>>>()?;
-        *report_out = Box::into_raw(Box::new(oci_verify_report {
+        *report_out = to_boxed_mut_ptr(oci_verify_report {
             checked: verified.checked,
             corrupt,
-        }));
+        });
         Ok(())
-    })
-}
-
-/// Reads from `report` with `get`; NULL (or a panic) gives `fallback`.
-fn read_report<T: Copy>(
-    report: *const oci_verify_report,
-    fallback: T,
-    get: impl FnOnce(&oci_verify_report) -> Option<T>,
-) -> T {
-    quiet(fallback, || {
-        // SAFETY: NULL or a report handed out by oci_cache_verify.
-        unsafe { report.as_ref() }.and_then(get).unwrap_or(fallback)
     })
 }
 
@@ -294,14 +277,14 @@ fn read_report<T: Copy>(
 /// `report` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_verify_report_checked(report: *const oci_verify_report) -> u64 {
-    read_report(report, 0, |r| Some(r.checked))
+    getter(report, 0, |r| Some(r.checked))
 }
 
 /// The number of files whose content did not match their digest; 0 if
 /// `report` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_verify_report_corrupt_count(report: *const oci_verify_report) -> usize {
-    read_report(report, 0, |r| Some(r.corrupt.len()))
+    getter(report, 0, |r| Some(r.corrupt.len()))
 }
 
 /// The path of corrupt file `index`: under the store's `blobs`, or under
@@ -312,7 +295,7 @@ pub extern "C" fn oci_verify_report_corrupt_path(
     report: *const oci_verify_report,
     index: usize,
 ) -> *const c_char {
-    read_report(report, std::ptr::null(), |r| {
+    getter(report, std::ptr::null(), |r| {
         Some(r.corrupt.get(index)?.as_ptr())
     })
 }

@@ -9,7 +9,7 @@
 // every pointer is NULL-checked before use.
 #![allow(non_camel_case_types, clippy::not_unsafe_ptr_arg_deref)]
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -18,12 +18,14 @@ use crate::error::{panic_message, Error};
 
 pub mod cache;
 pub mod error;
+mod handle;
 pub mod image;
 pub mod layer;
 pub mod manage;
 pub mod options;
 
 pub use error::*;
+pub(crate) use handle::*;
 
 /// A failure on its way out to C: a status code and its message.
 pub(crate) struct Failure {
@@ -85,50 +87,35 @@ pub(crate) fn boundary(err_out: *mut *mut oci_error, body: impl FnOnce() -> Outc
     code
 }
 
-/// Runs a getter or destructor body, which has no way to report errors:
-/// a panic gives `fallback`.
-pub(crate) fn quiet<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+/// Runs the whole of a getter or destructor, which has no way to report
+/// errors: a panic gives `fallback`. Status-returning calls use [`boundary`].
+pub(crate) fn boundary_or<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
-/// Frees a handle made by `Box::into_raw`. NULL is a no-op.
-pub(crate) fn free_box<T>(ptr: *mut T) {
-    quiet((), || {
-        if !ptr.is_null() {
-            // SAFETY: a handle this library boxed, freed once, as the header requires.
-            drop(unsafe { Box::from_raw(ptr) });
-        }
-    })
-}
-
-/// Releases one reference to a handle made by `Arc::into_raw`. NULL is a no-op.
-pub(crate) fn free_arc<T>(ptr: *const T) {
-    quiet((), || {
-        if !ptr.is_null() {
-            // SAFETY: a handle this library made with Arc::into_raw, whose
-            // caller's reference is released once, as the header requires.
-            drop(unsafe { std::sync::Arc::from_raw(ptr) });
-        }
-    })
-}
-
-/// Borrows the object behind a pointer the caller passed in.
-pub(crate) fn arg<'a, T>(ptr: *const T, name: &str) -> Outcome<&'a T> {
-    // SAFETY: a non-NULL pointer from the caller points to a live `T` handed
-    // out by this library, as the header requires.
-    unsafe { ptr.as_ref() }.ok_or_else(|| Failure::invalid(format!("{name} is NULL")))
-}
-
-/// Mutably borrows the object behind a pointer the caller passed in.
-pub(crate) fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Outcome<&'a mut T> {
-    // SAFETY: as in `arg`, and the header says such objects are used by one
-    // thread at a time.
-    unsafe { ptr.as_mut() }.ok_or_else(|| Failure::invalid(format!("{name} is NULL")))
+/// The whole of a getter on a handle: reads from the object behind `ptr`
+/// with `get`; NULL, a `None` from `get` (an index out of range) or a panic
+/// gives `fallback`.
+pub(crate) fn getter<H: Castable, T: Copy>(
+    ptr: *const H,
+    fallback: T,
+    get: impl FnOnce(&H) -> Option<T>,
+) -> T {
+    boundary_or(fallback, || try_ref(ptr).and_then(get).unwrap_or(fallback))
 }
 
 /// Checks an output pointer, which is written only once the call succeeded.
 pub(crate) fn out<'a, T>(ptr: *mut T, name: &str) -> Outcome<&'a mut T> {
-    arg_mut(ptr, name)
+    // SAFETY: the caller passes NULL or a pointer it lets this call write
+    // through, as the header requires.
+    unsafe { ptr.as_mut() }.ok_or_else(|| Failure::invalid(format!("{name} is NULL")))
+}
+
+/// A string for C to read from a handle; content with a NUL byte (which C
+/// would cut short) is `OCI_E_INVALID_CONTENT` naming `what`.
+pub(crate) fn c_string(text: &[u8], what: &str) -> Outcome<CString> {
+    CString::new(text)
+        .map_err(|_| Failure::new(OCI_E_INVALID_CONTENT, format!("{what} contains a NUL byte")))
 }
 
 /// Borrows a NUL-terminated UTF-8 string argument for the length of the call.

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{arg, arg_mut, boundary, free_arc, free_box, oci_status, out, str_arg, Failure};
+use super::{
+    arg, arg_mut, boundary, clone_arc, free_arc, free_box, oci_status, out, str_arg,
+    to_arc_const_ptr, to_boxed_mut_ptr, try_ref, Castable, Failure, OwnershipArc, OwnershipBox,
+};
 use crate::cache::CacheOptions;
 use crate::call::{CallOptions, Progress};
 use crate::error::Error;
@@ -21,6 +24,10 @@ use crate::platform::Platform;
 pub struct oci_cache_options {
     pub(crate) options: CacheOptions,
     pub(crate) worker_threads: usize,
+}
+
+impl Castable for oci_cache_options {
+    type Ownership = OwnershipBox;
 }
 
 impl oci_cache_options {
@@ -47,7 +54,7 @@ impl Default for oci_cache_options {
 pub extern "C" fn oci_cache_options_new(options_out: *mut *mut oci_cache_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let slot = out(options_out, "options_out")?;
-        *slot = Box::into_raw(Box::default());
+        *slot = to_boxed_mut_ptr(Default::default());
         Ok(())
     })
 }
@@ -374,6 +381,10 @@ pub struct oci_cancel {
     wake: Notify,
 }
 
+impl Castable for oci_cancel {
+    type Ownership = OwnershipArc;
+}
+
 impl oci_cancel {
     pub(crate) fn is_triggered(&self) -> bool {
         self.triggered.load(Ordering::Acquire)
@@ -401,11 +412,11 @@ impl oci_cancel {
 pub extern "C" fn oci_cancel_new(cancel_out: *mut *mut oci_cancel) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let slot = out(cancel_out, "cancel_out")?;
-        let cancel = Arc::new(oci_cancel {
+        let cancel = oci_cancel {
             triggered: AtomicBool::new(false),
             wake: Notify::new(),
-        });
-        *slot = Arc::into_raw(cancel).cast_mut();
+        };
+        *slot = to_arc_const_ptr(cancel).cast_mut();
         Ok(())
     })
 }
@@ -438,11 +449,14 @@ pub struct oci_call_options {
     pub(crate) progress: Option<ProgressCallback>,
 }
 
+impl Castable for oci_call_options {
+    type Ownership = OwnershipBox;
+}
+
 impl oci_call_options {
     /// The cancel token of the options behind `ptr`, if any (NULL = none).
     pub(crate) fn cancel_of(ptr: *const oci_call_options) -> Option<Arc<oci_cancel>> {
-        // SAFETY: NULL or call options handed out by oci_call_options_new.
-        unsafe { ptr.as_ref() }.and_then(|o| o.cancel.clone())
+        try_ref(ptr).and_then(|o| o.cancel.clone())
     }
 
     fn update(&mut self, change: impl FnOnce(CallOptions) -> CallOptions) {
@@ -503,7 +517,7 @@ impl ProgressCallback {
 pub extern "C" fn oci_call_options_new(options_out: *mut *mut oci_call_options) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let slot = out(options_out, "options_out")?;
-        *slot = Box::into_raw(Box::default());
+        *slot = to_boxed_mut_ptr(Default::default());
         Ok(())
     })
 }
@@ -517,13 +531,7 @@ pub extern "C" fn oci_call_options_set_cancel(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.cancel = (!cancel.is_null()).then(|| {
-            // SAFETY: a live token from oci_cancel_new; take a new reference.
-            unsafe {
-                Arc::increment_strong_count(cancel.cast_const());
-                Arc::from_raw(cancel.cast_const())
-            }
-        });
+        options.cancel = clone_arc(cancel.cast_const());
         Ok(())
     })
 }
