@@ -19,10 +19,17 @@ static_assert(OCI_CACHE_VERSION_MAJOR >= 0 && OCI_CACHE_VERSION_MINOR >= 0 &&
 // The declarations have C linkage and the documented signatures.
 static_assert(std::is_same<decltype(&oci_version), const char *(*)()>::value, "oci_version");
 static_assert(std::is_same<decltype(&oci_rootfs),
-                           oci_status (*)(oci_cache *, const oci_image *, const char *,
+                           oci_status (*)(const oci_cache *, const oci_image *, const char *,
                                           const oci_call_options *, int *, size_t,
                                           oci_error **)>::value,
               "oci_rootfs");
+
+// Calls safe from many threads take `const oci_cache *`; a caller holding
+// the `oci_cache *` that oci_cache_new gave still passes it unchanged.
+oci_status rootfs_from_a_mutable_cache(oci_cache *cache, const oci_image *image, int *fds,
+                                       size_t cap) {
+    return oci_rootfs(cache, image, "/dst", NULL, fds, cap, NULL);
+}
 
 // Handles are opaque: a C++ caller can hold pointers and nothing more.
 void uses_only_pointers(oci_cache *cache, oci_image *image, oci_error *err) {
