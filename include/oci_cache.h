@@ -39,7 +39,9 @@
 #define OCI_CACHE_VERSION_PATCH 0
 
 // An image cache: a local store, the registries behind it, and the runtime
-// its calls run on. Thread-safe: share it between threads freely. Images
+// its calls run on. Thread-safe: every call taking `const oci_cache *` may
+// run on it from many threads at once; only `oci_cache_free` takes
+// `oci_cache *`, releasing the caller's reference. Images
 // and readers made from it keep what they need alive, so it may be freed
 // before them; every call holds a reference to it while it runs, so it may
 // be freed from another thread or a progress callback during a call.
