@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::fs::Reserve;
 use crate::platform::Platform;
 use crate::registry::RegistryConfig;
+// Named by doc links only.
+#[cfg(doc)]
+use {super::ImageCache, crate::call::CallOptions, crate::error::Error};
 
 /// How an [`ImageCache`] is set up. Every setting has a default.
 #[derive(Debug, Clone)]
