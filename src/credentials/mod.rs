@@ -3,6 +3,9 @@
 //! (`auths`, `credHelpers`, `credsStore`), running `docker-credential-*`
 //! helpers where a file names one. Secrets never reach an error message,
 //! `Display` or `Debug`.
+//!
+//! This file holds the types and [`lookup`]; `search` walks the sources in
+//! order, `auth_file` parses auth files and `helper` runs credential helpers.
 
 use std::fmt;
 use std::path::PathBuf;
