@@ -90,7 +90,7 @@ impl Digest {
     pub fn verify(&self, data: &[u8], what: &str) -> Result<()> {
         let mut hasher = self.hasher();
         hasher.update(data);
-        hasher.finish().expect(self, what)
+        hasher.finish().check_matches(self, what)
     }
 
     /// A hasher of this digest's algorithm.
@@ -101,8 +101,9 @@ impl Digest {
         }
     }
 
-    /// Succeeds when `self`, a computed digest, equals `expected`.
-    pub(crate) fn expect(&self, expected: &Digest, what: &str) -> Result<()> {
+    /// Checks that `self`, a computed digest, equals `expected`; a mismatch is
+    /// [`Error::DigestMismatch`] naming `what`.
+    pub(crate) fn check_matches(&self, expected: &Digest, what: &str) -> Result<()> {
         if self == expected {
             Ok(())
         } else {

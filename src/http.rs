@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Chunks of a blob as they arrive from the network, produced by `registry`
+/// and consumed by `layer`; errors in it wrap an [`crate::Error`].
+pub(crate) type BlobStream =
+    Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
+
 /// How long a TCP connection may take to be established by default (as
 /// containerd's dialer).
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -24,6 +24,7 @@ use crate::call::{Progress, ProgressFn, Work};
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
+use crate::http::BlobStream;
 
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.
@@ -82,8 +83,8 @@ pub(crate) struct LayerCheck {
 
 /// Where a layer's compressed bytes come from.
 pub(crate) enum Blob {
-    /// Chunks from the network; errors in it wrap an [`Error`].
-    Remote(Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>),
+    /// Chunks from the network.
+    Remote(BlobStream),
     Local(File),
 }
 
@@ -264,7 +265,10 @@ fn unpack<W: Write>(
         .into_inner()
         .map_err(|e| Error::from_io(e.into_error(), |e| Error::Io(e.to_string())))?;
     let what = format!("{} uncompressed (diff_id)", check.what);
-    hashing.hasher.finish().expect(&check.diff_id, &what)?;
+    hashing
+        .hasher
+        .finish()
+        .check_matches(&check.diff_id, &what)?;
     if let Some(reporter) = &hashing.reporter {
         reporter.report(hashing.written, Some(hashing.written));
     }
@@ -333,7 +337,7 @@ impl Input {
         io::copy(&mut self, &mut io::sink())
             .map_err(|e| Error::from_io(e, |e| Error::Io(e.to_string())))?;
         check_size(self.received, self.size, what)?;
-        self.hasher.finish().expect(&self.digest, what)?;
+        self.hasher.finish().check_matches(&self.digest, what)?;
         Ok(self.copy)
     }
 }

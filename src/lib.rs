@@ -23,11 +23,23 @@
 //! # }
 //! ```
 //!
-//! Modules point one way: `cache` uses `registry` (remote access, with
-//! `auth` and `http`), `store` (the local layout), `maintenance` (list,
-//! prune, verify over the store) and `layer` (media types, decompression,
-//! verification); those use only the leaf modules (`digest`, `manifest`,
-//! `platform`, `fs`, `error`).
+//! Modules point one way, top to bottom:
+//!
+//! - `ffi`: the C ABI, each function a thin skin inside one panic boundary,
+//!   over `cache` and the value types of `call`, `layer`, `maintenance` and
+//!   `platform`.
+//! - `cache`: [`ImageCache`]; `cache::options` holds the [`CacheOptions`]
+//!   builder, `cache::image` the [`Image`] and [`Layer`] values. It uses:
+//!   - `registry`: remote access, with `auth` (token exchange), `credentials`
+//!     (`credentials::search` the search order, `credentials::auth_file`
+//!     auth-file parsing, `credentials::helper` the credential-helper
+//!     runner) and `hosts` (per-registry hosts.toml mirrors);
+//!   - `maintenance`: list, prune, disk usage and verify, over `store`;
+//!   - `store`: the local OCI image layout;
+//!   - `layer`: media types, decompression and verification of layer blobs.
+//! - Leaf modules, which use only each other: `call` (a call's deadline,
+//!   cancellation and progress), `http` (network time limits, bounded bodies,
+//!   the blob stream type), `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;

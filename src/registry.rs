@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,7 +29,9 @@ use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::hosts::{self, HostEntry, RegistryHosts};
-use crate::http::{error_chain, host_of, read_limited, reason, ReadError, SendError, Timeouts};
+use crate::http::{
+    error_chain, host_of, read_limited, reason, BlobStream, ReadError, SendError, Timeouts,
+};
 
 pub(crate) use crate::http::Limits;
 
@@ -61,9 +62,6 @@ const MANIFEST_MEDIA_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, 
      application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Chunks of a blob as they arrive from the network; errors in it wrap an [`Error`].
-pub(crate) type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// How registries are reached: which hosts speak plain HTTP, which CAs are
 /// trusted, and where credentials come from.

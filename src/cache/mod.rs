@@ -1,14 +1,14 @@
 //! The image cache, the library's public Rust API: it resolves references
 //! against the local store first and the registry second, fetches an image's
 //! manifest and config for a platform, and turns its layers into verified,
-//! uncompressed tar files. The C API is a thin skin over this module.
+//! uncompressed tar files. The C API is a thin skin over this module. Its
+//! options builder lives in `options`, the values it returns in `image`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
@@ -21,301 +21,14 @@ use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
-use crate::registry::{Limits, Registry, RegistryConfig};
+use crate::registry::{Limits, Registry};
 use crate::store::Store;
 
-/// How an [`ImageCache`] is set up. Every setting has a default.
-#[derive(Debug, Clone)]
-pub struct CacheOptions {
-    store: Option<PathBuf>,
-    platform: Option<Platform>,
-    registry: RegistryConfig,
-    max_concurrent_layers: usize,
-    keep_layer_blobs: bool,
-    max_layer_size: Option<u64>,
-    free_space_reserve: Reserve,
-}
+mod image;
+mod options;
 
-impl Default for CacheOptions {
-    fn default() -> Self {
-        CacheOptions {
-            store: None,
-            platform: None,
-            registry: RegistryConfig::default(),
-            max_concurrent_layers: 3,
-            keep_layer_blobs: true,
-            max_layer_size: None,
-            free_space_reserve: Reserve::default(),
-        }
-    }
-}
-
-impl CacheOptions {
-    /// Defaults: no store, the host's platform, three layers at a time, and
-    /// a time limit on every network step (see
-    /// [`connect_timeout`](Self::connect_timeout) and the setters after it).
-    pub fn new() -> CacheOptions {
-        CacheOptions::default()
-    }
-
-    /// Keeps images in the OCI image layout at `dir` (created if missing),
-    /// and resolves references there before asking a registry. Without a
-    /// store, references are still resolved and layers still extracted.
-    pub fn store(mut self, dir: impl Into<PathBuf>) -> CacheOptions {
-        self.store = Some(dir.into());
-        self
-    }
-
-    /// The platform picked from multi-platform images unless a call names
-    /// another. Default: [`Platform::host`].
-    pub fn platform(mut self, platform: Platform) -> CacheOptions {
-        self.platform = Some(platform);
-        self
-    }
-
-    /// Reaches `host` (`host[:port]`) over plain HTTP. Loopback registries
-    /// are reached so too, unless a host CA certificate is set for them;
-    /// every other host needs HTTPS unless listed here.
-    pub fn insecure_registry(mut self, host: impl Into<String>) -> CacheOptions {
-        self.registry.insecure_hosts.push(host.into());
-        self
-    }
-
-    /// Presents `username` and `password` to `host` (`host[:port]`, as in
-    /// references; Docker Hub is `index.docker.io`). Overrides auth files.
-    pub fn credentials(
-        mut self,
-        host: impl Into<String>,
-        username: impl Into<String>,
-        password: impl Into<String>,
-    ) -> CacheOptions {
-        self.registry
-            .credentials
-            .explicit
-            .push((host.into(), username.into(), password.into()));
-        self
-    }
-
-    /// Reads credentials from this docker/podman auth file only, instead of
-    /// looking in `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-    /// `$DOCKER_CONFIG/config.json` and `~/.docker/config.json`.
-    pub fn auth_file(mut self, path: impl Into<PathBuf>) -> CacheOptions {
-        self.registry.credentials.auth_file = Some(path.into());
-        self
-    }
-
-    /// Tries `mirror` (`host[:port]`, e.g. a pull-through cache) before
-    /// `registry` (`host[:port]` as references resolve it; Docker Hub is
-    /// `index.docker.io`). Mirrors are tried in the order added; one that is
-    /// unreachable, answers 5xx or lacks the content hands over to the next,
-    /// and the registry comes last. The mirror is told the original registry
-    /// with `?ns=`. What a mirror serves is verified like anything else.
-    pub fn mirror(
-        mut self,
-        registry: impl Into<String>,
-        mirror: impl Into<String>,
-    ) -> CacheOptions {
-        self.registry.mirrors.push((registry.into(), mirror.into()));
-        self
-    }
-
-    /// Reads containerd-style host configuration from `dir` (a `certs.d`
-    /// layout): `dir/<registry>/hosts.toml`, else `dir/_default/hosts.toml`.
-    /// Its `[host."…"]` entries with the `pull` capability are mirrors tried
-    /// in file order after those given with [`mirror`](Self::mirror) (only
-    /// those with `resolve` for tags), with their `ca` and `skip_verify`;
-    /// `server`'s scheme, `ca` and `skip_verify` apply to the registry itself.
-    /// `override_path` is refused as unsupported.
-    pub fn hosts_dir(mut self, dir: impl Into<PathBuf>) -> CacheOptions {
-        self.registry.hosts_dir = Some(dir.into());
-        self
-    }
-
-    /// How many times a request is tried when it fails on connection
-    /// trouble, 5xx or 429 (default 4, at least 1), with exponential backoff
-    /// and jitter between tries; also how many times an interrupted blob
-    /// download is resumed.
-    pub fn attempts(mut self, attempts: u32) -> CacheOptions {
-        self.registry.attempts = attempts;
-        self
-    }
-
-    /// Trusts the CA certificates in the PEM file at `path` for every registry.
-    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> CacheOptions {
-        self.registry.ca_certificates.push(path.into());
-        self
-    }
-
-    /// Trusts the CA certificates in the PEM file at `path` for `host`
-    /// (`host[:port]`) only.
-    pub fn host_ca_certificate(
-        mut self,
-        host: impl Into<String>,
-        path: impl Into<PathBuf>,
-    ) -> CacheOptions {
-        self.registry
-            .host_ca_certificates
-            .push((host.into(), path.into()));
-        self
-    }
-
-    /// How many layers [`ImageCache::extract_layers`] and
-    /// [`ImageCache::rootfs`] fetch at once (default 3, at least 1).
-    pub fn max_concurrent_layers(mut self, n: usize) -> CacheOptions {
-        self.max_concurrent_layers = n;
-        self
-    }
-
-    /// Whether the store keeps the compressed layer blobs it downloads
-    /// (default true: a complete OCI layout). Without them it holds only
-    /// manifests and configs, for users who need just the layer tars; a
-    /// layer missing from `dst` is then downloaded again.
-    pub fn keep_layer_blobs(mut self, keep: bool) -> CacheOptions {
-        self.keep_layer_blobs = keep;
-        self
-    }
-
-    /// The most bytes a layer may uncompress to (default: no limit). A
-    /// layer that goes past it fails with [`Error::InvalidContent`] and
-    /// leaves nothing behind: a guard against decompression bombs.
-    pub fn max_layer_size(mut self, bytes: u64) -> CacheOptions {
-        self.max_layer_size = Some(bytes);
-        self
-    }
-
-    /// The free space every layer tar and store blob write leaves on its
-    /// file system, in bytes; 0 turns the reserve off. Default: 5% of the
-    /// file system or 1 GiB, whichever is smaller. A write that would eat
-    /// into it fails with [`Error::Io`] naming the reserve and leaves
-    /// nothing behind, instead of filling the disk. Free space is looked at
-    /// before a file is created and every few MiB while it is written.
-    pub fn free_space_reserve(mut self, bytes: u64) -> CacheOptions {
-        self.free_space_reserve = Reserve(Some(bytes));
-        self
-    }
-
-    /// How long setting up a TCP connection to a registry, mirror, token
-    /// realm or descriptor URL may take (default 30 s, as containerd's
-    /// dialer). A connection not set up in time fails the try with
-    /// [`Error::Timeout`] naming the host, and is tried once more (within
-    /// [`attempts`](Self::attempts)). The TCP connect and
-    /// the TLS handshake are one step in the HTTP client, so an HTTPS
-    /// connection gets `connect_timeout + tls_handshake_timeout` for both.
-    /// `None` turns the limit off (and with it that of HTTPS connections).
-    pub fn connect_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
-        self.registry.timeouts.connect = limit.into();
-        self
-    }
-
-    /// How long a TLS handshake may take (default 10 s), on top of the
-    /// connect timeout (see [`connect_timeout`](Self::connect_timeout)).
-    /// `None` turns the limit of HTTPS connection setup off.
-    pub fn tls_handshake_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
-        self.registry.timeouts.tls_handshake = limit.into();
-        self
-    }
-
-    /// How long a request waits for the response headers once connected
-    /// (default 30 s), token requests included; the stall timeout, when
-    /// shorter, bounds this wait too. Not retried: a server that does not
-    /// answer fails the call with [`Error::Timeout`] naming the host.
-    /// `None` turns the limit off.
-    pub fn response_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
-        self.registry.timeouts.response = limit.into();
-        self
-    }
-
-    /// How long a response may go without a byte (default 60 s): the wait
-    /// for headers and for each next part of a body, token answers
-    /// included. [`CallOptions::stall_timeout`] overrides it per call.
-    /// `None` turns the limit off.
-    pub fn stall_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
-        self.registry.timeouts.stall = limit.into();
-        self
-    }
-}
-
-/// An image's manifest and config for one platform, and its layers. Layer
-/// blobs are not downloaded until a layer is asked for.
-#[derive(Debug, Clone)]
-pub struct Image {
-    reference: String,
-    repository: Reference,
-    digest: Digest,
-    manifest: Vec<u8>,
-    config: Vec<u8>,
-    layers: Vec<Layer>,
-}
-
-impl Image {
-    /// The normalized reference, e.g. `docker.io/library/alpine:3.20`.
-    pub fn reference(&self) -> &str {
-        &self.reference
-    }
-
-    /// The digest of the platform's image manifest (not of the index).
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    /// The manifest's exact bytes.
-    pub fn manifest(&self) -> &[u8] {
-        &self.manifest
-    }
-
-    /// The config's exact bytes (JSON).
-    pub fn config(&self) -> &[u8] {
-        &self.config
-    }
-
-    /// The layers, bottom first.
-    pub fn layers(&self) -> &[Layer] {
-        &self.layers
-    }
-
-    fn layer(&self, index: usize) -> Result<&Layer> {
-        self.layers.get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "layer index {index} is out of range: {} has {} layers",
-                self.reference,
-                self.layers.len()
-            ))
-        })
-    }
-}
-
-/// One layer of an [`Image`]: its compressed blob and the diff_id of its
-/// uncompressed tar.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    diff_id: Digest,
-    urls: Option<Vec<String>>,
-}
-
-impl Layer {
-    /// The blob's media type, e.g. `application/vnd.oci.image.layer.v1.tar+gzip`.
-    pub fn media_type(&self) -> &str {
-        &self.media_type
-    }
-
-    /// The digest of the compressed blob.
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    /// The size of the compressed blob in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The digest of the uncompressed tar, from the image config.
-    pub fn diff_id(&self) -> &Digest {
-        &self.diff_id
-    }
-}
+pub use image::{Image, Layer};
+pub use options::CacheOptions;
 
 /// A local store plus the registries behind it. Cheap to clone; clones
 /// share everything, and all methods may be called from many tasks at once.
@@ -358,6 +71,15 @@ impl Fetched {
         self.documents.push((digest.clone(), content.to_vec()));
         self.from_registry |= from_registry;
     }
+}
+
+/// The image manifest chosen for a platform: the top manifest itself, or
+/// the index entry for the platform.
+struct Chosen {
+    manifest: Vec<u8>,
+    digest: Digest,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
 }
 
 impl ImageCache {
@@ -466,35 +188,21 @@ impl ImageCache {
         let (top, top_digest) = self.top_manifest(&reference, &mut fetched).await?;
         let (document, top_media_type) = manifest::parse(&top, &format!("manifest {name}"))?;
         let from_index = matches!(document, Document::Index { .. });
-        let (manifest, digest, config, layers) = match document {
-            Document::Manifest { config, layers } => {
-                (top.clone(), top_digest.clone(), config, layers)
-            }
+        let chosen = match document {
+            Document::Manifest { config, layers } => Chosen {
+                manifest: top.clone(),
+                digest: top_digest.clone(),
+                config,
+                layers,
+            },
             Document::Index { manifests } => {
                 let entry = select_platform(&manifests, platform, &name)?;
-                let digest = entry.digest()?;
-                let what = format!("manifest {digest} of {name}");
-                let by_digest = reference.clone_with_digest(digest.to_string());
-                let registry = &self.inner.registry;
-                let limits = self.limits();
-                let bytes = self
-                    .load(&digest, &mut fetched, async {
-                        Ok(registry.manifest(&by_digest, limits).await?.0)
-                    })
-                    .await?;
-                check_size(bytes.len() as u64, entry.size, &what)?;
-                match manifest::parse(&bytes, &what)?.0 {
-                    Document::Manifest { config, layers } => (bytes, digest, config, layers),
-                    Document::Index { .. } => {
-                        return Err(Error::Unsupported(format!(
-                            "{what} is an index inside an index"
-                        )))
-                    }
-                }
+                self.platform_manifest(&reference, entry, &mut fetched)
+                    .await?
             }
         };
 
-        let config_digest = config.digest()?;
+        let config_digest = chosen.config.digest()?;
         let config_bytes = self
             .load(
                 &config_digest,
@@ -502,43 +210,17 @@ impl ImageCache {
                 self.inner.registry.small_blob(
                     &reference,
                     &config_digest,
-                    config.size,
+                    chosen.config.size,
                     self.limits(),
                 ),
             )
             .await?;
         let summary =
             manifest::config_summary(&config_bytes, &format!("config {config_digest} of {name}"))?;
-        if let (Some(wanted), Some(built_for), false) =
-            (explicit_platform, &summary.platform, from_index)
-        {
-            if !wanted.compatible().contains(built_for) {
-                return Err(Error::NotFound(format!(
-                    "{name} is a single-platform image for {built_for}, not {wanted}"
-                )));
-            }
+        if !from_index {
+            check_built_for(explicit_platform, summary.platform.as_ref(), &name)?;
         }
-        let diff_ids = summary.diff_ids;
-        if diff_ids.len() != layers.len() {
-            return Err(Error::InvalidContent(format!(
-                "{name}: the manifest lists {} layers but the config {} diff_ids",
-                layers.len(),
-                diff_ids.len()
-            )));
-        }
-        let layers = layers
-            .into_iter()
-            .zip(diff_ids)
-            .map(|(descriptor, diff_id)| {
-                Ok(Layer {
-                    digest: descriptor.digest()?,
-                    media_type: descriptor.media_type,
-                    size: descriptor.size,
-                    diff_id,
-                    urls: descriptor.urls,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = layer_list(chosen.layers, summary.diff_ids, &name)?;
 
         if let Some(store) = &self.inner.store {
             let top = Descriptor {
@@ -552,11 +234,44 @@ impl ImageCache {
         Ok(Image {
             reference: name,
             repository: reference,
-            digest,
-            manifest,
+            digest: chosen.digest,
+            manifest: chosen.manifest,
             config: config_bytes,
             layers,
         })
+    }
+
+    /// The image manifest an index's `entry` points to, checked against the
+    /// entry's digest and size; an index inside an index is unsupported.
+    async fn platform_manifest(
+        &self,
+        reference: &Reference,
+        entry: &Descriptor,
+        fetched: &mut Fetched,
+    ) -> Result<Chosen> {
+        let name = reference.whole();
+        let digest = entry.digest()?;
+        let what = format!("manifest {digest} of {name}");
+        let by_digest = reference.clone_with_digest(digest.to_string());
+        let registry = &self.inner.registry;
+        let limits = self.limits();
+        let bytes = self
+            .load(&digest, fetched, async {
+                Ok(registry.manifest(&by_digest, limits).await?.0)
+            })
+            .await?;
+        check_size(bytes.len() as u64, entry.size, &what)?;
+        match manifest::parse(&bytes, &what)?.0 {
+            Document::Manifest { config, layers } => Ok(Chosen {
+                manifest: bytes,
+                digest,
+                config,
+                layers,
+            }),
+            Document::Index { .. } => Err(Error::Unsupported(format!(
+                "{what} is an index inside an index"
+            ))),
+        }
     }
 
     /// Streams layer `index` of `image`, uncompressed. The stream reaches its
@@ -1005,6 +720,52 @@ fn select_platform<'a>(
         "{name} has no manifest for platform {platform}; available: {}",
         available.join(", ")
     )))
+}
+
+/// Fails unless a single-platform image, whose config says it was
+/// `built_for` a platform, suits the platform the caller chose (if any).
+fn check_built_for(
+    wanted: Option<&Platform>,
+    built_for: Option<&Platform>,
+    name: &str,
+) -> Result<()> {
+    if let (Some(wanted), Some(built_for)) = (wanted, built_for) {
+        if !wanted.compatible().contains(built_for) {
+            return Err(Error::NotFound(format!(
+                "{name} is a single-platform image for {built_for}, not {wanted}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An image's layers, bottom first: the manifest's descriptors paired with
+/// the config's diff_ids, which must be as many.
+fn layer_list(
+    descriptors: Vec<Descriptor>,
+    diff_ids: Vec<Digest>,
+    name: &str,
+) -> Result<Vec<Layer>> {
+    if diff_ids.len() != descriptors.len() {
+        return Err(Error::InvalidContent(format!(
+            "{name}: the manifest lists {} layers but the config {} diff_ids",
+            descriptors.len(),
+            diff_ids.len()
+        )));
+    }
+    descriptors
+        .into_iter()
+        .zip(diff_ids)
+        .map(|(descriptor, diff_id)| {
+            Ok(Layer {
+                digest: descriptor.digest()?,
+                media_type: descriptor.media_type,
+                size: descriptor.size,
+                diff_id,
+                urls: descriptor.urls,
+            })
+        })
+        .collect()
 }
 
 /// `dst`, made absolute, so that one layer tar has one lock whatever
