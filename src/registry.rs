@@ -1136,6 +1136,8 @@ mod tests {
         let ips = |list: &[&str]| -> Vec<std::net::IpAddr> {
             list.iter().map(|ip| ip.parse().unwrap()).collect()
         };
+        // Addresses are only classified here, never contacted; the public
+        // ones are from the documentation ranges (RFC 5737).
         let public = ips(&["203.0.113.7"]);
         for internal in [
             "127.0.0.1",

@@ -413,11 +413,11 @@ impl ImageCache {
         if !maintenance::remove_if_corrupt(store, layer.digest.clone()).await? {
             return Err(Error::DigestMismatch(failure));
         }
-        let refetched = async {
+        let refetch = async {
             let (blob, copy) = self.open_blob(image, layer).await?;
             layer::extract(self.layer_check(image, index)?, blob, copy, target()).await
         };
-        refetched.await.map_err(|e| refetch_failed(failure, e))
+        refetched(Some(failure), refetch.await)
     }
 
     /// The layer's blob from the store if it has it, else from the registry
@@ -476,15 +476,8 @@ impl ImageCache {
                 }
             }
         }
-        let (content, digest) = match self.inner.registry.manifest(reference, self.limits()).await {
-            Ok(found) => found,
-            Err(e) => {
-                return Err(match corrupt {
-                    Some(failure) => refetch_failed(failure, e),
-                    None => e,
-                })
-            }
-        };
+        let fetched_again = self.inner.registry.manifest(reference, self.limits()).await;
+        let (content, digest) = refetched(corrupt, fetched_again)?;
         fetched.note(&digest, &content, true);
         Ok((content, digest))
     }
@@ -508,11 +501,7 @@ impl ImageCache {
                 Local::Removed(failure) => corrupt = Some(failure),
             }
         }
-        let content = match (remote.await, corrupt) {
-            (Ok(content), _) => content,
-            (Err(e), Some(failure)) => return Err(refetch_failed(failure, e)),
-            (Err(e), None) => return Err(e),
-        };
+        let content = refetched(corrupt, remote.await)?;
         fetched.note(digest, &content, true);
         Ok(content)
     }
@@ -680,15 +669,18 @@ fn read_local(store: &Store, digest: &Digest) -> Result<Local> {
     }
 }
 
-/// The error when a corrupt store blob (`failure` says how), now removed,
-/// could not be fetched again: still a digest mismatch naming the blob,
+/// The outcome of fetching a blob from the registry, where `corrupt` says
+/// how its store copy failed to verify (and was removed), if it did: a
+/// failure to fetch it again is still a digest mismatch naming the blob,
 /// unless the call was canceled or timed out meanwhile.
-fn refetch_failed(failure: String, error: Error) -> Error {
-    match error {
-        Error::Canceled(_) | Error::Timeout(_) => error,
-        other => Error::DigestMismatch(format!(
-            "{failure} (the corrupt store copy was removed; fetching it again failed: {other})"
-        )),
+fn refetched<T>(corrupt: Option<String>, outcome: Result<T>) -> Result<T> {
+    match (outcome, corrupt) {
+        (Err(error), Some(failure)) if !matches!(error, Error::Canceled(_) | Error::Timeout(_)) => {
+            Err(Error::DigestMismatch(format!(
+                "{failure} (the corrupt store copy was removed; fetching it again failed: {error})"
+            )))
+        }
+        (outcome, _) => outcome,
     }
 }
 
