@@ -63,6 +63,11 @@ typedef struct oci_call_options oci_call_options;
 // between threads and calls.
 typedef struct oci_cancel oci_cancel;
 
+// What `oci_cache_disk_usage_report` counted: bytes and files of the
+// store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
+// be read from any thread.
+typedef struct oci_disk_usage oci_disk_usage;
+
 // A detailed error: a status code and a message naming the reference,
 // digest, path or URL involved. Owned by the caller, who frees it with
 // `oci_error_free`. Immutable: may be read from any thread.
@@ -331,6 +336,32 @@ oci_status oci_cache_prune(const oci_cache *cache, const char *dst, const oci_ca
 // `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
 // must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_disk_usage(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
+
+// Stores in `*usage_out` the bytes and the number of files of the store's
+// blobs and of the layer tars under `dst` (NULL: 0 and 0), counted in one
+// walk; read them with `oci_disk_usage_store_bytes` and the accessors after
+// it, and free the report with `oci_disk_usage_free`. A report rather than
+// more out-parameters, so later counts are new accessors, not a new
+// signature. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
+// without a store.
+oci_status oci_cache_disk_usage_report(const oci_cache *cache, const char *dst, const oci_call_options *options, oci_disk_usage **usage_out, oci_error **err_out);
+
+// The bytes of the store's blobs; 0 if `usage` is NULL.
+uint64_t oci_disk_usage_store_bytes(const oci_disk_usage *usage);
+
+// The number of the store's blobs; 0 if `usage` is NULL.
+uint64_t oci_disk_usage_store_files(const oci_disk_usage *usage);
+
+// The bytes of the layer tars under `dst` (0 without one); 0 if `usage`
+// is NULL.
+uint64_t oci_disk_usage_dst_bytes(const oci_disk_usage *usage);
+
+// The number of layer tars under `dst` (0 without one); 0 if `usage` is
+// NULL.
+uint64_t oci_disk_usage_dst_files(const oci_disk_usage *usage);
+
+// Frees `usage`. NULL is a no-op.
+void oci_disk_usage_free(oci_disk_usage *usage);
 
 // Re-hashes every store blob, and every layer tar under `dst` (NULL: the
 // store only), against its name, and stores in `*report_out` how many

@@ -1,5 +1,6 @@
 //! Cache management: `oci_cache_list` and its `oci_image_list`,
-//! `oci_cache_remove`, `oci_cache_prune`, `oci_cache_disk_usage`, and
+//! `oci_cache_remove`, `oci_cache_prune`, `oci_cache_disk_usage`,
+//! `oci_cache_disk_usage_report` and its `oci_disk_usage`, and
 //! `oci_cache_verify` and its `oci_verify_report`. Each is a skin over the
 //! `ImageCache` method of the same name and needs a cache with a store.
 
@@ -13,7 +14,7 @@ use super::{
     arg_arc, boundary, c_string, free_box, getter, oci_error, oci_status, optional_str_arg, out,
     str_arg, to_boxed_mut_ptr, Castable, Outcome, OwnershipBox,
 };
-use crate::maintenance::StoredImage;
+use crate::maintenance::{DiskUsage, StoredImage};
 
 /// The images a store records, from `oci_cache_list`. Immutable: may be
 /// read from any thread. Strings it returns live as long as the list.
@@ -40,6 +41,17 @@ impl Castable for oci_image_list {
 }
 
 impl Castable for oci_verify_report {
+    type Ownership = OwnershipBox;
+}
+
+/// What `oci_cache_disk_usage_report` counted: bytes and files of the
+/// store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
+/// be read from any thread.
+pub struct oci_disk_usage {
+    usage: DiskUsage,
+}
+
+impl Castable for oci_disk_usage {
     type Ownership = OwnershipBox;
 }
 
@@ -233,6 +245,63 @@ pub extern "C" fn oci_cache_disk_usage(
         *dst_bytes_out = usage.dst_bytes;
         Ok(())
     })
+}
+
+/// Stores in `*usage_out` the bytes and the number of files of the store's
+/// blobs and of the layer tars under `dst` (NULL: 0 and 0), counted in one
+/// walk; read them with `oci_disk_usage_store_bytes` and the accessors after
+/// it, and free the report with `oci_disk_usage_free`. A report rather than
+/// more out-parameters, so later counts are new accessors, not a new
+/// signature. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
+/// without a store.
+#[no_mangle]
+pub extern "C" fn oci_cache_disk_usage_report(
+    cache: *const oci_cache,
+    dst: *const c_char,
+    options: *const oci_call_options,
+    usage_out: *mut *mut oci_disk_usage,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let cache = arg_arc(cache, "cache")?;
+        let dst = optional_dst(dst)?;
+        let usage_out = out(usage_out, "usage_out")?;
+        let usage = cache.run(options, |cache| async move { cache.disk_usage(dst).await })?;
+        *usage_out = to_boxed_mut_ptr(oci_disk_usage { usage });
+        Ok(())
+    })
+}
+
+/// The bytes of the store's blobs; 0 if `usage` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_store_bytes(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.store_bytes))
+}
+
+/// The number of the store's blobs; 0 if `usage` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_store_files(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.store_files))
+}
+
+/// The bytes of the layer tars under `dst` (0 without one); 0 if `usage`
+/// is NULL.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_dst_bytes(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.dst_bytes))
+}
+
+/// The number of layer tars under `dst` (0 without one); 0 if `usage` is
+/// NULL.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_dst_files(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.dst_files))
+}
+
+/// Frees `usage`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_free(usage: *mut oci_disk_usage) {
+    free_box(usage)
 }
 
 /// Re-hashes every store blob, and every layer tar under `dst` (NULL: the
