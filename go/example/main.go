@@ -40,14 +40,15 @@ func main() {
 func pull(progress bool, ref, dst string, store ...string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	var callOpts []ocicache.CallOption
 	if progress {
 		// Runs on this goroutine during RootFS; it must not call the cache.
-		ctx = ocicache.WithProgress(ctx, func(p ocicache.Progress) bool {
+		callOpts = append(callOpts, ocicache.WithProgress(func(p ocicache.Progress) bool {
 			if p.WrittenTotal >= 0 { // a layer's last report
 				fmt.Fprintf(os.Stderr, "layer %d: %d bytes downloaded, %d written\n", p.Layer, p.Downloaded, p.Written)
 			}
 			return true
-		})
+		}))
 	}
 
 	var opts ocicache.Options
@@ -66,7 +67,7 @@ func pull(progress bool, ref, dst string, store ...string) error {
 	}
 	defer img.Close()
 
-	files, err := cache.RootFS(ctx, dst, img)
+	files, err := cache.RootFS(ctx, img, dst, callOpts...)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,6 @@
 // This file owns the per-call plumbing: turning one call's context (its
-// cancellation, its deadline, its progress function) and the cache's stall
-// timeout into the library's oci_call_options, and the call's status into
+// cancellation, its deadline) and its progress function (WithProgress)
+// into the library's oci_call_options, and the call's status into
 // an error that says which of them ended it.
 
 package ocicache
@@ -30,29 +30,21 @@ import (
 	"time"
 )
 
-// Whether a call hands the context's progress function to the library.
-const (
-	reportProgress = true
-	// FetchLayer's reports would stop when oci_fetch_layer returns, before
-	// the layer is read: a start with no end, worse than none.
-	ignoreProgress = false
-)
-
 // withCall runs one blocking library call with call options made from ctx
 // and turns its outcome into an error:
 //   - ctx.Done() triggers a cancel token (any call, any time);
 //   - ctx's deadline becomes the library's deadline for the call, so a
-//     call ends on time even where cancellation is not watched;
-//   - the progress function of WithProgress, if withProgress.
+//     call ends on time even where cancellation is not watched.
 //
-// Without any of them the library gets NULL options, as before they
-// existed.
-func (c *Cache) withCall(ctx context.Context, withProgress bool, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
-	return c.withCallExtras(ctx, withProgress, callExtras{}, call)
+// Without either the library gets NULL options, as before they existed.
+func (c *Cache) withCall(ctx context.Context, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
+	return c.withCallExtras(ctx, callExtras{}, call)
 }
 
 // callExtras is what some calls add to withCall's plumbing.
 type callExtras struct {
+	// progress, if not nil, gets the call's progress reports (WithProgress).
+	progress func(Progress) bool
 	// discard releases what a successful call handed out (fds, a handle)
 	// when the progress function panicked: the panic goes on to the
 	// caller, who never sees those results, so they must not leak.
@@ -64,16 +56,14 @@ type callExtras struct {
 }
 
 // withCallExtras is withCall with extras.
-func (c *Cache) withCallExtras(ctx context.Context, withProgress bool, extras callExtras, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
+func (c *Cache) withCallExtras(ctx context.Context, extras callExtras, call func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status) error {
 	if err := ctx.Err(); err != nil {
 		return contextError(err)
 	}
 	deadline, hasDeadline := ctx.Deadline()
 	var progress *progressCall
-	if withProgress {
-		if fn := progressFunc(ctx); fn != nil {
-			progress = &progressCall{fn: fn}
-		}
+	if extras.progress != nil {
+		progress = &progressCall{fn: extras.progress}
 	}
 	done := ctx.Done()
 

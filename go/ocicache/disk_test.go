@@ -28,7 +28,7 @@ func rootFSWithin(t *testing.T, c *ocicache.Cache, dst string, img *ocicache.Ima
 	}
 	done := make(chan result, 1)
 	go func() {
-		files, err := c.RootFS(context.Background(), dst, img)
+		files, err := c.RootFS(context.Background(), img, dst)
 		done <- result{files, err}
 	}()
 	select {

@@ -97,8 +97,7 @@ func (c *Cache) FetchImage(ctx context.Context, ref, platform string) (*Image, e
 		defer C.free(unsafe.Pointer(cplatform))
 	}
 	var cimg *C.oci_image
-	discard := func() { C.oci_image_free(cimg) }
-	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_image(ptr, cref, cplatform, opts, &cimg, errOut)
 	})
 	if err != nil {
@@ -152,24 +151,25 @@ func (c *Cache) acquireBoth(img *Image) (*C.oci_cache, *C.oci_image, func(), err
 // dst/<algorithm>/<hex of diff_id> and returns one open file per layer,
 // bottom first. Layers already there are opened without touching the
 // network; only missing ones are fetched. The files are read-only,
-// close-on-exec, at offset 0 and owned by the caller.
-func (c *Cache) RootFS(ctx context.Context, dst string, img *Image) ([]*os.File, error) {
-	return c.layerFiles(ctx, dst, img, func(cp *C.oci_cache, ip *C.oci_image, cdst *C.char, opts *C.oci_call_options, fds *C.int, n C.size_t, errOut **C.oci_error) C.oci_status {
+// close-on-exec, at offset 0 and owned by the caller. opts may ask for
+// progress reports (WithProgress).
+func (c *Cache) RootFS(ctx context.Context, img *Image, dst string, opts ...CallOption) ([]*os.File, error) {
+	return c.layerFiles(ctx, img, dst, callConfigOf(opts), func(cp *C.oci_cache, ip *C.oci_image, cdst *C.char, opts *C.oci_call_options, fds *C.int, n C.size_t, errOut **C.oci_error) C.oci_status {
 		return C.oci_rootfs(cp, ip, cdst, opts, fds, n, errOut)
 	})
 }
 
 // ExtractLayers is like RootFS, but fetches and extracts every layer
 // (concurrently), replacing the files already in dst.
-func (c *Cache) ExtractLayers(ctx context.Context, dst string, img *Image) ([]*os.File, error) {
-	return c.layerFiles(ctx, dst, img, func(cp *C.oci_cache, ip *C.oci_image, cdst *C.char, opts *C.oci_call_options, fds *C.int, n C.size_t, errOut **C.oci_error) C.oci_status {
+func (c *Cache) ExtractLayers(ctx context.Context, img *Image, dst string, opts ...CallOption) ([]*os.File, error) {
+	return c.layerFiles(ctx, img, dst, callConfigOf(opts), func(cp *C.oci_cache, ip *C.oci_image, cdst *C.char, opts *C.oci_call_options, fds *C.int, n C.size_t, errOut **C.oci_error) C.oci_status {
 		return C.oci_extract_layers(cp, ip, cdst, opts, fds, n, errOut)
 	})
 }
 
 // ExtractLayer fetches and extracts layer index of img into dst, replacing
-// any file there, and returns it opened as in RootFS.
-func (c *Cache) ExtractLayer(ctx context.Context, dst string, img *Image, index int) (*os.File, error) {
+// any file there, and returns it opened as in RootFS. opts as RootFS's.
+func (c *Cache) ExtractLayer(ctx context.Context, img *Image, dst string, index int, opts ...CallOption) (*os.File, error) {
 	if index < 0 {
 		return nil, invalidArgument("negative layer index")
 	}
@@ -185,8 +185,11 @@ func (c *Cache) ExtractLayer(ctx context.Context, dst string, img *Image, index 
 	}
 	defer C.free(unsafe.Pointer(cdst))
 	var fd C.int
-	discard := func() { syscall.Close(int(fd)) }
-	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	extras := callExtras{
+		progress: callConfigOf(opts).progress,
+		discard:  func() { syscall.Close(int(fd)) },
+	}
+	err = c.withCallExtras(ctx, extras, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_extract_layer(cp, ip, C.size_t(index), cdst, opts, &fd, errOut)
 	})
 	if err != nil {
@@ -199,7 +202,7 @@ func (c *Cache) ExtractLayer(ctx context.Context, dst string, img *Image, index 
 // so one function does their locking, buffers and fd wrapping.
 type layerFilesCall func(*C.oci_cache, *C.oci_image, *C.char, *C.oci_call_options, *C.int, C.size_t, **C.oci_error) C.oci_status
 
-func (c *Cache) layerFiles(ctx context.Context, dst string, img *Image, call layerFilesCall) ([]*os.File, error) {
+func (c *Cache) layerFiles(ctx context.Context, img *Image, dst string, cfg callConfig, call layerFilesCall) ([]*os.File, error) {
 	cp, ip, release, err := c.acquireBoth(img)
 	if err != nil {
 		return nil, err
@@ -216,12 +219,15 @@ func (c *Cache) layerFiles(ctx context.Context, dst string, img *Image, call lay
 	// even for an image without layers). Go memory holding no Go pointers,
 	// written only during the call: fine by cgo's pointer rules.
 	fds := make([]C.int, n+1)
-	discard := func() {
-		for _, fd := range fds[:n] {
-			syscall.Close(int(fd))
-		}
+	extras := callExtras{
+		progress: cfg.progress,
+		discard: func() {
+			for _, fd := range fds[:n] {
+				syscall.Close(int(fd))
+			}
+		},
 	}
-	err = c.withCallExtras(ctx, reportProgress, callExtras{discard: discard}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCallExtras(ctx, extras, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return call(cp, ip, cdst, opts, &fds[0], C.size_t(n), errOut)
 	})
 	if err != nil {
@@ -256,8 +262,8 @@ func layerPath(dst, diffID string) string {
 // ctx (this package stops watching ctx when FetchLayer returns), so a
 // stalled registry holds it until data, an error or the end arrives, until
 // Options.StallTimeout ends it, or until Close. ctx's deadline is the
-// library's deadline for the start only. WithProgress reports nothing for
-// FetchLayer.
+// library's deadline for the start only. It reports no progress: reports
+// would stop when the call returns, before the layer is read.
 func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadCloser, error) {
 	if index < 0 {
 		return nil, invalidArgument("negative layer index")
@@ -275,7 +281,7 @@ func (c *Cache) FetchLayer(ctx context.Context, img *Image, index int) (io.ReadC
 		return nil, statusError(st, "oci_cancel_new")
 	}
 	var reader *C.oci_layer_reader
-	err = c.withCallExtras(ctx, ignoreProgress, callExtras{cancel: cancel}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCallExtras(ctx, callExtras{cancel: cancel}, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_fetch_layer(cp, ip, C.size_t(index), opts, &reader, errOut)
 	})
 	if err != nil {

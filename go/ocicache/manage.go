@@ -37,12 +37,15 @@ type Pruned struct {
 	Files, Bytes uint64
 }
 
-// DiskUsage is the space the store and a directory of layer tars take.
+// DiskUsage is the space the store and a directory of layer tars take,
+// and how many files hold it.
 type DiskUsage struct {
-	// StoreBytes is the size of the store's blobs.
-	StoreBytes uint64
-	// DstBytes is the size of the layer tars under dst; 0 without one.
-	DstBytes uint64
+	// StoreBytes and StoreFiles are the size and number of the store's
+	// blobs.
+	StoreBytes, StoreFiles uint64
+	// DstBytes and DstFiles are the size and number of the layer tars
+	// under dst; 0 without one.
+	DstBytes, DstFiles uint64
 }
 
 // Verified is what Verify found.
@@ -66,7 +69,7 @@ func (c *Cache) List(ctx context.Context) ([]StoredImage, error) {
 	defer c.mu.RUnlock()
 
 	var list *C.oci_image_list
-	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_list(ptr, opts, &list, errOut)
 	})
 	if err != nil {
@@ -102,7 +105,7 @@ func (c *Cache) Remove(ctx context.Context, ref string) error {
 		return err
 	}
 	defer C.free(unsafe.Pointer(cref))
-	return c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	return c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_remove(ptr, cref, opts, errOut)
 	})
 }
@@ -127,7 +130,7 @@ func (c *Cache) Prune(ctx context.Context, dst string) (Pruned, error) {
 	}
 	defer C.free(unsafe.Pointer(cdst))
 	var files, bytes C.uint64_t
-	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_prune(ptr, cdst, opts, &files, &bytes, errOut)
 	})
 	if err != nil {
@@ -136,8 +139,8 @@ func (c *Cache) Prune(ctx context.Context, dst string) (Pruned, error) {
 	return Pruned{Files: uint64(files), Bytes: uint64(bytes)}, nil
 }
 
-// DiskUsage returns the bytes of the store's blobs and of the layer tars
-// under dst ("" = none).
+// DiskUsage returns the bytes and the number of the store's blobs and of
+// the layer tars under dst ("" = none), counted in one walk.
 func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -150,14 +153,20 @@ func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
 		return DiskUsage{}, err
 	}
 	defer C.free(unsafe.Pointer(cdst))
-	var storeBytes, dstBytes C.uint64_t
-	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
-		return C.oci_cache_disk_usage(ptr, cdst, opts, &storeBytes, &dstBytes, errOut)
+	var usage *C.oci_disk_usage
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+		return C.oci_cache_disk_usage_report(ptr, cdst, opts, &usage, errOut)
 	})
 	if err != nil {
 		return DiskUsage{}, err
 	}
-	return DiskUsage{StoreBytes: uint64(storeBytes), DstBytes: uint64(dstBytes)}, nil
+	defer C.oci_disk_usage_free(usage)
+	return DiskUsage{
+		StoreBytes: uint64(C.oci_disk_usage_store_bytes(usage)),
+		StoreFiles: uint64(C.oci_disk_usage_store_files(usage)),
+		DstBytes:   uint64(C.oci_disk_usage_dst_bytes(usage)),
+		DstFiles:   uint64(C.oci_disk_usage_dst_files(usage)),
+	}, nil
 }
 
 // Verify re-hashes every store blob, and every layer tar under dst ("" =
@@ -177,7 +186,7 @@ func (c *Cache) Verify(ctx context.Context, dst string, removeCorrupt bool) (Ver
 	}
 	defer C.free(unsafe.Pointer(cdst))
 	var report *C.oci_verify_report
-	err = c.withCall(ctx, ignoreProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_verify(ptr, cdst, C.bool(removeCorrupt), opts, &report, errOut)
 	})
 	if err != nil {

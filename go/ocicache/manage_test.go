@@ -75,7 +75,7 @@ func blobBytes(t *testing.T, store string, digests []string) uint64 {
 
 func rootFS(t *testing.T, c *ocicache.Cache, dst string, img *ocicache.Image) {
 	t.Helper()
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatalf("RootFS(%s): %v", img.Reference, err)
 	}
@@ -90,7 +90,7 @@ func TestCacheManagement(t *testing.T) {
 	rootFS(t, c, dst, gz)
 	// Not RootFS: it would find zstd's tars (gzip's) in dst and fetch
 	// nothing, leaving zstd's layer blobs out of the store.
-	files, err := c.ExtractLayers(ctx, dst, zs)
+	files, err := c.ExtractLayers(ctx, zs, dst)
 	if err != nil {
 		t.Fatalf("ExtractLayers(%s): %v", zstdRef, err)
 	}
@@ -102,6 +102,13 @@ func TestCacheManagement(t *testing.T) {
 	all := append(append([]string{}, gzBlobs...), zsBlobs...)
 	if want := blobBytes(t, store, all); storeBytes != want {
 		t.Fatalf("store blobs take %d bytes, want the %d the two images reach", storeBytes, want)
+	}
+	distinct := map[string]bool{}
+	for _, d := range all {
+		distinct[d] = true
+	}
+	if storeFiles != len(distinct) {
+		t.Fatalf("store holds %d blobs, want the %d distinct ones the two images reach", storeFiles, len(distinct))
 	}
 	var tarBytes uint64
 	for _, n := range wantTarSizes {
@@ -132,11 +139,15 @@ func TestCacheManagement(t *testing.T) {
 	}
 
 	// DiskUsage, with and without dst.
-	if du, err := c.DiskUsage(ctx, dst); err != nil || du != (ocicache.DiskUsage{StoreBytes: storeBytes, DstBytes: dstBytes}) {
-		t.Errorf("DiskUsage(dst) = %+v, %v; want store %d, dst %d", du, err, storeBytes, dstBytes)
+	// The counts are those of the walk above, pinned to the blobs the
+	// images reach and the known tars.
+	wantDU := ocicache.DiskUsage{StoreBytes: storeBytes, StoreFiles: uint64(storeFiles), DstBytes: dstBytes, DstFiles: uint64(dstFiles)}
+	if du, err := c.DiskUsage(ctx, dst); err != nil || du != wantDU {
+		t.Errorf("DiskUsage(dst) = %+v, %v; want %+v", du, err, wantDU)
 	}
-	if du, err := c.DiskUsage(ctx, ""); err != nil || du != (ocicache.DiskUsage{StoreBytes: storeBytes}) {
-		t.Errorf(`DiskUsage("") = %+v, %v; want store %d, dst 0`, du, err, storeBytes)
+	wantDU.DstBytes, wantDU.DstFiles = 0, 0
+	if du, err := c.DiskUsage(ctx, ""); err != nil || du != wantDU {
+		t.Errorf(`DiskUsage("") = %+v, %v; want %+v`, du, err, wantDU)
 	}
 
 	// Remove: once, then ErrNotFound; the blobs stay until a prune.

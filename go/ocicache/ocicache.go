@@ -19,7 +19,7 @@
 //	img, err := cache.FetchImage(ctx, "registry.example/app:1.4", "")
 //	if err != nil { ... }
 //	defer img.Close()
-//	files, err := cache.RootFS(ctx, "/var/lib/layers", img)
+//	files, err := cache.RootFS(ctx, img, "/var/lib/layers")
 //	// files[i] is img.Layers[i]; the caller closes them.
 //
 // # Linking
@@ -70,9 +70,10 @@
 //
 // # Progress
 //
-// WithProgress attaches a function to a context that RootFS, ExtractLayers
-// and ExtractLayer report each layer's download and extraction to, and
-// which can stop the call. See WithProgress.
+// RootFS, ExtractLayers and ExtractLayer take CallOptions after their
+// arguments; WithProgress gives one a function that each layer's download
+// and extraction is reported to, and which can stop the call. See
+// WithProgress.
 package ocicache
 
 /*
@@ -84,6 +85,7 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -230,15 +232,8 @@ type Cache struct {
 // file makes that call fail (ErrIO for a CA file), not Open.
 //
 // A setting the library rejects gives an error matching ErrInvalidArgument
-// that names the Options field.
+// that names the Options field and the library's setter.
 func Open(opts Options) (*Cache, error) {
-	if opts.WorkerThreads < 0 || opts.MaxConcurrentLayers < 0 || opts.MaxLayerSize < 0 {
-		return nil, invalidArgument("Options.WorkerThreads, MaxConcurrentLayers and MaxLayerSize must not be negative")
-	}
-	if opts.Attempts < 0 {
-		return nil, invalidArgument("Options.Attempts must not be negative")
-	}
-
 	var copts *C.oci_cache_options
 	if st := C.oci_cache_options_new(&copts); st != C.OCI_OK {
 		return nil, statusError(st, "oci_cache_options_new")
@@ -260,160 +255,211 @@ func Open(opts Options) (*Cache, error) {
 	return c, nil
 }
 
-// applyOptions passes every set field of opts to its setter. The setters
-// report only a status, so each failure is reported here with the field
-// (and the value, never a password) it came from.
+// applyOptions passes every set field of opts to its setter, in the order
+// of optionSetters.
 func applyOptions(copts *C.oci_cache_options, opts *Options) error {
-	if opts.Store != "" {
-		if err := setOption("Options.Store", fmt.Sprintf("%q", opts.Store), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_set_store(copts, a[0])
-		}, opts.Store); err != nil {
-			return err
-		}
-	}
-	if opts.Platform != "" {
-		if err := setOption("Options.Platform", fmt.Sprintf("%q", opts.Platform), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_set_platform(copts, a[0])
-		}, opts.Platform); err != nil {
-			return err
-		}
-	}
-	for _, host := range opts.InsecureRegistries {
-		if err := setOption("Options.InsecureRegistries", fmt.Sprintf("%q", host), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_add_insecure_registry(copts, a[0])
-		}, host); err != nil {
-			return err
-		}
-	}
-	if opts.WorkerThreads > 0 {
-		if st := C.oci_cache_options_set_worker_threads(copts, C.size_t(opts.WorkerThreads)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("Options.WorkerThreads %d", opts.WorkerThreads))
-		}
-	}
-	if opts.MaxConcurrentLayers > 0 {
-		if st := C.oci_cache_options_set_max_concurrent_layers(copts, C.size_t(opts.MaxConcurrentLayers)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("Options.MaxConcurrentLayers %d", opts.MaxConcurrentLayers))
-		}
-	}
-	if opts.MaxLayerSize > 0 {
-		if st := C.oci_cache_options_set_max_layer_size(copts, C.uint64_t(opts.MaxLayerSize)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("Options.MaxLayerSize %d", opts.MaxLayerSize))
-		}
-	}
-	if opts.FreeSpaceReserve != 0 {
-		reserve := uint64(0) // Negative: off.
-		if opts.FreeSpaceReserve > 0 {
-			reserve = uint64(opts.FreeSpaceReserve)
-		}
-		if st := C.oci_cache_options_set_free_space_reserve(copts, C.uint64_t(reserve)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("Options.FreeSpaceReserve %d", opts.FreeSpaceReserve))
-		}
-	}
-	if opts.DropLayerBlobs {
-		if st := C.oci_cache_options_set_keep_layer_blobs(copts, false); st != C.OCI_OK {
-			return statusError(st, "Options.DropLayerBlobs")
-		}
-	}
-	for _, cred := range opts.Credentials {
-		// The password stays out of the message: errors end up in logs.
-		shown := fmt.Sprintf("for host %q, username %q", cred.Host, cred.Username)
-		if err := setOption("Options.Credentials", shown, func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_add_credentials(copts, a[0], a[1], a[2])
-		}, cred.Host, cred.Username, cred.Password); err != nil {
-			return err
-		}
-	}
-	if opts.AuthFile != "" {
-		if err := setOption("Options.AuthFile", fmt.Sprintf("%q", opts.AuthFile), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_set_auth_file(copts, a[0])
-		}, opts.AuthFile); err != nil {
-			return err
-		}
-	}
-	for _, path := range opts.CACertificates {
-		if err := setOption("Options.CACertificates", fmt.Sprintf("%q", path), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_add_ca_certificate(copts, a[0])
-		}, path); err != nil {
-			return err
-		}
-	}
-	for _, m := range opts.Mirrors {
-		shown := fmt.Sprintf("%q for registry %q", m.Host, m.Registry)
-		if err := setOption("Options.Mirrors", shown, func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_add_mirror(copts, a[0], a[1])
-		}, m.Registry, m.Host); err != nil {
-			return err
-		}
-	}
-	if opts.HostsDir != "" {
-		if err := setOption("Options.HostsDir", fmt.Sprintf("%q", opts.HostsDir), func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_set_hosts_dir(copts, a[0])
-		}, opts.HostsDir); err != nil {
-			return err
-		}
-	}
-	if opts.Attempts > 0 {
-		if st := C.oci_cache_options_set_attempts(copts, C.uint32_t(opts.Attempts)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("Options.Attempts %d", opts.Attempts))
-		}
-	}
-	for _, limit := range []struct {
-		field string
-		value time.Duration
-		set   func(*C.oci_cache_options, C.uint64_t) C.oci_status
-	}{
-		{"Options.ConnectTimeout", opts.ConnectTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
-			return C.oci_cache_options_set_connect_timeout_ms(o, ms)
-		}},
-		{"Options.TLSHandshakeTimeout", opts.TLSHandshakeTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
-			return C.oci_cache_options_set_tls_handshake_timeout_ms(o, ms)
-		}},
-		{"Options.ResponseTimeout", opts.ResponseTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
-			return C.oci_cache_options_set_response_timeout_ms(o, ms)
-		}},
-		{"Options.StallTimeout", opts.StallTimeout, func(o *C.oci_cache_options, ms C.uint64_t) C.oci_status {
-			return C.oci_cache_options_set_stall_timeout_ms(o, ms)
-		}},
-	} {
-		if limit.value == 0 {
-			continue // the library's default
-		}
-		// 0 ms is the library's "off"; NoLimit (any negative value) asks for it.
-		ms := uint64(0)
-		if limit.value > 0 {
-			ms = ceilMillis(limit.value)
-		}
-		if st := limit.set(copts, C.uint64_t(ms)); st != C.OCI_OK {
-			return statusError(st, fmt.Sprintf("%s %v", limit.field, limit.value))
-		}
-	}
-	for _, hc := range opts.HostCACertificates {
-		shown := fmt.Sprintf("for host %q: %q", hc.Host, hc.Path)
-		if err := setOption("Options.HostCACertificates", shown, func(a []*C.char) C.oci_status {
-			return C.oci_cache_options_add_host_ca_certificate(copts, a[0], a[1])
-		}, hc.Host, hc.Path); err != nil {
+	for _, o := range optionSetters {
+		if err := o.apply(copts, opts, o.setter); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// setOption passes Go strings to an options setter, which copies them, so
-// the C copies are freed right after. field and shown make the error.
-func setOption(field, shown string, set func([]*C.char) C.oci_status, values ...string) error {
+// optionSetter is the one path of an Options field to the library: the
+// field, the C setter it reaches, and how a set value gets there. The
+// library validates; Go only converts (a negative count cannot become an
+// unsigned one).
+type optionSetter struct {
+	field  string // Options.<field>
+	setter string // the oci_cache_options_* function
+	// apply calls the setter for the field's value, once per element for
+	// a list, and nothing when the field is zero (the library's default).
+	apply func(copts *C.oci_cache_options, opts *Options, setter string) error
+}
+
+// optionSetters has exactly one entry per Options field (a test checks).
+var optionSetters = []optionSetter{
+	stringOption("Store", "oci_cache_options_set_store", func(o *Options) string { return o.Store },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status { return C.oci_cache_options_set_store(c, s) }),
+	stringOption("Platform", "oci_cache_options_set_platform", func(o *Options) string { return o.Platform },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status { return C.oci_cache_options_set_platform(c, s) }),
+	listOption("InsecureRegistries", "oci_cache_options_add_insecure_registry", func(o *Options) []string { return o.InsecureRegistries },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status {
+			return C.oci_cache_options_add_insecure_registry(c, s)
+		}),
+	countOption("WorkerThreads", "oci_cache_options_set_worker_threads", func(o *Options) int64 { return int64(o.WorkerThreads) },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_worker_threads(c, C.size_t(n))
+		}),
+	countOption("MaxConcurrentLayers", "oci_cache_options_set_max_concurrent_layers", func(o *Options) int64 { return int64(o.MaxConcurrentLayers) },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_max_concurrent_layers(c, C.size_t(n))
+		}),
+	{"DropLayerBlobs", "oci_cache_options_set_keep_layer_blobs", func(c *C.oci_cache_options, o *Options, setter string) error {
+		if !o.DropLayerBlobs {
+			return nil
+		}
+		return setterStatus("DropLayerBlobs", setter, "true", C.oci_cache_options_set_keep_layer_blobs(c, false))
+	}},
+	countOption("MaxLayerSize", "oci_cache_options_set_max_layer_size", func(o *Options) int64 { return o.MaxLayerSize },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_max_layer_size(c, C.uint64_t(n))
+		}),
+	{"FreeSpaceReserve", "oci_cache_options_set_free_space_reserve", func(c *C.oci_cache_options, o *Options, setter string) error {
+		if o.FreeSpaceReserve == 0 {
+			return nil
+		}
+		reserve := uint64(0) // Negative (NoLimit): the library's "off".
+		if o.FreeSpaceReserve > 0 {
+			reserve = uint64(o.FreeSpaceReserve)
+		}
+		shown := fmt.Sprint(o.FreeSpaceReserve)
+		return setterStatus("FreeSpaceReserve", setter, shown, C.oci_cache_options_set_free_space_reserve(c, C.uint64_t(reserve)))
+	}},
+	{"Credentials", "oci_cache_options_add_credentials", func(c *C.oci_cache_options, o *Options, setter string) error {
+		for _, cred := range o.Credentials {
+			// The password stays out of the message: errors end up in logs.
+			shown := fmt.Sprintf("for host %q, username %q", cred.Host, cred.Username)
+			if err := setStrings("Credentials", setter, shown, func(a []*C.char) C.oci_status {
+				return C.oci_cache_options_add_credentials(c, a[0], a[1], a[2])
+			}, cred.Host, cred.Username, cred.Password); err != nil {
+				return err
+			}
+		}
+		return nil
+	}},
+	stringOption("AuthFile", "oci_cache_options_set_auth_file", func(o *Options) string { return o.AuthFile },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status { return C.oci_cache_options_set_auth_file(c, s) }),
+	listOption("CACertificates", "oci_cache_options_add_ca_certificate", func(o *Options) []string { return o.CACertificates },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status {
+			return C.oci_cache_options_add_ca_certificate(c, s)
+		}),
+	{"HostCACertificates", "oci_cache_options_add_host_ca_certificate", func(c *C.oci_cache_options, o *Options, setter string) error {
+		for _, hc := range o.HostCACertificates {
+			shown := fmt.Sprintf("for host %q: %q", hc.Host, hc.Path)
+			if err := setStrings("HostCACertificates", setter, shown, func(a []*C.char) C.oci_status {
+				return C.oci_cache_options_add_host_ca_certificate(c, a[0], a[1])
+			}, hc.Host, hc.Path); err != nil {
+				return err
+			}
+		}
+		return nil
+	}},
+	timeoutOption("ConnectTimeout", "oci_cache_options_set_connect_timeout_ms", func(o *Options) time.Duration { return o.ConnectTimeout },
+		func(c *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_connect_timeout_ms(c, ms)
+		}),
+	timeoutOption("TLSHandshakeTimeout", "oci_cache_options_set_tls_handshake_timeout_ms", func(o *Options) time.Duration { return o.TLSHandshakeTimeout },
+		func(c *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_tls_handshake_timeout_ms(c, ms)
+		}),
+	timeoutOption("ResponseTimeout", "oci_cache_options_set_response_timeout_ms", func(o *Options) time.Duration { return o.ResponseTimeout },
+		func(c *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_response_timeout_ms(c, ms)
+		}),
+	timeoutOption("StallTimeout", "oci_cache_options_set_stall_timeout_ms", func(o *Options) time.Duration { return o.StallTimeout },
+		func(c *C.oci_cache_options, ms C.uint64_t) C.oci_status {
+			return C.oci_cache_options_set_stall_timeout_ms(c, ms)
+		}),
+	{"Mirrors", "oci_cache_options_add_mirror", func(c *C.oci_cache_options, o *Options, setter string) error {
+		for _, m := range o.Mirrors {
+			shown := fmt.Sprintf("%q for registry %q", m.Host, m.Registry)
+			if err := setStrings("Mirrors", setter, shown, func(a []*C.char) C.oci_status {
+				return C.oci_cache_options_add_mirror(c, a[0], a[1])
+			}, m.Registry, m.Host); err != nil {
+				return err
+			}
+		}
+		return nil
+	}},
+	stringOption("HostsDir", "oci_cache_options_set_hosts_dir", func(o *Options) string { return o.HostsDir },
+		func(c *C.oci_cache_options, s *C.char) C.oci_status { return C.oci_cache_options_set_hosts_dir(c, s) }),
+	countOption("Attempts", "oci_cache_options_set_attempts", func(o *Options) int64 { return int64(o.Attempts) },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			if n > math.MaxUint32 {
+				n = math.MaxUint32 // as good as unbounded, and it fits
+			}
+			return C.oci_cache_options_set_attempts(c, C.uint32_t(n))
+		}),
+}
+
+// stringOption is a string field; "" is the default.
+func stringOption(field, setter string, get func(*Options) string, set func(*C.oci_cache_options, *C.char) C.oci_status) optionSetter {
+	return optionSetter{field, setter, func(c *C.oci_cache_options, o *Options, setter string) error {
+		v := get(o)
+		if v == "" {
+			return nil
+		}
+		return setStrings(field, setter, fmt.Sprintf("%q", v), func(a []*C.char) C.oci_status { return set(c, a[0]) }, v)
+	}}
+}
+
+// listOption is a list of strings, each passed to an add_* setter.
+func listOption(field, setter string, get func(*Options) []string, set func(*C.oci_cache_options, *C.char) C.oci_status) optionSetter {
+	return optionSetter{field, setter, func(c *C.oci_cache_options, o *Options, setter string) error {
+		for _, v := range get(o) {
+			if err := setStrings(field, setter, fmt.Sprintf("%q", v), func(a []*C.char) C.oci_status { return set(c, a[0]) }, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+}
+
+// countOption is a count; 0 is the default, and a negative one cannot be
+// passed to the library's unsigned parameter at all.
+func countOption(field, setter string, get func(*Options) int64, set func(*C.oci_cache_options, uint64) C.oci_status) optionSetter {
+	return optionSetter{field, setter, func(c *C.oci_cache_options, o *Options, setter string) error {
+		v := get(o)
+		switch {
+		case v == 0:
+			return nil
+		case v < 0:
+			return invalidArgument(fmt.Sprintf("Options.%s %d must not be negative (%s takes an unsigned count)", field, v, setter))
+		}
+		return setterStatus(field, setter, fmt.Sprint(v), set(c, uint64(v)))
+	}}
+}
+
+// timeoutOption is a time limit: 0 the default, NoLimit (any negative
+// value) the library's "off", 0 ms; others round up to whole ms.
+func timeoutOption(field, setter string, get func(*Options) time.Duration, set func(*C.oci_cache_options, C.uint64_t) C.oci_status) optionSetter {
+	return optionSetter{field, setter, func(c *C.oci_cache_options, o *Options, setter string) error {
+		v := get(o)
+		if v == 0 {
+			return nil
+		}
+		ms := uint64(0)
+		if v > 0 {
+			ms = ceilMillis(v)
+		}
+		return setterStatus(field, setter, v.String(), set(c, C.uint64_t(ms)))
+	}}
+}
+
+// setterStatus turns a setter's status into an error naming the field,
+// the value as shown (never a password) and the setter.
+func setterStatus(field, setter, shown string, st C.oci_status) error {
+	if st == C.OCI_OK {
+		return nil
+	}
+	return statusError(st, fmt.Sprintf("Options.%s %s (%s)", field, shown, setter))
+}
+
+// setStrings passes Go strings to a setter, which copies them, so the C
+// copies are freed right after.
+func setStrings(field, setter, shown string, set func([]*C.char) C.oci_status, values ...string) error {
 	args := make([]*C.char, len(values))
 	for i, v := range values {
-		s, err := cString(field+" "+shown, v)
+		s, err := cString("Options."+field+" "+shown, v)
 		if err != nil {
 			return err
 		}
 		defer C.free(unsafe.Pointer(s))
 		args[i] = s
 	}
-	if st := set(args); st != C.OCI_OK {
-		return statusError(st, field+" "+shown)
-	}
-	return nil
+	return setterStatus(field, setter, shown, set(args))
 }
 
 // cString copies s to C, refusing a NUL inside it: C would see only the
@@ -480,7 +526,7 @@ func (c *Cache) Resolve(ctx context.Context, ref string) (string, error) {
 	// 136 bytes hold a sha512 digest and its NUL, the longest the library
 	// produces; the spare room is for algorithms it may add.
 	var buf [256]C.char
-	err = c.withCall(ctx, reportProgress, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
+	err = c.withCall(ctx, func(opts *C.oci_call_options, errOut **C.oci_error) C.oci_status {
 		return C.oci_cache_resolve(ptr, cref, opts, &buf[0], C.size_t(len(buf)), errOut)
 	})
 	if err != nil {

@@ -48,6 +48,10 @@ var (
 	wantTarSizes []int64  // size of each layer tar, computed here
 	gzipLayers   []descriptor
 	zstdLayers   []descriptor
+	// The config blobs in the layouts skopeo pushed from, on disk: an
+	// oracle for the config bytes the library returns.
+	gzipConfigBlob string
+	zstdConfigBlob string
 )
 
 func TestMain(m *testing.M) {
@@ -242,7 +246,7 @@ func buildAndPush(work string) error {
 	}
 
 	var diffIDs []string
-	if gzipLayers, diffIDs, err = readLayout(layout); err != nil {
+	if gzipLayers, gzipConfigBlob, diffIDs, err = readLayout(layout); err != nil {
 		return err
 	}
 	if len(gzipLayers) != len(layers) {
@@ -272,7 +276,7 @@ func buildAndPush(work string) error {
 		}
 	}
 	var zstdDiffIDs []string
-	if zstdLayers, zstdDiffIDs, err = readLayout(zstdLayout); err != nil {
+	if zstdLayers, zstdConfigBlob, zstdDiffIDs, err = readLayout(zstdLayout); err != nil {
 		return err
 	}
 	if fmt.Sprint(zstdDiffIDs) != fmt.Sprint(wantDiffIDs) {
@@ -311,28 +315,29 @@ func readJSON(path string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// readLayout returns the layers of the only image in an OCI layout and
-// the diff_ids its config lists.
-func readLayout(layout string) ([]descriptor, []string, error) {
+// readLayout returns the layers of the only image in an OCI layout, the
+// path of its config blob and the diff_ids that config lists.
+func readLayout(layout string) ([]descriptor, string, []string, error) {
 	var index struct{ Manifests []descriptor }
 	if err := readJSON(filepath.Join(layout, "index.json"), &index); err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
 	if len(index.Manifests) != 1 {
-		return nil, nil, fmt.Errorf("%s: %d manifests, want 1", layout, len(index.Manifests))
+		return nil, "", nil, fmt.Errorf("%s: %d manifests, want 1", layout, len(index.Manifests))
 	}
 	var manifest struct {
 		Config descriptor
 		Layers []descriptor
 	}
 	if err := readJSON(blobPath(layout, index.Manifests[0].Digest), &manifest); err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
+	configBlob := blobPath(layout, manifest.Config.Digest)
 	var config imageConfig
-	if err := readJSON(blobPath(layout, manifest.Config.Digest), &config); err != nil {
-		return nil, nil, err
+	if err := readJSON(configBlob, &config); err != nil {
+		return nil, "", nil, err
 	}
-	return manifest.Layers, config.RootFS.DiffIDs, nil
+	return manifest.Layers, configBlob, config.RootFS.DiffIDs, nil
 }
 
 type imageConfig struct {
@@ -537,9 +542,10 @@ func TestFetchImage(t *testing.T) {
 	for _, tc := range []struct {
 		ref, digest, mediaType string
 		layers                 []descriptor
+		configBlob             string
 	}{
-		{gzipRef, gzipDigest, "application/vnd.oci.image.layer.v1.tar+gzip", gzipLayers},
-		{zstdRef, zstdDigest, "application/vnd.oci.image.layer.v1.tar+zstd", zstdLayers},
+		{gzipRef, gzipDigest, "application/vnd.oci.image.layer.v1.tar+gzip", gzipLayers, gzipConfigBlob},
+		{zstdRef, zstdDigest, "application/vnd.oci.image.layer.v1.tar+zstd", zstdLayers, zstdConfigBlob},
 	} {
 		t.Run(tc.ref[strings.LastIndex(tc.ref, ":")+1:], func(t *testing.T) {
 			img := fetch(t, c, tc.ref)
@@ -557,6 +563,10 @@ func TestFetchImage(t *testing.T) {
 				if l != want {
 					t.Errorf("layer %d = %+v, want %+v", i, l, want)
 				}
+			}
+			// Byte for byte the blob skopeo pushed, read from its layout.
+			if want, err := os.ReadFile(tc.configBlob); err != nil || !bytes.Equal(img.Config, want) {
+				t.Errorf("Config is %d bytes (sha256 %x), want the %d bytes of %s (%v)", len(img.Config), sha256.Sum256(img.Config), len(want), tc.configBlob, err)
 			}
 			var config imageConfig
 			if err := json.Unmarshal(img.Config, &config); err != nil {
@@ -592,14 +602,14 @@ func TestRootFS(t *testing.T) {
 			c := openCache(t, ocicache.Options{})
 			img := fetch(t, c, ref)
 			dst := t.TempDir()
-			files, err := c.RootFS(context.Background(), dst, img)
+			files, err := c.RootFS(context.Background(), img, dst)
 			if err != nil {
 				t.Fatal(err)
 			}
 			checkLayerFiles(t, dst, files)
 
 			// The warm path: the same files again.
-			files, err = c.RootFS(context.Background(), dst, img)
+			files, err = c.RootFS(context.Background(), img, dst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -617,7 +627,7 @@ func TestRootFSOffline(t *testing.T) {
 	{
 		c := openCache(t, ocicache.Options{Store: store})
 		img := fetch(t, c, ref)
-		files, err := c.RootFS(context.Background(), dst, img)
+		files, err := c.RootFS(context.Background(), img, dst)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -636,14 +646,14 @@ func TestRootFSOffline(t *testing.T) {
 	if img.Digest != gzipDigest {
 		t.Errorf("Digest = %s, want %s", img.Digest, gzipDigest)
 	}
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatalf("warm RootFS with the registry gone: %v", err)
 	}
 	checkLayerFiles(t, dst, files)
 	// The store kept the blobs too, so even an empty dst needs no network.
 	fresh := t.TempDir()
-	files, err = c.RootFS(context.Background(), fresh, img)
+	files, err = c.RootFS(context.Background(), img, fresh)
 	if err != nil {
 		t.Fatalf("RootFS into an empty dst from the store with the registry gone: %v", err)
 	}
@@ -661,7 +671,7 @@ func TestDropLayerBlobs(t *testing.T) {
 	store, dst := t.TempDir(), t.TempDir()
 	c := openCache(t, ocicache.Options{Store: store, DropLayerBlobs: true})
 	img := fetch(t, c, gzipRef)
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -695,13 +705,13 @@ func TestExtractLayers(t *testing.T) {
 	if err := os.WriteFile(stale, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	files, err := c.ExtractLayers(context.Background(), dst, img)
+	files, err := c.ExtractLayers(context.Background(), img, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkLayerFiles(t, dst, files)
 
-	f, err := c.ExtractLayer(context.Background(), dst, img, 1)
+	f, err := c.ExtractLayer(context.Background(), img, dst, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -709,10 +719,10 @@ func TestExtractLayers(t *testing.T) {
 	if got, err := sha256Of(f); err != nil || got != wantDiffIDs[1] {
 		t.Errorf("ExtractLayer(1) hashes to %s (%v), want %s", got, err, wantDiffIDs[1])
 	}
-	if _, err := c.ExtractLayer(context.Background(), dst, img, len(img.Layers)); !errors.Is(err, ocicache.ErrInvalidArgument) {
+	if _, err := c.ExtractLayer(context.Background(), img, dst, len(img.Layers)); !errors.Is(err, ocicache.ErrInvalidArgument) {
 		t.Errorf("ExtractLayer out of range: %v, want ErrInvalidArgument", err)
 	}
-	if _, err := c.ExtractLayer(context.Background(), dst, img, -1); !errors.Is(err, ocicache.ErrInvalidArgument) {
+	if _, err := c.ExtractLayer(context.Background(), img, dst, -1); !errors.Is(err, ocicache.ErrInvalidArgument) {
 		t.Errorf("ExtractLayer(-1): %v, want ErrInvalidArgument", err)
 	}
 }
@@ -841,10 +851,10 @@ func TestErrors(t *testing.T) {
 	}
 
 	img := fetch(t, c, gzipRef)
-	if _, err := c.RootFS(ctx, filepath.Join(t.TempDir(), "missing"), img); !errors.Is(err, ocicache.ErrIO) {
+	if _, err := c.RootFS(ctx, img, filepath.Join(t.TempDir(), "missing")); !errors.Is(err, ocicache.ErrIO) {
 		t.Errorf("RootFS into a missing dst: %v, want ErrIO", err)
 	}
-	if _, err := c.RootFS(ctx, t.TempDir(), nil); !errors.Is(err, ocicache.ErrInvalidArgument) {
+	if _, err := c.RootFS(ctx, nil, t.TempDir()); !errors.Is(err, ocicache.ErrInvalidArgument) {
 		t.Errorf("RootFS of a nil image: %v, want ErrInvalidArgument", err)
 	}
 }
@@ -885,7 +895,7 @@ func TestContextAlreadyDone(t *testing.T) {
 	assertCanceled(t, err, context.Canceled)
 	_, err = c.Resolve(ctx, gzipRef)
 	assertCanceled(t, err, context.Canceled)
-	_, err = c.RootFS(ctx, t.TempDir(), img)
+	_, err = c.RootFS(ctx, img, t.TempDir())
 	assertCanceled(t, err, context.Canceled)
 	_, err = c.FetchLayer(ctx, img, 0)
 	assertCanceled(t, err, context.Canceled)
@@ -897,7 +907,7 @@ func TestContextAlreadyDone(t *testing.T) {
 
 	ctx, cancel = context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	_, err = c.ExtractLayers(ctx, t.TempDir(), img)
+	_, err = c.ExtractLayers(ctx, img, t.TempDir())
 	assertCanceled(t, err, context.DeadlineExceeded)
 }
 
@@ -940,7 +950,7 @@ func TestConcurrentRootFS(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			results[i], errs[i] = c.RootFS(context.Background(), dst, img)
+			results[i], errs[i] = c.RootFS(context.Background(), img, dst)
 		}(i)
 	}
 	wg.Wait()
@@ -971,7 +981,7 @@ func TestClose(t *testing.T) {
 	for name, err := range map[string]error{
 		"Resolve":    second(c.Resolve(context.Background(), gzipRef)),
 		"FetchImage": second(c.FetchImage(context.Background(), gzipRef, "")),
-		"RootFS":     second(c.RootFS(context.Background(), t.TempDir(), img)),
+		"RootFS":     second(c.RootFS(context.Background(), img, t.TempDir())),
 		"FetchLayer": second(c.FetchLayer(context.Background(), img, 0)),
 	} {
 		if !errors.Is(err, ocicache.ErrClosed) || !errors.Is(err, ocicache.ErrInvalidArgument) {
@@ -981,7 +991,7 @@ func TestClose(t *testing.T) {
 
 	// The image outlives its cache, and its fields outlive it.
 	c2 := openCache(t, ocicache.Options{})
-	files, err := c2.RootFS(context.Background(), t.TempDir(), img)
+	files, err := c2.RootFS(context.Background(), img, t.TempDir())
 	if err != nil {
 		t.Fatalf("RootFS of an image whose cache is closed: %v", err)
 	}
@@ -990,7 +1000,7 @@ func TestClose(t *testing.T) {
 	}
 	img.Close()
 	img.Close()
-	if _, err := c2.RootFS(context.Background(), t.TempDir(), img); !errors.Is(err, ocicache.ErrClosed) {
+	if _, err := c2.RootFS(context.Background(), img, t.TempDir()); !errors.Is(err, ocicache.ErrClosed) {
 		t.Errorf("RootFS of a closed image: %v, want ErrClosed", err)
 	}
 	if len(img.Layers) != len(wantDiffIDs) || img.Digest != gzipDigest {

@@ -150,7 +150,7 @@ func TestDeadlineLibrarySide(t *testing.T) {
 	dst := t.TempDir()
 	ctx = deadlineOnly{context.Background(), time.Now().Add(300 * time.Millisecond)}
 	start = time.Now()
-	_, err = c.RootFS(ctx, dst, img)
+	_, err = c.RootFS(ctx, img, dst)
 	checkDeadlineError(t, "RootFS", err, time.Since(start))
 	checkCleanedUp(t, "RootFS that timed out", dst)
 }
@@ -198,12 +198,12 @@ func TestStallTimeout(t *testing.T) {
 	g.stall()
 	dst := t.TempDir()
 	start = time.Now()
-	_, err = c.RootFS(ctx, dst, img)
+	_, err = c.RootFS(ctx, img, dst)
 	check("RootFS", err, time.Since(start))
 	checkCleanedUp(t, "RootFS that stalled", dst)
 
 	// The limit is on silence, not on the call: a healthy pull is not cut.
-	files, err := c.RootFS(context.Background(), dst, fetch(t, c, gzipRef))
+	files, err := c.RootFS(context.Background(), fetch(t, c, gzipRef), dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestCACertificateFiles(t *testing.T) {
 	// A warm cache needs no registry, so it never reads the file either.
 	store := t.TempDir()
 	warm := openCache(t, ocicache.Options{Store: store})
-	files, err := warm.RootFS(context.Background(), t.TempDir(), fetch(t, warm, gzipRef))
+	files, err := warm.RootFS(context.Background(), fetch(t, warm, gzipRef), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestCACertificateFiles(t *testing.T) {
 	c = openCache(t, ocicache.Options{Store: store, CACertificates: []string{missing}})
 	img := fetch(t, c, gzipRef)
 	dst := t.TempDir()
-	files, err = c.RootFS(context.Background(), dst, img)
+	files, err = c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatalf("RootFS from the store with a missing CA file: %v", err)
 	}
@@ -271,7 +271,7 @@ func TestCredentialsOnPlainRegistry(t *testing.T) {
 	})
 	img := fetch(t, c, gzipRef)
 	dst := t.TempDir()
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
-// This file owns progress reports: the Progress type, WithProgress, and
-// the exported Go function the library calls back with each report. (The C
+// This file owns per-call options (CallOption) and progress reports: the
+// Progress type, WithProgress, and the exported Go function the library calls back with each report. (The C
 // side that registers it is in call.go: a file with //export may have only
 // declarations in its preamble.)
 
@@ -12,7 +12,6 @@ package ocicache
 import "C"
 
 import (
-	"context"
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
@@ -39,18 +38,37 @@ type Progress struct {
 	WrittenTotal int64
 }
 
-type progressKey struct{}
+// CallOption sets something for one call of RootFS, ExtractLayers or
+// ExtractLayer, such as WithProgress.
+type CallOption func(*callConfig)
 
-// WithProgress returns a copy of ctx that makes RootFS, ExtractLayers and
-// ExtractLayer report to fn as they download and write each layer. Reports
-// of one layer come in order, and Downloaded and Written never decrease;
-// reports of layers fetched at once interleave. Layers that need no work
-// (RootFS's layers already in dst) are not reported. Returning false stops
-// the call, which then fails with an error matching ErrCanceled. Reports
-// trail the work, so the stop comes late for a layer whose blob was
-// already read: the library still completes that one into dst, just after
-// the call returned; it removes the partial ones then too, as for any
-// failed call. FetchLayer, FetchImage and Resolve report nothing.
+// callConfig is what a call's CallOptions set.
+type callConfig struct {
+	progress func(Progress) bool
+}
+
+// callConfigOf applies opts in order: a later option overrides an earlier.
+func callConfigOf(opts []CallOption) callConfig {
+	var cfg callConfig
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	return cfg
+}
+
+// WithProgress makes a call of RootFS, ExtractLayers or ExtractLayer
+// report to fn as it downloads and writes each layer:
+//
+//	files, err := cache.RootFS(ctx, img, dst, ocicache.WithProgress(fn))
+//
+// Reports of one layer come in order, and Downloaded and Written never
+// decrease; reports of layers fetched at once interleave. Layers that need
+// no work (RootFS's layers already in dst) are not reported. Returning
+// false stops the call, which then fails with an error matching
+// ErrCanceled. Reports trail the work, so the stop comes late for a layer
+// whose blob was already read: the library still completes that one into
+// dst, just after the call returned; it removes the partial ones then too,
+// as for any failed call.
 //
 // fn runs on the goroutine that made the call, while the call runs, one
 // report at a time, so it needs no locking of its own against the call; it
@@ -65,14 +83,9 @@ type progressKey struct{}
 // what it had made is released first (the files of a RootFS that finished
 // anyway are closed, never leaked).
 //
-// A nil fn removes the function given by a parent context.
-func WithProgress(ctx context.Context, fn func(Progress) bool) context.Context {
-	return context.WithValue(ctx, progressKey{}, fn)
-}
-
-func progressFunc(ctx context.Context) func(Progress) bool {
-	fn, _ := ctx.Value(progressKey{}).(func(Progress) bool)
-	return fn
+// A nil fn removes a function given by an earlier option.
+func WithProgress(fn func(Progress) bool) CallOption {
+	return func(cfg *callConfig) { cfg.progress = fn }
 }
 
 // progressCall is what one call's user_data stands for (via a cgo.Handle).

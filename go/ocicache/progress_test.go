@@ -108,14 +108,14 @@ func TestProgressRootFS(t *testing.T) {
 			otherThread := 0
 			// No locking: the reports come on this goroutine, which the
 			// race detector would dispute otherwise.
-			ctx := ocicache.WithProgress(context.Background(), func(p ocicache.Progress) bool {
+			progress := ocicache.WithProgress(func(p ocicache.Progress) bool {
 				if syscall.Gettid() != caller {
 					otherThread++
 				}
 				reports = append(reports, p)
 				return true
 			})
-			files, err := c.RootFS(ctx, dst, img)
+			files, err := c.RootFS(context.Background(), img, dst, progress)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +162,7 @@ func TestProgressRootFS(t *testing.T) {
 
 			// The warm path does no work, so it reports nothing.
 			reports = nil
-			files, err = c.RootFS(ctx, dst, img)
+			files, err = c.RootFS(context.Background(), img, dst, progress)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -175,23 +175,24 @@ func TestProgressRootFS(t *testing.T) {
 }
 
 // ExtractLayer reports its one layer; FetchLayer, FetchImage and Resolve
-// nothing.
+// take no CallOption, and a progress function given to another call hears
+// nothing of them.
 func TestProgressOtherCalls(t *testing.T) {
 	c := openCache(t, ocicache.Options{})
 	layers := map[int]int{}
-	ctx := ocicache.WithProgress(context.Background(), func(p ocicache.Progress) bool {
+	progress := ocicache.WithProgress(func(p ocicache.Progress) bool {
 		layers[p.Layer]++
 		return true
 	})
-	img, err := c.FetchImage(ctx, gzipRef, "")
+	img, err := c.FetchImage(context.Background(), gzipRef, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	if _, err := c.Resolve(ctx, gzipRef); err != nil {
+	if _, err := c.Resolve(context.Background(), gzipRef); err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.FetchLayer(ctx, img, 1)
+	r, err := c.FetchLayer(context.Background(), img, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestProgressOtherCalls(t *testing.T) {
 	if len(layers) != 0 {
 		t.Errorf("FetchImage, Resolve and FetchLayer reported: %v", layers)
 	}
-	f, err := c.ExtractLayer(ctx, t.TempDir(), img, 2)
+	f, err := c.ExtractLayer(context.Background(), img, t.TempDir(), 2, progress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,11 +224,11 @@ func TestProgressStop(t *testing.T) {
 	// removes the partial ones.
 	dst := t.TempDir()
 	calls := 0
-	ctx := ocicache.WithProgress(context.Background(), func(ocicache.Progress) bool {
+	progress := ocicache.WithProgress(func(ocicache.Progress) bool {
 		calls++
 		return false
 	})
-	_, err := c.RootFS(ctx, dst, img)
+	_, err := c.RootFS(context.Background(), img, dst, progress)
 	if !errors.Is(err, ocicache.ErrCanceled) {
 		t.Fatalf("RootFS stopped by its progress function: %v, want ErrCanceled", err)
 	}
@@ -246,17 +247,17 @@ func TestProgressStop(t *testing.T) {
 	// the bottom layer stays (it is whole), the middle one may, as above.
 	seq := openCache(t, ocicache.Options{MaxConcurrentLayers: 1})
 	dst = t.TempDir()
-	ctx = ocicache.WithProgress(context.Background(), func(p ocicache.Progress) bool {
+	progress = ocicache.WithProgress(func(p ocicache.Progress) bool {
 		return !(p.Layer == 1 && p.Written > 0 && p.WrittenTotal < 0)
 	})
-	if _, err := seq.ExtractLayers(ctx, dst, img); !errors.Is(err, ocicache.ErrCanceled) {
+	if _, err := seq.ExtractLayers(context.Background(), img, dst, progress); !errors.Is(err, ocicache.ErrCanceled) {
 		t.Fatalf("ExtractLayers stopped half way: %v, want ErrCanceled", err)
 	}
 	checkCleanedUp(t, "ExtractLayers stopped half way", dst)
 	t.Logf("left after stopping half way through layer 1: %v (diff_ids %v)", regularFiles(t, dst), wantDiffIDs)
 
 	// The cache is fine afterwards, and the stopped layers are redone.
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +271,7 @@ func TestProgressPanic(t *testing.T) {
 	img := fetch(t, c, gzipRef)
 	dst := t.TempDir()
 	type boom struct{ n int }
-	ctx := ocicache.WithProgress(context.Background(), func(ocicache.Progress) bool {
+	progress := ocicache.WithProgress(func(ocicache.Progress) bool {
 		panic(boom{42})
 	})
 	func() {
@@ -279,11 +280,11 @@ func TestProgressPanic(t *testing.T) {
 				t.Errorf("recovered %v, want the progress function's panic", v)
 			}
 		}()
-		c.RootFS(ctx, dst, img)
+		c.RootFS(context.Background(), img, dst, progress)
 		t.Error("RootFS returned instead of panicking")
 	}()
 	checkCleanedUp(t, "RootFS stopped by a panic", dst)
-	files, err := c.RootFS(context.Background(), dst, img)
+	files, err := c.RootFS(context.Background(), img, dst)
 	if err != nil {
 		t.Fatalf("RootFS after a panic: %v", err)
 	}
@@ -296,7 +297,7 @@ func TestProgressReentry(t *testing.T) {
 	img := fetch(t, c, gzipRef)
 	other := fetch(t, c, gzipRef)
 	var errs []error
-	ctx := ocicache.WithProgress(context.Background(), func(ocicache.Progress) bool {
+	progress := ocicache.WithProgress(func(ocicache.Progress) bool {
 		if errs != nil {
 			return true
 		}
@@ -307,7 +308,7 @@ func TestProgressReentry(t *testing.T) {
 		errs = []error{
 			second(c.Resolve(context.Background(), gzipRef)),
 			second(c.FetchImage(context.Background(), gzipRef, "")),
-			second(c.ExtractLayer(context.Background(), t.TempDir(), other, 0)),
+			second(c.ExtractLayer(context.Background(), other, t.TempDir(), 0)),
 			err,
 			c.Close(),
 			img.Close(),
@@ -315,7 +316,7 @@ func TestProgressReentry(t *testing.T) {
 		}
 		return true
 	})
-	files, err := c.RootFS(ctx, t.TempDir(), img)
+	files, err := c.RootFS(context.Background(), img, t.TempDir(), progress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +332,7 @@ func TestProgressReentry(t *testing.T) {
 		}
 	}
 	// Nothing was closed: both handles still work.
-	if _, err := c.ExtractLayer(context.Background(), t.TempDir(), other, 0); err != nil {
+	if _, err := c.ExtractLayer(context.Background(), other, t.TempDir(), 0); err != nil {
 		t.Errorf("after the refused calls: %v", err)
 	}
 }

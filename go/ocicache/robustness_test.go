@@ -54,7 +54,7 @@ func TestProgressPanicLeaksNoFds(t *testing.T) {
 	img := fetch(t, c, gzipRef)
 	// A call first, so that the library's own lasting fds (its runtime's)
 	// exist before counting.
-	files, err := c.ExtractLayers(context.Background(), t.TempDir(), img)
+	files, err := c.ExtractLayers(context.Background(), img, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,17 +71,17 @@ func TestProgressPanicLeaksNoFds(t *testing.T) {
 			return true
 		},
 	}
-	calls := map[string]func(ctx context.Context, dst string) error{
-		"RootFS": func(ctx context.Context, dst string) error {
-			_, err := c.RootFS(ctx, dst, img)
+	calls := map[string]func(dst string, progress ocicache.CallOption) error{
+		"RootFS": func(dst string, progress ocicache.CallOption) error {
+			_, err := c.RootFS(context.Background(), img, dst, progress)
 			return err
 		},
-		"ExtractLayers": func(ctx context.Context, dst string) error {
-			_, err := c.ExtractLayers(ctx, dst, img)
+		"ExtractLayers": func(dst string, progress ocicache.CallOption) error {
+			_, err := c.ExtractLayers(context.Background(), img, dst, progress)
 			return err
 		},
-		"ExtractLayer": func(ctx context.Context, dst string) error {
-			_, err := c.ExtractLayer(ctx, dst, img, 0)
+		"ExtractLayer": func(dst string, progress ocicache.CallOption) error {
+			_, err := c.ExtractLayer(context.Background(), img, dst, 0, progress)
 			return err
 		},
 	}
@@ -89,14 +89,14 @@ func TestProgressPanicLeaksNoFds(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		for at, fn := range panics {
 			for name, call := range calls {
-				ctx := ocicache.WithProgress(context.Background(), fn)
+				progress := ocicache.WithProgress(fn)
 				func() {
 					defer func() {
 						if v := recover(); v != (boom{at}) {
 							t.Errorf("%s, panic at the %s report: recovered %v", name, at, v)
 						}
 					}()
-					err := call(ctx, t.TempDir())
+					err := call(t.TempDir(), progress)
 					t.Errorf("%s, panic at the %s report: returned %v instead of panicking", name, at, err)
 				}()
 			}
