@@ -55,6 +55,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if port := os.Getenv(insecureChildEnv); port != "" {
+		os.Exit(insecureChild(port))
+	}
 	os.Exit(runTests(m))
 }
 
