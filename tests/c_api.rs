@@ -3,8 +3,10 @@
 //! an image (cold, then warm with the registry gone), and
 //! `tests/c/api_test.c` checks every status code, the error, output and fd
 //! contracts, free order, fork and threads: plainly, built with
-//! AddressSanitizer and UBSan (leaks included), and under valgrind. This file only sets the stage (registries, fixtures, builds)
-//! and judges what the programs report.
+//! AddressSanitizer and UBSan (leaks included), and under valgrind;
+//! `tests/c/options_test.c` shows the cache options act (plainly and under
+//! the sanitizers). This file only sets the stage (registries, fixtures,
+//! builds) and judges what the programs report.
 
 mod common;
 
@@ -20,6 +22,13 @@ use common::*;
 /// step with that file: the count is what shows that no check silently
 /// stopped running.
 const API_TEST_CHECKS: usize = 426;
+
+/// The checks `tests/c/options_test.c` runs; as `API_TEST_CHECKS`.
+const OPTIONS_TEST_CHECKS: usize = 54;
+
+/// The name options_test.c reaches the registry by: not loopback, so only
+/// `oci_cache_options_add_insecure_registry` allows plain HTTP to it.
+const INSECURE_NAME: &str = "oci-insecure.test";
 
 const ODD_MEDIA_TYPE: &str = "application/vnd.example.layer.v1.tar+lz4";
 
@@ -323,6 +332,71 @@ fn api_test_env(command: &mut Command, fixtures: &Fixtures, hosts: (&str, &str, 
     }
 }
 
+/// A command running `program` in a private mount namespace whose
+/// `/etc/hosts` is `hosts` (bind-mounted over it there): names resolve as
+/// the test needs, and the machine's own file is never touched.
+fn with_private_hosts(program: &Path, hosts: &Path) -> Command {
+    require_tool(
+        "unshare",
+        "apt-get install -y --no-install-recommends util-linux",
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ])
+        .arg(hosts)
+        .arg(program);
+    command
+}
+
+/// Runs options_test (built as `program`) with its own tmp dir and checks
+/// it: exit 0 and a last line counting every check.
+fn run_options_test(
+    program: &Path,
+    fixtures: &Fixtures,
+    hosts: (&str, &str, &str),
+    tmp: &Path,
+    what: &str,
+) {
+    let hosts_file = tmp.join("etc-hosts");
+    std::fs::write(
+        &hosts_file,
+        format!("127.0.0.1 localhost\n127.0.0.1 {INSECURE_NAME}\n"),
+    )
+    .unwrap();
+    let port = hosts.0.rsplit_once(':').expect("host:port").1;
+    let mut command = with_private_hosts(program, &hosts_file);
+    api_test_env(&mut command, fixtures, hosts, tmp);
+    command
+        .env("OCI_TEST_INSECURE_HOST", format!("{INSECURE_NAME}:{port}"))
+        .env(
+            "OCI_TEST_OTHER_CONFIG",
+            String::from_utf8(fixtures.other.config.clone()).unwrap(),
+        )
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=98",
+        )
+        .env("LSAN_OPTIONS", "exitcode=99")
+        .env(
+            "UBSAN_OPTIONS",
+            "print_stacktrace=1:halt_on_error=1:exitcode=97",
+        );
+    let ran = run(what, &mut command, RUN_LIMIT);
+    let last = ran.stdout.lines().last().unwrap_or_default();
+    let expected = format!("{OPTIONS_TEST_CHECKS} passed, 0 failed");
+    assert!(
+        ran.status.success() && last == expected,
+        "{what}: expected exit 0 and a last line {expected:?}, got {last:?}: {}",
+        ran.describe()
+    );
+}
+
 /// Checks an api_test run: exit 0, and a last line counting every check.
 fn assert_api_test(ran: &Run, tmp: &Path, host: &str, app: &PushedImage, what: &str) {
     let last = ran.stdout.lines().last().unwrap_or_default();
@@ -396,6 +470,30 @@ fn c_programs_use_the_c_abi() {
                 .arg("-I")
                 .arg(&include)
                 .arg(root.join("tests/c/api_test.c"))
+                .arg("-o")
+                .arg(program)
+                .arg("-L")
+                .arg(&lib)
+                .arg("-loci_cache")
+                .arg(format!("-Wl,-rpath,{}", lib.display()))
+                .arg("-lpthread"),
+        );
+    }
+    let options_test = work.join("options_test");
+    let options_test_sanitized = work.join("options_test_sanitized");
+    for (program, sanitizers) in [
+        (&options_test, &[][..]),
+        (&options_test_sanitized, &SANITIZERS[..]),
+    ] {
+        compile(
+            &format!("cc options_test.c {}", sanitizers.join(" ")),
+            Command::new("cc")
+                .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+                .args(["-D_POSIX_C_SOURCE=200809L", "-g"])
+                .args(sanitizers)
+                .arg("-I")
+                .arg(&include)
+                .arg(root.join("tests/c/options_test.c"))
                 .arg("-o")
                 .arg(program)
                 .arg("-L")
@@ -556,6 +654,22 @@ fn c_programs_use_the_c_abi() {
         assert_eq!(lost_bytes(line), 0, "valgrind: {line}\n{}", with_log());
     }
     assert_api_test(&ran, &valgrind_tmp, &host, app, "api_test under valgrind");
+
+    // The options act: plainly, then under the sanitizers.
+    run_options_test(
+        &options_test,
+        &fixtures,
+        hosts,
+        &dir("options-plain"),
+        "options_test",
+    );
+    run_options_test(
+        &options_test_sanitized,
+        &fixtures,
+        hosts,
+        &dir("options-sanitized"),
+        "options_test under ASan and UBSan",
+    );
 
     // Last, the warm path with the registry gone: the store and dst suffice,
     // and the layer files are opened where they are, not written again.
