@@ -334,7 +334,8 @@ oci_status oci_cache_prune(const oci_cache *cache, const char *dst, const oci_ca
 
 // Stores in `*store_bytes_out` the bytes of the store's blobs, and in
 // `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
-// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store. For
+// the file counts too, see `oci_cache_disk_usage_report`.
 oci_status oci_cache_disk_usage(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
 
 // Stores in `*usage_out` the bytes and the number of files of the store's

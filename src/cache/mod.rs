@@ -85,14 +85,7 @@ struct Chosen {
 impl ImageCache {
     /// Opens the store (if any). Registry clients are made on first use.
     pub fn new(options: CacheOptions) -> Result<ImageCache> {
-        if options.max_concurrent_layers == 0 {
-            return Err(Error::InvalidArgument(
-                "max_concurrent_layers must be at least 1".into(),
-            ));
-        }
-        if options.registry.attempts == 0 {
-            return Err(Error::InvalidArgument("attempts must be at least 1".into()));
-        }
+        options.validate()?;
         let store = options
             .store
             .as_deref()

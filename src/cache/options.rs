@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::{Error, Result};
 use crate::fs::Reserve;
 use crate::platform::Platform;
 use crate::registry::RegistryConfig;
 // Named by doc links only.
 #[cfg(doc)]
-use {super::ImageCache, crate::call::CallOptions, crate::error::Error};
+use {super::ImageCache, crate::call::CallOptions};
 
 /// How an [`ImageCache`] is set up. Every setting has a default.
 #[derive(Debug, Clone)]
@@ -38,6 +39,22 @@ impl Default for CacheOptions {
 }
 
 impl CacheOptions {
+    /// Checks the rules a setting has beyond its type: at least one layer
+    /// at a time, at least one attempt. The one place they live:
+    /// [`ImageCache::new`] checks the whole, and each C setter checks the
+    /// options it leaves, so C hears of a bad value from the setter itself.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_concurrent_layers == 0 {
+            return Err(Error::InvalidArgument(
+                "max_concurrent_layers must be at least 1".into(),
+            ));
+        }
+        if self.registry.attempts == 0 {
+            return Err(Error::InvalidArgument("attempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// Defaults: no store, the host's platform, three layers at a time, and
     /// a time limit on every network step (see
     /// [`connect_timeout`](Self::connect_timeout) and the setters after it).
@@ -219,5 +236,38 @@ impl CacheOptions {
     pub fn stall_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
         self.registry.timeouts.stall = limit.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::ImageCache;
+
+    #[test]
+    fn zero_layers_at_a_time_or_zero_attempts_are_refused() {
+        for (what, options) in [
+            (
+                "max_concurrent_layers",
+                CacheOptions::new().max_concurrent_layers(0),
+            ),
+            ("attempts", CacheOptions::new().attempts(0)),
+        ] {
+            let expected = format!("{what} must be at least 1");
+            match options.validate() {
+                Err(Error::InvalidArgument(message)) => assert_eq!(message, expected),
+                other => panic!("{what} 0: {other:?}"),
+            }
+            match ImageCache::new(options) {
+                Err(Error::InvalidArgument(message)) => assert_eq!(message, expected),
+                Err(other) => panic!("ImageCache::new with {what} 0: {other:?}"),
+                Ok(_) => panic!("ImageCache::new with {what} 0 succeeded"),
+            }
+        }
+        assert!(CacheOptions::new()
+            .max_concurrent_layers(1)
+            .attempts(1)
+            .validate()
+            .is_ok());
     }
 }

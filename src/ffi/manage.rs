@@ -225,7 +225,8 @@ pub extern "C" fn oci_cache_prune(
 
 /// Stores in `*store_bytes_out` the bytes of the store's blobs, and in
 /// `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
-/// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+/// must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store. For
+/// the file counts too, see `oci_cache_disk_usage_report`.
 #[no_mangle]
 pub extern "C" fn oci_cache_disk_usage(
     cache: *const oci_cache,

@@ -10,7 +10,8 @@ use tokio::sync::Notify;
 
 use super::{
     arg, arg_mut, boundary, clone_arc, free_arc, free_box, oci_status, out, str_arg,
-    to_arc_const_ptr, to_boxed_mut_ptr, try_ref, Castable, Failure, OwnershipArc, OwnershipBox,
+    to_arc_const_ptr, to_boxed_mut_ptr, try_ref, Castable, Failure, Outcome, OwnershipArc,
+    OwnershipBox,
 };
 use crate::cache::CacheOptions;
 use crate::call::{CallOptions, Progress};
@@ -31,8 +32,14 @@ impl Castable for oci_cache_options {
 }
 
 impl oci_cache_options {
-    fn update(&mut self, change: impl FnOnce(CacheOptions) -> CacheOptions) {
-        self.options = change(std::mem::take(&mut self.options));
+    /// Applies `change` if the options it leaves are valid
+    /// (`CacheOptions::validate`, the one place the rules live); otherwise
+    /// the options stay as they were and the setter fails.
+    fn update(&mut self, change: impl FnOnce(CacheOptions) -> CacheOptions) -> Outcome<()> {
+        let changed = change(self.options.clone());
+        changed.validate()?;
+        self.options = changed;
+        Ok(())
     }
 }
 
@@ -69,8 +76,7 @@ pub extern "C" fn oci_cache_options_set_store(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let dir = str_arg(dir, "dir")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.store(dir));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.store(dir))
     })
 }
 
@@ -84,8 +90,7 @@ pub extern "C" fn oci_cache_options_set_platform(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let platform: Platform = str_arg(platform, "platform")?.parse()?;
-        arg_mut(options, "options")?.update(|o| o.platform(platform));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.platform(platform))
     })
 }
 
@@ -99,8 +104,7 @@ pub extern "C" fn oci_cache_options_add_insecure_registry(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let host = str_arg(host, "host")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.insecure_registry(host));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.insecure_registry(host))
     })
 }
 
@@ -117,8 +121,7 @@ pub extern "C" fn oci_cache_options_add_credentials(
         let host = str_arg(host, "host")?.to_owned();
         let username = str_arg(username, "username")?.to_owned();
         let password = str_arg(password, "password")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.credentials(host, username, password));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.credentials(host, username, password))
     })
 }
 
@@ -133,8 +136,7 @@ pub extern "C" fn oci_cache_options_set_auth_file(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let path = str_arg(path, "path")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.auth_file(path));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.auth_file(path))
     })
 }
 
@@ -146,8 +148,7 @@ pub extern "C" fn oci_cache_options_add_ca_certificate(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let path = str_arg(pem_path, "pem_path")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.ca_certificate(path));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.ca_certificate(path))
     })
 }
 
@@ -162,8 +163,7 @@ pub extern "C" fn oci_cache_options_add_host_ca_certificate(
     boundary(std::ptr::null_mut(), || {
         let host = str_arg(host, "host")?.to_owned();
         let path = str_arg(pem_path, "pem_path")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.host_ca_certificate(host, path));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.host_ca_certificate(host, path))
     })
 }
 
@@ -180,8 +180,7 @@ pub extern "C" fn oci_cache_options_add_mirror(
     boundary(std::ptr::null_mut(), || {
         let registry = str_arg(registry, "registry")?.to_owned();
         let mirror = str_arg(mirror, "mirror")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.mirror(registry, mirror));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.mirror(registry, mirror))
     })
 }
 
@@ -196,8 +195,7 @@ pub extern "C" fn oci_cache_options_set_hosts_dir(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let dir = str_arg(dir, "dir")?.to_owned();
-        arg_mut(options, "options")?.update(|o| o.hosts_dir(dir));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.hosts_dir(dir))
     })
 }
 
@@ -210,11 +208,7 @@ pub extern "C" fn oci_cache_options_set_attempts(
     attempts: u32,
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        if attempts == 0 {
-            return Err(Failure::invalid("attempts must be at least 1"));
-        }
-        arg_mut(options, "options")?.update(|o| o.attempts(attempts));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.attempts(attempts))
     })
 }
 
@@ -243,8 +237,7 @@ pub extern "C" fn oci_cache_options_set_keep_layer_blobs(
     keep: bool,
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        arg_mut(options, "options")?.update(|o| o.keep_layer_blobs(keep));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.keep_layer_blobs(keep))
     })
 }
 
@@ -257,8 +250,7 @@ pub extern "C" fn oci_cache_options_set_max_layer_size(
     bytes: u64,
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        arg_mut(options, "options")?.update(|o| o.max_layer_size(bytes));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.max_layer_size(bytes))
     })
 }
 
@@ -273,8 +265,7 @@ pub extern "C" fn oci_cache_options_set_free_space_reserve(
     bytes: u64,
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        arg_mut(options, "options")?.update(|o| o.free_space_reserve(bytes));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.free_space_reserve(bytes))
     })
 }
 
@@ -286,11 +277,7 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
     layers: usize,
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        if layers == 0 {
-            return Err(Failure::invalid("max concurrent layers must be at least 1"));
-        }
-        arg_mut(options, "options")?.update(|o| o.max_concurrent_layers(layers));
-        Ok(())
+        arg_mut(options, "options")?.update(|o| o.max_concurrent_layers(layers))
     })
 }
 
@@ -309,8 +296,7 @@ pub extern "C" fn oci_cache_options_set_connect_timeout_ms(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.update(|o| o.connect_timeout(limit_ms(ms)));
-        Ok(())
+        options.update(|o| o.connect_timeout(limit_ms(ms)))
     })
 }
 
@@ -324,8 +310,7 @@ pub extern "C" fn oci_cache_options_set_tls_handshake_timeout_ms(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.update(|o| o.tls_handshake_timeout(limit_ms(ms)));
-        Ok(())
+        options.update(|o| o.tls_handshake_timeout(limit_ms(ms)))
     })
 }
 
@@ -341,8 +326,7 @@ pub extern "C" fn oci_cache_options_set_response_timeout_ms(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.update(|o| o.response_timeout(limit_ms(ms)));
-        Ok(())
+        options.update(|o| o.response_timeout(limit_ms(ms)))
     })
 }
 
@@ -357,8 +341,7 @@ pub extern "C" fn oci_cache_options_set_stall_timeout_ms(
 ) -> oci_status {
     boundary(std::ptr::null_mut(), || {
         let options = arg_mut(options, "options")?;
-        options.update(|o| o.stall_timeout(limit_ms(ms)));
-        Ok(())
+        options.update(|o| o.stall_timeout(limit_ms(ms)))
     })
 }
 
