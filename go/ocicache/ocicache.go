@@ -1,6 +1,7 @@
 // This file owns the package documentation and the Cache handle: its
-// Options, Open, Close and Resolve. How one call's context becomes the
-// library's call options is in call.go, progress reports in progress.go,
+// Options (and the one table that takes each field to its C setter), Open,
+// Close and Resolve. How one call's context becomes the library's call
+// options is in call.go, CallOption and progress reports in progress.go,
 // and how the library is linked in link_*.go.
 
 // Package ocicache is the Go binding of oci-cache, a library that turns an
