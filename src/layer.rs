@@ -20,11 +20,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::call::{Progress, ProgressFn, Work};
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
+use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.

@@ -60,11 +60,13 @@ mod manifest;
 mod platform;
 mod registry;
 mod store;
+mod work;
 
 pub use cache::{CacheOptions, Image, ImageCache, Layer};
-pub use call::{CallOptions, Progress, ProgressFn};
+pub use call::{CallOptions, CancelToken};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use layer::LayerReader;
 pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;
+pub use work::{Progress, ProgressFn};

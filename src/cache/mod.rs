@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 
-use crate::call::{self, CallOptions};
+use crate::call::CallOptions;
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{Dir, PendingFile, Reserve};
@@ -23,6 +23,7 @@ use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Limits, Registry};
 use crate::store::Store;
+use crate::work;
 
 mod image;
 mod options;
@@ -294,11 +295,10 @@ impl ImageCache {
     /// (replacing any file there) and returns it opened read-only at offset
     /// 0. `dst` must exist. The file appears whole and verified, or not at all.
     pub async fn extract_layer(&self, image: &Image, index: usize, dst: &Path) -> Result<File> {
-        let dst = existing_dir(dst)?;
         self.call
             .bounded(
                 || format!("extract_layer {index} of {}", image.reference),
-                self.extract(image, index, &dst, false),
+                async { self.extract(image, index, &existing_dir(dst)?, false).await },
             )
             .await
     }
@@ -527,7 +527,7 @@ impl ImageCache {
         let name = parse_reference(reference)?.whole();
         self.maintain("remove", |store| async move {
             let lock = store.lock().await?;
-            call::blocking(move |_| store.remove(&lock, &name)).await
+            work::blocking(move |_| store.remove(&lock, &name)).await
         })
         .await
     }
@@ -580,12 +580,17 @@ impl ImageCache {
     where
         Fut: Future<Output = Result<T>>,
     {
-        let Some(store) = self.inner.store.clone() else {
-            return Err(Error::InvalidArgument(format!(
-                "{what} needs a store (CacheOptions::store)"
-            )));
-        };
-        self.call.bounded(|| what.to_owned(), work(store)).await
+        let store = self.inner.store.clone();
+        self.call
+            .bounded(|| what.to_owned(), async {
+                let Some(store) = store else {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what} needs a store (CacheOptions::store)"
+                    )));
+                };
+                work(store).await
+            })
+            .await
     }
 }
 
@@ -644,7 +649,7 @@ async fn record(store: &Arc<Store>, name: &str, fetched: Fetched, top: Descripto
     }
     let lock = store.lock().await?;
     let (store, name) = (store.clone(), name.to_owned());
-    call::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
+    work::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
 }
 
 /// What the store holds for a blob.
