@@ -14,10 +14,11 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 
 use crate::call::CallOptions;
+use crate::codec::Codec;
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{Dir, PendingFile, Reserve};
-use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader, Target};
+use crate::layer::{self, Blob, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
@@ -599,7 +600,7 @@ impl ImageCache {
     fn layer_check(&self, image: &Image, index: usize) -> Result<LayerCheck> {
         let layer = image.layer(index)?;
         let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
-        let compression = Compression::of(&layer.media_type).map_err(|e| match e {
+        let codec = Codec::of(&layer.media_type).map_err(|e| match e {
             Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
             other => other,
         })?;
@@ -609,7 +610,7 @@ impl ImageCache {
             digest: layer.digest.clone(),
             size: layer.size,
             diff_id: layer.diff_id.clone(),
-            compression,
+            codec,
             max_size: self.inner.max_layer_size,
             progress: self.call.progress_fn(),
         })
