@@ -1333,6 +1333,50 @@ async fn a_panicking_progress_callback_is_an_internal_error() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_callback_stops_its_call_by_canceling_a_token() {
+    let registry = Registry::start();
+    let big_tar = tar_layer(&[("big.bin", noise(6, 1 << 20).as_slice())]);
+    push_image_to(
+        &registry.endpoint(),
+        "stops",
+        Some("v1"),
+        vec![FixtureLayer::gzip(big_tar)],
+        false,
+        PLATFORM,
+    );
+    let reference = format!("{}/stops:v1", registry.host());
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    let stored = files_under(store.path());
+    // Stops half way through the layer, once bytes were written, then holds
+    // the worker a moment so the call ends before the layer could: a layer
+    // that was complete would stay (as earlier layers do).
+    let token = CancelToken::new();
+    let stop = token.clone();
+    let scoped = cache.with_call_options(CallOptions::new().cancel(token).progress(
+        move |p: &Progress| {
+            if p.written > 0 && p.written_total.is_none() && !stop.is_canceled() {
+                stop.cancel();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        },
+    ));
+    let dst = tempfile::tempdir().unwrap();
+    match within("rootfs", scoped.rootfs(&image, dst.path())).await {
+        Err(Error::Canceled(msg)) => assert_eq!(
+            msg,
+            format!("layers of {reference}: its cancel token was triggered")
+        ),
+        other => panic!("rootfs stopped by its progress callback: {other:?}"),
+    }
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+    assert_eq!(files_under(store.path()), stored);
+}
+
 // ---------------------------------------------------------------------------
 // The C API: tests/c/call_options_test.c
 
