@@ -1,52 +1,97 @@
-//! Per-call settings: a deadline for the whole call, a stall timeout for
-//! each network wait that overrides the cache's, and a progress callback, carried by an
+//! Per-call settings and the one place a call ends early: a deadline for
+//! the whole call, a stall timeout for each network wait that overrides the
+//! cache's, cancel tokens, and a progress callback, carried by an
 //! [`ImageCache`](crate::ImageCache) made with
-//! [`with_call_options`](crate::ImageCache::with_call_options), and the
-//! blocking work a call starts, which stops when the call is dropped.
+//! [`with_call_options`](crate::ImageCache::with_call_options). However a
+//! call ends early (deadline, cancel, drop), it returns only after the
+//! blocking work it started has stopped and removed its temp files.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
+use tokio::sync::Notify;
 
-/// How far one layer has got. Reported from the threads doing the work, in
-/// order for each layer; several layers may report at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Progress {
-    /// The layer's index in the image, bottom first.
-    pub layer: usize,
-    /// The digest of the layer's compressed blob.
-    pub digest: Digest,
-    /// Compressed bytes received so far (from the registry or the store).
-    pub downloaded: u64,
-    /// The compressed blob's size, from its descriptor.
-    pub download_total: Option<u64>,
-    /// Uncompressed bytes written so far.
-    pub written: u64,
-    /// The uncompressed size: known only once the layer is complete.
-    pub written_total: Option<u64>,
+use crate::error::{Error, Result};
+use crate::work::{Progress, ProgressFn, Work};
+
+/// Cancels the calls it was given to (see [`CallOptions::cancel`]): once
+/// [`cancel`](Self::cancel)ed, from any thread, every call using it ends
+/// with [`Error::Canceled`], now and later. Clones share one state.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    // Set once: the first reason given is the one calls report.
+    reason: OnceLock<String>,
+    wake: Notify,
 }
 
-/// Receives [`Progress`] reports.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+impl CancelToken {
+    /// A token not canceled yet.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Ends every call using this token. Canceling again does nothing.
+    pub fn cancel(&self) {
+        self.cancel_because("its cancel token was triggered");
+    }
+
+    /// Cancels with `reason`, which the calls' errors give after naming the
+    /// call; the first reason wins.
+    pub(crate) fn cancel_because(&self, reason: impl Into<String>) {
+        let _ = self.0.reason.set(reason.into());
+        self.0.wake.notify_waiters();
+    }
+
+    /// Whether the token was canceled.
+    pub fn is_canceled(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    fn reason(&self) -> Option<&str> {
+        self.0.reason.get().map(String::as_str)
+    }
+
+    /// Completes with the reason once the token is canceled.
+    async fn canceled(&self) -> &str {
+        loop {
+            // Made before the check, so a cancel in between still wakes us.
+            let woken = self.0.wake.notified();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("canceled", &self.is_canceled())
+            .finish()
+    }
+}
 
 /// Settings for the calls made through one [`ImageCache`](crate::ImageCache)
-/// view. Dropping a call's future cancels it; these add time limits and
-/// progress reports.
+/// view. Dropping a call's future cancels it; these add time limits, cancel
+/// tokens and progress reports.
 #[derive(Clone, Default)]
 pub struct CallOptions {
     deadline: Option<Duration>,
     // None: the cache's stall timeout; Some(None): none for these calls.
     stall_timeout: Option<Option<Duration>>,
+    cancel: Vec<CancelToken>,
     progress: Option<ProgressFn>,
 }
 
 impl CallOptions {
-    /// No deadline, the cache's stall timeout, no progress reports.
+    /// No deadline, the cache's stall timeout, no cancel token, no progress
+    /// reports.
     pub fn new() -> CallOptions {
         CallOptions::default()
     }
@@ -68,6 +113,16 @@ impl CallOptions {
         self
     }
 
+    /// Ends each call with [`Error::Canceled`] once `token` is canceled, or
+    /// at its start if it already is, after the call's blocking work has
+    /// stopped and removed its temp files. Each token given this way ends
+    /// the calls (none by default); a call that already returned is not
+    /// affected.
+    pub fn cancel(mut self, token: CancelToken) -> CallOptions {
+        self.cancel.push(token);
+        self
+    }
+
     /// Calls `report` as layers are downloaded and written.
     pub fn progress(mut self, report: impl Fn(&Progress) + Send + Sync + 'static) -> CallOptions {
         self.progress = Some(Arc::new(report));
@@ -83,25 +138,42 @@ impl CallOptions {
         self.progress.clone()
     }
 
-    /// Runs `call` within the deadline, if there is one; `what` names the
-    /// call in the error (made only then). A call that fails or is cut
-    /// short returns only once the blocking work it started has stopped and
-    /// removed its temp files, so a caller never sees what a failed call
-    /// half-wrote.
+    /// Runs `call` until it completes, its deadline passes or a cancel
+    /// token is canceled; `what` names the call in the error (made only
+    /// then). A token canceled already ends the call before it starts. A
+    /// call that fails or is cut short returns only once the blocking work
+    /// it started has stopped and removed its temp files, so a caller never
+    /// sees what a failed call half-wrote.
     pub(crate) async fn bounded<T>(
         &self,
         what: impl FnOnce() -> String,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        if let Some(reason) = self.cancel.iter().find_map(CancelToken::reason) {
+            return Err(Error::Canceled(format!("{}: {reason}", what())));
+        }
         let (work, call) = Work::scope(call);
-        let outcome = match self.deadline {
-            None => call.await,
-            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                Err(Error::Timeout(format!(
-                    "{}: not done within its {limit:?} deadline",
-                    what()
-                )))
-            }),
+        let limited = async {
+            match self.deadline {
+                None => Ended::Done(call.await),
+                Some(limit) => tokio::time::timeout(limit, call)
+                    .await
+                    .map_or(Ended::Deadline(limit), Ended::Done),
+            }
+        };
+        let ended = tokio::select! {
+            // A cancel seen with the result wins, as it would have a moment later.
+            biased;
+            reason = first_canceled(&self.cancel) => Ended::Canceled(reason.to_owned()),
+            ended = limited => ended,
+        };
+        let outcome = match ended {
+            Ended::Done(outcome) => outcome,
+            Ended::Deadline(limit) => Err(Error::Timeout(format!(
+                "{}: not done within its {limit:?} deadline",
+                what()
+            ))),
+            Ended::Canceled(reason) => Err(Error::Canceled(format!("{}: {reason}", what()))),
         };
         if outcome.is_err() {
             work.stopped().await;
@@ -110,119 +182,29 @@ impl CallOptions {
     }
 }
 
+/// How a bounded call ended.
+enum Ended<T> {
+    Done(Result<T>),
+    Deadline(Duration),
+    Canceled(String),
+}
+
+/// The reason of the first of `tokens` to be canceled; never, for none.
+async fn first_canceled(tokens: &[CancelToken]) -> &str {
+    if tokens.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = tokens.iter().map(|token| Box::pin(token.canceled()));
+    futures_util::future::select_all(waits).await.0
+}
+
 impl fmt::Debug for CallOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallOptions")
             .field("deadline", &self.deadline)
             .field("stall_timeout", &self.stall_timeout)
+            .field("cancel", &self.cancel)
             .field("progress", &self.progress.is_some())
             .finish()
-    }
-}
-
-tokio::task_local! {
-    static WORK: Work;
-}
-
-/// The blocking work one call has started (layer extractions), so that a
-/// call ending early (a deadline, a cancel) can wait until that work has
-/// noticed, stopped and cleaned up, instead of returning while temp files
-/// still exist.
-#[derive(Clone, Default)]
-pub(crate) struct Work(Arc<WorkState>);
-
-#[derive(Default)]
-struct WorkState {
-    running: Mutex<usize>,
-    idle: tokio::sync::Notify,
-}
-
-impl Work {
-    /// The calling task's tracker (a new one outside any call), and
-    /// `future` running with it in scope.
-    pub(crate) fn scope<F: Future>(future: F) -> (Work, impl Future<Output = F::Output>) {
-        let work = WORK.try_with(Work::clone).unwrap_or_default();
-        (work.clone(), WORK.scope(work, future))
-    }
-
-    /// Registers one piece of blocking work of the current call, if it is
-    /// tracked; the work holds the guard until it has finished.
-    pub(crate) fn enter() -> Option<WorkGuard> {
-        let work = WORK.try_with(Work::clone).ok()?;
-        *work.0.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Some(WorkGuard(work))
-    }
-
-    /// Completes once no registered work is running.
-    pub(crate) async fn stopped(&self) {
-        loop {
-            let idle = self.0.idle.notified();
-            if *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-/// Held by running blocking work; see [`Work::enter`].
-pub(crate) struct WorkGuard(Work);
-
-impl Drop for WorkGuard {
-    fn drop(&mut self) {
-        let state = &(self.0).0;
-        let mut running = state.running.lock().unwrap_or_else(|p| p.into_inner());
-        *running -= 1;
-        if *running == 0 {
-            state.idle.notify_waiters();
-        }
-    }
-}
-
-/// The stop flag of blocking work started by [`blocking`]: set once the
-/// call that started it was dropped (a deadline, a cancel), so that the
-/// work, which checks it between files, returns instead of running on.
-#[derive(Clone, Default)]
-pub(crate) struct Stop(Arc<AtomicBool>);
-
-impl Stop {
-    /// `Canceled`, naming `what`, once the call was dropped. Nobody sees
-    /// that error (the call has ended): it only unwinds the work.
-    pub(crate) fn check(&self, what: &str) -> Result<()> {
-        if self.0.load(Ordering::Relaxed) {
-            return Err(Error::Canceled(format!("{what}: the call was dropped")));
-        }
-        Ok(())
-    }
-}
-
-/// Sets the flag of a [`Stop`] when dropped.
-struct StopOnDrop(Stop);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        (self.0).0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Runs `work` on a blocking thread, off the runtime's workers, as part of
-/// the current call: dropping the returned future sets the work's stop
-/// flag, and the call (see [`Work`]) waits until the work has returned.
-/// A panic in the work goes on in the caller.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce(&Stop) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let stop = Stop::default();
-    let _stop_on_drop = StopOnDrop(stop.clone());
-    let running = Work::enter();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _running = running;
-        work(&stop)
-    })
-    .await;
-    match outcome {
-        Ok(result) => result,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => Err(Error::Canceled("the runtime shut down".into())),
     }
 }

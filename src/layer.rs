@@ -1,5 +1,5 @@
-//! Layers: which media types are handled, and the pipeline that turns a
-//! compressed blob into a verified, uncompressed tar, either a file created
+//! Layers: the pipeline that turns a compressed blob (decoded by its codec,
+//! see `codec`) into a verified, uncompressed tar, either a file created
 //! atomically at `dst/<alg>/<hex of diff_id>` or a stream. The blob is read
 //! once: the same pass hashes it, copies it to the store if asked, and feeds
 //! the decompressor, whose output is hashed against the diff_id. That work
@@ -20,51 +20,18 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::call::{Progress, ProgressFn, Work};
+use crate::codec::Codec;
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
+use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.
 const CHANNEL_DEPTH: usize = 4;
 /// Uncompressed bytes gathered before each hash update and write.
 const OUTPUT_BUFFER: usize = 256 << 10;
-
-/// How a layer's blob is compressed, from its media type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The compression of a layer media type, or an unsupported error naming it.
-    pub(crate) fn of(media_type: &str) -> Result<Compression> {
-        Ok(match media_type {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
-            other => return Err(Error::Unsupported(format!("layer media type {other:?}"))),
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Compression::None => "tar",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
 
 /// What a layer's bytes must match.
 pub(crate) struct LayerCheck {
@@ -75,7 +42,8 @@ pub(crate) struct LayerCheck {
     pub digest: Digest,
     pub size: u64,
     pub diff_id: Digest,
-    pub compression: Compression,
+    /// Decodes the blob, from its media type.
+    pub codec: &'static Codec,
     /// The most uncompressed bytes accepted, against decompression bombs.
     pub max_size: Option<u64>,
     pub progress: Option<ProgressFn>,
@@ -239,14 +207,7 @@ fn unpack<W: Write>(
         reporter,
     };
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, hashing);
-    let decoded = match check.compression {
-        Compression::None => io::copy(&mut input, &mut out),
-        Compression::Gzip => io::copy(&mut flate2::read::MultiGzDecoder::new(&mut input), &mut out),
-        Compression::Zstd => {
-            zstd::Decoder::new(&mut input).and_then(|mut d| io::copy(&mut d, &mut out))
-        }
-    };
-    if let Err(err) = decoded {
+    if let Err(err) = check.codec.decode(&mut input, &mut out) {
         // Errors of our own come from the network or the output: report them.
         // Anything else is the decoder's, and a corrupt blob usually shows up
         // there first, so check the blob before blaming the compression.
@@ -256,8 +217,7 @@ fn unpack<W: Write>(
         input.finish(&check.what)?;
         return Err(Error::InvalidContent(format!(
             "{}: corrupt {} stream: {err}",
-            check.what,
-            check.compression.name()
+            check.what, check.codec.name
         )));
     }
     let copy = input.finish(&check.what)?;
@@ -518,7 +478,7 @@ mod tests {
             digest: digest.clone(),
             size: content.len() as u64,
             diff_id: digest,
-            compression: Compression::None,
+            codec: Codec::of("application/vnd.oci.image.layer.v1.tar").unwrap(),
             max_size: None,
             progress: Some(Arc::new(move |report: &Progress| {
                 if panic_at(report) {
@@ -609,53 +569,5 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
-    }
-
-    #[test]
-    fn every_layer_media_type_maps_to_its_compression() {
-        let cases = [
-            ("application/vnd.oci.image.layer.v1.tar", Compression::None),
-            (
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-                Compression::Gzip,
-            ),
-            (
-                "application/vnd.oci.image.layer.v1.tar+zstd",
-                Compression::Zstd,
-            ),
-            (
-                "application/vnd.oci.image.layer.nondistributable.v1.tar",
-                Compression::None,
-            ),
-            (
-                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                Compression::Gzip,
-            ),
-            (
-                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-                Compression::Zstd,
-            ),
-            (
-                "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                Compression::Gzip,
-            ),
-            (
-                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-                Compression::Gzip,
-            ),
-        ];
-        for (media_type, compression) in cases {
-            assert_eq!(
-                Compression::of(media_type).unwrap(),
-                compression,
-                "{media_type}"
-            );
-        }
-        let Err(Error::Unsupported(msg)) =
-            Compression::of("application/vnd.oci.image.layer.v1.tar+lz4")
-        else {
-            panic!()
-        };
-        assert!(msg.contains("tar+lz4"), "{msg}");
     }
 }

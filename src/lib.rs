@@ -26,8 +26,9 @@
 //! Modules point one way, top to bottom:
 //!
 //! - `ffi`: the C ABI, each function a thin skin inside one panic boundary,
-//!   over `cache` and the value types of `call`, `layer`, `maintenance` and
-//!   `platform`.
+//!   over `cache` and the value types of `call`, `work`, `layer`,
+//!   `maintenance` and `platform`; it only blocks on a call and delivers its
+//!   progress reports.
 //! - `cache`: [`ImageCache`]; `cache::options` holds the [`CacheOptions`]
 //!   builder, `cache::image` the [`Image`] and [`Layer`] values. It uses:
 //!   - `registry`: remote access, with `auth` (token exchange), `credentials`
@@ -36,14 +37,19 @@
 //!     runner) and `hosts` (per-registry hosts.toml mirrors);
 //!   - `maintenance`: list, prune, disk usage and verify, over `store`;
 //!   - `store`: the local OCI image layout;
-//!   - `layer`: media types, decompression and verification of layer blobs.
-//! - Leaf modules, which use only each other: `call` (a call's deadline,
-//!   cancellation and progress), `http` (network time limits, bounded bodies,
+//!   - `layer`: the decompress-and-verify pipeline of layer blobs.
+//! - Leaf modules, which use only each other: `call` ([`CallOptions`]: a
+//!   call's deadline, stall timeout, [`CancelToken`]s, and the wait for its
+//!   blocking work to clean up when it ends early), `work` ([`Progress`]
+//!   reports and the blocking work a call tracks), `codec` (the codec
+//!   table: layer media types and their decoders, see
+//!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
 //!   the blob stream type), `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;
 mod call;
+mod codec;
 mod credentials;
 mod digest;
 mod error;
@@ -60,11 +66,14 @@ mod manifest;
 mod platform;
 mod registry;
 mod store;
+mod work;
 
 pub use cache::{CacheOptions, Image, ImageCache, Layer};
-pub use call::{CallOptions, Progress, ProgressFn};
+pub use call::{CallOptions, CancelToken};
+pub use codec::layer_media_types;
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use layer::LayerReader;
 pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;
+pub use work::{Progress, ProgressFn};

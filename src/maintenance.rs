@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::call::{blocking, Stop};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::store::{algorithm_dirs, Store, StoreLock};
+use crate::work::{blocking, Stop};
 
 /// The most bytes of a blob read as a JSON document while walking: as
 /// many as a manifest or config fetched from a registry may have.

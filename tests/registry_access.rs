@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use oci_cache::{CacheOptions, CallOptions, Error, Image, ImageCache, Progress};
+use oci_cache::{CacheOptions, CallOptions, CancelToken, Error, Image, ImageCache, Progress};
 
 /// A hung library call fails the test instead of hanging the run.
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -925,6 +925,131 @@ async fn deadline_mid_blob_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_token_mid_blob_leaves_nothing_in_dst_or_the_store() {
+    let (fake, built) = stalling_image("stalls");
+    let blob_path = format!("/v2/stalls/blobs/{}", built.layer_digests[0]);
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    let reference = format!("{}/stalls:v1", fake.host());
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_image: {e}"));
+    let stored = files_under(store.path());
+    let token = CancelToken::new();
+    let scoped = cache.with_call_options(CallOptions::new().cancel(token.clone()));
+    let dst = tempfile::tempdir().unwrap();
+
+    // Canceled on an event, not after a guessed time: once the layer's
+    // temp file exists, the pull is mid-blob (the blob stalls after 64 KiB).
+    let watched = dst.path().to_owned();
+    let trigger = token.clone();
+    let canceler = tokio::spawn(async move {
+        while files_under(&watched).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        trigger.cancel();
+    });
+    let result = within("rootfs", scoped.rootfs(&image, dst.path())).await;
+    within("the canceler", canceler).await.unwrap();
+
+    let msg = match result {
+        Err(Error::Canceled(msg)) => msg,
+        other => panic!("rootfs canceled mid-blob: {other:?}, want Error::Canceled"),
+    };
+    assert_eq!(
+        msg,
+        format!("layers of {reference}: its cancel token was triggered")
+    );
+    assert!(token.is_canceled());
+    assert_eq!(fake.requests(&blob_path), 1, "the blob was asked for once");
+    // Nothing is left the moment the call returns: no temp file, no tar.
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+    // The store holds what fetch_image recorded and nothing more: no temp
+    // file and no copy of the blob.
+    assert_eq!(files_under(store.path()), stored);
+
+    // The token stays canceled: the next call ends before it starts, and
+    // without the token the same cache pulls the image.
+    let again = within("extract_layer", scoped.extract_layer(&image, 0, dst.path())).await;
+    assert!(
+        matches!(&again, Err(Error::Canceled(m)) if m.contains("extract_layer 0 of")),
+        "{again:?}"
+    );
+    assert_eq!(
+        fake.requests(&blob_path),
+        1,
+        "a canceled call fetched again"
+    );
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_token_triggered_before_the_call_ends_it_at_once() {
+    let silent = SilentServer::start();
+    let registry = Registry::start();
+    let pushed = push_small_image(&registry.endpoint(), "early");
+    let reference = format!("{}/early:v1", registry.host());
+    let cache = new_cache(CacheOptions::new());
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_image: {e}"));
+
+    let token = CancelToken::new();
+    // Clones share the token: canceling one cancels what the other was given to.
+    token.clone().cancel();
+    assert!(token.is_canceled());
+    let scoped = cache.with_call_options(CallOptions::new().cancel(token));
+    let hung = format!("{}/hangs:v1", silent.host());
+    let dst = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let results = [
+        (
+            format!("fetch_image {hung}"),
+            within("fetch_image", scoped.fetch_image(&hung, None))
+                .await
+                .map(drop),
+        ),
+        (
+            format!("resolve {hung}"),
+            within("resolve", scoped.resolve(&hung)).await.map(drop),
+        ),
+        (
+            format!("layers of {reference}"),
+            within("rootfs", scoped.rootfs(&image, dst.path()))
+                .await
+                .map(drop),
+        ),
+        (
+            format!("fetch_layer 1 of {reference}"),
+            within("fetch_layer", scoped.fetch_layer(&image, 1))
+                .await
+                .map(drop),
+        ),
+    ];
+    let took = started.elapsed();
+    for (what, result) in results {
+        match result {
+            Err(Error::Canceled(msg)) => {
+                assert_eq!(msg, format!("{what}: its cancel token was triggered"))
+            }
+            other => panic!("{what}: {other:?}, want Error::Canceled"),
+        }
+    }
+    assert!(
+        took <= Duration::from_secs(5),
+        "four pre-canceled calls took {took:?}"
+    );
+    assert_eq!(
+        silent.connections(),
+        0,
+        "a canceled call reached the network"
+    );
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+    // The same view without the token still works.
+    assert_pulls(&cache, &reference, &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_but_steady_download_is_not_a_stall() {
     // 24 KiB at 2 KiB per 100 ms: about 1.3 s in all, well over the 500 ms
     // stall timeout, yet never 500 ms without a byte.
@@ -1206,6 +1331,50 @@ async fn a_panicking_progress_callback_is_an_internal_error() {
     within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_callback_stops_its_call_by_canceling_a_token() {
+    let registry = Registry::start();
+    let big_tar = tar_layer(&[("big.bin", noise(6, 1 << 20).as_slice())]);
+    push_image_to(
+        &registry.endpoint(),
+        "stops",
+        Some("v1"),
+        vec![FixtureLayer::gzip(big_tar)],
+        false,
+        PLATFORM,
+    );
+    let reference = format!("{}/stops:v1", registry.host());
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    let stored = files_under(store.path());
+    // Stops half way through the layer, once bytes were written, then holds
+    // the worker a moment so the call ends before the layer could: a layer
+    // that was complete would stay (as earlier layers do).
+    let token = CancelToken::new();
+    let stop = token.clone();
+    let scoped = cache.with_call_options(CallOptions::new().cancel(token).progress(
+        move |p: &Progress| {
+            if p.written > 0 && p.written_total.is_none() && !stop.is_canceled() {
+                stop.cancel();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        },
+    ));
+    let dst = tempfile::tempdir().unwrap();
+    match within("rootfs", scoped.rootfs(&image, dst.path())).await {
+        Err(Error::Canceled(msg)) => assert_eq!(
+            msg,
+            format!("layers of {reference}: its cancel token was triggered")
+        ),
+        other => panic!("rootfs stopped by its progress callback: {other:?}"),
+    }
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+    assert_eq!(files_under(store.path()), stored);
 }
 
 // ---------------------------------------------------------------------------

@@ -13,16 +13,18 @@ use std::sync::{Arc, Mutex, Weak};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 
-use crate::call::{self, CallOptions};
+use crate::call::CallOptions;
+use crate::codec::Codec;
 use crate::digest::{check_size, Digest};
 use crate::error::{Error, Result};
 use crate::fs::{Dir, PendingFile, Reserve};
-use crate::layer::{self, Blob, Compression, LayerCheck, LayerReader, Target};
+use crate::layer::{self, Blob, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Limits, Registry};
 use crate::store::Store;
+use crate::work;
 
 mod image;
 mod options;
@@ -287,11 +289,10 @@ impl ImageCache {
     /// (replacing any file there) and returns it opened read-only at offset
     /// 0. `dst` must exist. The file appears whole and verified, or not at all.
     pub async fn extract_layer(&self, image: &Image, index: usize, dst: &Path) -> Result<File> {
-        let dst = existing_dir(dst)?;
         self.call
             .bounded(
                 || format!("extract_layer {index} of {}", image.reference),
-                self.extract(image, index, &dst, false),
+                async { self.extract(image, index, &existing_dir(dst)?, false).await },
             )
             .await
     }
@@ -520,7 +521,7 @@ impl ImageCache {
         let name = parse_reference(reference)?.whole();
         self.maintain("remove", |store| async move {
             let lock = store.lock().await?;
-            call::blocking(move |_| store.remove(&lock, &name)).await
+            work::blocking(move |_| store.remove(&lock, &name)).await
         })
         .await
     }
@@ -573,12 +574,17 @@ impl ImageCache {
     where
         Fut: Future<Output = Result<T>>,
     {
-        let Some(store) = self.inner.store.clone() else {
-            return Err(Error::InvalidArgument(format!(
-                "{what} needs a store (CacheOptions::store)"
-            )));
-        };
-        self.call.bounded(|| what.to_owned(), work(store)).await
+        let store = self.inner.store.clone();
+        self.call
+            .bounded(|| what.to_owned(), async {
+                let Some(store) = store else {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what} needs a store (CacheOptions::store)"
+                    )));
+                };
+                work(store).await
+            })
+            .await
     }
 }
 
@@ -587,7 +593,7 @@ impl ImageCache {
     fn layer_check(&self, image: &Image, index: usize) -> Result<LayerCheck> {
         let layer = image.layer(index)?;
         let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
-        let compression = Compression::of(&layer.media_type).map_err(|e| match e {
+        let codec = Codec::of(&layer.media_type).map_err(|e| match e {
             Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
             other => other,
         })?;
@@ -597,7 +603,7 @@ impl ImageCache {
             digest: layer.digest.clone(),
             size: layer.size,
             diff_id: layer.diff_id.clone(),
-            compression,
+            codec,
             max_size: self.inner.max_layer_size,
             progress: self.call.progress_fn(),
         })
@@ -637,7 +643,7 @@ async fn record(store: &Arc<Store>, name: &str, fetched: Fetched, top: Descripto
     }
     let lock = store.lock().await?;
     let (store, name) = (store.clone(), name.to_owned());
-    call::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
+    work::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
 }
 
 /// What the store holds for a blob.

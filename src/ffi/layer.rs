@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use super::cache::{oci_cache, Watch};
+use super::cache::oci_cache;
 use super::image::oci_image;
-use super::options::{oci_call_options, oci_cancel};
+use super::options::oci_call_options;
 use super::{
     arg, arg_arc, arg_mut, boundary, free_box, oci_error, oci_status, out, str_arg,
     to_boxed_mut_ptr, Castable, Failure, Outcome, OwnershipBox, OCI_E_BUFFER_TOO_SMALL,
 };
+use crate::call::CallOptions;
 use crate::error::Error;
 use crate::layer::LayerReader;
 
@@ -26,7 +27,7 @@ pub struct oci_layer_reader {
     reader: LayerReader,
     cache: Arc<oci_cache>,
     // The token of the options `oci_fetch_layer` was given: reads obey it too.
-    cancel: Option<Arc<oci_cancel>>,
+    cancel: CallOptions,
 }
 
 impl Castable for oci_layer_reader {
@@ -52,7 +53,8 @@ pub extern "C" fn oci_fetch_layer(
         let reader = cache.run(options, |cache| async move {
             cache.fetch_layer(&image.image, index).await
         })?;
-        let cancel = oci_call_options::cancel_of(options);
+        let cancel = oci_call_options::cancel_of(options)
+            .map_or_else(CallOptions::new, |token| CallOptions::new().cancel(token));
         *reader_out = to_boxed_mut_ptr(oci_layer_reader {
             reader,
             cache,
@@ -96,12 +98,15 @@ pub extern "C" fn oci_layer_reader_read(
             cache,
             cancel,
         } = reader;
-        let read = cache.wait(Watch::cancel(cancel.clone()), async {
-            reader
-                .read(buf)
-                .await
-                .map_err(|e| Error::from_io(e, |e| Error::Io(format!("reading a layer: {e}"))))
-        })?;
+        let read = cache.wait(
+            None,
+            cancel.bounded(|| "reading a layer".into(), async {
+                reader
+                    .read(buf)
+                    .await
+                    .map_err(|e| Error::from_io(e, |e| Error::Io(format!("reading a layer: {e}"))))
+            }),
+        )?;
         *n_out = read;
         Ok(())
     })

@@ -2,11 +2,8 @@
 //! call, and the `oci_cancel` token a call can be canceled with.
 
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Notify;
 
 use super::{
     arg, arg_mut, boundary, clone_arc, free_arc, free_box, oci_status, out, str_arg,
@@ -14,9 +11,9 @@ use super::{
     OwnershipBox,
 };
 use crate::cache::CacheOptions;
-use crate::call::{CallOptions, Progress};
-use crate::error::Error;
+use crate::call::{CallOptions, CancelToken};
 use crate::platform::Platform;
+use crate::work::Progress;
 
 /// Settings for `oci_cache_new`. A builder: every setting has a default and
 /// a setter, so new settings never change the ABI. Use from one thread at a
@@ -360,34 +357,11 @@ pub extern "C" fn oci_cache_options_free(options: *mut oci_cache_options) {
 /// return `OCI_E_CANCELED`; a triggered token stays triggered. Shareable
 /// between threads and calls.
 pub struct oci_cancel {
-    triggered: AtomicBool,
-    wake: Notify,
+    pub(crate) token: CancelToken,
 }
 
 impl Castable for oci_cancel {
     type Ownership = OwnershipArc;
-}
-
-impl oci_cancel {
-    pub(crate) fn is_triggered(&self) -> bool {
-        self.triggered.load(Ordering::Acquire)
-    }
-
-    /// Completes once the token is triggered.
-    pub(crate) async fn triggered(&self) {
-        loop {
-            // Registered before the check, so a trigger in between still wakes us.
-            let woken = self.wake.notified();
-            if self.is_triggered() {
-                return;
-            }
-            woken.await;
-        }
-    }
-
-    pub(crate) fn canceled() -> Error {
-        Error::Canceled("the call's cancel token was triggered".into())
-    }
 }
 
 /// Makes an untriggered cancel token.
@@ -396,8 +370,7 @@ pub extern "C" fn oci_cancel_new(cancel_out: *mut *mut oci_cancel) -> oci_status
     boundary(std::ptr::null_mut(), || {
         let slot = out(cancel_out, "cancel_out")?;
         let cancel = oci_cancel {
-            triggered: AtomicBool::new(false),
-            wake: Notify::new(),
+            token: CancelToken::new(),
         };
         *slot = to_arc_const_ptr(cancel).cast_mut();
         Ok(())
@@ -408,9 +381,7 @@ pub extern "C" fn oci_cancel_new(cancel_out: *mut *mut oci_cancel) -> oci_status
 #[no_mangle]
 pub extern "C" fn oci_cancel_trigger(cancel: *mut oci_cancel) -> oci_status {
     boundary(std::ptr::null_mut(), || {
-        let cancel = arg(cancel.cast_const(), "cancel")?;
-        cancel.triggered.store(true, Ordering::Release);
-        cancel.wake.notify_waiters();
+        arg(cancel.cast_const(), "cancel")?.token.cancel();
         Ok(())
     })
 }
@@ -438,8 +409,16 @@ impl Castable for oci_call_options {
 
 impl oci_call_options {
     /// The cancel token of the options behind `ptr`, if any (NULL = none).
-    pub(crate) fn cancel_of(ptr: *const oci_call_options) -> Option<Arc<oci_cancel>> {
-        try_ref(ptr).and_then(|o| o.cancel.clone())
+    pub(crate) fn cancel_of(ptr: *const oci_call_options) -> Option<CancelToken> {
+        Some(try_ref(ptr)?.cancel.as_ref()?.token.clone())
+    }
+
+    /// The Rust call options these stand for, cancel token included.
+    pub(crate) fn call_options(&self) -> CallOptions {
+        match &self.cancel {
+            Some(cancel) => self.call.clone().cancel(cancel.token.clone()),
+            None => self.call.clone(),
+        }
     }
 
     fn update(&mut self, change: impl FnOnce(CallOptions) -> CallOptions) {
