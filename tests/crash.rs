@@ -8,13 +8,11 @@
 //! with content once the next pull completes. The test binary re-runs
 //! itself as the pulling child.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, ImageCache};
 
 /// Set in a child: which test it belongs to.

@@ -5,12 +5,10 @@
 //! files, with capabilities, a CA, skip_verify and override_path. Content
 //! from mirrors is verified like any other.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, ImageCache};
 
 fn layers(seed: &str) -> Vec<FixtureLayer> {

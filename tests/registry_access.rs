@@ -8,35 +8,15 @@
 //! test binary with its own environment: changing the environment of a
 //! multi-threaded test process is not safe.
 
-mod common;
-
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, CallOptions, Error, Image, ImageCache, Progress};
 
-/// A hung library call fails the test instead of hanging the run.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
-}
-
-fn new_cache(options: CacheOptions) -> ImageCache {
-    ImageCache::new(options).expect("creating an ImageCache")
-}
-
 const PLATFORM: PlatformSpec<'static> = ("linux", "amd64", None);
-
-/// Distinct file content per name, so every layer has its own diff_id.
-fn distinct_tar(name: &str) -> Vec<u8> {
-    let body = format!("content of {name}\n").repeat(40);
-    tar_layer(&[(&format!("{name}/file.txt"), body.as_bytes())])
-}
 
 /// The layers of [`push_small_image`]: gzip, then plain tar.
 fn small_layers(repo: &str) -> Vec<FixtureLayer> {
@@ -56,11 +36,6 @@ fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
         false,
         PLATFORM,
     )
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256")
-        .join(diff_id.strip_prefix("sha256:").expect("sha256 diff_id"))
 }
 
 /// `dst` holds exactly `pushed`'s layer tars, byte for byte.

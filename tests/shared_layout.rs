@@ -5,8 +5,6 @@
 //! failing forever; and waiting for the store's lock holds no runtime
 //! thread and ends on a deadline or a drop.
 
-mod common;
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, CallOptions, Error, ImageCache, Pruned};
 use serde_json::{json, Value};
 
@@ -24,14 +22,6 @@ const PLATFORM: PlatformSpec = ("linux", "amd64", None);
 
 /// Long enough for any of these calls to finish when the lock is free.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
-
-fn blob_path(store: &Path, digest: &str) -> PathBuf {
-    store.join("blobs/sha256").join(&digest["sha256:".len()..])
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256").join(&diff_id["sha256:".len()..])
-}
 
 /// The store files an image reaches: manifest, config, layer blobs.
 fn image_blobs(store: &Path, image: &PushedImage) -> Vec<PathBuf> {
