@@ -89,7 +89,7 @@ async fn pull_through_cache_serves_with_ns_and_keeps_serving_without_upstream() 
         .log()
         .contains(concat!("oci-cache/", env!("CARGO_PKG_VERSION"))));
     let direct: Vec<String> = upstream
-        .log()
+        .settled_log()
         .lines()
         .filter(|l| l.contains("oci-cache/"))
         .map(str::to_owned)
@@ -206,7 +206,7 @@ async fn hosts_toml_lists_mirrors_in_order_with_their_capabilities() {
     let ours = |registry: &Registry| -> Vec<String> {
         let agent = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
         registry
-            .log()
+            .settled_log()
             .lines()
             .filter(|l| l.contains(agent))
             .map(str::to_owned)

@@ -320,6 +320,13 @@ impl Registry {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// [`Registry::log`] once every request answered so far is in it: what
+    /// an assertion that something is absent from the log must read.
+    pub fn settled_log(&self) -> String {
+        self.settle_log();
+        self.log()
+    }
+
     /// Kills the registry and reaps it; later calls do nothing.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
