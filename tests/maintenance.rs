@@ -186,6 +186,7 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
     // The next rootfs brings both back, whole.
     let image = p.cache.fetch_image(&p.refs[1], None).await.unwrap();
     let mut files = p.cache.rootfs(&image, dst).await.unwrap();
+    assert_eq!(files.len(), p.images[1].layers.len(), "one file per layer");
     for (file, layer) in files.iter_mut().zip(&p.images[1].layers) {
         let mut content = Vec::new();
         file.read_to_end(&mut content).unwrap();

@@ -1113,6 +1113,7 @@ async fn pull_checked(cache: &ImageCache, reference: &str, pushed: &PushedImage)
     let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap();
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for (index, file) in files.iter_mut().enumerate() {
         assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
     }
@@ -1199,6 +1200,7 @@ async fn warm_rootfs_is_opened_only_when_every_layer_is_there() {
     let mut files = cache
         .rootfs_cached(&image, dst.path())
         .expect("all layers are there");
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for (index, file) in files.iter_mut().enumerate() {
         assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
     }

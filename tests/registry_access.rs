@@ -804,7 +804,7 @@ async fn deadline_ends_a_call_to_a_silent_server() {
         let took = started.elapsed();
         messages.push((call, assert_timeout(result, call)));
         assert!(
-            took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+            took >= Duration::from_millis(290) && took <= Duration::from_secs(5),
             "{call}: a 300 ms deadline ended the call after {took:?}"
         );
     }
@@ -834,7 +834,7 @@ async fn stall_timeout_ends_a_call_to_a_silent_server() {
     let took = started.elapsed();
     assert_timeout(result, "fetch_image");
     assert!(
-        took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+        took >= Duration::from_millis(290) && took <= Duration::from_secs(5),
         "a 300 ms stall timeout (one attempt) ended the call after {took:?}"
     );
     assert!(silent.connections() >= 1, "the library never connected");
@@ -893,7 +893,7 @@ async fn deadline_mid_blob_leaves_nothing() {
     let took = started.elapsed();
     assert_timeout(result, "rootfs");
     assert!(
-        took >= Duration::from_millis(490) && took <= Duration::from_millis(1700),
+        took >= Duration::from_millis(490) && took <= Duration::from_secs(5),
         "a 500 ms deadline ended rootfs after {took:?}"
     );
     assert_nothing_left(dst.path(), "rootfs after its deadline");

@@ -405,6 +405,7 @@ async fn a_corrupt_store_blob_is_fetched_again() {
     assert_bytes(image.config(), &pushed.config, "config fetched again");
     let cold = tempfile::tempdir().unwrap();
     let files = cache.rootfs(&image, cold.path()).await.unwrap();
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for ((mut file, fixture), diff_id) in
         files.into_iter().zip(&pushed.layers).zip(&pushed.diff_ids)
     {
@@ -537,7 +538,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     // Opening an existing store needs no lock.
     let started = Instant::now();
     ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
     let timed_out = |what: &str, outcome: Result<(), Error>, started: Instant| {
         let took = started.elapsed();
         assert!(
@@ -545,7 +546,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
             "{what}: {outcome:?}"
         );
         assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
             "{what} took {took:?}"
         );
     };
@@ -563,7 +564,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     let started = Instant::now();
     let dropped = tokio::time::timeout(Duration::from_millis(300), cache.prune(None)).await;
     assert!(dropped.is_err(), "prune finished with the lock held");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
     // What needs no lock is served meanwhile: a warm fetch, a list.
     let warm = tokio::time::timeout(CALL_LIMIT, limited.fetch_image(&recorded, None)).await;
     warm.unwrap().unwrap();
@@ -745,7 +746,7 @@ async fn verify_stops_on_its_deadline_and_when_dropped() {
         "{outcome:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
