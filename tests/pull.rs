@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use harness::*;
 use oci_cache::{CacheOptions, Error, Image, ImageCache, Platform};
@@ -231,6 +232,66 @@ async fn every_layer_media_type_round_trips() {
             "layer index out of range gave {:?}",
             out_of_range.map(|_| ())
         );
+    }
+}
+
+/// Layers compressed by pigz and the zstd CLI, not by the flate2/zstd
+/// crates the library decodes with (and the other fixtures use): an
+/// encoder independent of the decoder. Each pulls, extracted and streamed,
+/// to the tar it was made from, under the diff_id that tar hashes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compressed_by_pigz_and_the_zstd_cli_pull_to_their_tars() {
+    let registry = Registry::start();
+    let host = registry.host();
+    // Over pigz's 128 KiB block size, so its independently compressed
+    // blocks are joined; half noise, half text, so both compress unevenly.
+    let big = |seed: u64| {
+        let text = format!("line {seed}\n").repeat(30_000);
+        tar_layer(&[
+            (&format!("big{seed}/noise.bin"), &noise(seed, 400_000)),
+            (&format!("big{seed}/text"), text.as_bytes()),
+        ])
+    };
+    let tars = [
+        big(7),
+        big(8),
+        distinct_tar("pigz-small"),
+        distinct_tar("zstd-small"),
+    ];
+    let layers = vec![
+        FixtureLayer::with_type(OCI_LAYER_GZIP, tars[0].clone(), pigz(&tars[0])),
+        FixtureLayer::with_type(OCI_LAYER_ZSTD, tars[1].clone(), zstd_cli(&tars[1])),
+        FixtureLayer::with_type(OCI_LAYER_GZIP, tars[2].clone(), pigz(&tars[2])),
+        FixtureLayer::with_type(OCI_LAYER_ZSTD, tars[3].clone(), zstd_cli(&tars[3])),
+    ];
+    let pushed = push_image(
+        &host,
+        "oracle",
+        Some("v1"),
+        layers,
+        false,
+        ("linux", "amd64", None),
+    );
+    for (i, tar) in tars.iter().enumerate() {
+        assert_eq!(pushed.diff_ids[i], sha256(tar), "diff_id of layer {i}");
+    }
+
+    let reference = format!("{host}/oracle:v1");
+    let cache = new_cache(cache_options(None));
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_image {reference}: {e}"));
+    assert_image_matches(&image, &pushed, &reference);
+    let dst = tempfile::tempdir().unwrap();
+    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap_or_else(|e| panic!("rootfs {reference}: {e}"));
+    assert_layer_files(dst.path(), &mut files, &pushed);
+    for (i, tar) in tars.iter().enumerate() {
+        let streamed = stream_layer(&cache, &image, i)
+            .await
+            .unwrap_or_else(|e| panic!("streaming layer {i}: {e}"));
+        assert_bytes(&streamed, tar, &format!("streamed layer {i}"));
     }
 }
 
@@ -813,6 +874,40 @@ async fn store_is_readable_by_skopeo_and_umoci() {
     assert_eq!(inspected["Digest"], pushed.manifest_digest.as_str());
     assert_eq!(inspected["Layers"], serde_json::json!(pushed.layer_digests));
 
+    // skopeo copies the image out of the store, checking every blob
+    // against its digest as it goes: each is the one pushed, byte for byte.
+    let out = tempfile::tempdir().unwrap();
+    let copied = out.path().join("copy");
+    let copy = run(
+        "skopeo copy",
+        Command::new(&skopeo)
+            .arg("copy")
+            .arg("--preserve-digests")
+            .arg(format!("oci:{}:{reference}", store.path().display()))
+            .arg(format!("dir:{}", copied.display())),
+        Duration::from_secs(60),
+    );
+    assert!(copy.status.success(), "skopeo copy: {}", copy.describe());
+    assert_bytes(
+        &std::fs::read(copied.join("manifest.json")).unwrap(),
+        &pushed.manifest,
+        "manifest skopeo copied",
+    );
+    let hex = |digest: &str| digest["sha256:".len()..].to_owned();
+    assert_bytes(
+        &std::fs::read(copied.join(hex(&pushed.config_digest))).unwrap(),
+        &pushed.config,
+        "config skopeo copied",
+    );
+    assert_eq!(pushed.layer_digests.len(), 2);
+    for (digest, layer) in pushed.layer_digests.iter().zip(&pushed.layers) {
+        assert_bytes(
+            &std::fs::read(copied.join(hex(digest))).unwrap(),
+            &layer.blob,
+            &format!("layer {digest} skopeo copied"),
+        );
+    }
+
     let umoci = require_tool("umoci", "apt-get install -y umoci");
     let output = Command::new(umoci)
         .arg("stat")
@@ -826,6 +921,41 @@ async fn store_is_readable_by_skopeo_and_umoci() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // umoci unpacks the stored layers with its own gzip and tar readers:
+    // the root filesystem holds exactly the files pushed.
+    let bundle = out.path().join("bundle");
+    let unpack = run(
+        "umoci unpack",
+        Command::new(require_tool("umoci", "apt-get install -y umoci"))
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:{reference}", store.path().display()))
+            .arg(&bundle),
+        Duration::from_secs(60),
+    );
+    assert!(
+        unpack.status.success(),
+        "umoci unpack: {}",
+        unpack.describe()
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        files_under(&rootfs),
+        vec![
+            rootfs.join("s0/empty"),
+            rootfs.join("s0/file.txt"),
+            rootfs.join("s1/empty"),
+            rootfs.join("s1/file.txt"),
+        ]
+    );
+    for name in ["s0", "s1"] {
+        assert_bytes(
+            &std::fs::read(rootfs.join(name).join("file.txt")).unwrap(),
+            format!("content of {name}\n").repeat(50).as_bytes(),
+            &format!("{name}/file.txt unpacked by umoci"),
+        );
+        assert_eq!(std::fs::read(rootfs.join(name).join("empty")).unwrap(), b"");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
