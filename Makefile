@@ -57,5 +57,6 @@ test: setup header-check lib
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) test
+	$(CARGO) test -p oci-cache-harness --doc
 	cd go && test -z "$$(gofmt -l .)" && GOPROXY=off go vet ./... && GOPROXY=off go test -race -count=1 ./...
 	bash scripts/fuzz-smoke.sh

@@ -3,7 +3,7 @@
 //! each is changed or turned off, and the rest of the hostile-registry
 //! audit: challenges learned through redirects, token lifetimes, descriptor
 //! URLs and secrets in Debug output. The misbehaving servers these need
-//! beyond tests/common (a full accept queue, a scripted token realm) are
+//! beyond the harness (a full accept queue, a scripted token realm) are
 //! defined here.
 
 use std::io::{Read, Write};

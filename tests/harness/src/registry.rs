@@ -3,7 +3,8 @@
 //! basic auth ([`TEST_USER`]/[`TEST_PASSWORD`]), TLS with a private CA,
 //! token auth (see [`crate::token`]) or a pull-through cache of another. Its
 //! access log says which requests reached it ([`Registry::requests`],
-//! [`Registry::blob_gets`]).
+//! [`Registry::blob_gets`]); an assertion that something is absent reads
+//! [`Registry::settled_log`], which waits for the log to catch up.
 //!
 //! ```no_run
 //! use harness::{push_image, FixtureLayer, Registry, RegistrySetup, tar_layer};
