@@ -53,9 +53,10 @@ install: lib
 
 test: setup header-check lib
 	bash scripts/install-check.sh
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) test
+	$(CARGO) test -p oci-cache-harness --doc
 	cd go && test -z "$$(gofmt -l .)" && GOPROXY=off go vet ./... && GOPROXY=off go test -race -count=1 ./...
 	bash scripts/fuzz-smoke.sh

@@ -6,7 +6,7 @@
 # and cargo-fuzz with a nightly toolchain for the fuzz smoke run.
 set -euo pipefail
 
-packages=(docker-registry skopeo umoci jq zstd curl gcc g++ make cmake pkg-config libssl-dev valgrind golang-go)
+packages=(docker-registry skopeo umoci jq zstd pigz curl gcc g++ make cmake pkg-config libssl-dev valgrind golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -8,15 +8,12 @@
 //! the sanitizers). This file only sets the stage (registries, fixtures,
 //! builds) and judges what the programs report.
 
-mod common;
-
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 
 /// The checks `tests/c/api_test.c` runs when nothing is skipped. Keep it in
 /// step with that file: the count is what shows that no check silently
@@ -234,14 +231,6 @@ fn fake_fixtures(fake: &FakeRegistry) -> PushedImage {
         },
     );
     corrupt
-}
-
-/// A loopback port nobody listens on (free a moment ago).
-fn dead_host() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    let host = listener.local_addr().unwrap().to_string();
-    drop(listener);
-    host
 }
 
 fn compile(what: &str, command: &mut Command) {

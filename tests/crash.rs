@@ -8,13 +8,11 @@
 //! with content once the next pull completes. The test binary re-runs
 //! itself as the pulling child.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, ImageCache};
 
 /// Set in a child: which test it belongs to.
@@ -91,15 +89,13 @@ async fn killed_pulls_leave_nothing_partial() {
     let refs = [format!("{host}/crash:v1")];
     let work = tempfile::tempdir().unwrap();
 
-    // How long a whole pull takes here, to spread the kills over it.
-    let timed = work.path().join("timed");
-    std::fs::create_dir_all(timed.join("dst")).unwrap();
-    let started = Instant::now();
-    let status = spawn_child(name, &timed.join("store"), &timed.join("dst"), &refs)
+    // An uninterrupted child pull succeeds.
+    let whole = work.path().join("whole");
+    std::fs::create_dir_all(whole.join("dst")).unwrap();
+    let status = spawn_child(name, &whole.join("store"), &whole.join("dst"), &refs)
         .wait()
         .unwrap();
     assert!(status.success(), "an uninterrupted child pull failed");
-    let span = started.elapsed();
 
     let runs = 50;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -110,10 +106,17 @@ async fn killed_pulls_leave_nothing_partial() {
         let (store, dst) = (dir.join("store"), dir.join("dst"));
         std::fs::create_dir_all(&dst).unwrap();
         let mut child = spawn_child(name, &store, &dst, &refs);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(span.mul_f64((seed % 1000) as f64 / 1000.0));
+        // Killed on progress, not on a clock: once the child has written
+        // 1 to 9 of the 10 files it ends with (6 blobs, 4 tars; a temp file
+        // counts), then up to 5 ms later.
+        seed = xorshift(seed);
+        let written = 1 + (seed % 9) as usize;
+        let dirs = [store.join("blobs/sha256"), dst.join("sha256")];
+        wait_for(&mut child, &format!("{written} files"), || {
+            dirs.iter().map(|dir| files_under(dir).len()).sum::<usize>() >= written
+        });
+        seed = xorshift(seed);
+        std::thread::sleep(Duration::from_micros(seed % 5_000));
         child.kill().unwrap();
         child.wait().unwrap();
         if !store.join("index.json").exists() {
@@ -144,6 +147,7 @@ async fn killed_pulls_leave_nothing_partial() {
         }
         let image = cache.fetch_image(&refs[0], None).await.unwrap();
         let mut files = cache.rootfs(&image, &dst).await.unwrap();
+        assert_eq!(files.len(), pushed.layers.len(), "layers after the rerun");
         for (index, file) in files.iter_mut().enumerate() {
             let mut content = Vec::new();
             std::io::Read::read_to_end(file, &mut content).unwrap();
@@ -217,6 +221,7 @@ async fn eight_processes_share_one_store_and_dst() {
                 .unwrap_or_else(|e| panic!("read {reads} of index.json is torn: {e}"));
             reads += 1;
         }
+        std::thread::sleep(Duration::from_millis(1));
     }
     assert!(reads > 0, "index.json was never read during the pulls");
     for (n, child) in children.into_iter().enumerate() {
@@ -249,7 +254,7 @@ async fn eight_processes_share_one_store_and_dst() {
     let mut tars: Vec<PathBuf> = images
         .iter()
         .flat_map(|image| &image.diff_ids)
-        .map(|diff_id| dst.join("sha256").join(&diff_id["sha256:".len()..]))
+        .map(|diff_id| tar_path(&dst, diff_id))
         .collect();
     tars.sort();
     tars.dedup();
@@ -258,6 +263,27 @@ async fn eight_processes_share_one_store_and_dst() {
     assert_eq!(verified.corrupt, Vec::<PathBuf>::new());
     // 6 distinct layer blobs, 3 configs and 3 manifests.
     assert_eq!(verified.checked, 12 + tars.len() as u64);
+}
+
+/// The next state of a xorshift64 generator (fixed seeds: runs repeat).
+fn xorshift(mut seed: u64) -> u64 {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    seed
+}
+
+/// Polls `ready` every millisecond until it holds or `child` has exited
+/// (a pull that finished first is a run with nothing interrupted).
+fn wait_for(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() && child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the child pull showed no {what} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The temp files under `dirs` that hold data.
@@ -291,27 +317,28 @@ async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
     // no layer tar or layer blob yet, so every run writes temp files.
     let unfinished = || {
         for diff_id in &pushed.diff_ids {
-            let _ = std::fs::remove_file(dst.join("sha256").join(&diff_id[7..]));
+            let _ = std::fs::remove_file(tar_path(&dst, diff_id));
         }
         for digest in &pushed.layer_digests {
-            let _ = std::fs::remove_file(store.join("blobs/sha256").join(&digest[7..]));
+            let _ = std::fs::remove_file(blob_path(&store, digest));
         }
     };
 
-    let started = Instant::now();
     let status = spawn_child(name, &store, &dst, &refs).wait().unwrap();
     assert!(status.success(), "an uninterrupted child pull failed");
-    let span = started.elapsed();
 
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut most_garbage = 0;
     for run in 0..20 {
         unfinished();
         let mut child = spawn_child(name, &store, &dst, &refs);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(span.mul_f64((seed % 1000) as f64 / 1000.0));
+        // Killed on progress, not on a clock: once a temp file holds
+        // data, then up to 20 ms later (a 6 MiB layer takes longer).
+        wait_for(&mut child, "a temp file with content", || {
+            !temps_with_content(&[&store, &dst]).is_empty()
+        });
+        seed = xorshift(seed);
+        std::thread::sleep(Duration::from_micros(seed % 20_000));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_consistent(&store, &dst, &format!("after kill {run}"));
@@ -327,6 +354,11 @@ async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
     let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
     let image = cache.fetch_image(&refs[0], None).await.unwrap();
     let mut files = cache.rootfs(&image, &dst).await.unwrap();
+    assert_eq!(
+        files.len(),
+        pushed.layers.len(),
+        "layers after the complete pull"
+    );
     for (index, file) in files.iter_mut().enumerate() {
         let mut content = Vec::new();
         std::io::Read::read_to_end(file, &mut content).unwrap();

@@ -7,8 +7,6 @@
 //! 0 (it is process-wide, so all of them do) and runs under a watchdog that
 //! ends the binary if a call hangs.
 
-mod common;
-
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, Error, Image, ImageCache};
 
 /// Ends the whole binary if the test holding it runs past its limit: a
@@ -109,7 +107,7 @@ impl Fixture {
 
     /// `dst/sha256/<hex>` of layer `index`.
     fn tar(&self, index: usize) -> PathBuf {
-        tar_in(&self.dst, &self.pushed.diff_ids[index])
+        tar_path(&self.dst, &self.pushed.diff_ids[index])
     }
 
     /// `store/blobs/sha256/<hex>` of `digest`.
@@ -142,10 +140,6 @@ impl Fixture {
             );
         }
     }
-}
-
-fn tar_in(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256").join(&diff_id["sha256:".len()..])
 }
 
 fn mkfifo(path: &Path) {
@@ -536,7 +530,7 @@ async fn the_free_space_reserve_stops_a_layer_that_would_fill_the_disk() {
         .fetch_image(&format!("{host}/bomb:v1"), None)
         .await
         .unwrap();
-    let tar = tar_in(&dst, &bomb.diff_ids[0]);
+    let tar = tar_path(&dst, &bomb.diff_ids[0]);
     expect_io(
         cache.rootfs(&image, &dst).await,
         &[
@@ -583,7 +577,7 @@ async fn the_free_space_reserve_stops_a_layer_that_would_fill_the_disk() {
         "{msg}"
     );
     assert_eq!(temps_under(tmpfs.path()), Vec::<PathBuf>::new());
-    assert!(!tar_in(&dst, &big.diff_ids[0]).exists());
+    assert!(!tar_path(&dst, &big.diff_ids[0]).exists());
     assert!(!store
         .join("blobs/sha256")
         .join(&big.layer_digests[0][7..])
@@ -606,7 +600,7 @@ async fn without_a_reserve_a_full_disk_is_a_clean_io_error() {
         .fetch_image(&format!("{host}/bomb:v1"), None)
         .await
         .unwrap();
-    let tar = tar_in(&dst, &bomb.diff_ids[0]);
+    let tar = tar_path(&dst, &bomb.diff_ids[0]);
     expect_io(
         cache.rootfs(&image, &dst).await,
         &[&tar.to_string_lossy(), "No space left on device"],

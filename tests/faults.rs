@@ -3,8 +3,6 @@
 //! mid-body, and can hide Range headers from the registry. Pulls must
 //! succeed by retrying and resuming, and stay byte-exact.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -13,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, Error, ImageCache};
 
 /// What the proxy does to the requests it forwards.

@@ -10,14 +10,11 @@
 //! (the store's `index.json` byte-identical, no new file in the store, no
 //! file in `dst`, no file anywhere else under the test's directory).
 
-mod common;
-
-use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, CallOptions, Error, Image, ImageCache, Platform};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -26,13 +23,6 @@ const REPO: &str = "hostile";
 const AMD64: PlatformSpec<'static> = ("linux", "amd64", None);
 /// The 4 MiB cap on manifests and configs, as the library writes it.
 const METADATA_LIMIT: &str = "4194304";
-
-/// A hung library call fails the test instead of hanging the run.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
-}
 
 /// The variant's name and the message of an error.
 fn split(err: &Error) -> (&'static str, &str) {
@@ -259,7 +249,7 @@ fn reference(fake: &FakeRegistry, tag: &str) -> String {
     format!("{}/{REPO}:{tag}", fake.host())
 }
 
-fn blob_path(digest: &str) -> String {
+fn blob_url(digest: &str) -> String {
     format!("/v2/{REPO}/blobs/{digest}")
 }
 
@@ -375,7 +365,7 @@ async fn blob_longer_than_its_descriptor_is_a_digest_mismatch() {
         b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
             .to_vec();
     raw.extend_from_slice(&long);
-    fake.raw(&blob_path(&image.layer_digests[0]), raw);
+    fake.raw(&blob_url(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
     assert_layers_refused(
@@ -521,7 +511,7 @@ async fn hostile_digests_are_refused_and_never_become_paths() {
             "{case}: {} was created outside the scene",
             outside.display()
         );
-        let config_path = blob_path(&sha256(&config));
+        let config_path = blob_url(&sha256(&config));
         let blob_requests: Vec<String> = fake
             .recorded_requests(None)
             .into_iter()
@@ -602,7 +592,7 @@ async fn oversized_config_is_invalid_content_naming_the_limit() {
     .await;
     eprintln!("big config: {message}");
     assert_eq!(
-        fake.requests(&blob_path(&config_digest)),
+        fake.requests(&blob_url(&config_digest)),
         0,
         "an oversized config was downloaded anyway"
     );
@@ -891,7 +881,7 @@ async fn unsupported_layer_media_type_is_unsupported_naming_it() {
         &[media_type],
         "rootfs without store",
     );
-    assert_eq!(fake.requests(&blob_path(&digest)), 0);
+    assert_eq!(fake.requests(&blob_url(&digest)), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -903,7 +893,7 @@ async fn redirect_loops_are_network_errors() {
         let layer = FixtureLayer::gzip(text_tar(case));
         let image = image_of(vec![layer]);
         let fake = serve(&image, case);
-        let blob = blob_path(&image.layer_digests[0]);
+        let blob = blob_url(&image.layer_digests[0]);
         let host = fake.host();
         if case == "self-loop" {
             fake.redirect(&blob, 302, &format!("http://{host}{blob}"));
@@ -953,7 +943,7 @@ async fn cross_origin_blob_redirect_drops_the_credentials() {
             },
         );
         registry.redirect(
-            &blob_path(digest),
+            &blob_url(digest),
             307,
             &format!("http://{}{stored}", storage.host()),
         );
@@ -974,7 +964,7 @@ async fn cross_origin_blob_redirect_drops_the_credentials() {
         let on_disk = std::fs::read(scene.dst().join("sha256").join(hex)).expect("the layer tar");
         assert_bytes(&on_disk, &tar, "the layer fetched through the redirect");
 
-        let at_registry = registry.recorded_requests(Some(&blob_path(digest)));
+        let at_registry = registry.recorded_requests(Some(&blob_url(digest)));
         assert!(
             at_registry
                 .iter()
@@ -1008,7 +998,7 @@ async fn stalled_blob_is_a_timeout_within_seconds() {
         let layer = FixtureLayer::gzip(noise_tar(case));
         let image = image_of(vec![layer]);
         let fake = serve(&image, case);
-        let blob = blob_path(&image.layer_digests[0]);
+        let blob = blob_url(&image.layer_digests[0]);
         let pace = match case {
             "head-then-nothing" => Pace::StallAfter(0),
             "half-then-nothing" => Pace::StallAfter(image.layers[0].blob.len() / 2),
@@ -1056,7 +1046,7 @@ async fn content_length_longer_than_the_body_is_a_network_error() {
     )
     .into_bytes();
     raw.extend_from_slice(&blob[..blob.len() / 2]);
-    fake.raw(&blob_path(&image.layer_digests[0]), raw);
+    fake.raw(&blob_url(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
     assert_layers_refused(
@@ -1083,7 +1073,7 @@ async fn content_length_over_the_descriptor_size_is_refused_before_reading() {
          Connection: close\r\n\r\n"
     )
     .into_bytes();
-    fake.raw_then_stall(&blob_path(&image.layer_digests[0]), raw);
+    fake.raw_then_stall(&blob_url(&image.layer_digests[0]), raw);
     let scene = Scene::new();
     let cache = scene.cache(CacheOptions::new());
     let refusals = assert_layers_refused(

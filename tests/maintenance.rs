@@ -3,25 +3,15 @@
 //! and byte counts, and temp files of dead writers cleaned while those of
 //! live ones stay.
 
-mod common;
-
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, Error, ImageCache, Pruned};
 
 const PLATFORM: PlatformSpec = ("linux", "amd64", None);
-
-fn blob_path(store: &Path, digest: &str) -> PathBuf {
-    store.join("blobs/sha256").join(&digest["sha256:".len()..])
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256").join(&diff_id["sha256:".len()..])
-}
 
 /// The store files an image reaches: manifest, config, layer blobs.
 fn image_blobs(store: &Path, image: &PushedImage) -> Vec<PathBuf> {
@@ -196,6 +186,7 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
     // The next rootfs brings both back, whole.
     let image = p.cache.fetch_image(&p.refs[1], None).await.unwrap();
     let mut files = p.cache.rootfs(&image, dst).await.unwrap();
+    assert_eq!(files.len(), p.images[1].layers.len(), "one file per layer");
     for (file, layer) in files.iter_mut().zip(&p.images[1].layers) {
         let mut content = Vec::new();
         file.read_to_end(&mut content).unwrap();

@@ -5,12 +5,10 @@
 //! files, with capabilities, a CA, skip_verify and override_path. Content
 //! from mirrors is verified like any other.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, ImageCache};
 
 fn layers(seed: &str) -> Vec<FixtureLayer> {
@@ -91,7 +89,7 @@ async fn pull_through_cache_serves_with_ns_and_keeps_serving_without_upstream() 
         .log()
         .contains(concat!("oci-cache/", env!("CARGO_PKG_VERSION"))));
     let direct: Vec<String> = upstream
-        .log()
+        .settled_log()
         .lines()
         .filter(|l| l.contains("oci-cache/"))
         .map(str::to_owned)
@@ -208,7 +206,7 @@ async fn hosts_toml_lists_mirrors_in_order_with_their_capabilities() {
     let ours = |registry: &Registry| -> Vec<String> {
         let agent = concat!("oci-cache/", env!("CARGO_PKG_VERSION"));
         registry
-            .log()
+            .settled_log()
             .lines()
             .filter(|l| l.contains(agent))
             .map(str::to_owned)

@@ -3,12 +3,9 @@
 //! each is changed or turned off, and the rest of the hostile-registry
 //! audit: challenges learned through redirects, token lifetimes, descriptor
 //! URLs and secrets in Debug output. The misbehaving servers these need
-//! beyond tests/common (a full accept queue, a scripted token realm) are
+//! beyond the harness (a full accept queue, a scripted token realm) are
 //! defined here.
 
-mod common;
-
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -18,21 +15,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
-use oci_cache::{CacheOptions, CallOptions, Error, ImageCache};
+use harness::*;
+use oci_cache::{CacheOptions, CallOptions, Error};
 
 const PLATFORM: PlatformSpec<'static> = ("linux", "amd64", None);
-
-/// A hung library call fails the test instead of hanging the run.
-async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
-}
-
-fn new_cache(options: CacheOptions) -> ImageCache {
-    ImageCache::new(options).expect("creating an ImageCache")
-}
 
 #[track_caller]
 fn timeout_message<T>(result: Result<T, Error>, what: &str) -> String {
@@ -230,7 +216,7 @@ async fn silent_registry_times_out_within_90_s_with_default_options() {
     let silent = SilentServer::start();
     let cache = new_cache(CacheOptions::new());
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(100),
         "fetch_image with default options",
         cache.fetch_image(&format!("{}/hangs:v1", silent.host()), None),
@@ -268,7 +254,7 @@ async fn connect_timeout_names_the_host_and_is_retried_once() {
             .attempts(4),
     );
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/full:v1", backlog.host), None),
@@ -308,7 +294,7 @@ async fn tls_handshake_timeout_on_a_server_that_never_says_hello() {
             .attempts(1),
     );
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/tls:v1", silent.host()), None),
@@ -339,7 +325,7 @@ async fn response_timeout_is_not_retried() {
     let silent = SilentServer::start();
     let cache = new_cache(CacheOptions::new().response_timeout(Duration::from_millis(300)));
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "resolve",
         cache.resolve(&format!("{}/hangs:v1", silent.host())),
@@ -380,7 +366,7 @@ fn stalling(repo: &str) -> (FakeRegistry, PushedImage) {
 async fn cache_stall_timeout_ends_a_stalled_body_and_leaves_nothing() {
     let (fake, _built) = stalling("stalls");
     let cache = new_cache(CacheOptions::new().stall_timeout(Duration::from_millis(300)));
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/stalls:v1", fake.host()), None),
@@ -389,7 +375,7 @@ async fn cache_stall_timeout_ends_a_stalled_body_and_leaves_nothing() {
     .expect("fetch_image (manifest and config do not stall)");
     let dst = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "extract_layer",
         cache.extract_layer(&image, 0, dst.path()),
@@ -425,7 +411,7 @@ async fn limits_turned_off_leave_only_the_deadline() {
     )
     .with_call_options(CallOptions::new().deadline(Duration::from_millis(600)));
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "resolve",
         cache.resolve(&format!("{}/hangs:v1", silent.host())),
@@ -448,7 +434,7 @@ async fn limits_turned_off_leave_only_the_deadline() {
     // The cache's stall timeout, turned off for one call, does not fire.
     let (fake, _built) = stalling("off");
     let cache = new_cache(CacheOptions::new().stall_timeout(Duration::from_millis(200)));
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/off:v1", fake.host()), None),
@@ -462,7 +448,7 @@ async fn limits_turned_off_leave_only_the_deadline() {
     );
     let dst = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "extract_layer",
         unstalled.extract_layer(&image, 0, dst.path()),
@@ -492,7 +478,7 @@ async fn silent_token_realm_times_out_naming_the_realm() {
     realm.challenge_from(&fake, "hang/app");
     let cache = new_cache(CacheOptions::new().response_timeout(Duration::from_millis(300)));
     let started = Instant::now();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/hang/app:v1", fake.host()), None),
@@ -545,7 +531,7 @@ async fn a_hung_token_fetch_does_not_block_other_repositories() {
     assert_eq!(realm.requests(), 1, "the hung token request was never made");
 
     let started = Instant::now();
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image of another repository",
         cache.fetch_image(&format!("{}/fine/app:v1", fake.host()), None),
@@ -559,7 +545,7 @@ async fn a_hung_token_fetch_does_not_block_other_repositories() {
         started.elapsed()
     );
 
-    let (result, took) = within(Duration::from_secs(20), "the hung fetch", hanging)
+    let (result, took) = within_for(Duration::from_secs(20), "the hung fetch", hanging)
         .await
         .unwrap();
     let msg = timeout_message(result, "fetch_image with a hung token request");
@@ -586,7 +572,7 @@ async fn token_lifetimes_from_the_realm_never_panic() {
         let fake = serve(&built, "life/app");
         realm.challenge_from(&fake, "life/app");
         let cache = new_cache(CacheOptions::new());
-        let image = within(
+        let image = within_for(
             Duration::from_secs(20),
             "fetch_image",
             cache.fetch_image(&format!("{}/life/app:v1", fake.host()), None),
@@ -594,7 +580,7 @@ async fn token_lifetimes_from_the_realm_never_panic() {
         .await
         .unwrap_or_else(|e| panic!("expires_in {expires_in}: {e}"));
         let dst = tempfile::tempdir().unwrap();
-        within(
+        within_for(
             Duration::from_secs(20),
             "extract_layer",
             cache.extract_layer(&image, 0, dst.path()),
@@ -648,7 +634,7 @@ async fn a_challenge_from_a_redirect_target_is_not_learned() {
         &format!("http://{}/storage/blob", elsewhere.host()),
     );
     let cache = new_cache(CacheOptions::new());
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/redir:v1", fake.host()), None),
@@ -656,7 +642,7 @@ async fn a_challenge_from_a_redirect_target_is_not_learned() {
     .await
     .expect("fetch_image");
     let dst = tempfile::tempdir().unwrap();
-    let result = within(
+    let result = within_for(
         Duration::from_secs(20),
         "extract_layer",
         cache.extract_layer(&image, 0, dst.path()),
@@ -701,14 +687,14 @@ async fn descriptor_urls_are_followed_only_for_foreign_layers_and_safe_targets()
     );
     let fake = FakeRegistry::with_image("urls", "v1", &built.manifest, &built.config, vec![]);
     let cache = new_cache(CacheOptions::new());
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/urls:v1", fake.host()), None),
     )
     .await
     .expect("fetch_image");
-    within(
+    within_for(
         Duration::from_secs(20),
         "extract_layer",
         cache.extract_layer(&image, 0, dst.path()),
@@ -722,7 +708,7 @@ async fn descriptor_urls_are_followed_only_for_foreign_layers_and_safe_targets()
     // insecure: refused before any connection.
     let remote = small_image("registry.invalid", "remote", foreign);
     let fake = FakeRegistry::with_image("remote", "v1", &remote.manifest, &remote.config, vec![]);
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/remote:v1", fake.host()), None),
@@ -730,7 +716,7 @@ async fn descriptor_urls_are_followed_only_for_foreign_layers_and_safe_targets()
     .await
     .expect("fetch_image");
     let empty = tempfile::tempdir().unwrap();
-    match within(
+    match within_for(
         Duration::from_secs(20),
         "extract_layer",
         cache.extract_layer(&image, 0, empty.path()),
@@ -764,14 +750,14 @@ async fn descriptor_urls_are_followed_only_for_foreign_layers_and_safe_targets()
         plain.layers[0].blob.clone(),
     );
     let fake = FakeRegistry::with_image("dist", "v1", &manifest, &plain.config, vec![]);
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/dist:v1", fake.host()), None),
     )
     .await
     .expect("fetch_image");
-    match within(
+    match within_for(
         Duration::from_secs(20),
         "extract_layer",
         cache.extract_layer(&image, 0, empty.path()),
@@ -814,7 +800,7 @@ async fn a_mirror_that_does_not_answer_in_time_hands_over_to_the_registry() {
             .response_timeout(Duration::from_millis(300)),
     );
     let started = Instant::now();
-    let image = within(
+    let image = within_for(
         Duration::from_secs(20),
         "fetch_image",
         cache.fetch_image(&format!("{}/mirrored:v1", fake.host()), None),

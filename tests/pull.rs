@@ -3,52 +3,29 @@
 //! layer media type, platform selection, the store, rootfs reuse and
 //! concurrency, and what failures leave behind.
 
-mod common;
-
 use std::fs::File;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, Error, Image, ImageCache, Platform};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-/// A hung library call fails the test instead of hanging the run.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
-}
-
-fn new_cache(store: Option<&Path>) -> ImageCache {
-    let mut options = CacheOptions::new().max_concurrent_layers(3);
-    if let Some(store) = store {
-        options = options.store(store);
+/// What every cache here uses: three layers at a time, and `store` if any.
+fn cache_options(store: Option<&Path>) -> CacheOptions {
+    let options = CacheOptions::new().max_concurrent_layers(3);
+    match store {
+        Some(store) => options.store(store),
+        None => options,
     }
-    ImageCache::new(options).expect("creating an ImageCache")
 }
 
 fn platform(text: &str) -> Platform {
     text.parse()
         .unwrap_or_else(|e| panic!("parsing platform {text}: {e}"))
-}
-
-/// Distinct file content per layer, so every layer has its own diff_id.
-fn distinct_tar(name: &str) -> Vec<u8> {
-    let body = format!("content of {name}\n").repeat(50);
-    tar_layer(&[
-        (&format!("{name}/file.txt"), body.as_bytes()),
-        (&format!("{name}/empty"), b""),
-    ])
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    let hex = diff_id.strip_prefix("sha256:").expect("sha256 diff_id");
-    dst.join("sha256").join(hex)
 }
 
 /// Reads a returned file from where it stands, which must be offset 0.
@@ -204,7 +181,7 @@ async fn every_layer_media_type_round_trips() {
         ("linux", "amd64", None),
     );
 
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     for (tag, pushed) in [("oci", &oci), ("docker", &docker)] {
         let reference = format!("{host}/types:{tag}");
         let image = within("fetch_image", cache.fetch_image(&reference, None))
@@ -258,6 +235,66 @@ async fn every_layer_media_type_round_trips() {
     }
 }
 
+/// Layers compressed by pigz and the zstd CLI, not by the flate2/zstd
+/// crates the library decodes with (and the other fixtures use): an
+/// encoder independent of the decoder. Each pulls, extracted and streamed,
+/// to the tar it was made from, under the diff_id that tar hashes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compressed_by_pigz_and_the_zstd_cli_pull_to_their_tars() {
+    let registry = Registry::start();
+    let host = registry.host();
+    // Over pigz's 128 KiB block size, so its independently compressed
+    // blocks are joined; half noise, half text, so both compress unevenly.
+    let big = |seed: u64| {
+        let text = format!("line {seed}\n").repeat(30_000);
+        tar_layer(&[
+            (&format!("big{seed}/noise.bin"), &noise(seed, 400_000)),
+            (&format!("big{seed}/text"), text.as_bytes()),
+        ])
+    };
+    let tars = [
+        big(7),
+        big(8),
+        distinct_tar("pigz-small"),
+        distinct_tar("zstd-small"),
+    ];
+    let layers = vec![
+        FixtureLayer::with_type(OCI_LAYER_GZIP, tars[0].clone(), pigz(&tars[0])),
+        FixtureLayer::with_type(OCI_LAYER_ZSTD, tars[1].clone(), zstd_cli(&tars[1])),
+        FixtureLayer::with_type(OCI_LAYER_GZIP, tars[2].clone(), pigz(&tars[2])),
+        FixtureLayer::with_type(OCI_LAYER_ZSTD, tars[3].clone(), zstd_cli(&tars[3])),
+    ];
+    let pushed = push_image(
+        &host,
+        "oracle",
+        Some("v1"),
+        layers,
+        false,
+        ("linux", "amd64", None),
+    );
+    for (i, tar) in tars.iter().enumerate() {
+        assert_eq!(pushed.diff_ids[i], sha256(tar), "diff_id of layer {i}");
+    }
+
+    let reference = format!("{host}/oracle:v1");
+    let cache = new_cache(cache_options(None));
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap_or_else(|e| panic!("fetch_image {reference}: {e}"));
+    assert_image_matches(&image, &pushed, &reference);
+    let dst = tempfile::tempdir().unwrap();
+    let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
+        .await
+        .unwrap_or_else(|e| panic!("rootfs {reference}: {e}"));
+    assert_layer_files(dst.path(), &mut files, &pushed);
+    for (i, tar) in tars.iter().enumerate() {
+        let streamed = stream_layer(&cache, &image, i)
+            .await
+            .unwrap_or_else(|e| panic!("streaming layer {i}: {e}"));
+        assert_bytes(&streamed, tar, &format!("streamed layer {i}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_layer_media_type_is_refused_by_name() {
     let registry = Registry::start();
@@ -277,7 +314,7 @@ async fn unsupported_layer_media_type_is_refused_by_name() {
         ("linux", "amd64", None),
     );
     let reference = format!("{host}/odd:v1");
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let dst = tempfile::tempdir().unwrap();
 
     let unsupported = |result: Result<(), Error>, what: &str| match result {
@@ -347,7 +384,7 @@ async fn platform_is_picked_from_an_index_or_manifest_list() {
         let (_, index_digest) = push_index(&host, "multi", tag, &entries, docker);
         let [amd64, arm64, armv6, armv7] = [&images[0].0, &images[1].0, &images[2].0, &images[3].0];
         let reference = format!("{host}/multi:{tag}");
-        let cache = new_cache(None);
+        let cache = new_cache(cache_options(None));
 
         let resolved = within("resolve", cache.resolve(&reference))
             .await
@@ -427,7 +464,7 @@ async fn fetch_image_downloads_no_layer_blobs() {
         ("linux", "amd64", None),
     );
     let store = tempfile::tempdir().unwrap();
-    let cache = new_cache(Some(store.path()));
+    let cache = new_cache(cache_options(Some(store.path())));
     let image = within(
         "fetch_image",
         cache.fetch_image(&format!("{host}/lazy:v1"), None),
@@ -488,7 +525,7 @@ async fn warm_store_serves_rootfs_with_the_registry_gone() {
     let store = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     {
-        let cache = new_cache(Some(store.path()));
+        let cache = new_cache(cache_options(Some(store.path())));
         let image = within("fetch_image", cache.fetch_image(&reference, None))
             .await
             .expect("fetch_image");
@@ -499,7 +536,7 @@ async fn warm_store_serves_rootfs_with_the_registry_gone() {
     }
     registry.stop();
 
-    let cache = new_cache(Some(store.path()));
+    let cache = new_cache(cache_options(Some(store.path())));
     let image = within("fetch_image", cache.fetch_image(&reference, None))
         .await
         .unwrap_or_else(|e| panic!("offline fetch_image from the store: {e}"));
@@ -531,7 +568,7 @@ async fn refetch_missing_layer(with_store: bool) {
         ("linux", "amd64", None),
     );
     let store = tempfile::tempdir().unwrap();
-    let cache = new_cache(with_store.then_some(store.path()));
+    let cache = new_cache(cache_options(with_store.then_some(store.path())));
     let image = within(
         "fetch_image",
         cache.fetch_image(&format!("{host}/partial:v1"), None),
@@ -602,7 +639,7 @@ async fn concurrent_rootfs_downloads_each_layer_once() {
         false,
         ("linux", "amd64", None),
     );
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let image = within(
         "fetch_image",
         cache.fetch_image(&format!("{host}/busy:v1"), None),
@@ -659,7 +696,7 @@ fn store_state(store: &Path) -> StoreState {
 async fn assert_layer_rejected(reference: &str, layer_digest: &str, diff_id: &str) {
     for with_store in [false, true] {
         let store = tempfile::tempdir().unwrap();
-        let cache = new_cache(with_store.then_some(store.path()));
+        let cache = new_cache(cache_options(with_store.then_some(store.path())));
         let image = within("fetch_image", cache.fetch_image(reference, None))
             .await
             .unwrap_or_else(|e| panic!("fetch_image {reference}: {e}"));
@@ -814,7 +851,7 @@ async fn store_is_readable_by_skopeo_and_umoci() {
     );
     let reference = format!("{host}/tools:v1");
     let store = tempfile::tempdir().unwrap();
-    let cache = new_cache(Some(store.path()));
+    let cache = new_cache(cache_options(Some(store.path())));
     let image = within("fetch_image", cache.fetch_image(&reference, None))
         .await
         .expect("fetch_image");
@@ -837,6 +874,40 @@ async fn store_is_readable_by_skopeo_and_umoci() {
     assert_eq!(inspected["Digest"], pushed.manifest_digest.as_str());
     assert_eq!(inspected["Layers"], serde_json::json!(pushed.layer_digests));
 
+    // skopeo copies the image out of the store, checking every blob
+    // against its digest as it goes: each is the one pushed, byte for byte.
+    let out = tempfile::tempdir().unwrap();
+    let copied = out.path().join("copy");
+    let copy = run(
+        "skopeo copy",
+        Command::new(&skopeo)
+            .arg("copy")
+            .arg("--preserve-digests")
+            .arg(format!("oci:{}:{reference}", store.path().display()))
+            .arg(format!("dir:{}", copied.display())),
+        Duration::from_secs(60),
+    );
+    assert!(copy.status.success(), "skopeo copy: {}", copy.describe());
+    assert_bytes(
+        &std::fs::read(copied.join("manifest.json")).unwrap(),
+        &pushed.manifest,
+        "manifest skopeo copied",
+    );
+    let hex = |digest: &str| digest["sha256:".len()..].to_owned();
+    assert_bytes(
+        &std::fs::read(copied.join(hex(&pushed.config_digest))).unwrap(),
+        &pushed.config,
+        "config skopeo copied",
+    );
+    assert_eq!(pushed.layer_digests.len(), 2);
+    for (digest, layer) in pushed.layer_digests.iter().zip(&pushed.layers) {
+        assert_bytes(
+            &std::fs::read(copied.join(hex(digest))).unwrap(),
+            &layer.blob,
+            &format!("layer {digest} skopeo copied"),
+        );
+    }
+
     let umoci = require_tool("umoci", "apt-get install -y umoci");
     let output = Command::new(umoci)
         .arg("stat")
@@ -850,6 +921,41 @@ async fn store_is_readable_by_skopeo_and_umoci() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // umoci unpacks the stored layers with its own gzip and tar readers:
+    // the root filesystem holds exactly the files pushed.
+    let bundle = out.path().join("bundle");
+    let unpack = run(
+        "umoci unpack",
+        Command::new(require_tool("umoci", "apt-get install -y umoci"))
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:{reference}", store.path().display()))
+            .arg(&bundle),
+        Duration::from_secs(60),
+    );
+    assert!(
+        unpack.status.success(),
+        "umoci unpack: {}",
+        unpack.describe()
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        files_under(&rootfs),
+        vec![
+            rootfs.join("s0/empty"),
+            rootfs.join("s0/file.txt"),
+            rootfs.join("s1/empty"),
+            rootfs.join("s1/file.txt"),
+        ]
+    );
+    for name in ["s0", "s1"] {
+        assert_bytes(
+            &std::fs::read(rootfs.join(name).join("file.txt")).unwrap(),
+            format!("content of {name}\n").repeat(50).as_bytes(),
+            &format!("{name}/file.txt unpacked by umoci"),
+        );
+        assert_eq!(std::fs::read(rootfs.join(name).join("empty")).unwrap(), b"");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -865,7 +971,7 @@ async fn pinned_digests_and_missing_tags() {
         false,
         ("linux", "amd64", None),
     );
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
 
     let right = format!("{host}/pinned@{}", pushed.manifest_digest);
     let image = within("fetch_image", cache.fetch_image(&right, None))
@@ -928,7 +1034,7 @@ async fn index_json_has_one_entry_per_reference() {
         ("linux", "amd64", None),
     );
     let store = tempfile::tempdir().unwrap();
-    let cache = new_cache(Some(store.path()));
+    let cache = new_cache(cache_options(Some(store.path())));
     for tag in ["one", "two", "one"] {
         within(
             "fetch_image",
@@ -938,7 +1044,7 @@ async fn index_json_has_one_entry_per_reference() {
         .unwrap_or_else(|e| panic!("fetch_image tags:{tag}: {e}"));
     }
     // A second cache on the same store must not duplicate either.
-    let again = new_cache(Some(store.path()));
+    let again = new_cache(cache_options(Some(store.path())));
     within(
         "fetch_image",
         again.fetch_image(&format!("{host}/tags:two"), None),
@@ -995,7 +1101,7 @@ async fn manifest_contradicting_docker_content_digest_is_refused() {
         },
     );
     let store = tempfile::tempdir().unwrap();
-    let cache = new_cache(Some(store.path()));
+    let cache = new_cache(cache_options(Some(store.path())));
     let before = std::fs::read(store.path().join("index.json")).unwrap();
     let reference = format!("{}/lies:header", fake.host());
     match within("fetch_image", cache.fetch_image(&reference, None)).await {
@@ -1017,7 +1123,7 @@ async fn blob_longer_than_its_descriptor_is_cut_off() {
     long_blob.extend_from_slice(&[0u8; 4096]);
     fake.blob("lies", &built.layer_digests[0], long_blob);
     let dst = tempfile::tempdir().unwrap();
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let image = within(
         "fetch_image",
         cache.fetch_image(&format!("{}/lies:long", fake.host()), None),
@@ -1044,7 +1150,7 @@ async fn oversized_config_is_refused_before_download() {
     manifest["config"]["size"] = Value::from(5u64 << 20);
     let manifest = serde_json::to_vec(&manifest).unwrap();
     fake.add_image("lies", "huge", &manifest, &built.config, vec![]);
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     match within(
         "fetch_image",
         cache.fetch_image(&format!("{}/lies:huge", fake.host()), None),
@@ -1068,7 +1174,7 @@ async fn unreachable_registry_is_a_network_error_naming_the_host() {
         .local_addr()
         .unwrap()
         .port();
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let reference = format!("127.0.0.1:{port}/nobody:home");
     match within("fetch_image", cache.fetch_image(&reference, None)).await {
         Err(Error::Network(msg)) => assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}"),
@@ -1095,12 +1201,15 @@ async fn chosen_platform_is_enforced_on_single_platform_images() {
     let reference = format!("{host}/single:arm64");
 
     // The host default picks from indexes only, as docker does.
-    let image = within("default", new_cache(None).fetch_image(&reference, None))
-        .await
-        .unwrap();
+    let image = within(
+        "default",
+        new_cache(cache_options(None)).fetch_image(&reference, None),
+    )
+    .await
+    .unwrap();
     assert_eq!(image.digest().to_string(), pushed.manifest_digest);
 
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let arm64 = platform("linux/arm64");
     let image = within("arm64", cache.fetch_image(&reference, Some(&arm64)))
         .await
@@ -1134,6 +1243,7 @@ async fn pull_checked(cache: &ImageCache, reference: &str, pushed: &PushedImage)
     let mut files = within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap();
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for (index, file) in files.iter_mut().enumerate() {
         assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
     }
@@ -1205,7 +1315,7 @@ async fn warm_rootfs_is_opened_only_when_every_layer_is_there() {
     let registry = Registry::start();
     let host = registry.host();
     let pushed = push_noise_image(&host, "warm", &[(7, 5_000), (8, 9_000), (9, 3_000)]);
-    let cache = new_cache(None);
+    let cache = new_cache(cache_options(None));
     let image = within(
         "fetch_image",
         cache.fetch_image(&format!("{host}/warm:v1"), None),
@@ -1220,6 +1330,7 @@ async fn warm_rootfs_is_opened_only_when_every_layer_is_there() {
     let mut files = cache
         .rootfs_cached(&image, dst.path())
         .expect("all layers are there");
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for (index, file) in files.iter_mut().enumerate() {
         assert_bytes(&read_from_start(file), &pushed.layers[index].tar, "layer");
     }

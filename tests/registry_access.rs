@@ -8,35 +8,15 @@
 //! test binary with its own environment: changing the environment of a
 //! multi-threaded test process is not safe.
 
-mod common;
-
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, CallOptions, CancelToken, Error, Image, ImageCache, Progress};
 
-/// A hung library call fails the test instead of hanging the run.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
-}
-
-fn new_cache(options: CacheOptions) -> ImageCache {
-    ImageCache::new(options).expect("creating an ImageCache")
-}
-
 const PLATFORM: PlatformSpec<'static> = ("linux", "amd64", None);
-
-/// Distinct file content per name, so every layer has its own diff_id.
-fn distinct_tar(name: &str) -> Vec<u8> {
-    let body = format!("content of {name}\n").repeat(40);
-    tar_layer(&[(&format!("{name}/file.txt"), body.as_bytes())])
-}
 
 /// The layers of [`push_small_image`]: gzip, then plain tar.
 fn small_layers(repo: &str) -> Vec<FixtureLayer> {
@@ -56,11 +36,6 @@ fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
         false,
         PLATFORM,
     )
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256")
-        .join(diff_id.strip_prefix("sha256:").expect("sha256 diff_id"))
 }
 
 /// `dst` holds exactly `pushed`'s layer tars, byte for byte.
@@ -464,7 +439,7 @@ async fn credentials_for_another_host_are_not_sent() {
     );
     assert_no_secret(&err, &[TEST_PASSWORD]);
     assert!(
-        !second.log().contains("error authenticating user"),
+        !second.settled_log().contains("error authenticating user"),
         "credentials were presented to {host}; log:\n{}",
         second.log()
     );
@@ -829,7 +804,7 @@ async fn deadline_ends_a_call_to_a_silent_server() {
         let took = started.elapsed();
         messages.push((call, assert_timeout(result, call)));
         assert!(
-            took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+            took >= Duration::from_millis(290) && took <= Duration::from_secs(5),
             "{call}: a 300 ms deadline ended the call after {took:?}"
         );
     }
@@ -859,7 +834,7 @@ async fn stall_timeout_ends_a_call_to_a_silent_server() {
     let took = started.elapsed();
     assert_timeout(result, "fetch_image");
     assert!(
-        took >= Duration::from_millis(290) && took <= Duration::from_millis(1500),
+        took >= Duration::from_millis(290) && took <= Duration::from_secs(5),
         "a 300 ms stall timeout (one attempt) ended the call after {took:?}"
     );
     assert!(silent.connections() >= 1, "the library never connected");
@@ -918,7 +893,7 @@ async fn deadline_mid_blob_leaves_nothing() {
     let took = started.elapsed();
     assert_timeout(result, "rootfs");
     assert!(
-        took >= Duration::from_millis(490) && took <= Duration::from_millis(1700),
+        took >= Duration::from_millis(490) && took <= Duration::from_secs(5),
         "a 500 ms deadline ended rootfs after {took:?}"
     );
     assert_nothing_left(dst.path(), "rootfs after its deadline");
@@ -1740,45 +1715,54 @@ async fn token_is_reused_for_manifest_config_and_layers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_replaced_once() {
+    // Tokens good for ten minutes, which no pull on any machine outlives:
+    // that a valid token is reused is then checked always, not only when
+    // the machine is fast enough.
+    let long = 600;
     let lifetime = 2;
-    let registry = Registry::start_with(
-        RegistrySetup::new().token_auth(TokenPolicy::new().lifetime(lifetime)),
-    );
+    let registry =
+        Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new().lifetime(long)));
     let host = registry.host();
     let endpoint = registry.endpoint();
-    let images: Vec<PushedImage> = ["v1", "v2", "v3"]
-        .iter()
-        .map(|tag| {
-            push_image_to(
-                &endpoint,
-                "short",
-                Some(tag),
-                vec![FixtureLayer::gzip(distinct_tar(&format!("short-{tag}")))],
-                false,
-                PLATFORM,
-            )
-        })
-        .collect();
+    let push = |repo: &str, tag: &str| {
+        push_image_to(
+            &endpoint,
+            repo,
+            Some(tag),
+            vec![FixtureLayer::gzip(distinct_tar(&format!("{repo}-{tag}")))],
+            false,
+            PLATFORM,
+        )
+    };
+    let images: Vec<PushedImage> = ["v1", "v2"].iter().map(|tag| push("short", tag)).collect();
+    let expiring: Vec<PushedImage> = ["v1", "v2"].iter().map(|tag| push("brief", tag)).collect();
     let cache = new_cache(CacheOptions::new().credentials(host.clone(), TEST_USER, TEST_PASSWORD));
 
     assert_pulls(&cache, &format!("{host}/short:v1"), &images[0]).await;
     let requests = token_requests_since(&registry, 0);
     assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
     let expires_at = requests[0].expires_at.expect("a token was issued");
+    assert_eq!(Some(expires_at), requests[0].issued_at.map(|t| t + long));
+    // While it is good, the token serves the next pull too.
+    assert_pulls(&cache, &format!("{host}/short:v2"), &images[1]).await;
+    let requests = token_requests_since(&registry, 1);
+    assert!(
+        requests.is_empty(),
+        "a token still valid was not reused: {requests:#?}"
+    );
+
+    // Another repository, whose token lives `lifetime` seconds.
+    registry
+        .token_server()
+        .set_policy(TokenPolicy::new().lifetime(lifetime));
+    assert_pulls(&cache, &format!("{host}/brief:v1"), &expiring[0]).await;
+    let requests = token_requests_since(&registry, 1);
+    assert_eq!(requests.len(), 1, "token requests: {requests:#?}");
+    let expires_at = requests[0].expires_at.expect("a token was issued");
     assert_eq!(
         Some(expires_at),
         requests[0].issued_at.map(|t| t + lifetime)
     );
-    // While it is good, the token serves the next pull too (unless a slow
-    // machine already took us past its expiry).
-    assert_pulls(&cache, &format!("{host}/short:v2"), &images[1]).await;
-    if unix_now() <= expires_at {
-        let requests = token_requests_since(&registry, 1);
-        assert!(
-            requests.is_empty(),
-            "a token still valid was not reused: {requests:#?}"
-        );
-    }
     let seen = registry.token_server().requests().len();
 
     // Past `exp` (which is in whole seconds) by a margin.
@@ -1786,14 +1770,14 @@ async fn expired_token_is_replaced_once() {
     if let Ok(wait) = expired.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }
-    assert_pulls(&cache, &format!("{host}/short:v3"), &images[2]).await;
+    assert_pulls(&cache, &format!("{host}/brief:v2"), &expiring[1]).await;
     let requests = token_requests_since(&registry, seen);
     assert_eq!(
         requests.len(),
         1,
         "after the token expired, one fresh token should be fetched: {requests:#?}"
     );
-    assert_pull_token_requests(&requests, "short");
+    assert_pull_token_requests(&requests, "brief");
     assert!(
         requests[0].issued_at.unwrap() > expires_at,
         "the fresh token was issued before the old one expired: {requests:#?}"
@@ -2060,7 +2044,7 @@ async fn identity_token_for_a_basic_auth_registry_is_unauthorized() {
     );
     assert_no_secret(&err, &[TEST_IDENTITY_TOKEN, TEST_PASSWORD]);
     assert!(
-        !registry.log().contains("error authenticating user"),
+        !registry.settled_log().contains("error authenticating user"),
         "the identity token was presented to the registry as credentials; log:\n{}",
         registry.log()
     );

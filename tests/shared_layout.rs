@@ -5,8 +5,6 @@
 //! failing forever; and waiting for the store's lock holds no runtime
 //! thread and ends on a deadline or a drop.
 
-mod common;
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use oci_cache::{CacheOptions, CallOptions, Error, ImageCache, Pruned};
 use serde_json::{json, Value};
 
@@ -24,14 +22,6 @@ const PLATFORM: PlatformSpec = ("linux", "amd64", None);
 
 /// Long enough for any of these calls to finish when the lock is free.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
-
-fn blob_path(store: &Path, digest: &str) -> PathBuf {
-    store.join("blobs/sha256").join(&digest["sha256:".len()..])
-}
-
-fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
-    dst.join("sha256").join(&diff_id["sha256:".len()..])
-}
 
 /// The store files an image reaches: manifest, config, layer blobs.
 fn image_blobs(store: &Path, image: &PushedImage) -> Vec<PathBuf> {
@@ -415,6 +405,7 @@ async fn a_corrupt_store_blob_is_fetched_again() {
     assert_bytes(image.config(), &pushed.config, "config fetched again");
     let cold = tempfile::tempdir().unwrap();
     let files = cache.rootfs(&image, cold.path()).await.unwrap();
+    assert_eq!(files.len(), pushed.layers.len(), "one file per layer");
     for ((mut file, fixture), diff_id) in
         files.into_iter().zip(&pushed.layers).zip(&pushed.diff_ids)
     {
@@ -547,7 +538,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     // Opening an existing store needs no lock.
     let started = Instant::now();
     ImageCache::new(CacheOptions::new().store(store.path())).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
     let timed_out = |what: &str, outcome: Result<(), Error>, started: Instant| {
         let took = started.elapsed();
         assert!(
@@ -555,7 +546,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
             "{what}: {outcome:?}"
         );
         assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
             "{what} took {took:?}"
         );
     };
@@ -573,7 +564,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     let started = Instant::now();
     let dropped = tokio::time::timeout(Duration::from_millis(300), cache.prune(None)).await;
     assert!(dropped.is_err(), "prune finished with the lock held");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
     // What needs no lock is served meanwhile: a warm fetch, a list.
     let warm = tokio::time::timeout(CALL_LIMIT, limited.fetch_image(&recorded, None)).await;
     warm.unwrap().unwrap();
@@ -755,7 +746,7 @@ async fn verify_stops_on_its_deadline_and_when_dropped() {
         "{outcome:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
