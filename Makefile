@@ -3,6 +3,10 @@
 # libraries, `make install PREFIX=...` installs them with the header and
 # pkg-config file.
 
+# bash with pipefail: `make lib` shows cargo's output as it comes and keeps a
+# copy, without losing cargo's exit status.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 CARGO ?= cargo
 PREFIX ?= /usr/local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -37,8 +41,7 @@ bench: setup lib
 # cargo replays rustc's saved note, so the list is there on every run.
 lib:
 	mkdir -p $(LIB)
-	$(CARGO) rustc --color never --release --lib -- --print native-static-libs 2>$(LIB)/rustc.log; \
-	  status=$$?; cat $(LIB)/rustc.log >&2; exit $$status
+	$(CARGO) rustc --color never --release --lib -- --print native-static-libs 2>&1 | tee $(LIB)/rustc.log >&2
 	sed -n 's/^note: native-static-libs: //p' $(LIB)/rustc.log | tail -n1 > $(STATIC_LIBS_FILE)
 	@test -s $(STATIC_LIBS_FILE) || { echo "rustc printed no native-static-libs line" >&2; exit 1; }
 	ln -sf liboci_cache.so $(LIB)/liboci_cache.so.$(MAJOR)
