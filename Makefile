@@ -1,7 +1,7 @@
 # Entry points for a fresh Debian machine: `make demo` and `make test`; each
 # installs what it needs first (scripts/setup.sh). `make lib` builds the C
 # libraries, `make install PREFIX=...` installs them with the header and
-# pkg-config file.
+# pkg-config file, and `make uninstall PREFIX=...` removes those files.
 
 # bash with pipefail: `make lib` shows cargo's output as it comes and keeps a
 # copy, without losing cargo's exit status.
