@@ -15,14 +15,6 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 
-/// The checks `tests/c/api_test.c` runs when nothing is skipped. Keep it in
-/// step with that file: the count is what shows that no check silently
-/// stopped running.
-const API_TEST_CHECKS: usize = 426;
-
-/// The checks `tests/c/options_test.c` runs; as `API_TEST_CHECKS`.
-const OPTIONS_TEST_CHECKS: usize = 54;
-
 /// The name options_test.c reaches the registry by: not loopback, so only
 /// `oci_cache_options_add_insecure_registry` allows plain HTTP to it.
 const INSECURE_NAME: &str = "oci-insecure.test";
@@ -30,14 +22,6 @@ const INSECURE_NAME: &str = "oci-insecure.test";
 const ODD_MEDIA_TYPE: &str = "application/vnd.example.layer.v1.tar+lz4";
 
 /// Generous bounds: a hang fails the test with the output so far.
-/// How api_test is built for its sanitizer run.
-const SANITIZERS: [&str; 4] = [
-    "-fsanitize=address,undefined",
-    "-fno-sanitize-recover=all",
-    "-fno-omit-frame-pointer",
-    "-O1",
-];
-
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const VALGRIND_LIMIT: Duration = Duration::from_secs(120);
 
@@ -344,7 +328,7 @@ fn with_private_hosts(program: &Path, hosts: &Path) -> Command {
 }
 
 /// Runs options_test (built as `program`) with its own tmp dir and checks
-/// it: exit 0 and a last line counting every check.
+/// it: exit 0, and every check it planned ran and passed.
 fn run_options_test(
     program: &Path,
     fixtures: &Fixtures,
@@ -367,35 +351,19 @@ fn run_options_test(
             "OCI_TEST_OTHER_CONFIG",
             String::from_utf8(fixtures.other.config.clone()).unwrap(),
         )
-        .env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:abort_on_error=0:exitcode=98",
-        )
-        .env("LSAN_OPTIONS", "exitcode=99")
-        .env(
-            "UBSAN_OPTIONS",
-            "print_stacktrace=1:halt_on_error=1:exitcode=97",
-        );
+        ;
+    sanitizer_env(&mut command);
     let ran = run(what, &mut command, RUN_LIMIT);
-    let last = ran.stdout.lines().last().unwrap_or_default();
-    let expected = format!("{OPTIONS_TEST_CHECKS} passed, 0 failed");
-    assert!(
-        ran.status.success() && last == expected,
-        "{what}: expected exit 0 and a last line {expected:?}, got {last:?}: {}",
-        ran.describe()
-    );
+    if let Err(problem) = c_plan_met(&ran) {
+        panic!("{what}: {problem}: {}", ran.describe());
+    }
 }
 
-/// Checks an api_test run: exit 0, and a last line counting every check.
+/// Checks an api_test run: exit 0, and every check it planned ran and passed.
 fn assert_api_test(ran: &Run, tmp: &Path, host: &str, app: &PushedImage, what: &str) {
-    let last = ran.stdout.lines().last().unwrap_or_default();
-    let expected = format!("{API_TEST_CHECKS} passed, 0 failed");
-    assert!(
-        ran.status.success() && last == expected,
-        "{what}: expected exit 0 and a last line {expected:?}, got {:?}: {}",
-        last,
-        ran.describe()
-    );
+    if let Err(problem) = c_plan_met(ran) {
+        panic!("{what}: {problem}: {}", ran.describe());
+    }
     // The files the C side checked by fd are the layers, byte for byte.
     for dir in [
         "happy",
@@ -418,21 +386,6 @@ fn assert_api_test(ran: &Run, tmp: &Path, host: &str, app: &PushedImage, what: &
     );
 }
 
-/// The byte count of a leak summary line such as
-/// `==123==    definitely lost: 1,024 bytes in 3 blocks`.
-fn lost_bytes(line: &str) -> u64 {
-    let after = line.split_once("lost:").map_or("", |(_, rest)| rest);
-    let number: String = after
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == ',')
-        .filter(char::is_ascii_digit)
-        .collect();
-    number
-        .parse()
-        .unwrap_or_else(|_| panic!("no byte count in {line:?}"))
-}
-
 #[test]
 fn c_programs_use_the_c_abi() {
     let started = Instant::now();
@@ -449,7 +402,10 @@ fn c_programs_use_the_c_abi() {
     // api_test is built plain and with AddressSanitizer and UBSan.
     let api_test = work.join("api_test");
     let api_test_sanitized = work.join("api_test_sanitized");
-    for (program, sanitizers) in [(&api_test, &[][..]), (&api_test_sanitized, &SANITIZERS[..])] {
+    for (program, sanitizers) in [
+        (&api_test, &[][..]),
+        (&api_test_sanitized, &C_SANITIZER_FLAGS[..]),
+    ] {
         compile(
             &format!("cc api_test.c {}", sanitizers.join(" ")),
             Command::new("cc")
@@ -472,7 +428,7 @@ fn c_programs_use_the_c_abi() {
     let options_test_sanitized = work.join("options_test_sanitized");
     for (program, sanitizers) in [
         (&options_test, &[][..]),
-        (&options_test_sanitized, &SANITIZERS[..]),
+        (&options_test_sanitized, &C_SANITIZER_FLAGS[..]),
     ] {
         compile(
             &format!("cc options_test.c {}", sanitizers.join(" ")),
@@ -582,17 +538,7 @@ fn c_programs_use_the_c_abi() {
     let sanitized_tmp = dir("api-sanitized");
     let mut command = Command::new(&api_test_sanitized);
     api_test_env(&mut command, &fixtures, hosts, &sanitized_tmp);
-    command
-        .env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:abort_on_error=0:exitcode=98",
-        )
-        .env("LSAN_OPTIONS", "exitcode=99")
-        .env(
-            "UBSAN_OPTIONS",
-            "print_stacktrace=1:halt_on_error=1:exitcode=97",
-        )
-        .env("OCI_TEST_LEAK_EXIT", "99");
+    sanitizer_env(&mut command);
     let ran = run(
         "api_test under ASan and UBSan",
         &mut command,
@@ -606,42 +552,16 @@ fn c_programs_use_the_c_abi() {
         "api_test under ASan and UBSan",
     );
 
-    require_tool(
-        "valgrind",
-        "apt-get install -y --no-install-recommends valgrind",
-    );
     let valgrind_tmp = dir("api-valgrind");
     let valgrind_log = work.join("valgrind.log");
-    let mut command = Command::new("valgrind");
-    command
-        .args([
-            "--leak-check=full",
-            "--errors-for-leak-kinds=definite,indirect",
-            "--error-exitcode=99",
-            "--child-silent-after-fork=yes",
-            "--num-callers=40",
-        ])
-        .arg(format!("--log-file={}", valgrind_log.display()))
-        .arg(&api_test);
-    api_test_env(&mut command, &fixtures, hosts, &valgrind_tmp);
     // The forked child leaks its cache's runtime on purpose (its threads did
     // not survive the fork), so valgrind, silent there, still makes the
-    // child exit 99: api_test.c accepts that code from the child alone.
-    command.env("OCI_TEST_LEAK_EXIT", "99");
+    // child exit C_LEAK_EXIT: api_test.c accepts that code from the child
+    // alone (OCI_TEST_LEAK_EXIT, which valgrind_command sets).
+    let mut command = valgrind_command(&api_test, &valgrind_log);
+    api_test_env(&mut command, &fixtures, hosts, &valgrind_tmp);
     let ran = run("api_test under valgrind", &mut command, VALGRIND_LIMIT);
-    let log = std::fs::read_to_string(&valgrind_log).unwrap_or_default();
-    let with_log = || format!("{}\n--- valgrind log\n{log}", ran.describe());
-    assert!(
-        log.contains("ERROR SUMMARY: 0 errors"),
-        "valgrind found errors: {}",
-        with_log()
-    );
-    for line in log
-        .lines()
-        .filter(|l| l.contains("definitely lost:") || l.contains("indirectly lost:"))
-    {
-        assert_eq!(lost_bytes(line), 0, "valgrind: {line}\n{}", with_log());
-    }
+    assert_valgrind_clean(&valgrind_log, &ran);
     assert_api_test(&ran, &valgrind_tmp, &host, app, "api_test under valgrind");
 
     // The options act: plainly, then under the sanitizers.

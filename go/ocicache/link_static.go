@@ -6,11 +6,12 @@
 
 package ocicache
 
-// The extra libraries are what rustc reports for the staticlib
-// (`--print native-static-libs`), as in the Makefile's STATIC_LIBS.
+// The libraries the static library needs besides itself are in
+// link_static_libs.go, which `make lib` writes from what rustc reports
+// (`--print native-static-libs`), as it writes oci-cache.pc's Libs.private.
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: ${SRCDIR}/../../target/release/liboci_cache.a -lssl -lcrypto -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+#cgo LDFLAGS: ${SRCDIR}/../../target/release/liboci_cache.a
 */
 import "C"

@@ -5,13 +5,16 @@
  *
  * tests/c_api.rs builds and runs it (also under valgrind): that driver
  * starts the registries, pushes the fixtures, and passes every host,
- * reference and expected value in OCI_TEST_* environment variables. The
- * last line printed is "N passed, M failed"; the driver checks N, so a
- * check that silently stops running is a failure too. By hand, with those
+ * reference and expected value in OCI_TEST_* environment variables. It
+ * ends with "plan: N checks" and "P passed, F failed" (tests/c/checks.h):
+ * the driver wants P == N, so a check that silently stops running is a
+ * failure too. By hand, with those
  * variables set: OCI_TEST_VERBOSE=1 prints every expected error message,
  * OCI_TEST_TIMINGS=1 the time each test took.
  */
 #include "oci_cache.h" /* first, so the header is seen to stand on its own */
+
+#include "checks.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -44,7 +47,8 @@ int unshare(int flags);
 /* ------------------------------------------------------------------------ */
 /* Checks */
 
-static int passed, failed;
+/* Failed runs of checks (and of REQUIREs); checks.h tallies the rest. */
+static int failed;
 /* What the checks are about, printed with a failure: a line number alone is
  * ambiguous in helpers called for several layers or calls. */
 static char context[256];
@@ -83,26 +87,27 @@ static void report_failure(const char *file, int line, const char *what) {
         fprintf(stderr, "    while: %s\n", context);
 }
 
-static void check_at(const char *file, int line, int ok, const char *what, const oci_error *err) {
-    if (ok) {
-        passed++;
+static void check_at(struct check_site *site, int ok, const oci_error *err) {
+    if (check_run(site, ok))
         return;
-    }
-    report_failure(file, line, what);
+    report_failure(site->file, site->line, site->what);
     if (err)
         fprintf(stderr, "    oci_error %s: %s\n", status_name(oci_error_code(err)),
                 oci_error_message(err));
 }
 
-#define CHECK(cond) check_at(__FILE__, __LINE__, (cond) != 0, #cond, NULL)
-#define CHECK_E(cond, err) check_at(__FILE__, __LINE__, (cond) != 0, #cond, (err))
+#define CHECK(cond) CHECK_E(cond, NULL)
+#define CHECK_E(cond, err)                                                                       \
+    do {                                                                                         \
+        CHECK_SITE(#cond, CHECK_PLANNED(cond));                                                  \
+        check_at(&check_site_, (cond) != 0, (err));                                              \
+    } while (0)
 
 /* One check: the call returned `want`, and (when err_out was given) left an
  * error with the same code whose message is non-empty and contains
  * `needle1` and `needle2` (either may be NULL). Frees the error. */
-static void expect_error_at(const char *file, int line, const char *call, oci_status status,
-                            oci_status want, oci_error **errp, const char *needle1,
-                            const char *needle2) {
+static void expect_error_at(struct check_site *site, oci_status status, oci_status want,
+                            oci_error **errp, const char *needle1, const char *needle2) {
     oci_error *err = errp ? *errp : NULL;
     const char *message = err ? oci_error_message(err) : NULL;
     char what[1024];
@@ -119,16 +124,15 @@ static void expect_error_at(const char *file, int line, const char *call, oci_st
         problem = "message lacks the first expected text";
     else if (err && needle2 && !strstr(message, needle2))
         problem = "message lacks the second expected text";
-    if (!problem) {
-        passed++;
+    if (check_run(site, !problem)) {
         /* To read what callers will see, e.g. when judging a message. */
         if (getenv("OCI_TEST_VERBOSE"))
-            fprintf(stderr, "%s:%d: %s: %s\n", file, line, status_name(status),
+            fprintf(stderr, "%s:%d: %s: %s\n", site->file, site->line, status_name(status),
                     message ? message : "(no oci_error asked for)");
     } else {
-        snprintf(what, sizeof what, "%s: %s (got %s, want %s)", call, problem,
+        snprintf(what, sizeof what, "%s: %s (got %s, want %s)", site->what, problem,
                  status_name(status), status_name(want));
-        report_failure(file, line, what);
+        report_failure(site->file, site->line, what);
         if (needle1)
             fprintf(stderr, "    message should contain: \"%s\"\n", needle1);
         if (needle2)
@@ -143,18 +147,18 @@ static void expect_error_at(const char *file, int line, const char *call, oci_st
 }
 
 #define EXPECT_ERROR(call, want, errp, needle1, needle2)                                         \
-    expect_error_at(__FILE__, __LINE__, #call, (call), (want), (errp), (needle1), (needle2))
+    do {                                                                                         \
+        CHECK_SITE(#call, 1);                                                                    \
+        expect_error_at(&check_site_, (call), (want), (errp), (needle1), (needle2));             \
+    } while (0)
 
 /* One check: the call succeeded and left *errp alone. */
-static void expect_ok_at(const char *file, int line, const char *call, oci_status status,
-                         oci_error **errp) {
+static void expect_ok_at(struct check_site *site, oci_status status, oci_error **errp) {
     char what[1024];
-    if (status == OCI_OK && (!errp || !*errp)) {
-        passed++;
+    if (check_run(site, status == OCI_OK && (!errp || !*errp)))
         return;
-    }
-    snprintf(what, sizeof what, "%s: got %s, want OCI_OK", call, status_name(status));
-    report_failure(file, line, what);
+    snprintf(what, sizeof what, "%s: got %s, want OCI_OK", site->what, status_name(status));
+    report_failure(site->file, site->line, what);
     if (errp && *errp) {
         fprintf(stderr, "    message: %s\n", oci_error_message(*errp));
         oci_error_free(*errp);
@@ -162,11 +166,16 @@ static void expect_ok_at(const char *file, int line, const char *call, oci_statu
     }
 }
 
-#define EXPECT_OK(call, errp) expect_ok_at(__FILE__, __LINE__, #call, (call), (errp))
+#define EXPECT_OK(call, errp)                                                                    \
+    do {                                                                                         \
+        CHECK_SITE(#call, 1);                                                                    \
+        expect_ok_at(&check_site_, (call), (errp));                                              \
+    } while (0)
 
-static void finish(void) {
-    printf("%d passed, %d failed\n", passed, failed);
-    fflush(stdout);
+/* The plan and the tally; with `stopping` (a REQUIRE failed), without the
+ * list of every check the stop kept from running. */
+static void finish(int stopping) {
+    failed = checks_report(failed, !stopping);
 }
 
 /* For set-up the rest depends on: stop at once, visibly. */
@@ -178,7 +187,7 @@ static void require_at(const char *file, int line, int ok, const char *what, oci
         fprintf(stderr, "    oci_error %s: %s\n", status_name(oci_error_code(err)),
                 oci_error_message(err));
     fprintf(stderr, "stopping: later checks depend on this\n");
-    finish();
+    finish(1);
     exit(1);
 }
 
@@ -2017,6 +2026,6 @@ int main(void) {
     TIMED(test_fd_growth(cache, app));
     TIMED(test_threads(cache, app));
     TIMED(test_free_order(cache, app));
-    finish();
+    finish(0);
     return failed ? 1 : 0;
 }

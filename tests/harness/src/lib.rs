@@ -12,6 +12,7 @@
 //! name) and stops when dropped.
 
 pub mod cache;
+pub mod ctest;
 pub mod fake;
 pub mod files;
 pub mod fixtures;
@@ -25,6 +26,7 @@ pub mod token;
 pub mod tools;
 
 pub use cache::*;
+pub use ctest::*;
 pub use fake::*;
 pub use files::*;
 pub use fixtures::*;
