@@ -350,8 +350,7 @@ fn run_options_test(
         .env(
             "OCI_TEST_OTHER_CONFIG",
             String::from_utf8(fixtures.other.config.clone()).unwrap(),
-        )
-        ;
+        );
     sanitizer_env(&mut command);
     let ran = run(what, &mut command, RUN_LIMIT);
     if let Err(problem) = c_plan_met(&ran) {
