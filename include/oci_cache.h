@@ -177,6 +177,17 @@ oci_status oci_error_code(const oci_error *err);
 // The message of `err`, valid until `oci_error_free(err)`; NULL if `err` is NULL.
 const char *oci_error_message(const oci_error *err);
 
+// The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
+// `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
+// causes; 0 when there is none (the failure did not come from the OS) or
+// `err` is NULL.
+int oci_error_os_errno(const oci_error *err);
+
+// The HTTP status (e.g. 401, 404, 503) of the registry's answer that made
+// `err`; 0 when the failure came from no such answer (a refused
+// connection, a local error…) or `err` is NULL.
+int oci_error_http_status(const oci_error *err);
+
 // Frees `err`. NULL is a no-op.
 void oci_error_free(oci_error *err);
 

@@ -51,14 +51,14 @@ impl CallOptions {
         CallOptions::default()
     }
 
-    /// Fails each call with [`Error::Timeout`] once it has run this long
+    /// Fails each call with [`ErrorKind::Timeout`] once it has run this long
     /// (`None`: no deadline, the default).
     pub fn deadline(mut self, limit: impl Into<Option<Duration>>) -> CallOptions {
         self.deadline = limit.into();
         self
     }
 
-    /// Fails a call with [`Error::Timeout`] when a registry sends nothing
+    /// Fails a call with [`ErrorKind::Timeout`] when a registry sends nothing
     /// (no response, or no next bytes of one) for this long, instead of the
     /// cache's [`CacheOptions::stall_timeout`](crate::CacheOptions::stall_timeout)
     /// (60 s unless changed there). `None` turns the stall timeout off for
@@ -97,7 +97,7 @@ impl CallOptions {
         let outcome = match self.deadline {
             None => call.await,
             Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                Err(Error::Timeout(format!(
+                Err(Error::timeout(format!(
                     "{}: not done within its {limit:?} deadline",
                     what()
                 )))
@@ -190,7 +190,7 @@ impl Stop {
     /// that error (the call has ended): it only unwinds the work.
     pub(crate) fn check(&self, what: &str) -> Result<()> {
         if self.0.load(Ordering::Relaxed) {
-            return Err(Error::Canceled(format!("{what}: the call was dropped")));
+            return Err(Error::canceled(format!("{what}: the call was dropped")));
         }
         Ok(())
     }
@@ -223,6 +223,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     match outcome {
         Ok(result) => result,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => Err(Error::Canceled("the runtime shut down".into())),
+        Err(_) => Err(Error::canceled("the runtime shut down")),
     }
 }

@@ -64,7 +64,7 @@ mod store;
 pub use cache::{CacheOptions, Image, ImageCache, Layer};
 pub use call::{CallOptions, Progress, ProgressFn};
 pub use digest::Digest;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use layer::LayerReader;
 pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use oci_cache::{CacheOptions, Error, Image, ImageCache};
+use oci_cache::{CacheOptions, Error, ErrorKind, Image, ImageCache};
 
 /// Ends the whole binary if the test holding it runs past its limit: a
 /// call blocked in a syscall (a FIFO's open) cannot be timed out from
@@ -170,7 +170,8 @@ fn temps_under(dir: &Path) -> Vec<PathBuf> {
 #[track_caller]
 fn expect_io(result: Result<impl Sized, Error>, needles: &[&str]) -> String {
     match result {
-        Err(Error::Io(msg)) => {
+        Err(e) if e.kind() == ErrorKind::Io => {
+            let msg = e.message().to_owned();
             for needle in needles {
                 assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
             }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use oci_cache::{CacheOptions, CallOptions, Error, Image, ImageCache, Progress};
+use oci_cache::{CacheOptions, CallOptions, Error, ErrorKind, Image, ImageCache, Progress};
 
 /// A hung library call fails the test instead of hanging the run.
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -150,7 +150,7 @@ fn assert_no_secret(err: &Error, secrets: &[&str]) {
 #[track_caller]
 fn unauthorized<T>(result: Result<T, Error>, host: &str, what: &str) -> Error {
     match result {
-        Err(err @ Error::Unauthorized(_)) => {
+        Err(err) if err.kind() == ErrorKind::Unauthorized => {
             assert!(
                 err.to_string().contains(host),
                 "{what}: the Unauthorized message does not name {host}: {err}"
@@ -325,7 +325,8 @@ async fn child_pull() {
         }
         EXPECT_NETWORK => {
             match fetched {
-                Err(Error::Network(msg)) => {
+                Err(e) if e.kind() == ErrorKind::Network => {
+                    let msg = e.message().to_owned();
                     assert!(!msg.trim().is_empty(), "an empty Network error")
                 }
                 Err(other) => panic!("expected Error::Network, got {other:?}"),
@@ -668,7 +669,8 @@ async fn credential_helper_supplies_credentials() {
 #[track_caller]
 fn assert_certificate_refused<T>(result: Result<T, Error>, host: &str, what: &str) {
     match result {
-        Err(Error::Network(msg)) => {
+        Err(e) if e.kind() == ErrorKind::Network => {
+            let msg = e.message().to_owned();
             let lower = msg.to_lowercase();
             assert!(
                 lower.contains("certificate") || lower.contains("tls") || lower.contains("ssl"),
@@ -805,7 +807,7 @@ fn stalling_image(repo: &str) -> (FakeRegistry, PushedImage) {
 #[track_caller]
 fn assert_timeout<T>(result: Result<T, Error>, what: &str) -> String {
     match result {
-        Err(Error::Timeout(msg)) => msg,
+        Err(e) if e.kind() == ErrorKind::Timeout => e.message().to_owned(),
         Err(other) => panic!("{what}: expected Error::Timeout, got {other:?}"),
         Ok(_) => panic!("{what}: expected Error::Timeout, got success"),
     }
@@ -1168,12 +1170,13 @@ async fn a_panicking_progress_callback_is_an_internal_error() {
             panic!("the progress callback gave up");
         }
     }));
-    let internal = |what: &str, err: Error| match err {
-        Error::Internal(message) => assert!(
-            message.contains("panicked") && message.contains("the progress callback gave up"),
-            "{what}: {message}"
+    let internal = |what: &str, err: Error| match err.kind() {
+        ErrorKind::Internal => assert!(
+            err.message().contains("panicked")
+                && err.message().contains("the progress callback gave up"),
+            "{what}: {err}"
         ),
-        other => panic!("{what}: {other:?}, want Error::Internal"),
+        _ => panic!("{what}: {err:?}, want Error::Internal"),
     };
     let dst = tempfile::tempdir().unwrap();
     let err = within("rootfs", scoped.rootfs(&image, dst.path())).await;

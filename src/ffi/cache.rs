@@ -159,7 +159,7 @@ impl oci_cache {
                     () = triggered(cancel.as_deref()) => break Err(oci_cancel::canceled()),
                     Some((callback, report)) = next_report(&mut progress) => {
                         if !callback.deliver(&report) {
-                            break Err(Error::Canceled("the progress callback asked to stop".into()));
+                            break Err(Error::canceled("the progress callback asked to stop"));
                         }
                     }
                     result = &mut work => {

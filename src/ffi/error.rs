@@ -1,6 +1,6 @@
 //! Status codes, the `oci_error` object, and the library version.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_int, CString};
 
 use super::{
     boundary_or, free_box, getter, to_boxed_mut_ptr, try_ref, Castable, Failure, OwnershipBox,
@@ -60,6 +60,8 @@ pub const OCI_CACHE_VERSION_PATCH: u32 = 0;
 pub struct oci_error {
     code: oci_status,
     message: CString,
+    os_errno: i32,
+    http_status: i32,
 }
 
 impl Castable for oci_error {
@@ -74,6 +76,8 @@ impl oci_error {
         to_boxed_mut_ptr(oci_error {
             code: failure.code,
             message,
+            os_errno: failure.os_errno,
+            http_status: failure.http_status,
         })
     }
 }
@@ -90,6 +94,23 @@ pub extern "C" fn oci_error_code(err: *const oci_error) -> oci_status {
 #[no_mangle]
 pub extern "C" fn oci_error_message(err: *const oci_error) -> *const c_char {
     getter(err, std::ptr::null(), |e| Some(e.message.as_ptr()))
+}
+
+/// The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
+/// `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
+/// causes; 0 when there is none (the failure did not come from the OS) or
+/// `err` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_error_os_errno(err: *const oci_error) -> c_int {
+    getter(err, 0, |e| Some(e.os_errno))
+}
+
+/// The HTTP status (e.g. 401, 404, 503) of the registry's answer that made
+/// `err`; 0 when the failure came from no such answer (a refused
+/// connection, a local error…) or `err` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_error_http_status(err: *const oci_error) -> c_int {
+    getter(err, 0, |e| Some(e.http_status))
 }
 
 /// Frees `err`. NULL is a no-op.

@@ -97,10 +97,11 @@ pub extern "C" fn oci_layer_reader_read(
             cancel,
         } = reader;
         let read = cache.wait(Watch::cancel(cancel.clone()), async {
-            reader
-                .read(buf)
-                .await
-                .map_err(|e| Error::from_io(e, |e| Error::Io(format!("reading a layer: {e}"))))
+            reader.read(buf).await.map_err(|e| {
+                Error::from_io(e, |e| {
+                    Error::io(format!("reading a layer: {e}")).with_source(e)
+                })
+            })
         })?;
         *n_out = read;
         Ok(())

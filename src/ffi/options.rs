@@ -403,7 +403,7 @@ impl oci_cancel {
     }
 
     pub(crate) fn canceled() -> Error {
-        Error::Canceled("the call's cancel token was triggered".into())
+        Error::canceled("the call's cancel token was triggered")
     }
 }
 
