@@ -88,7 +88,10 @@ typedef struct oci_verify_report oci_verify_report;
 
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
-// values are stable across releases.
+// values are stable across releases. The comments on the `OCI_E_*` codes
+// below are the one description of each kind of failure: Rust's
+// `ErrorKind`, Go's sentinels and the README point here (a test keeps
+// `ErrorKind`'s docs the same as these).
 typedef int32_t oci_status;
 
 // A progress callback: called with `user_data`, the layer's index (bottom
@@ -103,9 +106,11 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // Success.
 #define OCI_OK 0
 
-// A NULL pointer, a string that is not UTF-8, a malformed reference,
-// platform or option, an out-of-range index, or a blocking call made from
-// inside the library's runtime or a callback.
+// A malformed reference, platform, digest or option, or an out-of-range
+// index.
+//
+// From C also: a NULL pointer, a string that is not UTF-8, or a blocking
+// call made from inside the library's runtime or a callback.
 #define OCI_E_INVALID_ARGUMENT -1
 
 // A manifest, blob, tag, repository or platform that does not exist,
@@ -146,7 +151,9 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // a new pid namespace).
 #define OCI_E_FORKED -12
 
-// A bug in the library (a Rust panic) caught at the boundary.
+// A panic caught inside the library (a bug, or a Rust progress callback
+// that panicked), reported as an error rather than taken as the end of
+// the work.
 #define OCI_E_INTERNAL -13
 
 #ifdef __cplusplus

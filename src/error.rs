@@ -36,7 +36,9 @@ pub enum ErrorKind {
     Canceled,
     /// A deadline or stall timeout expired.
     Timeout,
-    /// A bug in the library (a Rust panic) caught at the boundary.
+    /// A panic caught inside the library (a bug, or a Rust progress callback
+    /// that panicked), reported as an error rather than taken as the end of
+    /// the work.
     Internal,
 }
 

@@ -90,7 +90,7 @@ pub(crate) fn boundary(err_out: *mut *mut oci_error, body: impl FnOnce() -> Outc
         Ok(Err(failure)) => failure,
         Err(panic) => Failure::new(
             OCI_E_INTERNAL,
-            format!("internal: {}", panic_message(&panic)),
+            format!("internal: {}", panic_message(&*panic)),
         ),
     };
     let code = failure.code;
