@@ -51,14 +51,14 @@ impl CallOptions {
         CallOptions::default()
     }
 
-    /// Fails each call with [`ErrorKind::Timeout`] once it has run this long
+    /// Fails each call with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) once it has run this long
     /// (`None`: no deadline, the default).
     pub fn deadline(mut self, limit: impl Into<Option<Duration>>) -> CallOptions {
         self.deadline = limit.into();
         self
     }
 
-    /// Fails a call with [`ErrorKind::Timeout`] when a registry sends nothing
+    /// Fails a call with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when a registry sends nothing
     /// (no response, or no next bytes of one) for this long, instead of the
     /// cache's [`CacheOptions::stall_timeout`](crate::CacheOptions::stall_timeout)
     /// (60 s unless changed there). `None` turns the stall timeout off for

@@ -152,7 +152,7 @@ pub(crate) async fn extract(
 /// Streams the uncompressed layer. The stream ends only after both digests
 /// matched; a mismatch is an error, never an end of stream, and so is a
 /// panic in the worker (a progress callback's, say): the reader gets
-/// [`ErrorKind::Internal`].
+/// [`ErrorKind::Internal`](crate::ErrorKind::Internal).
 pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -> LayerReader {
     let input = Input::start(blob, copy, &check);
     let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
@@ -201,7 +201,7 @@ impl Drop for Abandon {
 }
 
 /// Runs `work` on a blocking thread; a panic there (a progress callback's,
-/// say) is an [`ErrorKind::Internal`] naming `what`, after the work's temp files
+/// say) is an [`ErrorKind::Internal`](crate::ErrorKind::Internal) naming `what`, after the work's temp files
 /// were dropped by the unwinding.
 async fn blocking<T: Send + 'static>(
     what: &str,
@@ -465,7 +465,7 @@ impl Write for ChannelWriter {
 /// `err.get_ref().and_then(|e| e.downcast_ref::<oci_cache::Error>())`. An
 /// error is final: every later read returns it again. A read returns 0 (the
 /// end) only once the layer was verified: a panic in the work behind it (a
-/// progress callback's) is [`ErrorKind::Internal`], never an end.
+/// progress callback's) is [`ErrorKind::Internal`](crate::ErrorKind::Internal), never an end.
 pub struct LayerReader {
     receiver: mpsc::Receiver<io::Result<Bytes>>,
     chunk: Bytes,

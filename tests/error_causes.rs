@@ -8,7 +8,6 @@ mod common;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -19,41 +18,6 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(60), future)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
-}
-
-/// A tmpfs mounted with `options` for one test, unmounted when dropped
-/// (and its mount point removed): nothing is left mounted behind a test.
-struct Tmpfs(Option<tempfile::TempDir>);
-
-impl Tmpfs {
-    fn mount(options: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a tmpfs ({options})");
-        Tmpfs(Some(dir))
-    }
-
-    fn path(&self) -> &Path {
-        self.0.as_ref().unwrap().path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let dir = self.0.take().unwrap();
-        let unmounted = Command::new("umount").arg(dir.path()).status();
-        // Removing the mount point while still mounted would empty the tmpfs
-        // only: keep it (and say so) rather than hide a leak.
-        if unmounted.is_ok_and(|s| s.success()) {
-            drop(dir);
-        } else {
-            eprintln!("could not unmount {}", dir.keep().display());
-        }
-    }
 }
 
 /// The texts of `err`'s chain of causes, outermost first.

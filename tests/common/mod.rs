@@ -2666,3 +2666,43 @@ pub fn push_noise_image(host: &str, repo: &str, layers: &[(u64, usize)]) -> Push
         ("linux", "amd64", None),
     )
 }
+
+// ---------------------------------------------------------------------------
+// Mounted file systems (a read-only or full `dst`)
+
+/// A tmpfs mounted with `options` for one test, unmounted when dropped
+/// (and its mount point removed): nothing is left mounted behind a test.
+pub struct Tmpfs(Option<tempfile::TempDir>);
+
+impl Tmpfs {
+    pub fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs ({options})");
+        Tmpfs(Some(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let dir = self.0.take().unwrap();
+        let unmounted = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        // Removing the mount point while still mounted would empty the tmpfs
+        // only: keep it (and say so) rather than hide a leak.
+        if unmounted.is_ok_and(|s| s.success()) {
+            drop(dir);
+        } else {
+            eprintln!("could not unmount {}", dir.keep().display());
+        }
+    }
+}
