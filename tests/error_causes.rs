@@ -1,7 +1,7 @@
 //! Errors keep their cause: a read-only or full `dst` is `Io` with the OS
 //! error number, a refused connection is `Network` with `ECONNREFUSED`, a
-//! registry's 404 or 401 answer is `NotFound` or `Unauthorized` with that
-//! status, a refused certificate keeps the TLS error in the chain, and the
+//! registry's 404, 401 or 503 answer is `NotFound`, `Unauthorized` or
+//! `Network` with that status, a refused certificate keeps the TLS error in the chain, and the
 //! text of every error is unchanged: `"<kind>: <message>"`.
 
 mod common;
@@ -209,4 +209,21 @@ async fn a_refused_certificate_keeps_the_tls_error_in_the_chain() {
             .any(|cause| cause.to_lowercase().contains("certificate")),
         "no TLS error among the causes: {chain:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_network_with_its_status() {
+    let fake = FakeRegistry::start();
+    fake.fail_first("/v2/down/manifests/v1", 5, 503, &[]);
+    let cache = ImageCache::new(CacheOptions::new().attempts(1)).unwrap();
+    let reference = format!("{}/down:v1", fake.host());
+    let err = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err:?}");
+    assert_eq!(err.http_status(), Some(503), "{err:?}");
+    assert_eq!(err.os_errno(), None, "{err:?}");
+    assert_display(&err, "network");
+    assert!(err.message().contains("503"), "{err}");
+    assert_eq!(fake.requests("/v2/down/manifests/v1"), 1);
 }
