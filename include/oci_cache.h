@@ -186,8 +186,9 @@ const char *oci_error_message(const oci_error *err);
 
 // The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
 // `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
-// causes; 0 when there is none (the failure did not come from the OS) or
-// `err` is NULL.
+// causes; a write refused by the free-space reserve gives `ENOSPC`, as a
+// full disk would. 0 when there is none (the failure did not come from
+// the OS) or `err` is NULL.
 int oci_error_os_errno(const oci_error *err);
 
 // The HTTP status (e.g. 401, 404, 503) of the registry's answer that made

@@ -183,7 +183,8 @@ impl Error {
     }
 
     /// The OS error number behind this error (`ENOSPC`, `EROFS`,
-    /// `ECONNREFUSED`…), found anywhere along its chain of causes.
+    /// `ECONNREFUSED`…), found anywhere along its chain of causes; a write
+    /// refused by the free-space reserve gives `ENOSPC`, as a full disk would.
     pub fn os_errno(&self) -> Option<i32> {
         let mut next = std::error::Error::source(self);
         while let Some(err) = next {

@@ -32,7 +32,8 @@ type Error struct {
 	// Message is the library's description of the failure.
 	Message string
 	// Errno is the OS error that caused the failure (ENOSPC, EROFS,
-	// ECONNREFUSED...), from oci_error_os_errno; 0 when there is none.
+	// ECONNREFUSED...; ENOSPC too for a write refused by the free-space
+	// reserve), from oci_error_os_errno; 0 when there is none.
 	Errno syscall.Errno
 	// HTTPStatus is the status of the registry's answer that made the
 	// failure (401, 404, 503...), from oci_error_http_status; 0 when there

@@ -105,8 +105,9 @@ pub extern "C" fn oci_error_message(err: *const oci_error) -> *const c_char {
 
 /// The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
 /// `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
-/// causes; 0 when there is none (the failure did not come from the OS) or
-/// `err` is NULL.
+/// causes; a write refused by the free-space reserve gives `ENOSPC`, as a
+/// full disk would. 0 when there is none (the failure did not come from
+/// the OS) or `err` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_error_os_errno(err: *const oci_error) -> c_int {
     getter(err, 0, |e| Some(e.os_errno))
