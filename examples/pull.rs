@@ -37,13 +37,13 @@ async fn pull(
     let cache = ImageCache::new(options)?;
     let started = Instant::now();
     let image = cache.fetch_image(reference, None).await?;
-    std::fs::create_dir_all(dst).map_err(|e| oci_cache::Error::Io(format!("{dst}: {e}")))?;
+    std::fs::create_dir_all(dst).map_err(|e| oci_cache::Error::io(format!("{dst}: {e}")))?;
     let files = cache.rootfs(&image, Path::new(dst)).await?;
     println!("{} {}", image.reference(), image.digest());
     for (layer, file) in image.layers().iter().zip(&files) {
         let size = file
             .metadata()
-            .map_err(|e| oci_cache::Error::Io(e.to_string()))?
+            .map_err(|e| oci_cache::Error::io(e.to_string()).with_source(e))?
             .len();
         println!("{} {size}", layer.diff_id());
     }

@@ -93,7 +93,10 @@ typedef struct oci_verify_report oci_verify_report;
 
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
-// values are stable across releases.
+// values are stable across releases. The comments on the `OCI_E_*` codes
+// below are the one description of each kind of failure: Rust's
+// `ErrorKind`, Go's sentinels and the README point here (a test keeps
+// `ErrorKind`'s docs the same as these).
 typedef int32_t oci_status;
 
 // A progress callback: called with `user_data`, the layer's index (bottom
@@ -108,9 +111,11 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // Success.
 #define OCI_OK 0
 
-// A NULL pointer, a string that is not UTF-8, a malformed reference,
-// platform or option, an out-of-range index, or a blocking call made from
-// inside the library's runtime or a callback.
+// A malformed reference, platform, digest or option, or an out-of-range
+// index.
+//
+// From C also: a NULL pointer, a string that is not UTF-8, or a blocking
+// call made from inside the library's runtime or a callback.
 #define OCI_E_INVALID_ARGUMENT -1
 
 // A manifest, blob, tag, repository or platform that does not exist,
@@ -151,7 +156,9 @@ typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *di
 // a new pid namespace).
 #define OCI_E_FORKED -12
 
-// A bug in the library (a Rust panic) caught at the boundary.
+// A panic caught inside the library (a bug, or a Rust progress callback
+// that panicked), reported as an error rather than taken as the end of
+// the work.
 #define OCI_E_INTERNAL -13
 
 #ifdef __cplusplus
@@ -181,6 +188,18 @@ oci_status oci_error_code(const oci_error *err);
 
 // The message of `err`, valid until `oci_error_free(err)`; NULL if `err` is NULL.
 const char *oci_error_message(const oci_error *err);
+
+// The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
+// `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
+// causes; a write refused by the free-space reserve gives `ENOSPC`, as a
+// full disk would. 0 when there is none (the failure did not come from
+// the OS) or `err` is NULL.
+int oci_error_os_errno(const oci_error *err);
+
+// The HTTP status (e.g. 401, 404, 503) of the registry's answer that made
+// `err`; 0 when the failure came from no such answer (a refused
+// connection, a local error…) or `err` is NULL.
+int oci_error_http_status(const oci_error *err);
 
 // Frees `err`. NULL is a no-op.
 void oci_error_free(oci_error *err);

@@ -179,14 +179,15 @@ async fn fetch_token(
     };
     let started = Instant::now();
     let failed =
-        |why: String| Error::Unauthorized(format!("{what}: token request to {realm}: {why}"));
+        |why: String| Error::unauthorized(format!("{what}: token request to {realm}: {why}"));
     let response = limits.send(request).await.map_err(|e| match e {
-        SendError::Transport(e) => Error::Network(format!(
+        SendError::Transport(e) => Error::network(format!(
             "{what}: token request to {realm}: {}",
             error_chain(&e)
-        )),
+        ))
+        .with_source(e.without_url()),
         SendError::TimedOut { message, .. } => {
-            Error::Timeout(format!("{what}: token request to {realm}: {message}"))
+            Error::timeout(format!("{what}: token request to {realm}: {message}"))
         }
     })?;
     let status = response.status();
@@ -195,8 +196,8 @@ async fn fetch_token(
         .map_err(|e| {
             let message = format!("{what}: token request to {realm}: {e}");
             match e {
-                ReadError::Stalled(_) => Error::Timeout(message),
-                _ => Error::Network(message),
+                ReadError::Stalled(_) => Error::timeout(message),
+                _ => Error::network(message),
             }
         })?;
     if !status.is_success() {
@@ -204,7 +205,8 @@ async fn fetch_token(
             "refused with status {}: {}",
             status.as_u16(),
             reason(&body)
-        )));
+        ))
+        .with_http_status(status.as_u16()));
     }
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| failed(format!("the answer is not JSON: {e}")))?;

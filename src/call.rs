@@ -96,14 +96,14 @@ impl CallOptions {
         CallOptions::default()
     }
 
-    /// Fails each call with [`Error::Timeout`] once it has run this long
+    /// Fails each call with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) once it has run this long
     /// (`None`: no deadline, the default).
     pub fn deadline(mut self, limit: impl Into<Option<Duration>>) -> CallOptions {
         self.deadline = limit.into();
         self
     }
 
-    /// Fails a call with [`Error::Timeout`] when a registry sends nothing
+    /// Fails a call with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when a registry sends nothing
     /// (no response, or no next bytes of one) for this long, instead of the
     /// cache's [`CacheOptions::stall_timeout`](crate::CacheOptions::stall_timeout)
     /// (60 s unless changed there). `None` turns the stall timeout off for
@@ -150,7 +150,7 @@ impl CallOptions {
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         if let Some(reason) = self.cancel.iter().find_map(CancelToken::reason) {
-            return Err(Error::Canceled(format!("{}: {reason}", what())));
+            return Err(Error::canceled(format!("{}: {reason}", what())));
         }
         let (work, call) = Work::scope(call);
         let limited = async {
@@ -169,11 +169,11 @@ impl CallOptions {
         };
         let outcome = match ended {
             Ended::Done(outcome) => outcome,
-            Ended::Deadline(limit) => Err(Error::Timeout(format!(
+            Ended::Deadline(limit) => Err(Error::timeout(format!(
                 "{}: not done within its {limit:?} deadline",
                 what()
             ))),
-            Ended::Canceled(reason) => Err(Error::Canceled(format!("{}: {reason}", what()))),
+            Ended::Canceled(reason) => Err(Error::canceled(format!("{}: {reason}", what()))),
         };
         if outcome.is_err() {
             work.stopped().await;

@@ -27,7 +27,7 @@ impl Codec {
         CODECS
             .iter()
             .find(|codec| codec.media_types.contains(&media_type))
-            .ok_or_else(|| Error::Unsupported(format!("layer media type {media_type:?}")))
+            .ok_or_else(|| Error::unsupported(format!("layer media type {media_type:?}")))
     }
 
     /// Decodes `blob` into `out`, then reads whatever the decoder left of
@@ -117,6 +117,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::error::ErrorKind;
     use crate::manifest;
 
     /// The layer media types of the OCI image spec and Docker's image
@@ -180,10 +181,11 @@ mod tests {
             "application/vnd.oci.image.layer.v1.tar+lz4",
             "",
         ] {
-            let Err(Error::Unsupported(msg)) = Codec::of(media_type) else {
+            let Err(err) = Codec::of(media_type) else {
                 panic!("{media_type:?} is taken for a layer")
             };
-            assert_eq!(msg, format!("layer media type {media_type:?}"));
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+            assert_eq!(err.message(), format!("layer media type {media_type:?}"));
         }
     }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The hex length of an algorithm's digests, for the algorithms handled.
 pub(crate) fn hex_length(algorithm: &str) -> Option<usize> {
@@ -31,12 +31,12 @@ impl Digest {
     /// Parses and validates a digest string.
     pub fn parse(text: &str) -> Result<Digest> {
         let Some((algorithm, hex)) = text.split_once(':') else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "digest {text:?} has no algorithm prefix"
             )));
         };
         let Some(hex_len) = hex_length(algorithm) else {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "digest algorithm {algorithm:?} in {text:?} (sha256 and sha512 are supported)"
             )));
         };
@@ -44,7 +44,7 @@ impl Digest {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if hex.len() != hex_len || !lower_hex {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "digest {text:?} is not {algorithm}: followed by {hex_len} lowercase hex digits"
             )));
         }
@@ -58,9 +58,9 @@ impl Digest {
     /// registry's header): a malformed one is the content's fault, so
     /// `InvalidContent`; an unknown algorithm stays `Unsupported`.
     pub(crate) fn parse_received(text: &str) -> Result<Digest> {
-        Digest::parse(text).map_err(|e| match e {
-            Error::InvalidArgument(msg) => Error::InvalidContent(msg),
-            other => other,
+        Digest::parse(text).map_err(|e| match e.kind() {
+            ErrorKind::InvalidArgument => e.with_kind(ErrorKind::InvalidContent),
+            _ => e,
         })
     }
 
@@ -102,12 +102,12 @@ impl Digest {
     }
 
     /// Checks that `self`, a computed digest, equals `expected`; a mismatch is
-    /// [`Error::DigestMismatch`] naming `what`.
+    /// [`ErrorKind::DigestMismatch`] naming `what`.
     pub(crate) fn check_matches(&self, expected: &Digest, what: &str) -> Result<()> {
         if self == expected {
             Ok(())
         } else {
-            Err(Error::DigestMismatch(format!(
+            Err(Error::digest_mismatch(format!(
                 "{what}: expected {expected}, got {self}"
             )))
         }
@@ -119,7 +119,7 @@ pub(crate) fn check_size(received: u64, expected: u64, what: &str) -> Result<()>
     if received == expected {
         Ok(())
     } else {
-        Err(Error::DigestMismatch(format!(
+        Err(Error::digest_mismatch(format!(
             "{what}: got {received} bytes, the descriptor says {expected}"
         )))
     }
@@ -177,6 +177,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     const EMPTY_SHA256: &str =
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -204,13 +205,13 @@ mod tests {
             "sha512:abcd",
         ] {
             assert!(
-                matches!(Digest::parse(bad), Err(Error::InvalidArgument(_))),
+                matches!(Digest::parse(bad), Err(ref e) if e.kind() == ErrorKind::InvalidArgument),
                 "{bad:?} was accepted"
             );
         }
         assert!(matches!(
             Digest::parse("md5:abc"),
-            Err(Error::Unsupported(_))
+            Err(ref e) if e.kind() == ErrorKind::Unsupported
         ));
     }
 
@@ -218,9 +219,11 @@ mod tests {
     fn verify_reports_both_digests() {
         let d = Digest::parse(EMPTY_SHA256).unwrap();
         assert!(d.verify(b"", "blob").is_ok());
-        let Err(Error::DigestMismatch(msg)) = d.verify(b"x", "blob") else {
+        let Err(err) = d.verify(b"x", "blob") else {
             panic!()
         };
+        assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+        let msg = err.message();
         assert!(msg.contains(EMPTY_SHA256), "{msg}");
         assert!(msg.contains(&Digest::sha256_of(b"x").to_string()), "{msg}");
     }

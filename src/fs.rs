@@ -68,7 +68,7 @@ impl Dir {
             )
         };
         if fd < 0 {
-            return Err(Error::io(
+            return Err(Error::io_at(
                 "opening directory",
                 path,
                 io::Error::last_os_error(),
@@ -123,13 +123,13 @@ impl Dir {
             Some(libc::ENOENT) => Ok(None),
             // O_DIRECTORY reports a link as ENOTDIR, O_NOFOLLOW as ELOOP.
             Some(libc::ELOOP | libc::ENOTDIR) if self.is_symlink(&c_name) => {
-                Err(Error::Io(format!(
+                Err(Error::io(format!(
                     "{} is a symbolic link; links below dst and the store are never followed",
                     path.display()
                 )))
             }
-            Some(libc::ENOTDIR) => Err(Error::Io(format!("{} is not a directory", path.display()))),
-            _ => Err(Error::io("opening directory", &path, err)),
+            Some(libc::ENOTDIR) => Err(Error::io(format!("{} is not a directory", path.display()))),
+            _ => Err(Error::io_at("opening directory", &path, err)),
         }
     }
 
@@ -155,11 +155,11 @@ impl Dir {
         if !made {
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::AlreadyExists {
-                return Err(Error::io("creating directory", &self.join(name), err));
+                return Err(Error::io_at("creating directory", &self.join(name), err));
             }
         }
         let dir = self.sub(name)?.ok_or_else(|| {
-            Error::Io(format!(
+            Error::io(format!(
                 "{} vanished as it was created",
                 self.join(name).display()
             ))
@@ -195,14 +195,14 @@ impl Dir {
             return match err.raw_os_error() {
                 // Missing; a symbolic link; a socket.
                 Some(libc::ENOENT | libc::ELOOP | libc::ENXIO) => Ok(None),
-                _ => Err(Error::io("opening", &path, err)),
+                _ => Err(Error::io_at("opening", &path, err)),
             };
         }
         // SAFETY: `fd` was just opened and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
         let meta = file
             .metadata()
-            .map_err(|e| Error::io("inspecting", &path, e))?;
+            .map_err(|e| Error::io_at("inspecting", &path, e))?;
         if !meta.is_file() {
             return Ok(None);
         }
@@ -212,7 +212,7 @@ impl Dir {
             flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
         };
         if !cleared {
-            return Err(Error::io("opening", &path, io::Error::last_os_error()));
+            return Err(Error::io_at("opening", &path, io::Error::last_os_error()));
         }
         Ok(Some(file))
     }
@@ -225,7 +225,7 @@ impl Dir {
         };
         let mut content = Vec::new();
         file.read_to_end(&mut content)
-            .map_err(|e| Error::io("reading", &self.join(name), e))?;
+            .map_err(|e| Error::io_at("reading", &self.join(name), e))?;
         Ok(Some(content))
     }
 
@@ -238,13 +238,13 @@ impl Dir {
         }
         match io::Error::last_os_error() {
             e if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            e => Err(Error::io("removing", &self.join(name), e)),
+            e => Err(Error::io_at("removing", &self.join(name), e)),
         }
     }
 
     /// The names in this directory, `.` and `..` left out.
     pub(crate) fn names(&self) -> Result<Vec<OsString>> {
-        let failed = |e| Error::io("listing", self.path(), e);
+        let failed = |e| Error::io_at("listing", self.path(), e);
         // SAFETY: dup of a descriptor we own; fdopendir takes the copy,
         // closedir releases it. rewinddir because the copy shares its
         // offset with `self.fd`, which an earlier listing moved.
@@ -285,7 +285,7 @@ impl Dir {
     pub(crate) fn sync(&self) -> Result<()> {
         // SAFETY: fsync on a descriptor we own.
         if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
-            return Err(Error::io(
+            return Err(Error::io_at(
                 "syncing directory",
                 self.path(),
                 io::Error::last_os_error(),
@@ -303,7 +303,7 @@ impl Dir {
         // SAFETY: fstatvfs fills the struct on success.
         let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstatvfs(self.fd.as_raw_fd(), &mut stat) } != 0 {
-            return Err(Error::io(
+            return Err(Error::io_at(
                 "reading the free space of",
                 self.path(),
                 io::Error::last_os_error(),
@@ -351,13 +351,15 @@ impl Budget {
         self.left = free.saturating_sub(reserve);
         self.since = 0;
         if reserve > 0 && wanted > self.left {
-            return Err(Error::Io(format!(
+            return Err(Error::io(format!(
                 "{doing} {} would leave less than the {} free-space reserve on {} \
                  (free_space_reserve)",
                 dest.display(),
                 human(reserve),
                 dir.path().display()
-            )));
+            ))
+            // The disk is as good as full: callers branch on ENOSPC.
+            .with_source(io::Error::from_raw_os_error(libc::ENOSPC)));
         }
         Ok(())
     }
@@ -414,7 +416,7 @@ impl PendingFile {
         };
         set_mode(pending.file.as_raw_fd(), mode, &dir.join(&pending.temp))?;
         if !try_lock(&pending.file, &dir.join(&pending.temp))? {
-            return Err(Error::io(
+            return Err(Error::io_at(
                 "locking a new temp file",
                 &dir.join(&pending.temp),
                 io::Error::from(io::ErrorKind::WouldBlock),
@@ -429,13 +431,13 @@ impl PendingFile {
         let dest = self.dir.join(&self.dest);
         self.file
             .sync_all()
-            .map_err(|e| Error::io("syncing", &self.dir.join(&self.temp), e))?;
+            .map_err(|e| Error::io_at("syncing", &self.dir.join(&self.temp), e))?;
         let from = c_string(OsStr::new(&self.temp), &dest)?;
         let to = c_string(OsStr::new(&self.dest), &dest)?;
         let fd = self.dir.fd.as_raw_fd();
         // SAFETY: valid C strings and directory descriptor.
         if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
-            return Err(Error::io(
+            return Err(Error::io_at(
                 "renaming a temp file to",
                 &dest,
                 io::Error::last_os_error(),
@@ -468,7 +470,7 @@ impl Write for PendingFile {
         let n = self
             .file
             .write(buf)
-            .map_err(|e| Error::io("writing", &dest, e).into_io())?;
+            .map_err(|e| Error::io_at("writing", &dest, e).into_io())?;
         if let Some(budget) = &mut self.budget {
             budget.since += n as u64;
         }
@@ -509,7 +511,7 @@ fn create_temp(dir: &Dir) -> Result<(File, String)> {
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::AlreadyExists {
-            return Err(Error::io("creating a temp file in", dir.path(), err));
+            return Err(Error::io_at("creating a temp file in", dir.path(), err));
         }
     }
 }
@@ -524,7 +526,7 @@ pub(crate) fn write_atomic(
 ) -> Result<()> {
     let mut file = PendingFile::create(dir, name, mode, reserve)?;
     file.write_all(content)
-        .map_err(|e| Error::from_io(e, |e| Error::io("writing", &dir.join(name), e)))?;
+        .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
     file.commit()
 }
 
@@ -537,7 +539,7 @@ pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
     }
     match io::Error::last_os_error() {
         e if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        e => Err(Error::io("locking", path, e)),
+        e => Err(Error::io_at("locking", path, e)),
     }
 }
 
@@ -582,7 +584,7 @@ pub(crate) fn open_lock_file(dir: &Dir, name: &str) -> Result<File> {
         let file = unsafe { File::from_raw_fd(fd) };
         let regular = file.metadata().is_ok_and(|meta| meta.is_file());
         if !regular {
-            return Err(Error::Io(format!(
+            return Err(Error::io(format!(
                 "lock file {} is not a regular file",
                 path.display()
             )));
@@ -593,11 +595,11 @@ pub(crate) fn open_lock_file(dir: &Dir, name: &str) -> Result<File> {
 
 fn lock_open_error(path: &Path, err: io::Error) -> Error {
     match err.raw_os_error() {
-        Some(libc::ELOOP) => Error::Io(format!(
+        Some(libc::ELOOP) => Error::io(format!(
             "lock file {} is a symbolic link, which is never followed",
             path.display()
         )),
-        _ => Error::io("opening lock file", path, err),
+        _ => Error::io_at("opening lock file", path, err),
     }
 }
 
@@ -608,7 +610,7 @@ pub(crate) fn lock_file(dir: &Dir, name: &str) -> Result<File> {
     let file = open_lock_file(dir, name)?;
     // SAFETY: flock on a descriptor this File owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(
+        return Err(Error::io_at(
             "locking",
             &dir.join(name),
             io::Error::last_os_error(),
@@ -676,19 +678,19 @@ pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
             match std::fs::create_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-                Err(e) => return Err(Error::io("creating directory", dir, e)),
+                Err(e) => return Err(Error::io_at("creating directory", dir, e)),
             }
         }
-        Err(e) => return Err(Error::io("creating directory", dir, e)),
+        Err(e) => return Err(Error::io_at("creating directory", dir, e)),
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
-        .map_err(|e| Error::io("setting the mode of", dir, e))
+        .map_err(|e| Error::io_at("setting the mode of", dir, e))
 }
 
 fn set_mode(fd: libc::c_int, mode: u32, path: &Path) -> Result<()> {
     // SAFETY: fchmod on a descriptor the caller owns.
     if unsafe { libc::fchmod(fd, mode) } != 0 {
-        return Err(Error::io(
+        return Err(Error::io_at(
             "setting the mode of",
             path,
             io::Error::last_os_error(),
@@ -699,12 +701,13 @@ fn set_mode(fd: libc::c_int, mode: u32, path: &Path) -> Result<()> {
 
 fn c_string(name: &OsStr, path: &Path) -> Result<CString> {
     CString::new(name.as_bytes())
-        .map_err(|_| Error::InvalidArgument(format!("{} contains a NUL byte", path.display())))
+        .map_err(|_| Error::invalid_argument(format!("{} contains a NUL byte", path.display())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn only_regular_files_are_opened_and_temps_go_on_drop() {
@@ -729,9 +732,11 @@ mod tests {
         for other in ["link", "dir", "fifo", "missing"] {
             assert!(sub.open_regular(other).unwrap().is_none(), "{other}");
         }
-        let Err(Error::Io(msg)) = dir.sub("linked") else {
+        let Err(err) = dir.sub("linked") else {
             panic!("a linked directory was opened")
         };
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        let msg = err.message();
         assert!(msg.contains("symbolic link"), "{msg}");
 
         let mut pending = PendingFile::create(&sub, "new", CONTENT_MODE, Reserve::OFF).unwrap();

@@ -125,7 +125,7 @@ pub fn layer(data: &[u8]) -> Result<()> {
         max_size: Some(max_size),
         progress: None,
     };
-    let io = |e: std::io::Error| Error::Io(format!("fuzzed layer temp file: {e}"));
+    let io = |e: std::io::Error| Error::io(format!("fuzzed layer temp file: {e}")).with_source(e);
     let mut file = tempfile::tempfile().map_err(io)?;
     file.write_all(blob).map_err(io)?;
     file.rewind().map_err(io)?;

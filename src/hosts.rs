@@ -80,7 +80,7 @@ pub(crate) fn load(dir: &Path, registry: &str) -> Result<Option<RegistryHosts>> 
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("reading", &path, e)),
+            Err(e) => return Err(Error::io_at("reading", &path, e)),
         };
         return parse(&text, &path).map(Some);
     }
@@ -88,7 +88,7 @@ pub(crate) fn load(dir: &Path, registry: &str) -> Result<Option<RegistryHosts>> 
 }
 
 pub(crate) fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
-    let invalid = |why: String| Error::InvalidContent(format!("{}: {why}", path.display()));
+    let invalid = |why: String| Error::invalid_content(format!("{}: {why}", path.display()));
     let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
     // containerd keeps the file's order of [host."…"] tables; TOML tables
     // have none once parsed, so take it from where each key first appears.
@@ -174,6 +174,7 @@ fn split_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn reads_hosts_in_file_order_with_their_settings() {
@@ -226,11 +227,11 @@ server = "https://registry-1.docker.io"
     fn refuses_what_it_cannot_read() {
         assert!(matches!(
             parse("[host.\"https://m/?x=1\"]\n", Path::new("h")),
-            Err(Error::InvalidContent(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidContent
         ));
         assert!(matches!(
             parse("server = [", Path::new("h")),
-            Err(Error::InvalidContent(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidContent
         ));
     }
 

@@ -100,7 +100,7 @@ pub(crate) async fn extract(
         let (tar, copy) = unpack(&check, input, tar)?;
         // A call that ended early leaves nothing new, even a finished layer.
         if abandoned.load(Ordering::Relaxed) {
-            return Err(Error::Canceled(format!(
+            return Err(Error::canceled(format!(
                 "{}: the call was dropped",
                 check.what
             )));
@@ -108,7 +108,7 @@ pub(crate) async fn extract(
         tar.commit()?;
         copy.map_or(Ok(()), PendingFile::commit)?;
         dir.open_regular(name)?.ok_or_else(|| {
-            Error::Io(format!(
+            Error::io(format!(
                 "{} was replaced by something else as it was written",
                 dir.join(name).display()
             ))
@@ -120,7 +120,7 @@ pub(crate) async fn extract(
 /// Streams the uncompressed layer. The stream ends only after both digests
 /// matched; a mismatch is an error, never an end of stream, and so is a
 /// panic in the worker (a progress callback's, say): the reader gets
-/// [`Error::Internal`].
+/// [`ErrorKind::Internal`](crate::ErrorKind::Internal).
 pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -> LayerReader {
     let input = Input::start(blob, copy, &check);
     let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
@@ -169,7 +169,7 @@ impl Drop for Abandon {
 }
 
 /// Runs `work` on a blocking thread; a panic there (a progress callback's,
-/// say) is an [`Error::Internal`] naming `what`, after the work's temp files
+/// say) is an [`ErrorKind::Internal`](crate::ErrorKind::Internal) naming `what`, after the work's temp files
 /// were dropped by the unwinding.
 async fn blocking<T: Send + 'static>(
     what: &str,
@@ -178,9 +178,7 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(err) if err.is_panic() => Err(Error::panicked(what, &*err.into_panic())),
-        Err(_) => Err(Error::Canceled(
-            "the runtime shut down during extraction".into(),
-        )),
+        Err(_) => Err(Error::canceled("the runtime shut down during extraction")),
     }
 }
 
@@ -212,10 +210,10 @@ fn unpack<W: Write>(
         // Anything else is the decoder's, and a corrupt blob usually shows up
         // there first, so check the blob before blaming the compression.
         if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-            return Err(Error::from_io(err, |e| Error::Io(e.to_string())));
+            return Err(Error::from_io(err, Error::io_bare));
         }
         input.finish(&check.what)?;
-        return Err(Error::InvalidContent(format!(
+        return Err(Error::invalid_content(format!(
             "{}: corrupt {} stream: {err}",
             check.what, check.codec.name
         )));
@@ -223,7 +221,7 @@ fn unpack<W: Write>(
     let copy = input.finish(&check.what)?;
     let hashing = out
         .into_inner()
-        .map_err(|e| Error::from_io(e.into_error(), |e| Error::Io(e.to_string())))?;
+        .map_err(|e| Error::from_io(e.into_error(), Error::io_bare))?;
     let what = format!("{} uncompressed (diff_id)", check.what);
     hashing
         .hasher
@@ -294,8 +292,7 @@ impl Input {
 
     /// Reads what the decompressor left, then checks size and digest.
     fn finish(mut self, what: &str) -> Result<Option<PendingFile>> {
-        io::copy(&mut self, &mut io::sink())
-            .map_err(|e| Error::from_io(e, |e| Error::Io(e.to_string())))?;
+        io::copy(&mut self, &mut io::sink()).map_err(|e| Error::from_io(e, Error::io_bare))?;
         check_size(self.received, self.size, what)?;
         self.hasher.finish().check_matches(&self.digest, what)?;
         Ok(self.copy)
@@ -305,19 +302,21 @@ impl Input {
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.abandoned.load(Ordering::Relaxed) {
-            let err = Error::Canceled(format!("blob {}: the call was dropped", self.digest));
+            let err = Error::canceled(format!("blob {}: the call was dropped", self.digest));
             return Err(err.into_io());
         }
         let n = match &mut self.source {
             Source::File(file) => file.read(buf).map_err(|e| {
-                Error::Io(format!("reading store blob {}: {e}", self.digest)).into_io()
+                Error::io(format!("reading store blob {}: {e}", self.digest))
+                    .with_source(e)
+                    .into_io()
             })?,
             Source::Channel(receiver) => {
                 if self.chunk.is_empty() {
                     match receiver.blocking_recv() {
                         Some(chunk) => self.chunk = chunk?,
                         None if self.abandoned.load(Ordering::Relaxed) => {
-                            let err = Error::Canceled(format!(
+                            let err = Error::canceled(format!(
                                 "blob {}: the call was dropped",
                                 self.digest
                             ));
@@ -334,7 +333,7 @@ impl Read for Input {
         self.received += n as u64;
         self.downloaded.store(self.received, Ordering::Relaxed);
         if self.received > self.size {
-            let err = Error::DigestMismatch(format!(
+            let err = Error::digest_mismatch(format!(
                 "blob {} is larger than its descriptor's {} bytes",
                 self.digest, self.size
             ));
@@ -362,7 +361,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some((limit, what)) = self.limit {
             if self.written + buf.len() as u64 > limit {
-                return Err(Error::InvalidContent(format!(
+                return Err(Error::invalid_content(format!(
                     "{what}: uncompresses to more than the {limit}-byte limit (max_layer_size)"
                 ))
                 .into_io());
@@ -411,7 +410,7 @@ impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0
             .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| Error::Canceled("the layer reader was dropped".into()).into_io())?;
+            .map_err(|_| Error::canceled("the layer reader was dropped").into_io())?;
         Ok(buf.len())
     }
 
@@ -426,7 +425,7 @@ impl Write for ChannelWriter {
 /// `err.get_ref().and_then(|e| e.downcast_ref::<oci_cache::Error>())`. An
 /// error is final: every later read returns it again. A read returns 0 (the
 /// end) only once the layer was verified: a panic in the work behind it (a
-/// progress callback's) is [`Error::Internal`], never an end.
+/// progress callback's) is [`ErrorKind::Internal`](crate::ErrorKind::Internal), never an end.
 pub struct LayerReader {
     receiver: mpsc::Receiver<io::Result<Bytes>>,
     chunk: Bytes,
@@ -452,9 +451,7 @@ impl AsyncRead for LayerReader {
             match ready!(this.receiver.poll_recv(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(chunk)) => this.chunk = chunk,
-                Some(Err(err)) => {
-                    this.failed = Some(Error::from_io(err, |e| Error::Io(e.to_string())))
-                }
+                Some(Err(err)) => this.failed = Some(Error::from_io(err, Error::io_bare)),
             }
         }
     }
@@ -463,6 +460,7 @@ impl AsyncRead for LayerReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
     use tokio::io::AsyncReadExt;
 
     /// A plain-tar layer of `content` held in a local file, whose progress
@@ -524,9 +522,12 @@ mod tests {
             });
             let err = result.expect_err("a panicked worker must not end the stream cleanly");
             let err = Error::from_io(err, |e| panic!("not a library error: {e}"));
-            let Error::Internal(message) = &err else {
-                panic!("panic at the {when} report: {err:?}, want Error::Internal")
-            };
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Internal,
+                "panic at the {when} report: {err:?}, want Error::Internal"
+            );
+            let message = err.message();
             assert!(
                 message.contains("layer 0 of test: streaming panicked")
                     && message.contains("progress callback failed on purpose"),
@@ -555,9 +556,11 @@ mod tests {
             sweep: false,
         };
         let result = runtime().block_on(extract(check, blob, None, target));
-        let Err(Error::Internal(message)) = &result else {
+        let Err(err) = &result else {
             panic!("{result:?}, want Error::Internal")
         };
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        let message = err.message();
         assert!(
             message.contains("layer 0 of test: extracting panicked")
                 && message.contains("progress callback failed on purpose"),

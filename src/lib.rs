@@ -72,7 +72,7 @@ pub use cache::{CacheOptions, Image, ImageCache, Layer};
 pub use call::{CallOptions, CancelToken};
 pub use codec::layer_media_types;
 pub use digest::Digest;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use layer::LayerReader;
 pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;

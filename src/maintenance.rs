@@ -191,7 +191,7 @@ fn read_document(path: &Path) -> Result<Document> {
     let mut content = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_DOCUMENT_BYTES)
         .read_to_end(&mut content)
-        .map_err(|e| Error::io("reading", path, e))?;
+        .map_err(|e| Error::io_at("reading", path, e))?;
     Ok(serde_json::from_slice(&content).map_or(Document::Opaque, Document::Json))
 }
 
@@ -438,10 +438,10 @@ pub(crate) async fn remove_if_corrupt(store: Arc<Store>, digest: Digest) -> Resu
 /// digest; anything else there is not ours and left alone.
 fn content_files(dir: &Path) -> Result<Vec<(Digest, PathBuf)>> {
     let algorithm = dir.file_name().unwrap_or_default().to_string_lossy();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io_at("listing", dir, e))?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let entry = entry.map_err(|e| Error::io_at("listing", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // The entry's own type: a symlink is not followed.
         if fs::is_temp(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
@@ -463,7 +463,7 @@ fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() => {}
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(Error::io("reading the type of", path, e))
+            return Err(Error::io_at("reading the type of", path, e))
         }
         _ => return Ok(None),
     }
@@ -480,11 +480,11 @@ fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>> {
         {
             return Ok(None)
         }
-        Err(e) => return Err(Error::io("opening", path, e)),
+        Err(e) => return Err(Error::io_at("opening", path, e)),
     };
     let meta = file
         .metadata()
-        .map_err(|e| Error::io("reading the type of", path, e))?;
+        .map_err(|e| Error::io_at("reading the type of", path, e))?;
     Ok(meta.is_file().then_some((file, meta)))
 }
 
@@ -499,14 +499,14 @@ fn hash_file(digest: &Digest, mut file: File, path: &Path, stop: &Stop) -> Resul
             Ok(0) => return Ok(hasher.finish()),
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading", path, e)),
+            Err(e) => return Err(Error::io_at("reading", path, e)),
         }
     }
 }
 
 fn file_size(path: &Path) -> Result<u64> {
     Ok(std::fs::symlink_metadata(path)
-        .map_err(|e| Error::io("reading the size of", path, e))?
+        .map_err(|e| Error::io_at("reading the size of", path, e))?
         .len())
 }
 
@@ -516,7 +516,7 @@ fn remove_regular(path: &Path) -> Result<Option<u64>> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() => meta,
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(Error::io("reading the size of", path, e))
+            return Err(Error::io_at("reading the size of", path, e))
         }
         _ => return Ok(None),
     };
@@ -537,6 +537,6 @@ fn remove(path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("removing", path, e)),
+        Err(e) => Err(Error::io_at("removing", path, e)),
     }
 }

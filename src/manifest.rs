@@ -83,19 +83,19 @@ struct RawDocument {
 /// by their shape and given the OCI type.
 pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<(Document, String)> {
     let raw: RawDocument = serde_json::from_slice(bytes)
-        .map_err(|e| Error::InvalidContent(format!("{what} is not a valid manifest: {e}")))?;
+        .map_err(|e| Error::invalid_content(format!("{what} is not a valid manifest: {e}")))?;
     if raw.schema_version != Some(2) {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::unsupported(format!(
             "{what} has schemaVersion {:?}; only schema 2 manifests are handled",
             raw.schema_version
         )));
     }
-    let malformed = |missing: &str| Error::InvalidContent(format!("{what} has no {missing}"));
+    let malformed = |missing: &str| Error::invalid_content(format!("{what} has no {missing}"));
     let is_index = match raw.media_type.as_deref() {
         Some(OCI_INDEX | DOCKER_MANIFEST_LIST) => true,
         Some(OCI_MANIFEST | DOCKER_MANIFEST) => false,
         Some(other) => {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "{what} has media type {other:?}"
             )))
         }
@@ -139,7 +139,7 @@ pub(crate) fn config_summary(config: &[u8], what: &str) -> Result<ConfigSummary>
         diff_ids: Vec<String>,
     }
     let config: Config = serde_json::from_slice(config)
-        .map_err(|e| Error::InvalidContent(format!("{what} is not a valid image config: {e}")))?;
+        .map_err(|e| Error::invalid_content(format!("{what} is not a valid image config: {e}")))?;
     let diff_ids = config
         .rootfs
         .diff_ids
@@ -158,6 +158,7 @@ pub(crate) fn config_summary(config: &[u8], what: &str) -> Result<ConfigSummary>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn recognizes_manifests_without_media_type() {
@@ -172,17 +173,19 @@ mod tests {
     #[test]
     fn refuses_other_schemas_and_types() {
         let schema1 = br#"{"schemaVersion":1,"fsLayers":[]}"#;
-        assert!(matches!(parse(schema1, "m"), Err(Error::Unsupported(_))));
+        assert!(matches!(parse(schema1, "m"), Err(ref e) if e.kind() == ErrorKind::Unsupported));
         let other = br#"{"schemaVersion":2,"mediaType":"application/x-thing"}"#;
-        let Err(Error::Unsupported(msg)) = parse(other, "m") else {
+        let Err(err) = parse(other, "m") else {
             panic!()
         };
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let msg = err.message();
         assert!(msg.contains("application/x-thing"), "{msg}");
-        assert!(matches!(parse(b"{", "m"), Err(Error::InvalidContent(_))));
+        assert!(matches!(parse(b"{", "m"), Err(ref e) if e.kind() == ErrorKind::InvalidContent));
         let no_layers = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"d","size":1}}"#;
         assert!(matches!(
             parse(no_layers, "m"),
-            Err(Error::InvalidContent(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidContent
         ));
     }
 
@@ -191,11 +194,11 @@ mod tests {
         let bad = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:../x"]}}"#;
         assert!(matches!(
             config_summary(bad, "c"),
-            Err(Error::InvalidContent(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidContent
         ));
         assert!(matches!(
             config_summary(b"{}", "c"),
-            Err(Error::InvalidContent(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidContent
         ));
         let arm = br#"{"os":"linux","architecture":"arm","variant":"v6","rootfs":{"diff_ids":[]}}"#;
         let summary = config_summary(arm, "c").unwrap();

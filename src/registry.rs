@@ -27,7 +27,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use crate::auth::{Challenge, Tokens};
 use crate::credentials::{self, Credential, CredentialSources};
 use crate::digest::{check_size, Digest};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::hosts::{self, HostEntry, RegistryHosts};
 use crate::http::{
     error_chain, host_of, read_limited, reason, BlobStream, ReadError, SendError, Timeouts,
@@ -145,7 +145,7 @@ struct Failed {
 impl From<Error> for Failed {
     fn from(error: Error) -> Failed {
         Failed {
-            transient: matches!(error, Error::Network(_)),
+            transient: error.kind() == ErrorKind::Network,
             error,
             retry_after: None,
         }
@@ -228,7 +228,7 @@ impl Registry {
             Ok::<_, Error>((http, credential))
         })
         .await
-        .map_err(|e| Error::Network(format!("setting up the client for registry {name}: {e}")))??;
+        .map_err(|e| Error::network(format!("setting up the client for registry {name}: {e}")))??;
         Ok(Arc::new(Host {
             base: format!("{}://{name}", if plain_http { "http" } else { "https" }),
             http,
@@ -278,7 +278,14 @@ impl Registry {
                 namespace: Some(reference.registry().to_owned()),
             };
             match self.attempted(&endpoint, &operation).await {
-                Err(Error::Network(_) | Error::NotFound(_) | Error::Timeout(_)) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Network | ErrorKind::NotFound | ErrorKind::Timeout
+                    ) =>
+                {
+                    continue
+                }
                 outcome => return outcome.map(|value| (value, endpoint)),
             }
         }
@@ -332,13 +339,7 @@ impl Registry {
         let mut connect_timeouts = 0;
         for attempt in 1.. {
             let outcome = operation(endpoint.clone()).await;
-            if matches!(
-                &outcome,
-                Err(Failed {
-                    error: Error::Timeout(_),
-                    ..
-                })
-            ) {
+            if matches!(&outcome, Err(failed) if failed.error.kind() == ErrorKind::Timeout) {
                 connect_timeouts += 1;
             }
             match outcome {
@@ -448,15 +449,18 @@ impl Registry {
             .await;
         let (response, source) = match served {
             Ok(((response, source), _)) => (response, source),
-            Err(Error::NotFound(not_found)) if is_non_distributable(media_type) => self
-                .blob_from_urls(reference, digest, urls, &what, limits)
-                .await?
-                .ok_or(Error::NotFound(not_found))?,
+            Err(not_found)
+                if not_found.kind() == ErrorKind::NotFound && is_non_distributable(media_type) =>
+            {
+                self.blob_from_urls(reference, digest, urls, &what, limits)
+                    .await?
+                    .ok_or(not_found)?
+            }
             Err(err) => return Err(err),
         };
         if let Some(announced) = content_length(response.headers()) {
             if announced > size {
-                return Err(Error::DigestMismatch(format!(
+                return Err(Error::digest_mismatch(format!(
                     "{what}: the registry announces {announced} bytes, more than the descriptor's {size} bytes"
                 )));
             }
@@ -530,7 +534,7 @@ impl Registry {
     /// hostile DNS.)
     async fn check_url(&self, reference: &Reference, url: &str, what: &str) -> Result<()> {
         let refused = |why: &str| {
-            Error::InvalidContent(format!("{what}: descriptor URL {url} refused: {why}"))
+            Error::invalid_content(format!("{what}: descriptor URL {url} refused: {why}"))
         };
         let parsed = reqwest::Url::parse(url).map_err(|e| refused(&e.to_string()))?;
         let authority = host_of(&parsed);
@@ -551,7 +555,7 @@ impl Registry {
             (addresses(&authority, 443), addresses(&registry, 443))
         })
         .await
-        .map_err(|e| Error::Network(format!("{what}: resolving {url}: {e}")))?;
+        .map_err(|e| Error::network(format!("{what}: resolving {url}: {e}")))?;
         if url_target_allowed(&target, &registry) {
             Ok(())
         } else {
@@ -572,7 +576,7 @@ impl Registry {
     ) -> Result<Vec<u8>> {
         let what = format!("blob {digest} of {}", reference.repository());
         if size > MAX_METADATA_BYTES {
-            return Err(Error::InvalidContent(format!(
+            return Err(Error::invalid_content(format!(
                 "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
             )));
         }
@@ -581,9 +585,9 @@ impl Registry {
             .await?;
         let mut content = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
-            content.extend_from_slice(
-                &chunk.map_err(|e| Error::from_io(e, |e| Error::Network(e.to_string())))?,
-            );
+            content.extend_from_slice(&chunk.map_err(|e| {
+                Error::from_io(e, |e| Error::network(e.to_string()).with_source(e))
+            })?);
         }
         check_size(content.len() as u64, size, &what)?;
         digest.verify(&content, &what)?;
@@ -604,9 +608,10 @@ fn http_client(
 ) -> Result<reqwest::Client> {
     let mut roots = Vec::new();
     for path in ca_files {
-        let pem = std::fs::read(path).map_err(|e| Error::io("reading CA certificate", path, e))?;
+        let pem =
+            std::fs::read(path).map_err(|e| Error::io_at("reading CA certificate", path, e))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::InvalidArgument(format!("CA certificate {}: {e}", path.display()))
+            Error::invalid_argument(format!("CA certificate {}: {e}", path.display()))
         })?;
         roots.extend(certificates);
     }
@@ -619,7 +624,7 @@ fn http_client(
         builder = builder.no_proxy();
     }
     builder.build().map_err(|e| {
-        Error::InvalidArgument(format!("client for registry {name}: {}", error_chain(&e)))
+        Error::invalid_argument(format!("client for registry {name}: {}", error_chain(&e)))
     })
 }
 
@@ -679,7 +684,7 @@ impl Endpoint {
                     request = request.basic_auth(username, Some(password));
                 }
                 (Some(Challenge::Basic), Credential::IdentityToken(_)) => {
-                    return Err(Error::Unauthorized(format!(
+                    return Err(Error::unauthorized(format!(
                         "{what}: {} asks for a username and password, but its credentials are \
                          an identity token, which only a token realm can take",
                         host.base
@@ -794,7 +799,7 @@ impl BlobDownload {
                 .limits
                 .stalling(&self.from, stream.next())
                 .await
-                .map_err(|stalled| Error::Timeout(format!("{}: {stalled}", self.what)));
+                .map_err(|stalled| Error::timeout(format!("{}: {stalled}", self.what)));
             let interrupted = match next {
                 Ok(Some(Ok(mut bytes))) => {
                     let skipped = self.skip.min(bytes.len() as u64);
@@ -806,7 +811,7 @@ impl BlobDownload {
                     self.received += bytes.len() as u64;
                     if self.received > self.size {
                         self.stream = None;
-                        return Some(Err(Error::DigestMismatch(format!(
+                        return Some(Err(Error::digest_mismatch(format!(
                             "{}: registry sent more than the descriptor's {} bytes",
                             self.what, self.size
                         ))));
@@ -818,18 +823,19 @@ impl BlobDownload {
                     return None;
                 }
                 // The connection closed early: the rest is still owed.
-                Ok(None) => Error::Network(format!(
+                Ok(None) => Error::network(format!(
                     "{}: the connection closed after {} of {} bytes",
                     self.what, self.received, self.size
                 )),
-                Ok(Some(Err(err))) => Error::Network(format!(
+                Ok(Some(Err(err))) => Error::network(format!(
                     "{}: reading from the registry: {}",
                     self.what,
                     error_chain(&err)
-                )),
+                ))
+                .with_source(err.without_url()),
                 Err(err) => err,
             };
-            if !matches!(interrupted, Error::Network(_)) || self.resumes_left == 0 {
+            if interrupted.kind() != ErrorKind::Network || self.resumes_left == 0 {
                 self.stream = None;
                 return Some(Err(interrupted));
             }
@@ -912,17 +918,17 @@ async fn check_status(
             "NAME_UNKNOWN",
             "NOT_FOUND",
         ]) {
-        Error::NotFound(message)
+        Error::not_found(message)
     } else if status == StatusCode::UNAUTHORIZED
         || status == StatusCode::FORBIDDEN
         || has(&["DENIED", "UNAUTHORIZED"])
     {
-        Error::Unauthorized(message)
+        Error::unauthorized(message)
     } else {
-        Error::Network(message)
+        Error::network(message)
     };
     Err(Failed {
-        error,
+        error: error.with_http_status(status.as_u16()),
         transient,
         retry_after,
     })
@@ -939,7 +945,7 @@ fn send_failure(err: SendError, what: &str) -> Failed {
             message,
             connecting,
         } => Failed {
-            error: Error::Timeout(format!("{what}: {message}")),
+            error: Error::timeout(format!("{what}: {message}")),
             transient: connecting,
             retry_after: None,
         },
@@ -948,10 +954,13 @@ fn send_failure(err: SendError, what: &str) -> Failed {
 
 /// A request that got no answer: the connection failed, or TLS did.
 fn transport_failure(err: reqwest::Error, what: &str) -> Failed {
+    // A redirect loop stays a loop however often it is followed.
+    let transient = !err.is_redirect();
     Failed {
-        error: Error::Network(format!("{what}: {}", error_chain(&err))),
-        // A redirect loop stays a loop however often it is followed.
-        transient: !err.is_redirect(),
+        error: Error::network(format!("{what}: {}", error_chain(&err)))
+            // Without its URL, so that no query string can reach a log.
+            .with_source(err.without_url()),
+        transient,
         retry_after: None,
     }
 }
@@ -963,7 +972,7 @@ async fn read_metadata(
     limits: &Limits,
 ) -> std::result::Result<Vec<u8>, Failed> {
     let too_big = |size: &str| -> Failed {
-        Error::InvalidContent(format!(
+        Error::invalid_content(format!(
             "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
         ))
         .into()
@@ -978,7 +987,7 @@ async fn read_metadata(
         .map_err(|err| match err {
             ReadError::TooLong(_) => too_big("more than that many"),
             ReadError::Request(e) => transport_failure(e, what),
-            ReadError::Stalled(stalled) => Error::Timeout(format!("{what}: {stalled}")).into(),
+            ReadError::Stalled(stalled) => Error::timeout(format!("{what}: {stalled}")).into(),
         })
 }
 
@@ -1109,7 +1118,7 @@ fn check_realm(realm: &str, base: &str, what: &str) -> std::result::Result<(), F
         }
         _ => "is not an http(s) URL",
     };
-    Err(Error::Unauthorized(format!(
+    Err(Error::unauthorized(format!(
         "{what}: {base} names the token realm {realm:?}, which {refused}"
     ))
     .into())
@@ -1130,6 +1139,7 @@ fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn descriptor_urls_reach_internal_addresses_only_from_internal_registries() {
@@ -1197,10 +1207,13 @@ mod tests {
         ] {
             match check_realm(realm, base, "x") {
                 Err(Failed {
-                    error: Error::Unauthorized(msg),
+                    error,
                     transient: false,
                     ..
-                }) => assert!(msg.contains(realm), "{msg}"),
+                }) if error.kind() == ErrorKind::Unauthorized => {
+                    let msg = error.message();
+                    assert!(msg.contains(realm), "{msg}")
+                }
                 _ => panic!("{realm} for {base} was not refused"),
             }
         }

@@ -160,7 +160,7 @@ impl Store {
             return Ok(None);
         };
         let descriptor = serde_json::from_value(entry.clone()).map_err(|e| {
-            Error::InvalidContent(format!(
+            Error::invalid_content(format!(
                 "{}: entry for {name}: {e}",
                 self.index_path().display()
             ))
@@ -271,7 +271,7 @@ impl Store {
         let before = manifests.len();
         manifests.retain(|e| ref_name(e) != Some(name));
         if manifests.len() == before {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "{name} is not recorded in {}",
                 self.index_path().display()
             )));
@@ -323,17 +323,17 @@ impl Store {
     }
 
     fn malformed_index(&self, why: &str) -> Error {
-        Error::InvalidContent(format!("{}: {why}", self.index_path().display()))
+        Error::invalid_content(format!("{}: {why}", self.index_path().display()))
     }
 }
 
 /// `dir/<alg>` for every digest algorithm directory under `dir`: the
 /// layout of `blobs` and of a `dst`.
 pub(crate) fn algorithm_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io_at("listing", dir, e))?;
     let mut dirs = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let entry = entry.map_err(|e| Error::io_at("listing", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if hex_length(&name).is_some() && entry.file_type().is_ok_and(|t| t.is_dir()) {
             dirs.push(entry.path());
@@ -357,6 +357,7 @@ fn ref_name(entry: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     fn descriptor(content: &[u8]) -> Descriptor {
         Descriptor {
@@ -403,7 +404,7 @@ mod tests {
         std::fs::write(&path, b"tampered").unwrap();
         assert!(matches!(
             store.read_blob(&digest),
-            Err(Error::DigestMismatch(_))
+            Err(ref e) if e.kind() == ErrorKind::DigestMismatch
         ));
     }
 }

@@ -101,7 +101,7 @@ impl Stop {
     /// that error (the call has ended): it only unwinds the work.
     pub(crate) fn check(&self, what: &str) -> Result<()> {
         if self.0.load(Ordering::Relaxed) {
-            return Err(Error::Canceled(format!("{what}: the call was dropped")));
+            return Err(Error::canceled(format!("{what}: the call was dropped")));
         }
         Ok(())
     }
@@ -134,6 +134,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     match outcome {
         Ok(result) => result,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => Err(Error::Canceled("the runtime shut down".into())),
+        Err(_) => Err(Error::canceled("the runtime shut down")),
     }
 }

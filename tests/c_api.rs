@@ -1,7 +1,8 @@
 //! The C ABI as a C program uses it: the header compiles as C11 and C++17,
 //! `examples-c` builds against the shared and the static library and pulls
 //! an image (cold, then warm with the registry gone), and
-//! `tests/c/api_test.c` checks every status code, the error, output and fd
+//! `tests/c/api_test.c` checks every status code, the error (with its errno
+//! and HTTP status, from a read-only and a full tmpfs), output and fd
 //! contracts, free order, fork and threads: plainly, built with
 //! AddressSanitizer and UBSan (leaks included), and under valgrind;
 //! `tests/c/options_test.c` shows the cache options act (plainly and under
@@ -89,6 +90,9 @@ struct Fixtures {
     other: PushedImage,
     index_digest: String,
     corrupt: PushedImage,
+    /// A read-only `dst` (EROFS) and a 64 KiB one too small for app's layers (ENOSPC).
+    read_only: Tmpfs,
+    full: Tmpfs,
 }
 
 /// `c/app:v1` (gzip, zstd and plain tar layers), `c/multi:v1` (an index
@@ -275,6 +279,8 @@ fn api_test_env(command: &mut Command, fixtures: &Fixtures, hosts: (&str, &str, 
     let (host, fake, dead) = hosts;
     let app = &fixtures.app;
     command
+        .env("OCI_TEST_READ_ONLY_DIR", fixtures.read_only.path())
+        .env("OCI_TEST_FULL_DIR", fixtures.full.path())
         .env("OCI_TEST_HOST", host)
         .env("OCI_TEST_FAKE", fake)
         .env("OCI_TEST_DEAD", dead)
@@ -485,6 +491,8 @@ fn c_programs_use_the_c_abi() {
         other,
         index_digest,
         corrupt,
+        read_only: Tmpfs::mount("ro,size=64k"),
+        full: Tmpfs::mount("size=64k"),
     };
     let app = &fixtures.app;
     let dead = dead_host();

@@ -11,13 +11,12 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::*;
-use oci_cache::{CacheOptions, Error, Image, ImageCache};
+use oci_cache::{CacheOptions, Error, ErrorKind, Image, ImageCache};
 
 /// Ends the whole binary if the test holding it runs past its limit: a
 /// call blocked in a syscall (a FIFO's open) cannot be timed out from
@@ -164,7 +163,8 @@ fn temps_under(dir: &Path) -> Vec<PathBuf> {
 #[track_caller]
 fn expect_io(result: Result<impl Sized, Error>, needles: &[&str]) -> String {
     match result {
-        Err(Error::Io(msg)) => {
+        Err(e) if e.kind() == ErrorKind::Io => {
+            let msg = e.message().to_owned();
             for needle in needles {
                 assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
             }
@@ -459,36 +459,6 @@ async fn a_cold_extract_sweeps_dead_writers_temp_files_from_dst() {
     drop(held);
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs on {}",
-            dir.path().display()
-        );
-        Tmpfs(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 /// Pushes `repo:v1` with one gzip layer: a tar of `len` zero bytes, which
 /// compresses to almost nothing (a decompression bomb in miniature).
 fn push_zeros(host: &str, repo: &str, len: usize) -> PushedImage {
@@ -520,7 +490,7 @@ async fn the_free_space_reserve_stops_a_layer_that_would_fill_the_disk() {
     let host = registry.host();
     let bomb = push_zeros(&host, "bomb", 40 << 20);
     let small = push_noise_image(&host, "small", &[(5, 1 << 20)]);
-    let tmpfs = Tmpfs::mount(32);
+    let tmpfs = Tmpfs::mount("size=32m");
     let (store, dst) = (tmpfs.path().join("store"), tmpfs.path().join("dst"));
     std::fs::create_dir(&dst).unwrap();
 
@@ -591,7 +561,7 @@ async fn without_a_reserve_a_full_disk_is_a_clean_io_error() {
     let registry = Registry::start();
     let host = registry.host();
     let bomb = push_zeros(&host, "bomb", 24 << 20);
-    let tmpfs = Tmpfs::mount(16);
+    let tmpfs = Tmpfs::mount("size=16m");
     let (store, dst) = (tmpfs.path().join("store"), tmpfs.path().join("dst"));
     std::fs::create_dir(&dst).unwrap();
 

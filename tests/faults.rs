@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use harness::*;
-use oci_cache::{CacheOptions, Error, ImageCache};
+use oci_cache::{CacheOptions, Error, ErrorKind, ImageCache};
 
 /// What the proxy does to the requests it forwards.
 #[derive(Default)]
@@ -321,7 +321,10 @@ async fn faults_beyond_the_attempts_fail_cleanly() {
     );
     let (outcome, dst) = pull_through(&proxy, "v1", 2).await;
     match outcome {
-        Err(Error::Network(msg)) => assert!(msg.contains("503"), "{msg}"),
+        Err(e) if e.kind() == ErrorKind::Network => {
+            let msg = e.message().to_owned();
+            assert!(msg.contains("503"), "{msg}")
+        }
         other => panic!("expected Network, got {:?}", other.map(|f| f.len())),
     }
     assert_eq!(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::*;
-use oci_cache::{CacheOptions, CallOptions, Error, ImageCache, Pruned};
+use oci_cache::{CacheOptions, CallOptions, Error, ErrorKind, ImageCache, Pruned};
 use serde_json::{json, Value};
 
 const PLATFORM: PlatformSpec = ("linux", "amd64", None);
@@ -440,15 +440,19 @@ async fn a_corrupt_store_blob_is_fetched_again() {
     for path in [&config, &layer] {
         corrupt(path);
     }
-    let Err(Error::DigestMismatch(msg)) = cache.fetch_image(&reference, None).await else {
+    let Err(err) = cache.fetch_image(&reference, None).await else {
         panic!("a corrupt config with no registry is a digest mismatch");
     };
+    assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+    let msg = err.message();
     assert!(msg.contains(&pushed.config_digest[7..]), "{msg}");
     assert!(!config.exists(), "the corrupt config stayed");
     let empty = tempfile::tempdir().unwrap();
-    let Err(Error::DigestMismatch(msg)) = cache.rootfs(&image, empty.path()).await else {
+    let Err(err) = cache.rootfs(&image, empty.path()).await else {
         panic!("a corrupt layer blob with no registry is a digest mismatch");
     };
+    assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+    let msg = err.message();
     assert!(msg.contains(&pushed.layer_digests[0]), "{msg}");
     assert!(!layer.exists(), "the corrupt layer blob stayed");
     // The other layer, extracted alongside from its intact blob, either
@@ -496,9 +500,11 @@ async fn an_intact_blob_with_a_wrong_diff_id_stays() {
     std::fs::write(&blob, gzip(&tar)).unwrap();
     let dst = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let Err(Error::DigestMismatch(msg)) = cache.rootfs(&image, dst.path()).await else {
+        let Err(err) = cache.rootfs(&image, dst.path()).await else {
             panic!("a wrong diff_id is a digest mismatch");
         };
+        assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+        let msg = err.message();
         assert!(msg.contains("diff_id"), "{msg}");
     }
     assert_bytes(
@@ -542,7 +548,7 @@ async fn a_held_store_lock_ends_calls_on_their_deadline() {
     let timed_out = |what: &str, outcome: Result<(), Error>, started: Instant| {
         let took = started.elapsed();
         assert!(
-            matches!(&outcome, Err(Error::Timeout(msg)) if msg.contains(what)),
+            matches!(&outcome, Err(e) if e.kind() == ErrorKind::Timeout && e.message().contains(what)),
             "{what}: {outcome:?}"
         );
         assert!(
@@ -742,7 +748,7 @@ async fn verify_stops_on_its_deadline_and_when_dropped() {
     let started = Instant::now();
     let outcome = limited.verify(None, true).await;
     assert!(
-        matches!(&outcome, Err(Error::Timeout(msg)) if msg.contains("verify")),
+        matches!(&outcome, Err(e) if e.kind() == ErrorKind::Timeout && e.message().contains("verify")),
         "{outcome:?}"
     );
     assert!(
@@ -868,7 +874,7 @@ async fn planted_fifos_and_symlinks_are_not_waited_on_or_followed() {
             .map(drop),
     ] {
         assert!(
-            matches!(&outcome, Err(Error::InvalidContent(msg)) if msg.contains("index.json")),
+            matches!(&outcome, Err(e) if e.kind() == ErrorKind::InvalidContent && e.message().contains("index.json")),
             "{outcome:?}"
         );
     }

@@ -14,19 +14,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Error is a failure reported by the library (or caught by this package
 // before calling it): one of the library's OCI_E_* codes and a message that
-// names the reference, digest, path or URL involved.
+// names the reference, digest, path or URL involved, with the OS error and
+// HTTP status behind it when there are some.
 //
 // Match kinds of failure with errors.Is and the sentinels below, which
-// compare by Code: errors.Is(err, ocicache.ErrNotFound).
+// compare by Code: errors.Is(err, ocicache.ErrNotFound). Match the OS error
+// the same way: errors.Is(err, syscall.ENOSPC), errors.Is(err,
+// fs.ErrPermission).
 type Error struct {
 	// Code is the library's status code, a negative OCI_E_* value.
 	Code int
 	// Message is the library's description of the failure.
 	Message string
+	// Errno is the OS error that caused the failure (ENOSPC, EROFS,
+	// ECONNREFUSED...; ENOSPC too for a write refused by the free-space
+	// reserve), from oci_error_os_errno; 0 when there is none.
+	Errno syscall.Errno
+	// HTTPStatus is the status of the registry's answer that made the
+	// failure (401, 404, 503...), from oci_error_http_status; 0 when there
+	// is none.
+	HTTPStatus int
 
 	// cause is what made this package report the error, when there is more
 	// than the code to match: context.Canceled or deadlineExceeded for a
@@ -40,10 +52,13 @@ func (e *Error) Error() string {
 }
 
 // Is reports whether target is an *Error with the same Code, which makes
-// the sentinels match any error of their kind.
+// the sentinels match any error of their kind, or whether the OS error
+// behind e matches target (syscall.ENOSPC, fs.ErrPermission...).
 func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
+	if t, ok := target.(*Error); ok {
+		return t.Code == e.Code
+	}
+	return e.Errno != 0 && errors.Is(e.Errno, target)
 }
 
 // Unwrap gives the context error of a call its context ended, or
@@ -53,44 +68,41 @@ func (e *Error) Unwrap() error {
 }
 
 // One sentinel per library status code, for errors.Is. Their messages are
-// only the name of the kind.
+// only the name of the kind. What each code means is documented once, at
+// its OCI_E_* constant in oci_cache.h; the comments here add only what is
+// particular to Go.
 var (
-	// ErrInvalidArgument: a malformed reference, platform or option, an
-	// index out of range, or a handle already closed.
+	// ErrInvalidArgument: OCI_E_INVALID_ARGUMENT; from Go also a handle
+	// already closed (which matches ErrClosed too).
 	ErrInvalidArgument = sentinel(C.OCI_E_INVALID_ARGUMENT, "invalid argument")
-	// ErrNotFound: a manifest, blob, tag, repository or platform that does
-	// not exist, locally or in the registry.
+	// ErrNotFound: OCI_E_NOT_FOUND.
 	ErrNotFound = sentinel(C.OCI_E_NOT_FOUND, "not found")
-	// ErrUnauthorized: the registry answered 401 or 403, a token exchange
-	// failed, or credentials are missing.
+	// ErrUnauthorized: OCI_E_UNAUTHORIZED.
 	ErrUnauthorized = sentinel(C.OCI_E_UNAUTHORIZED, "unauthorized")
-	// ErrUnsupported: a media type, schema version or digest algorithm the
-	// library does not handle.
+	// ErrUnsupported: OCI_E_UNSUPPORTED.
 	ErrUnsupported = sentinel(C.OCI_E_UNSUPPORTED, "unsupported")
-	// ErrDigestMismatch: content that does not hash to its digest or
-	// diff_id, or whose size differs from its descriptor's.
+	// ErrDigestMismatch: OCI_E_DIGEST_MISMATCH.
 	ErrDigestMismatch = sentinel(C.OCI_E_DIGEST_MISMATCH, "digest mismatch")
-	// ErrInvalidContent: malformed JSON, an oversized manifest or config,
-	// or a corrupt gzip/zstd stream.
+	// ErrInvalidContent: OCI_E_INVALID_CONTENT.
 	ErrInvalidContent = sentinel(C.OCI_E_INVALID_CONTENT, "invalid content")
-	// ErrNetwork: a connection, TLS or HTTP failure talking to a registry.
+	// ErrNetwork: OCI_E_NETWORK.
 	ErrNetwork = sentinel(C.OCI_E_NETWORK, "network")
-	// ErrIO: a local file system error.
+	// ErrIO: OCI_E_IO; Error.Errno says which OS error.
 	ErrIO = sentinel(C.OCI_E_IO, "io")
-	// ErrCanceled: the call's context was canceled or reached its
-	// deadline, or its progress function returned false. Errors of a
-	// context also match ctx.Err().
+	// ErrCanceled: OCI_E_CANCELED; from Go, the call's context was
+	// canceled or reached its deadline, or its progress function returned
+	// false. Errors of a context also match ctx.Err().
 	ErrCanceled = sentinel(C.OCI_E_CANCELED, "canceled")
-	// ErrTimeout: the call's context reached its deadline (such errors
-	// also match context.DeadlineExceeded and ErrCanceled), or
-	// Options.StallTimeout expired.
+	// ErrTimeout: OCI_E_TIMEOUT; from Go also the call's context reaching
+	// its deadline (such errors also match context.DeadlineExceeded and
+	// ErrCanceled).
 	ErrTimeout = sentinel(C.OCI_E_TIMEOUT, "timeout")
-	// ErrBufferTooSmall: a buffer given to the library was too small; this
-	// package sizes its buffers, so seeing it means a bug.
+	// ErrBufferTooSmall: OCI_E_BUFFER_TOO_SMALL; this package sizes its
+	// buffers, so seeing it means a bug.
 	ErrBufferTooSmall = sentinel(C.OCI_E_BUFFER_TOO_SMALL, "buffer too small")
-	// ErrForked: a handle was used in a child process after fork().
+	// ErrForked: OCI_E_FORKED.
 	ErrForked = sentinel(C.OCI_E_FORKED, "forked")
-	// ErrInternal: a bug in the library, caught at its boundary.
+	// ErrInternal: OCI_E_INTERNAL.
 	ErrInternal = sentinel(C.OCI_E_INTERNAL, "internal error")
 )
 
@@ -124,6 +136,8 @@ func takeError(status C.oci_status, cerr *C.oci_error) *Error {
 	e := &Error{Code: int(status)}
 	if cerr != nil {
 		e.Message = C.GoString(C.oci_error_message(cerr))
+		e.Errno = syscall.Errno(C.oci_error_os_errno(cerr))
+		e.HTTPStatus = int(C.oci_error_http_status(cerr))
 		C.oci_error_free(cerr)
 	}
 	if e.Message == "" {

@@ -46,7 +46,7 @@ impl Image {
 
     pub(super) fn layer(&self, index: usize) -> Result<&Layer> {
         self.layers.get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "layer index {index} is out of range: {} has {} layers",
                 self.reference,
                 self.layers.len()

@@ -16,7 +16,7 @@ use oci_client::Reference;
 use crate::call::CallOptions;
 use crate::codec::Codec;
 use crate::digest::{check_size, Digest};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::fs::{Dir, PendingFile, Reserve};
 use crate::layer::{self, Blob, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
@@ -159,7 +159,7 @@ impl ImageCache {
     /// asking the registry, like the digest [`resolve`](Self::resolve) gives.
     /// A store manifest or config that fails to verify is removed and
     /// fetched again (once); if that fails too, the error is still
-    /// [`Error::DigestMismatch`] naming it. Recording waits for the store's
+    /// [`ErrorKind::DigestMismatch`] naming it. Recording waits for the store's
     /// lock without holding a runtime thread; the deadline ends the wait.
     pub async fn fetch_image(&self, reference: &str, platform: Option<&Platform>) -> Result<Image> {
         self.call
@@ -263,7 +263,7 @@ impl ImageCache {
                 config,
                 layers,
             }),
-            Document::Index { .. } => Err(Error::Unsupported(format!(
+            Document::Index { .. } => Err(Error::unsupported(format!(
                 "{what} is an index inside an index"
             ))),
         }
@@ -308,7 +308,7 @@ impl ImageCache {
     /// fetched and extracted. `dst` must exist. Only regular files are
     /// handed out (see [`rootfs_cached`](Self::rootfs_cached)): anything
     /// else at a layer's path is replaced by the fetched layer, except a
-    /// directory, which fails with [`Error::Io`] naming it, as does a
+    /// directory, which fails with [`ErrorKind::Io`] naming it, as does a
     /// symlink in place of `dst/sha256`. A store layer blob found corrupt
     /// while extracting is removed and fetched again (once).
     pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
@@ -393,7 +393,7 @@ impl ImageCache {
         };
         let local = matches!(blob, Blob::Local(_));
         let failure = match layer::extract(check, blob, copy, target()).await {
-            Err(Error::DigestMismatch(failure)) if local => failure,
+            Err(failure) if local && failure.kind() == ErrorKind::DigestMismatch => failure,
             done => return done,
         };
         // The store's copy failed to verify: if it is corrupt (not the
@@ -405,13 +405,13 @@ impl ImageCache {
             .clone()
             .expect("local blobs come from the store");
         if !maintenance::remove_if_corrupt(store, layer.digest.clone()).await? {
-            return Err(Error::DigestMismatch(failure));
+            return Err(failure);
         }
         let refetch = async {
             let (blob, copy) = self.open_blob(image, layer).await?;
             layer::extract(self.layer_check(image, index)?, blob, copy, target()).await
         };
-        refetched(Some(failure), refetch.await)
+        refetched(Some(failure.message().to_owned()), refetch.await)
     }
 
     /// The layer's blob from the store if it has it, else from the registry
@@ -578,7 +578,7 @@ impl ImageCache {
         self.call
             .bounded(|| what.to_owned(), async {
                 let Some(store) = store else {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "{what} needs a store (CacheOptions::store)"
                     )));
                 };
@@ -593,9 +593,9 @@ impl ImageCache {
     fn layer_check(&self, image: &Image, index: usize) -> Result<LayerCheck> {
         let layer = image.layer(index)?;
         let what = format!("layer {index} ({}) of {}", layer.digest, image.reference);
-        let codec = Codec::of(&layer.media_type).map_err(|e| match e {
-            Error::Unsupported(msg) => Error::Unsupported(format!("{what}: {msg}")),
-            other => other,
+        let codec = Codec::of(&layer.media_type).map_err(|e| match e.kind() {
+            ErrorKind::Unsupported => e.context(&what),
+            _ => e,
         })?;
         Ok(LayerCheck {
             what,
@@ -660,9 +660,9 @@ fn read_local(store: &Store, digest: &Digest) -> Result<Local> {
     match store.read_blob(digest) {
         Ok(Some(content)) => Ok(Local::Intact(content)),
         Ok(None) => Ok(Local::Missing),
-        Err(Error::DigestMismatch(failure)) => {
+        Err(failure) if failure.kind() == ErrorKind::DigestMismatch => {
             store.remove_blob(digest)?;
-            Ok(Local::Removed(failure))
+            Ok(Local::Removed(failure.message().to_owned()))
         }
         Err(e) => Err(e),
     }
@@ -674,8 +674,10 @@ fn read_local(store: &Store, digest: &Digest) -> Result<Local> {
 /// unless the call was canceled or timed out meanwhile.
 fn refetched<T>(corrupt: Option<String>, outcome: Result<T>) -> Result<T> {
     match (outcome, corrupt) {
-        (Err(error), Some(failure)) if !matches!(error, Error::Canceled(_) | Error::Timeout(_)) => {
-            Err(Error::DigestMismatch(format!(
+        (Err(error), Some(failure))
+            if !matches!(error.kind(), ErrorKind::Canceled | ErrorKind::Timeout) =>
+        {
+            Err(Error::digest_mismatch(format!(
                 "{failure} (the corrupt store copy was removed; fetching it again failed: {error})"
             )))
         }
@@ -686,7 +688,7 @@ fn refetched<T>(corrupt: Option<String>, outcome: Result<T>) -> Result<T> {
 pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
     reference
         .parse()
-        .map_err(|e| Error::InvalidArgument(format!("reference {reference:?}: {e}")))
+        .map_err(|e| Error::invalid_argument(format!("reference {reference:?}: {e}")))
 }
 
 /// The index entry for `platform`, or for the best compatible one.
@@ -707,7 +709,7 @@ fn select_platform<'a>(
         .iter()
         .filter_map(|e| e.platform().map(|p| p.to_string()))
         .collect();
-    Err(Error::NotFound(format!(
+    Err(Error::not_found(format!(
         "{name} has no manifest for platform {platform}; available: {}",
         available.join(", ")
     )))
@@ -722,7 +724,7 @@ fn check_built_for(
 ) -> Result<()> {
     if let (Some(wanted), Some(built_for)) = (wanted, built_for) {
         if !wanted.compatible().contains(built_for) {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "{name} is a single-platform image for {built_for}, not {wanted}"
             )));
         }
@@ -738,7 +740,7 @@ fn layer_list(
     name: &str,
 ) -> Result<Vec<Layer>> {
     if diff_ids.len() != descriptors.len() {
-        return Err(Error::InvalidContent(format!(
+        return Err(Error::invalid_content(format!(
             "{name}: the manifest lists {} layers but the config {} diff_ids",
             descriptors.len(),
             diff_ids.len()
@@ -764,9 +766,9 @@ fn layer_list(
 fn existing_dir(dst: &Path) -> Result<PathBuf> {
     let absolute = dst
         .canonicalize()
-        .map_err(|e| Error::io("destination directory", dst, e))?;
+        .map_err(|e| Error::io_at("destination directory", dst, e))?;
     if !absolute.is_dir() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "destination {} is not a directory",
             dst.display()
         )));

@@ -45,12 +45,12 @@ impl CacheOptions {
     /// options it leaves, so C hears of a bad value from the setter itself.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.max_concurrent_layers == 0 {
-            return Err(Error::InvalidArgument(
-                "max_concurrent_layers must be at least 1".into(),
+            return Err(Error::invalid_argument(
+                "max_concurrent_layers must be at least 1",
             ));
         }
         if self.registry.attempts == 0 {
-            return Err(Error::InvalidArgument("attempts must be at least 1".into()));
+            return Err(Error::invalid_argument("attempts must be at least 1"));
         }
         Ok(())
     }
@@ -180,7 +180,7 @@ impl CacheOptions {
     }
 
     /// The most bytes a layer may uncompress to (default: no limit). A
-    /// layer that goes past it fails with [`Error::InvalidContent`] and
+    /// layer that goes past it fails with [`ErrorKind::InvalidContent`](crate::ErrorKind::InvalidContent) and
     /// leaves nothing behind: a guard against decompression bombs.
     pub fn max_layer_size(mut self, bytes: u64) -> CacheOptions {
         self.max_layer_size = Some(bytes);
@@ -190,7 +190,7 @@ impl CacheOptions {
     /// The free space every layer tar and store blob write leaves on its
     /// file system, in bytes; 0 turns the reserve off. Default: 5% of the
     /// file system or 1 GiB, whichever is smaller. A write that would eat
-    /// into it fails with [`Error::Io`] naming the reserve and leaves
+    /// into it fails with [`ErrorKind::Io`](crate::ErrorKind::Io) naming the reserve and leaves
     /// nothing behind, instead of filling the disk. Free space is looked at
     /// before a file is created and every few MiB while it is written.
     pub fn free_space_reserve(mut self, bytes: u64) -> CacheOptions {
@@ -201,7 +201,7 @@ impl CacheOptions {
     /// How long setting up a TCP connection to a registry, mirror, token
     /// realm or descriptor URL may take (default 30 s, as containerd's
     /// dialer). A connection not set up in time fails the try with
-    /// [`Error::Timeout`] naming the host, and is tried once more (within
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) naming the host, and is tried once more (within
     /// [`attempts`](Self::attempts)). The TCP connect and
     /// the TLS handshake are one step in the HTTP client, so an HTTPS
     /// connection gets `connect_timeout + tls_handshake_timeout` for both.
@@ -222,7 +222,7 @@ impl CacheOptions {
     /// How long a request waits for the response headers once connected
     /// (default 30 s), token requests included; the stall timeout, when
     /// shorter, bounds this wait too. Not retried: a server that does not
-    /// answer fails the call with [`Error::Timeout`] naming the host.
+    /// answer fails the call with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) naming the host.
     /// `None` turns the limit off.
     pub fn response_timeout(mut self, limit: impl Into<Option<Duration>>) -> CacheOptions {
         self.registry.timeouts.response = limit.into();
@@ -243,6 +243,7 @@ impl CacheOptions {
 mod tests {
     use super::*;
     use crate::cache::ImageCache;
+    use crate::error::ErrorKind;
 
     #[test]
     fn zero_layers_at_a_time_or_zero_attempts_are_refused() {
@@ -255,11 +256,15 @@ mod tests {
         ] {
             let expected = format!("{what} must be at least 1");
             match options.validate() {
-                Err(Error::InvalidArgument(message)) => assert_eq!(message, expected),
+                Err(e) if e.kind() == ErrorKind::InvalidArgument => {
+                    assert_eq!(e.message(), expected)
+                }
                 other => panic!("{what} 0: {other:?}"),
             }
             match ImageCache::new(options) {
-                Err(Error::InvalidArgument(message)) => assert_eq!(message, expected),
+                Err(e) if e.kind() == ErrorKind::InvalidArgument => {
+                    assert_eq!(e.message(), expected)
+                }
                 Err(other) => panic!("ImageCache::new with {what} 0: {other:?}"),
                 Ok(_) => panic!("ImageCache::new with {what} 0 succeeded"),
             }

@@ -33,7 +33,7 @@ impl Search<'_> {
     pub(super) fn ask_helper(&self, name: &str, path: &Path) -> Result<Option<Credential>> {
         // A slash would let the name reach outside the PATH directories.
         if name.contains('/') {
-            return Err(Error::InvalidContent(format!(
+            return Err(Error::invalid_content(format!(
                 "auth file {}: credential helper name {name:?} is not a plain name",
                 path.display()
             )));
@@ -41,7 +41,7 @@ impl Search<'_> {
         let program = format!("docker-credential-{name}");
         let what = format!("credential helper {program} for {}", self.host);
         let executable = self.find_on_path(&program).ok_or_else(|| {
-            Error::Unauthorized(format!(
+            Error::unauthorized(format!(
                 "{what} (named in {}) is not on PATH",
                 path.display()
             ))
@@ -63,7 +63,7 @@ impl Search<'_> {
                 return Ok(None);
             }
             // Stdout is left out: it is where a helper writes the secret.
-            return Err(Error::Unauthorized(format!(
+            return Err(Error::unauthorized(format!(
                 "{what} failed ({}){}",
                 output.status,
                 stderr_excerpt(&output.stderr)
@@ -71,7 +71,7 @@ impl Search<'_> {
         }
         // serde_json's message could quote the secret, so it is not kept.
         let reply: HelperReply = serde_json::from_slice(&output.stdout).map_err(|_| {
-            Error::Unauthorized(format!(
+            Error::unauthorized(format!(
                 "{what} printed something other than credentials JSON"
             ))
         })?;
@@ -99,7 +99,8 @@ impl Search<'_> {
         // Stdin is a socket filled before the helper starts, not a pipe
         // written afterwards: writing to the pipe of a helper that already
         // exited raises SIGPIPE, which kills a C host that does not ignore it.
-        let stdin_error = |e: io::Error| Error::Io(format!("{what}: preparing its stdin: {e}"));
+        let stdin_error =
+            |e: io::Error| Error::io(format!("{what}: preparing its stdin: {e}")).with_source(e);
         let (mut input, helper_stdin) = UnixStream::pair().map_err(stdin_error)?;
         input
             .write_all(server_url.as_bytes())
@@ -112,7 +113,8 @@ impl Search<'_> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
-                Error::Unauthorized(format!("{what}: running {}: {e}", executable.display()))
+                Error::unauthorized(format!("{what}: running {}: {e}", executable.display()))
+                    .with_source(e)
             })?;
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
@@ -130,8 +132,9 @@ impl Search<'_> {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(match outcome {
-                        Err(e) => Error::Unauthorized(format!("{what}: waiting for it: {e}")),
-                        Ok(_) => Error::Timeout(format!(
+                        Err(e) => Error::unauthorized(format!("{what}: waiting for it: {e}"))
+                            .with_source(e),
+                        Ok(_) => Error::timeout(format!(
                             "{what} ran longer than {:?} and was killed",
                             self.helper_timeout
                         )),
@@ -146,7 +149,7 @@ impl Search<'_> {
         {
             Ok(bytes) => Ok(bytes),
             Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Vec::new()),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout(format!(
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::timeout(format!(
                 "{what} exited ({status}) but something it started kept its output open"
             ))),
         };
@@ -220,6 +223,7 @@ mod tests {
     use super::*;
     use crate::credentials::testing::*;
     use crate::credentials::{lookup, CredentialSources};
+    use crate::ErrorKind;
     use std::sync::Mutex;
 
     /// Serializes writing helper scripts and running them: a child forked
@@ -283,7 +287,11 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
             ("docker.io", "https://index.docker.io/v1/"),
         ] {
             let found = lookup(host, &sources, &setup.env());
-            assert_eq!(found, Ok(basic(url, "s3cret")), "{host}");
+            assert_eq!(
+                found.map_err(|e| e.to_string()),
+                Ok(basic(url, "s3cret")),
+                "{host}"
+            );
         }
     }
 
@@ -309,17 +317,20 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         ));
         let env = setup.env();
         assert_eq!(
-            lookup("ghcr.io", &sources, &env),
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
             Ok(basic("per-host", "a"))
         );
         assert_eq!(
-            lookup("index.docker.io", &sources, &env),
+            lookup("index.docker.io", &sources, &env).map_err(|e| e.to_string()),
             Ok(basic("per-host", "a"))
         );
         // Docker's choice: the store over the file's own entry.
-        assert_eq!(lookup("quay.io", &sources, &env), Ok(basic("store", "b")));
         assert_eq!(
-            lookup("example.com", &sources, &env),
+            lookup("quay.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(basic("store", "b"))
+        );
+        assert_eq!(
+            lookup("example.com", &sources, &env).map_err(|e| e.to_string()),
             Ok(basic("store", "b"))
         );
 
@@ -327,9 +338,12 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
             r#"{{"auths": {{"ghcr.io": {{"auth": "{}"}}}}, "credHelpers": {{"quay.io": "per-host"}}}}"#,
             encode_base64(b"file:c")
         ));
-        assert_eq!(lookup("ghcr.io", &sources, &env), Ok(basic("file", "c")));
         assert_eq!(
-            lookup("quay.io", &sources, &env),
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(basic("file", "c"))
+        );
+        assert_eq!(
+            lookup("quay.io", &sources, &env).map_err(|e| e.to_string()),
             Ok(basic("per-host", "a"))
         );
     }
@@ -352,10 +366,13 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
             setup.auth_file(r#"{"credHelpers": {"ghcr.io": "token", "quay.io": "empty"}}"#);
         let env = setup.env();
         assert_eq!(
-            lookup("ghcr.io", &sources, &env),
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
             Ok(Credential::IdentityToken("refresh".into()))
         );
-        assert_eq!(lookup("quay.io", &sources, &env), Ok(Credential::Anonymous));
+        assert_eq!(
+            lookup("quay.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(Credential::Anonymous)
+        );
     }
 
     #[test]
@@ -369,7 +386,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         );
         let sources = setup.auth_file(r#"{"credsStore": "none"}"#);
         assert_eq!(
-            lookup("ghcr.io", &sources, &setup.env()),
+            lookup("ghcr.io", &sources, &setup.env()).map_err(|e| e.to_string()),
             Ok(Credential::Anonymous)
         );
         // Among the default files, the search goes on to the next one.
@@ -383,7 +400,10 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
             .with("REGISTRY_AUTH_FILE", sources.auth_file.as_ref().unwrap())
             .with("HOME", &home);
         let none = CredentialSources::default();
-        assert_eq!(lookup("ghcr.io", &none, &env), Ok(basic("home", "pw")));
+        assert_eq!(
+            lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+            Ok(basic("home", "pw"))
+        );
     }
 
     #[test]
@@ -398,7 +418,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         let sources = setup.auth_file(r#"{"credHelpers": {"ghcr.io": "broken"}}"#);
         let err = lookup("ghcr.io", &sources, &setup.env()).unwrap_err();
         let message = err.to_string();
-        assert!(matches!(err, Error::Unauthorized(_)), "{message}");
+        assert!(matches!(err.kind(), ErrorKind::Unauthorized), "{message}");
         for part in [
             "docker-credential-broken",
             "ghcr.io",
@@ -414,7 +434,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         let sources = setup.auth_file(r#"{"credsStore": "garbled"}"#);
         let err = lookup("ghcr.io", &sources, &setup.env()).unwrap_err();
         let message = err.to_string();
-        assert!(matches!(err, Error::Unauthorized(_)), "{message}");
+        assert!(matches!(err.kind(), ErrorKind::Unauthorized), "{message}");
         assert!(message.contains("docker-credential-garbled"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
     }
@@ -443,7 +463,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         let setup = HelperSetup::new();
         let sources = setup.auth_file(r#"{"credsStore": "desktop"}"#);
         let err = lookup("ghcr.io", &sources, &setup.env()).unwrap_err();
-        assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+        assert!(matches!(err.kind(), ErrorKind::Unauthorized), "{err}");
         assert!(
             err.to_string().contains("docker-credential-desktop"),
             "{err}"
@@ -472,7 +492,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
 
         let sources = setup.auth_file(r#"{"credsStore": "../../bin/sh"}"#);
         let err = lookup("ghcr.io", &sources, &setup.env()).unwrap_err();
-        assert!(matches!(err, Error::InvalidContent(_)), "{err}");
+        assert!(matches!(err.kind(), ErrorKind::InvalidContent), "{err}");
     }
 
     #[test]
@@ -488,7 +508,7 @@ printf '{"ServerURL":"%s","Username":"%s","Secret":"s3cret"}' "$url" "$url""#;
         let err = Search::new("ghcr.io", &env, Duration::from_millis(300))
             .run(&sources)
             .unwrap_err();
-        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        assert!(matches!(err.kind(), ErrorKind::Timeout), "{err}");
         assert!(err.to_string().contains("docker-credential-slow"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }

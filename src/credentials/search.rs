@@ -50,7 +50,7 @@ impl<'a> Search<'a> {
         }
         if let Some(path) = &sources.auth_file {
             let file = read_auth_file(path)?
-                .ok_or_else(|| Error::NotFound(format!("auth file {}", path.display())))?;
+                .ok_or_else(|| Error::not_found(format!("auth file {}", path.display())))?;
             return Ok(self.in_file(path, &file)?.unwrap_or(Credential::Anonymous));
         }
         for path in default_auth_files(self.env) {
@@ -132,15 +132,22 @@ mod tests {
     use super::*;
     use crate::credentials::testing::*;
     use crate::credentials::{lookup, CredentialSources};
+    use crate::ErrorKind;
 
     #[test]
     fn nothing_anywhere_is_anonymous() {
         let dir = tempfile::tempdir().unwrap();
         let env = FakeEnv::default().with("HOME", dir.path());
         let none = CredentialSources::default();
-        assert_eq!(lookup("ghcr.io", &none, &env), Ok(Credential::Anonymous));
+        assert_eq!(
+            lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+            Ok(Credential::Anonymous)
+        );
         let bare = FakeEnv::default();
-        assert_eq!(lookup("ghcr.io", &none, &bare), Ok(Credential::Anonymous));
+        assert_eq!(
+            lookup("ghcr.io", &none, &bare).map_err(|e| e.to_string()),
+            Ok(Credential::Anonymous)
+        );
     }
 
     #[test]
@@ -164,14 +171,23 @@ mod tests {
         }
         // Each file in turn loses its entry (but stays), then disappears.
         for (i, (path, _)) in files.iter().enumerate() {
-            assert_eq!(lookup("ghcr.io", &none, &env), Ok(basic(files[i].1, "pw")));
+            assert_eq!(
+                lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+                Ok(basic(files[i].1, "pw"))
+            );
             write(path, &auths("quay.io", "other", "pw"));
             let next = files
                 .get(i + 1)
                 .map_or(Credential::Anonymous, |f| basic(f.1, "pw"));
-            assert_eq!(lookup("ghcr.io", &none, &env), Ok(next.clone()));
+            assert_eq!(
+                lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+                Ok(next.clone())
+            );
             std::fs::remove_file(path).unwrap();
-            assert_eq!(lookup("ghcr.io", &none, &env), Ok(next));
+            assert_eq!(
+                lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+                Ok(next)
+            );
         }
     }
 
@@ -187,7 +203,10 @@ mod tests {
             &auths("ghcr.io", "home", "pw"),
         );
         let none = CredentialSources::default();
-        assert_eq!(lookup("ghcr.io", &none, &env), Ok(basic("home", "pw")));
+        assert_eq!(
+            lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+            Ok(basic("home", "pw"))
+        );
     }
 
     #[test]
@@ -203,15 +222,21 @@ mod tests {
             ("ghcr.io".into(), "late".into(), "c".into()),
             ("docker.io".into(), "hub".into(), "d".into()),
         ];
-        assert_eq!(lookup("ghcr.io", &sources, &env), Ok(basic("late", "c")));
         assert_eq!(
-            lookup("index.docker.io", &sources, &env),
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(basic("late", "c"))
+        );
+        assert_eq!(
+            lookup("index.docker.io", &sources, &env).map_err(|e| e.to_string()),
             Ok(basic("hub", "d"))
         );
         sources.auth_file = None;
-        assert_eq!(lookup("ghcr.io", &sources, &env), Ok(basic("late", "c")));
         assert_eq!(
-            lookup("127.0.0.1:5000", &sources, &env),
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(basic("late", "c"))
+        );
+        assert_eq!(
+            lookup("127.0.0.1:5000", &sources, &env).map_err(|e| e.to_string()),
             Ok(Credential::Anonymous)
         );
     }
@@ -231,8 +256,14 @@ mod tests {
             .with("REGISTRY_AUTH_FILE", &other)
             .with("HOME", dir.path());
         let sources = only_file(&named);
-        assert_eq!(lookup("quay.io", &sources, &env), Ok(basic("named", "pw")));
-        assert_eq!(lookup("ghcr.io", &sources, &env), Ok(Credential::Anonymous));
+        assert_eq!(
+            lookup("quay.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(basic("named", "pw"))
+        );
+        assert_eq!(
+            lookup("ghcr.io", &sources, &env).map_err(|e| e.to_string()),
+            Ok(Credential::Anonymous)
+        );
     }
 
     #[test]
@@ -240,10 +271,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.json");
         let err = lookup("ghcr.io", &only_file(&path), &FakeEnv::default()).unwrap_err();
-        assert_eq!(
-            err,
-            Error::NotFound(format!("auth file {}", path.display()))
-        );
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert_eq!(err.message(), format!("auth file {}", path.display()));
     }
 
     #[test]
@@ -262,10 +291,18 @@ mod tests {
             write(&path, &auths(key, "hub", "pw"));
             for host in ["index.docker.io", "docker.io", "registry-1.docker.io"] {
                 let found = lookup(host, &only_file(&path), &FakeEnv::default());
-                assert_eq!(found, Ok(basic("hub", "pw")), "key {key}, host {host}");
+                assert_eq!(
+                    found.map_err(|e| e.to_string()),
+                    Ok(basic("hub", "pw")),
+                    "key {key}, host {host}"
+                );
             }
             let other = lookup("ghcr.io", &only_file(&path), &FakeEnv::default());
-            assert_eq!(other, Ok(Credential::Anonymous), "key {key}");
+            assert_eq!(
+                other.map_err(|e| e.to_string()),
+                Ok(Credential::Anonymous),
+                "key {key}"
+            );
         }
     }
 
@@ -283,7 +320,11 @@ mod tests {
         ] {
             write(&path, &auths(key, "u", "pw"));
             let found = lookup(host, &only_file(&path), &FakeEnv::default());
-            assert_eq!(found, Ok(basic("u", "pw")), "key {key}");
+            assert_eq!(
+                found.map_err(|e| e.to_string()),
+                Ok(basic("u", "pw")),
+                "key {key}"
+            );
         }
         // Other ports, and podman's per-namespace keys, are other credentials.
         for (key, host) in [
@@ -293,7 +334,11 @@ mod tests {
         ] {
             write(&path, &auths(key, "u", "pw"));
             let found = lookup(host, &only_file(&path), &FakeEnv::default());
-            assert_eq!(found, Ok(Credential::Anonymous), "key {key}");
+            assert_eq!(
+                found.map_err(|e| e.to_string()),
+                Ok(Credential::Anonymous),
+                "key {key}"
+            );
         }
         // The exact spelling wins over another that normalizes the same.
         write(
@@ -302,7 +347,7 @@ mod tests {
                 "ghcr.io": {"username": "exact", "password": "b"}}}"#,
         );
         let found = lookup("ghcr.io", &only_file(&path), &FakeEnv::default());
-        assert_eq!(found, Ok(basic("exact", "b")));
+        assert_eq!(found.map_err(|e| e.to_string()), Ok(basic("exact", "b")));
     }
 
     #[test]
@@ -318,6 +363,9 @@ mod tests {
             .with("REGISTRY_AUTH_FILE", &first)
             .with("HOME", dir.path());
         let none = CredentialSources::default();
-        assert_eq!(lookup("ghcr.io", &none, &env), Ok(basic("home", "pw")));
+        assert_eq!(
+            lookup("ghcr.io", &none, &env).map_err(|e| e.to_string()),
+            Ok(basic("home", "pw"))
+        );
     }
 }

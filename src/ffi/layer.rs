@@ -101,10 +101,11 @@ pub extern "C" fn oci_layer_reader_read(
         let read = cache.wait(
             None,
             cancel.bounded(|| "reading a layer".into(), async {
-                reader
-                    .read(buf)
-                    .await
-                    .map_err(|e| Error::from_io(e, |e| Error::Io(format!("reading a layer: {e}"))))
+                reader.read(buf).await.map_err(|e| {
+                    Error::from_io(e, |e| {
+                        Error::io(format!("reading a layer: {e}")).with_source(e)
+                    })
+                })
             }),
         )?;
         *n_out = read;

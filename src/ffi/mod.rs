@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
-use crate::error::{panic_message, Error};
+use crate::error::{panic_message, Error, ErrorKind};
 
 pub mod cache;
 pub mod error;
@@ -27,10 +27,13 @@ pub mod options;
 pub use error::*;
 pub(crate) use handle::*;
 
-/// A failure on its way out to C: a status code and its message.
+/// A failure on its way out to C: a status code, its message, and the OS
+/// error number and HTTP status behind it (0 when there is none).
 pub(crate) struct Failure {
     code: oci_status,
     message: String,
+    os_errno: i32,
+    http_status: i32,
 }
 
 impl Failure {
@@ -38,30 +41,41 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            os_errno: 0,
+            http_status: 0,
         }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Failure {
-        Error::InvalidArgument(message.into()).into()
+        Error::invalid_argument(message.into()).into()
     }
 }
 
 impl From<Error> for Failure {
     fn from(err: Error) -> Failure {
-        let code = match &err {
-            Error::InvalidArgument(_) => OCI_E_INVALID_ARGUMENT,
-            Error::NotFound(_) => OCI_E_NOT_FOUND,
-            Error::Unauthorized(_) => OCI_E_UNAUTHORIZED,
-            Error::Unsupported(_) => OCI_E_UNSUPPORTED,
-            Error::DigestMismatch(_) => OCI_E_DIGEST_MISMATCH,
-            Error::InvalidContent(_) => OCI_E_INVALID_CONTENT,
-            Error::Network(_) => OCI_E_NETWORK,
-            Error::Io(_) => OCI_E_IO,
-            Error::Canceled(_) => OCI_E_CANCELED,
-            Error::Timeout(_) => OCI_E_TIMEOUT,
-            Error::Internal(_) => OCI_E_INTERNAL,
-        };
-        Failure::new(code, err.to_string())
+        Failure {
+            code: status_of(err.kind()),
+            message: err.to_string(),
+            os_errno: err.os_errno().unwrap_or(0),
+            http_status: err.http_status().map_or(0, i32::from),
+        }
+    }
+}
+
+/// The C status code of each kind of error.
+pub(crate) fn status_of(kind: ErrorKind) -> oci_status {
+    match kind {
+        ErrorKind::InvalidArgument => OCI_E_INVALID_ARGUMENT,
+        ErrorKind::NotFound => OCI_E_NOT_FOUND,
+        ErrorKind::Unauthorized => OCI_E_UNAUTHORIZED,
+        ErrorKind::Unsupported => OCI_E_UNSUPPORTED,
+        ErrorKind::DigestMismatch => OCI_E_DIGEST_MISMATCH,
+        ErrorKind::InvalidContent => OCI_E_INVALID_CONTENT,
+        ErrorKind::Network => OCI_E_NETWORK,
+        ErrorKind::Io => OCI_E_IO,
+        ErrorKind::Canceled => OCI_E_CANCELED,
+        ErrorKind::Timeout => OCI_E_TIMEOUT,
+        ErrorKind::Internal => OCI_E_INTERNAL,
     }
 }
 
@@ -76,7 +90,7 @@ pub(crate) fn boundary(err_out: *mut *mut oci_error, body: impl FnOnce() -> Outc
         Ok(Err(failure)) => failure,
         Err(panic) => Failure::new(
             OCI_E_INTERNAL,
-            format!("internal: {}", panic_message(&panic)),
+            format!("internal: {}", panic_message(&*panic)),
         ),
     };
     let code = failure.code;

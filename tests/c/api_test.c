@@ -1,7 +1,8 @@
 /*
  * api_test.c: the C-level tests of liboci_cache's ABI, as a C caller sees
  * it through include/oci_cache.h. It owns the checks on status codes, error
- * objects, output and fd contracts, free order, fork and threads.
+ * objects (with the errno and HTTP status behind them), output and fd
+ * contracts, free order, fork and threads.
  *
  * tests/c_api.rs builds and runs it (also under valgrind): that driver
  * starts the registries, pushes the fixtures, and passes every host,
@@ -216,6 +217,7 @@ static struct {
     const char *app_digest, *multi_digest, *other_digest;
     const char *host_platform, *other_platform;
     const char *odd_media_type, *corrupt_digest;
+    const char *read_only_dir, *full_dir;
     struct layer_expect layers[LAYERS];
     char app_ref[256], multi_ref[256], odd_ref[256], missing_tag_ref[256], missing_repo_ref[256];
     char corrupt_ref[256], garbled_ref[256], secret_ref[256], dead_ref[256];
@@ -255,6 +257,8 @@ static void load_config(void) {
     cfg.other_platform = env("OCI_TEST_OTHER_PLATFORM");
     cfg.odd_media_type = env("OCI_TEST_ODD_MEDIA_TYPE");
     cfg.corrupt_digest = env("OCI_TEST_CORRUPT_DIGEST");
+    cfg.read_only_dir = env("OCI_TEST_READ_ONLY_DIR");
+    cfg.full_dir = env("OCI_TEST_FULL_DIR");
     for (int i = 0; i < LAYERS; i++) {
         char name[64];
         struct layer_expect *layer = &cfg.layers[i];
@@ -886,6 +890,68 @@ static void test_bad_registry_answers(oci_cache *cache) {
     EXPECT_ERROR(oci_cache_resolve(cache, cfg.secret_ref, NULL, digest, sizeof digest, &err),
                  OCI_E_UNAUTHORIZED, &err, "c/secret", NULL);
     CHECK(image == SENTINEL && strcmp(digest, "untouched") == 0);
+}
+
+/* One check: `call` failed with `want`, and its error carries the OS error
+   number and HTTP status expected (0 for none). Frees the error. */
+static void expect_cause_at(const char *file, int line, const char *call, oci_status status,
+                            oci_status want, oci_error **errp, int want_errno, int want_http) {
+    oci_error *err = *errp;
+    char what[1024];
+    int got_errno = oci_error_os_errno(err), got_http = oci_error_http_status(err);
+    if (status == want && err && oci_error_code(err) == want && got_errno == want_errno &&
+        got_http == want_http) {
+        passed++;
+    } else {
+        snprintf(what, sizeof what, "%s: got %s, errno %d, HTTP %d; want %s, errno %d, HTTP %d",
+                 call, status_name(status), got_errno, got_http, status_name(want), want_errno,
+                 want_http);
+        report_failure(file, line, what);
+        if (err)
+            fprintf(stderr, "    message: %s\n", oci_error_message(err));
+    }
+    oci_error_free(err);
+    *errp = NULL;
+}
+
+#define EXPECT_CAUSE(call, want, errp, want_errno, want_http)                                    \
+    expect_cause_at(__FILE__, __LINE__, #call, (call), (want), (errp), (want_errno), (want_http))
+
+static void test_error_causes(oci_cache *cache, const oci_image *app) {
+    oci_error *err = NULL;
+    oci_image *image = SENTINEL;
+    char digest[128] = "untouched";
+    int fds[LAYERS] = {SENTINEL_FD, SENTINEL_FD, SENTINEL_FD};
+
+    set_context("the OS error and HTTP status behind an error");
+    CHECK(oci_error_os_errno(NULL) == 0);
+    CHECK(oci_error_http_status(NULL) == 0);
+    EXPECT_CAUSE(oci_fetch_image(cache, cfg.missing_tag_ref, NULL, NULL, &image, &err),
+                 OCI_E_NOT_FOUND, &err, 0, 404);
+    EXPECT_CAUSE(oci_fetch_image(cache, cfg.secret_ref, NULL, NULL, &image, &err),
+                 OCI_E_UNAUTHORIZED, &err, 0, 401);
+    EXPECT_CAUSE(oci_cache_resolve(cache, cfg.dead_ref, NULL, digest, sizeof digest, &err),
+                 OCI_E_NETWORK, &err, ECONNREFUSED, 0);
+    /* A read-only file system: EROFS (root ignores file modes, not that). */
+    EXPECT_CAUSE(oci_rootfs(cache, app, cfg.read_only_dir, NULL, fds, LAYERS, &err), OCI_E_IO,
+                 &err, EROFS, 0);
+    /* A full one: refused by the default free-space reserve... */
+    EXPECT_CAUSE(oci_rootfs(cache, app, cfg.full_dir, NULL, fds, LAYERS, &err), OCI_E_IO, &err,
+                 ENOSPC, 0);
+    /* ...and, with no reserve, by the file system itself. */
+    oci_cache_options *options = NULL;
+    oci_cache *unreserved = NULL;
+    CHECK(oci_cache_options_new(&options) == OCI_OK);
+    CHECK(oci_cache_options_set_free_space_reserve(options, 0) == OCI_OK);
+    EXPECT_OK(oci_cache_new(options, &unreserved, &err), &err);
+    oci_cache_options_free(options);
+    oci_image *fetched = fetch(unreserved, cfg.app_ref);
+    EXPECT_CAUSE(oci_rootfs(unreserved, fetched, cfg.full_dir, NULL, fds, LAYERS, &err), OCI_E_IO,
+                 &err, ENOSPC, 0);
+    oci_image_free(fetched);
+    oci_cache_free(unreserved);
+    CHECK(image == SENTINEL && strcmp(digest, "untouched") == 0 &&
+          all_fds_are(fds, LAYERS, SENTINEL_FD));
 }
 
 static void test_missing_dst(oci_cache *cache, const oci_image *app) {
@@ -2011,6 +2077,7 @@ int main(void) {
     TIMED(test_unsupported(cache));
     TIMED(test_corrupt(cache));
     TIMED(test_bad_registry_answers(cache));
+    TIMED(test_error_causes(cache, app));
     TIMED(test_missing_dst(cache, app));
     TIMED(test_cancel(cache, app));
     TIMED(test_happy_path(cache, app));
