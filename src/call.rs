@@ -18,7 +18,7 @@ use crate::work::{Progress, ProgressFn, Work};
 
 /// Cancels the calls it was given to (see [`CallOptions::cancel`]): once
 /// [`cancel`](Self::cancel)ed, from any thread, every call using it ends
-/// with [`Error::Canceled`], now and later. Clones share one state.
+/// with [`ErrorKind::Canceled`](crate::ErrorKind::Canceled), now and later. Clones share one state.
 #[derive(Clone, Default)]
 pub struct CancelToken(Arc<CancelState>);
 
@@ -113,7 +113,7 @@ impl CallOptions {
         self
     }
 
-    /// Ends each call with [`Error::Canceled`] once `token` is canceled, or
+    /// Ends each call with [`ErrorKind::Canceled`](crate::ErrorKind::Canceled) once `token` is canceled, or
     /// at its start if it already is, after the call's blocking work has
     /// stopped and removed its temp files. Each token given this way ends
     /// the calls (none by default); a call that already returned is not

@@ -78,7 +78,7 @@ macro_rules! codecs {
 
         /// The layer media types the library handles, each with the name
         /// of the codec that decodes it; any other layer media type fails
-        /// with [`Error::Unsupported`](crate::Error::Unsupported). Read from
+        /// with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported). Read from
         /// the one table the pipeline uses:
         ///
         $(#[doc = concat!("- ", $name, ":", $(" `", $media_type, "`"),+)])+
