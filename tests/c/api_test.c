@@ -894,19 +894,17 @@ static void test_bad_registry_answers(oci_cache *cache) {
 
 /* One check: `call` failed with `want`, and its error carries the OS error
    number and HTTP status expected (0 for none). Frees the error. */
-static void expect_cause_at(const char *file, int line, const char *call, oci_status status,
-                            oci_status want, oci_error **errp, int want_errno, int want_http) {
+static void expect_cause_at(struct check_site *site, oci_status status, oci_status want,
+                            oci_error **errp, int want_errno, int want_http) {
     oci_error *err = *errp;
     char what[1024];
     int got_errno = oci_error_os_errno(err), got_http = oci_error_http_status(err);
-    if (status == want && err && oci_error_code(err) == want && got_errno == want_errno &&
-        got_http == want_http) {
-        passed++;
-    } else {
+    if (!check_run(site, status == want && err && oci_error_code(err) == want &&
+                             got_errno == want_errno && got_http == want_http)) {
         snprintf(what, sizeof what, "%s: got %s, errno %d, HTTP %d; want %s, errno %d, HTTP %d",
-                 call, status_name(status), got_errno, got_http, status_name(want), want_errno,
-                 want_http);
-        report_failure(file, line, what);
+                 site->what, status_name(status), got_errno, got_http, status_name(want),
+                 want_errno, want_http);
+        report_failure(site->file, site->line, what);
         if (err)
             fprintf(stderr, "    message: %s\n", oci_error_message(err));
     }
@@ -915,7 +913,10 @@ static void expect_cause_at(const char *file, int line, const char *call, oci_st
 }
 
 #define EXPECT_CAUSE(call, want, errp, want_errno, want_http)                                    \
-    expect_cause_at(__FILE__, __LINE__, #call, (call), (want), (errp), (want_errno), (want_http))
+    do {                                                                                         \
+        CHECK_SITE(#call, 1);                                                                    \
+        expect_cause_at(&check_site_, (call), (want), (errp), (want_errno), (want_http));        \
+    } while (0)
 
 static void test_error_causes(oci_cache *cache, const oci_image *app) {
     oci_error *err = NULL;
