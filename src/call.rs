@@ -152,7 +152,11 @@ impl CallOptions {
         if let Some(reason) = self.cancel.iter().find_map(CancelToken::reason) {
             return Err(Error::canceled(format!("{}: {reason}", what())));
         }
-        let (work, call) = Work::scope(call);
+        // On the heap: every public call passes through here, and the
+        // layers around it (scope, timeout, select) would otherwise each
+        // hold the whole call's state inline, making the caller's future
+        // large enough to overflow a 2 MiB thread stack in debug builds.
+        let (work, call) = Work::scope(Box::pin(call));
         let limited = async {
             match self.deadline {
                 None => Ended::Done(call.await),
