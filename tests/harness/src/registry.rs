@@ -449,8 +449,10 @@ fn free_port_on(ip: IpAddr) -> u16 {
 }
 
 /// This machine's host name and the IPv4 address it resolves to, which
-/// must be local (bindable). A name, unlike `127.0.0.1` or `localhost`, is
-/// not taken for a loopback registry, which clients reach over plain HTTP.
+/// must be a loopback address (Debian's /etc/hosts maps the name to
+/// 127.0.1.1): tests never listen on the machine's other addresses. A name,
+/// unlike `127.0.0.1` or `localhost`, is not taken for a loopback registry,
+/// which clients reach over plain HTTP.
 fn machine_name() -> (String, IpAddr) {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .expect("reading /proc/sys/kernel/hostname")
@@ -473,6 +475,11 @@ fn machine_name() -> (String, IpAddr) {
         .unwrap_or_else(|| {
             panic!("TLS registries are reached by this machine's host name, but {name:?} does not resolve to an IPv4 address (add it to /etc/hosts)")
         });
+    assert!(
+        ip.is_loopback(),
+        "TLS registries are reached by this machine's host name, but {name:?} resolves to {ip}, \
+         which is not a loopback address (map it to 127.0.1.1 in /etc/hosts)"
+    );
     if let Err(e) = TcpListener::bind((ip, 0)) {
         panic!("this machine's host name {name:?} resolves to {ip}, which cannot be bound: {e}");
     }
