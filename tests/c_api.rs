@@ -404,55 +404,37 @@ fn c_programs_use_the_c_abi() {
     let work = work.path();
 
     // Builds first: a program that does not compile needs no registry.
-    // api_test is built plain and with AddressSanitizer and UBSan.
-    let api_test = work.join("api_test");
-    let api_test_sanitized = work.join("api_test_sanitized");
-    for (program, sanitizers) in [
-        (&api_test, &[][..]),
-        (&api_test_sanitized, &C_SANITIZER_FLAGS[..]),
-    ] {
+    // Each program is built plain and with AddressSanitizer and UBSan.
+    let [api_test, api_test_sanitized, options_test, options_test_sanitized] = [
+        ("api_test", &[][..]),
+        ("api_test", &C_SANITIZER_FLAGS[..]),
+        ("options_test", &[][..]),
+        ("options_test", &C_SANITIZER_FLAGS[..]),
+    ]
+    .map(|(name, sanitizers)| {
+        let program = work.join(match sanitizers.is_empty() {
+            true => name.to_owned(),
+            false => format!("{name}_sanitized"),
+        });
         compile(
-            &format!("cc api_test.c {}", sanitizers.join(" ")),
+            &format!("cc {name}.c {}", sanitizers.join(" ")),
             Command::new("cc")
                 .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
                 .args(["-D_POSIX_C_SOURCE=200809L", "-g"])
                 .args(sanitizers)
                 .arg("-I")
                 .arg(&include)
-                .arg(root.join("tests/c/api_test.c"))
+                .arg(root.join(format!("tests/c/{name}.c")))
                 .arg("-o")
-                .arg(program)
+                .arg(&program)
                 .arg("-L")
                 .arg(&lib)
                 .arg("-loci_cache")
                 .arg(format!("-Wl,-rpath,{}", lib.display()))
                 .arg("-lpthread"),
         );
-    }
-    let options_test = work.join("options_test");
-    let options_test_sanitized = work.join("options_test_sanitized");
-    for (program, sanitizers) in [
-        (&options_test, &[][..]),
-        (&options_test_sanitized, &C_SANITIZER_FLAGS[..]),
-    ] {
-        compile(
-            &format!("cc options_test.c {}", sanitizers.join(" ")),
-            Command::new("cc")
-                .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
-                .args(["-D_POSIX_C_SOURCE=200809L", "-g"])
-                .args(sanitizers)
-                .arg("-I")
-                .arg(&include)
-                .arg(root.join("tests/c/options_test.c"))
-                .arg("-o")
-                .arg(program)
-                .arg("-L")
-                .arg(&lib)
-                .arg("-loci_cache")
-                .arg(format!("-Wl,-rpath,{}", lib.display()))
-                .arg("-lpthread"),
-        );
-    }
+        program
+    });
     compile(
         "the header as C11",
         Command::new("cc")

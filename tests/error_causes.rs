@@ -20,10 +20,20 @@ fn causes(err: &Error) -> Vec<String> {
     texts
 }
 
-/// An error's text is its kind's words, then its message, as before `Error`
-/// kept causes.
+/// `err` is of `kind`, with exactly this OS error and HTTP status, and its
+/// text is the kind's words, then its message, as before `Error` kept causes.
 #[track_caller]
-fn assert_display(err: &Error, prefix: &str) {
+fn assert_error(err: &Error, kind: ErrorKind, os_errno: Option<i32>, http_status: Option<u16>) {
+    assert_eq!(err.kind(), kind, "{err:?}");
+    assert_eq!(err.os_errno(), os_errno, "{err:?}");
+    assert_eq!(err.http_status(), http_status, "{err:?}");
+    let prefix = match kind {
+        ErrorKind::Io => "io",
+        ErrorKind::Network => "network",
+        ErrorKind::NotFound => "not found",
+        ErrorKind::Unauthorized => "unauthorized",
+        other => panic!("no expected text for {other:?}"),
+    };
     assert_eq!(err.to_string(), format!("{prefix}: {}", err.message()));
 }
 
@@ -53,10 +63,7 @@ async fn a_read_only_dst_is_io_with_erofs() {
     let err = within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err:?}");
-    assert_eq!(err.os_errno(), Some(libc::EROFS), "{err:?}");
-    assert_eq!(err.http_status(), None, "{err:?}");
-    assert_display(&err, "io");
+    assert_error(&err, ErrorKind::Io, Some(libc::EROFS), None);
     assert!(
         err.message().contains(&*dst.path().to_string_lossy())
             && err.message().contains("Read-only file system"),
@@ -87,9 +94,7 @@ async fn a_full_dst_is_io_with_enospc_with_or_without_the_reserve() {
     let err = within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err:?}");
-    assert_eq!(err.os_errno(), Some(libc::ENOSPC), "{err:?}");
-    assert_display(&err, "io");
+    assert_error(&err, ErrorKind::Io, Some(libc::ENOSPC), None);
     assert!(
         err.message().contains(&*tar.to_string_lossy())
             && err.message().contains("(free_space_reserve)"),
@@ -103,10 +108,7 @@ async fn a_full_dst_is_io_with_enospc_with_or_without_the_reserve() {
     let err = within("rootfs", cache.rootfs(&image, dst.path()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err:?}");
-    assert_eq!(err.os_errno(), Some(libc::ENOSPC), "{err:?}");
-    assert_eq!(err.http_status(), None, "{err:?}");
-    assert_display(&err, "io");
+    assert_error(&err, ErrorKind::Io, Some(libc::ENOSPC), None);
     assert!(
         err.message().contains(&*tar.to_string_lossy())
             && err.message().contains("No space left on device"),
@@ -126,10 +128,7 @@ async fn a_refused_connection_is_network_with_econnrefused() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Network, "{err:?}");
-    assert_eq!(err.os_errno(), Some(libc::ECONNREFUSED), "{err:?}");
-    assert_eq!(err.http_status(), None, "{err:?}");
-    assert_display(&err, "network");
+    assert_error(&err, ErrorKind::Network, Some(libc::ECONNREFUSED), None);
     assert!(err.message().contains(&host), "{err}");
     assert!(!causes(&err).is_empty(), "{err:?}");
 }
@@ -142,10 +141,7 @@ async fn a_404_is_not_found_with_its_status() {
     let err = within("fetch_image", cache.fetch_image(&reference, None))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
-    assert_eq!(err.http_status(), Some(404), "{err:?}");
-    assert_eq!(err.os_errno(), None, "{err:?}");
-    assert_display(&err, "not found");
+    assert_error(&err, ErrorKind::NotFound, None, Some(404));
     assert!(err.message().contains("absent"), "{err}");
 }
 
@@ -166,10 +162,7 @@ async fn a_401_is_unauthorized_with_its_status_and_no_secret() {
         let err = within(what, cache.fetch_image(&reference, None))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{what}: {err:?}");
-        assert_eq!(err.http_status(), Some(401), "{what}: {err:?}");
-        assert_eq!(err.os_errno(), None, "{what}: {err:?}");
-        assert_display(&err, "unauthorized");
+        assert_error(&err, ErrorKind::Unauthorized, None, Some(401));
         assert!(err.message().contains(&host), "{what}: {err}");
         let debug = format!("{err:?} {err:#?}");
         assert!(!debug.contains("not-the-password-3f9c1"), "{what}: {debug}");
@@ -187,10 +180,7 @@ async fn a_refused_certificate_keeps_the_tls_error_in_the_chain() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Network, "{err:?}");
-    assert_eq!(err.http_status(), None, "{err:?}");
-    assert_eq!(err.os_errno(), None, "{err:?}");
-    assert_display(&err, "network");
+    assert_error(&err, ErrorKind::Network, None, None);
     let chain = causes(&err);
     assert!(
         chain
@@ -209,10 +199,7 @@ async fn a_503_is_network_with_its_status() {
     let err = within("fetch_image", cache.fetch_image(&reference, None))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Network, "{err:?}");
-    assert_eq!(err.http_status(), Some(503), "{err:?}");
-    assert_eq!(err.os_errno(), None, "{err:?}");
-    assert_display(&err, "network");
+    assert_error(&err, ErrorKind::Network, None, Some(503));
     assert!(err.message().contains("503"), "{err}");
     assert_eq!(fake.requests("/v2/down/manifests/v1"), 1);
 }
