@@ -129,6 +129,11 @@ impl Error {
         Error::new(ErrorKind::Network, message)
     }
 
+    /// An [`ErrorKind::Io`] error.
+    pub fn io(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Io, message)
+    }
+
     /// An [`ErrorKind::Canceled`] error.
     pub fn canceled(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Canceled, message)
@@ -207,11 +212,6 @@ impl Error {
     /// (401, 404, 503…); `None` for an error that had no such answer.
     pub fn http_status(&self) -> Option<u16> {
         self.http_status
-    }
-
-    /// An [`ErrorKind::Io`] error.
-    pub fn io(message: impl Into<String>) -> Error {
-        Error::new(ErrorKind::Io, message)
     }
 
     /// An I/O error on `path`, keeping the OS error (so its errno) as the
