@@ -60,7 +60,7 @@ impl Timeouts {
 }
 
 /// Bounds the setup of each new connection, a `reqwest` connector layer.
-/// reqwest (with native-tls) makes the TCP connection and the TLS handshake
+/// reqwest (with rustls) makes the TCP connection and the TLS handshake
 /// in one connector call that offers no hook in between, so the two cannot
 /// be timed apart: a plain HTTP connection gets `connect`, an HTTPS one the
 /// sum `connect + tls_handshake` for both steps together (through a proxy:

@@ -44,7 +44,8 @@
 //!   reports and the blocking work a call tracks), `codec` (the codec
 //!   table: layer media types and their decoders, see
 //!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
-//!   the blob stream type), `digest`, `manifest`, `platform`, `fs`, `error`.
+//!   the blob stream type), `tls` (registry clients' TLS: system roots read
+//!   on the first handshake), `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;
@@ -66,6 +67,7 @@ mod manifest;
 mod platform;
 mod registry;
 mod store;
+mod tls;
 mod work;
 
 pub use cache::{CacheOptions, Image, ImageCache, Layer};

@@ -32,6 +32,7 @@ use crate::hosts::{self, HostEntry, RegistryHosts};
 use crate::http::{
     error_chain, host_of, read_limited, reason, BlobStream, ReadError, SendError, Timeouts,
 };
+use crate::tls;
 
 pub(crate) use crate::http::Limits;
 
@@ -216,9 +217,9 @@ impl Registry {
             .collect();
         let skip_verify = listed.is_some_and(|entry| entry.skip_verify);
         let sources = self.config.credentials.clone();
-        // Building a client parses the system's CA bundle (about 0.3 s) and
-        // a credential helper is a process to wait for: off the runtime's
-        // threads, so that nothing else waits on them.
+        // Building a client reads its CA files and a credential helper is a
+        // process to wait for: off the runtime's threads, so that nothing
+        // else waits on them.
         let task_name = name.clone();
         let timeouts = self.config.timeouts;
         let (http, credential) = tokio::task::spawn_blocking(move || {
@@ -597,7 +598,8 @@ impl Registry {
 
 /// A client with the system's CAs plus `ca_files`, or one that accepts any
 /// certificate when the host is configured to skip verification, whose
-/// connections are set up within `timeouts`. A loopback registry is never
+/// connections are set up within `timeouts`. Making one reads no system
+/// root (see [`tls`]). A loopback registry is never
 /// reached through a proxy from the environment (as Go's
 /// `ProxyFromEnvironment` decides), whatever `NO_PROXY` says.
 fn http_client(
@@ -606,19 +608,9 @@ fn http_client(
     skip_verify: bool,
     timeouts: &Timeouts,
 ) -> Result<reqwest::Client> {
-    let mut roots = Vec::new();
-    for path in ca_files {
-        let pem =
-            std::fs::read(path).map_err(|e| Error::io_at("reading CA certificate", path, e))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::invalid_argument(format!("CA certificate {}: {e}", path.display()))
-        })?;
-        roots.extend(certificates);
-    }
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
-        .tls_certs_merge(roots)
-        .danger_accept_invalid_certs(skip_verify)
+        .tls_backend_preconfigured(tls::client_config(ca_files, skip_verify)?)
         .connector_layer(timeouts.connect_limit());
     if is_loopback(name) {
         builder = builder.no_proxy();
