@@ -44,7 +44,8 @@
 //!   reports and the blocking work a call tracks), `codec` (the codec
 //!   table: layer media types and their decoders, see
 //!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
-//!   the blob stream type), `tls` (registry clients' TLS: system roots read
+//!   the blob stream type), `reference` (image references, parsed without
+//!   compiling a regex), `tls` (registry clients' TLS: system roots read
 //!   on the first handshake), `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
@@ -65,6 +66,7 @@ mod layer;
 mod maintenance;
 mod manifest;
 mod platform;
+mod reference;
 mod registry;
 mod store;
 mod tls;

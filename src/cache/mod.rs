@@ -686,8 +686,7 @@ fn refetched<T>(corrupt: Option<String>, outcome: Result<T>) -> Result<T> {
 }
 
 pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
-    reference
-        .parse()
+    crate::reference::parse(reference)
         .map_err(|e| Error::invalid_argument(format!("reference {reference:?}: {e}")))
 }
 
