@@ -217,12 +217,16 @@ impl Registry {
             .collect();
         let skip_verify = listed.is_some_and(|entry| entry.skip_verify);
         let sources = self.config.credentials.clone();
-        // Building a client reads its CA files and a credential helper is a
-        // process to wait for: off the runtime's threads, so that nothing
-        // else waits on them.
+        // Building a client reads its CA files (and, for https, the system's
+        // roots, once per process) and a credential helper is a process to
+        // wait for: off the runtime's threads, so that nothing else waits
+        // on them.
         let task_name = name.clone();
         let timeouts = self.config.timeouts;
         let (http, credential) = tokio::task::spawn_blocking(move || {
+            if !plain_http && !skip_verify {
+                tls::read_system_roots();
+            }
             let http = http_client(&task_name, &ca_files, skip_verify, &timeouts)?;
             let credential =
                 credentials::lookup(&task_name, &sources, &credentials::ProcessEnvironment)?;

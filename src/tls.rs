@@ -62,6 +62,13 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// Reads the system's roots now unless read already: an https host's
+/// client calls this off the runtime's threads, so that its first
+/// handshake does not wait on the files there.
+pub(crate) fn read_system_roots() {
+    system_roots();
+}
+
 /// The system's CA certificates (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
 /// distribution's bundle), read on first use and kept for the process. A
 /// file that cannot be read or parsed is skipped, as OpenSSL does: hosts

@@ -747,6 +747,112 @@ async fn tls_registry_with_htpasswd() {
     assert_pulls(&cache, &reference, &pushed).await;
 }
 
+/// The system's CA roots are read when the first https host is contacted,
+/// once per process: never for a plain-HTTP pull or a store hit. Observed
+/// through `SSL_CERT_FILE` naming a FIFO in a child process: reading it
+/// blocks until a writer opens it, and a non-blocking open for writing
+/// succeeds only while someone has it open for reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_roots_are_read_for_the_first_https_host_only() {
+    let name = "system_roots_are_read_for_the_first_https_host_only";
+    if in_child(name) {
+        return child_reads_roots_once().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("roots.pem");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    run_child(name, &[("SSL_CERT_FILE", fifo.display().to_string())]);
+    assert_eq!(files_under(dir.path()), [fifo], "files beside the FIFO");
+}
+
+/// The child's side of [`system_roots_are_read_for_the_first_https_host_only`].
+async fn child_reads_roots_once() {
+    let fifo = PathBuf::from(std::env::var("SSL_CERT_FILE").unwrap());
+    let _unblock = Unblock(fifo.clone());
+    let plain = Registry::start();
+    let plain_pushed = push_small_image(&plain.endpoint(), "plain");
+    let plain_reference = format!("{}/plain:v1", plain.host());
+    let secure = Registry::start_with(RegistrySetup::new().tls());
+    let secure_pushed = push_small_image(&secure.endpoint(), "secure");
+    let secure_reference = format!("{}/secure:v1", secure.tls_host());
+
+    // A pull from a plain-HTTP registry, then a resolve the store answers
+    // from a new cache: had either read the roots, it would hang on the
+    // FIFO (within() bounds it) or be blocked on it now.
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    assert_pulls(&cache, &plain_reference, &plain_pushed).await;
+    assert_no_reader(&fifo, "after a plain-HTTP pull");
+    let cache = new_cache(CacheOptions::new().store(store.path()));
+    let digest = within("resolve", cache.resolve(&plain_reference))
+        .await
+        .unwrap_or_else(|e| panic!("resolve {plain_reference}: {e}"));
+    assert_eq!(digest.to_string(), plain_pushed.manifest_digest);
+    assert_no_reader(&fifo, "after a resolve from the store");
+
+    // The first https host reads them: the pull waits for a writer, which
+    // then gives it no root at all, so the host's own CA is what verifies.
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            let started = Instant::now();
+            loop {
+                match open_for_writing(&fifo) {
+                    Ok(file) => return drop(file),
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+                    Err(e) => panic!("opening {} for writing: {e}", fifo.display()),
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "nobody read the roots within 30 s of the first https pull"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let ca = (secure.tls_host(), secure.ca_pem());
+    let cache = new_cache(CacheOptions::new().host_ca_certificate(ca.0.clone(), &ca.1));
+    assert_pulls(&cache, &secure_reference, &secure_pushed).await;
+    writer.join().expect("the FIFO's writer");
+
+    // Read once per process: another cache's https host does not open the
+    // FIFO again (it would wait for a writer that never comes).
+    let cache = new_cache(CacheOptions::new().host_ca_certificate(ca.0, &ca.1));
+    assert_pulls(&cache, &secure_reference, &secure_pushed).await;
+    assert_no_reader(&fifo, "after a second https pull");
+}
+
+/// Ends, when dropped (a failed assertion included), any wait of a reader
+/// of the FIFO, which would otherwise keep the child from exiting.
+struct Unblock(PathBuf);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        let _ = open_for_writing(&self.0);
+    }
+}
+
+/// `fifo` opened for writing without waiting for a reader (ENXIO if none).
+fn open_for_writing(fifo: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+}
+
+#[track_caller]
+fn assert_no_reader(fifo: &Path, when: &str) {
+    match open_for_writing(fifo) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+        other => panic!("{when}: someone reads the system roots: {other:?}"),
+    }
+}
+
 fn host_name(host: &str) -> String {
     host.rsplit_once(':').unwrap().0.to_owned()
 }
