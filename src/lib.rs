@@ -46,7 +46,7 @@
 //!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
 //!   the blob stream type), `reference` (image references, parsed without
 //!   compiling a regex), `tls` (registry clients' TLS: system roots read
-//!   on the first handshake), `digest`, `manifest`, `platform`, `fs`, `error`.
+//!   once, for the first https host), `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;

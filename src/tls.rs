@@ -1,7 +1,8 @@
 //! TLS for registry clients (rustls with ring): a configuration per host
-//! whose certificate check reads the system's CA roots on the first
-//! handshake that needs them, once per process. Building one costs no file
-//! reads, so a plain-HTTP registry or a store hit never loads a root.
+//! whose certificate check uses the system's CA roots, read once per
+//! process when an https host's client is made (or, for a plain-HTTP host
+//! redirected to https, at that handshake). Building a configuration reads
+//! no root, so a plain-HTTP registry or a store hit never loads one.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
