@@ -44,7 +44,9 @@
 //!   reports and the blocking work a call tracks), `codec` (the codec
 //!   table: layer media types and their decoders, see
 //!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
-//!   the blob stream type), `digest`, `manifest`, `platform`, `fs`, `error`.
+//!   the blob stream type), `fill` (where a ranged download's file is
+//!   written up to, which the single pass follows), `digest`, `manifest`,
+//!   `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;
@@ -54,6 +56,7 @@ mod credentials;
 mod digest;
 mod error;
 pub mod ffi;
+mod fill;
 mod fs;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

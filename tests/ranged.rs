@@ -1,0 +1,254 @@
+//! Parallel ranged download of one large blob, through a proxy that records
+//! every request in front of a real registry: ranges are bounded and cover
+//! the blob exactly once, a cut range is asked again from where it stopped,
+//! a corrupt range fails the digest and leaves nothing, and a server that
+//! ignores `Range` still serves the blob as one stream.
+
+use std::path::{Path, PathBuf};
+
+use harness::*;
+use oci_cache::{CacheOptions, ErrorKind, ImageCache};
+
+const REPO: &str = "ranged/big";
+/// Above the threshold, and four ranges of 384 KiB at four connections.
+const LAYER_BYTES: usize = 3 << 19;
+const THRESHOLD: u64 = 256 << 10;
+const CONNECTIONS: usize = 4;
+
+fn ranged_options(store: &Path, keep: bool) -> CacheOptions {
+    CacheOptions::new()
+        .store(store)
+        .keep_layer_blobs(keep)
+        .range_threshold(THRESHOLD)
+        .range_connections(CONNECTIONS)
+}
+
+/// The registry, the proxy in front of it and the image pushed to it.
+fn setup() -> (Registry, RecordingProxy, PushedImage) {
+    let registry = Registry::start();
+    let pushed = push_noise_image(&registry.host(), REPO, &[(7, LAYER_BYTES)]);
+    let proxy = RecordingProxy::start(&registry.host());
+    (registry, proxy, pushed)
+}
+
+/// The `Range` of every request for `digest`'s blob, in the order sent.
+fn blob_ranges(proxy: &RecordingProxy, digest: &str) -> Vec<Option<String>> {
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == path)
+        .inspect(|r| assert_eq!(r.method, "GET", "{r:?}"))
+        .map(|r| r.range)
+        .collect()
+}
+
+/// `bytes=A-B` as (A, B); panics on an open-ended or missing range.
+fn bounded(range: &Option<String>) -> (u64, u64) {
+    let text = range.as_deref().expect("a ranged request has a Range");
+    let (first, last) = text
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .unwrap_or_else(|| panic!("malformed range {text}"));
+    let last = last
+        .parse()
+        .unwrap_or_else(|_| panic!("open-ended or malformed range {text}"));
+    (first.parse().unwrap(), last)
+}
+
+/// The ranges of a `size`-byte blob as the library cuts it.
+fn expected_ranges(size: u64) -> Vec<(u64, u64)> {
+    let range = size.div_ceil(CONNECTIONS as u64);
+    (0..size.div_ceil(range))
+        .map(|i| (i * range, ((i + 1) * range).min(size) - 1))
+        .collect()
+}
+
+/// Asserts that `ranges` cover `0..size` exactly once.
+fn assert_cover_once(mut ranges: Vec<(u64, u64)>, size: u64) {
+    ranges.sort();
+    let mut next = 0;
+    for (first, last) in &ranges {
+        assert_eq!(*first, next, "gap or overlap in {ranges:?}");
+        assert!(last >= first, "{ranges:?}");
+        next = last + 1;
+    }
+    assert_eq!(next, size, "{ranges:?} do not end at the blob's end");
+}
+
+/// Files under the store's blob directory: manifest and config, plus
+/// `extra`.
+fn assert_store_blobs(store: &Path, pushed: &PushedImage, extra: &[&str]) {
+    let mut expected: Vec<PathBuf> = [&pushed.manifest_digest, &pushed.config_digest]
+        .into_iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .map(|digest| blob_path(store, digest))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        files_under(&store.join("blobs")),
+        expected,
+        "store blobs (temp files left?)"
+    );
+}
+
+async fn pull(cache: &ImageCache, host: &str, dst: &Path) -> oci_cache::Result<Vec<std::fs::File>> {
+    let image = within(
+        "fetch_image",
+        cache.fetch_image(&format!("{host}/{REPO}:v1"), None),
+    )
+    .await
+    .expect("fetch_image");
+    within("rootfs", cache.rootfs(&image, dst)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_ranges_cover_the_blob_once_with_or_without_kept_blobs() {
+    let (_registry, proxy, pushed) = setup();
+    let (blob, tar) = (&pushed.layers[0].blob, &pushed.layers[0].tar);
+    let digest = &pushed.layer_digests[0];
+    let size = blob.len() as u64;
+    assert!(size >= THRESHOLD);
+    for keep in [true, false] {
+        let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let before = proxy.requests().len();
+        let cache = new_cache(ranged_options(store.path(), keep));
+        let files = pull(&cache, &proxy.host(), dst.path())
+            .await
+            .unwrap_or_else(|e| panic!("keep {keep}: {e}"));
+        assert_eq!(files.len(), 1);
+        let tar_file = tar_path(dst.path(), &pushed.diff_ids[0]);
+        assert_bytes(&std::fs::read(&tar_file).unwrap(), tar, "layer tar");
+        assert_eq!(files_under(dst.path()), vec![tar_file]);
+        if keep {
+            assert_bytes(
+                &std::fs::read(blob_path(store.path(), digest)).unwrap(),
+                blob,
+                "store blob",
+            );
+            assert_store_blobs(store.path(), &pushed, &[digest]);
+        } else {
+            assert_store_blobs(store.path(), &pushed, &[]);
+        }
+        let ranges: Vec<_> = blob_ranges(&proxy, digest)
+            .into_iter()
+            .skip(if keep { 0 } else { CONNECTIONS })
+            .collect();
+        assert_eq!(ranges.len(), CONNECTIONS, "keep {keep}: {ranges:?}");
+        let ranges: Vec<_> = ranges.iter().map(bounded).collect();
+        assert_eq!(
+            {
+                let mut sorted = ranges.clone();
+                sorted.sort();
+                sorted
+            },
+            expected_ranges(size)
+        );
+        assert_cover_once(ranges, size);
+        assert!(proxy.requests().len() > before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_cut_midway_is_asked_again_for_the_rest_of_that_range_only() {
+    let (_registry, proxy, pushed) = setup();
+    let digest = &pushed.layer_digests[0];
+    let size = pushed.layers[0].blob.len() as u64;
+    let ranges = expected_ranges(size);
+    let (first, last) = ranges[1];
+    proxy.fault_once(&format!("bytes={first}-{last}"), Fault::CutAfter(1000));
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = new_cache(ranged_options(store.path(), true));
+    pull(&cache, &proxy.host(), dst.path())
+        .await
+        .expect("a cut range is retried");
+    assert_bytes(
+        &std::fs::read(tar_path(dst.path(), &pushed.diff_ids[0])).unwrap(),
+        &pushed.layers[0].tar,
+        "layer tar",
+    );
+    assert_bytes(
+        &std::fs::read(blob_path(store.path(), digest)).unwrap(),
+        &pushed.layers[0].blob,
+        "store blob",
+    );
+    let mut sent: Vec<_> = blob_ranges(&proxy, digest).iter().map(bounded).collect();
+    sent.sort();
+    let mut expected = ranges.clone();
+    expected.push((first + 1000, last));
+    expected.sort();
+    assert_eq!(sent, expected, "one retry, of the rest of the cut range");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_with_wrong_bytes_is_a_digest_mismatch_leaving_nothing() {
+    let (_registry, proxy, pushed) = setup();
+    let size = pushed.layers[0].blob.len() as u64;
+    let (first, last) = expected_ranges(size)[2];
+    for keep in [true, false] {
+        proxy.fault_once(&format!("bytes={first}-{last}"), Fault::FlipByte(5));
+        let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cache = new_cache(ranged_options(store.path(), keep));
+        let err = pull(&cache, &proxy.host(), dst.path())
+            .await
+            .expect_err("a corrupt range must fail");
+        assert_eq!(err.kind(), ErrorKind::DigestMismatch, "keep {keep}: {err}");
+        assert!(
+            err.message().contains(&pushed.layer_digests[0]),
+            "{}",
+            err.message()
+        );
+        assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+        assert_store_blobs(store.path(), &pushed, &[]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ignoring_range_serves_the_blob_as_one_stream() {
+    let tar = tar_layer(&[("f", &noise(11, LAYER_BYTES))]);
+    let image = build_image(
+        "unused.invalid",
+        REPO,
+        vec![FixtureLayer::gzip(tar)],
+        false,
+        ("linux", "amd64", None),
+    );
+    let digest = image.layer_digests[0].clone();
+    let fake = FakeRegistry::with_image(
+        REPO,
+        "v1",
+        &image.manifest,
+        &image.config,
+        vec![(digest.clone(), image.layers[0].blob.clone())],
+    );
+    for keep in [true, false] {
+        let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cache = new_cache(ranged_options(store.path(), keep));
+        pull(&cache, &fake.host(), dst.path())
+            .await
+            .unwrap_or_else(|e| panic!("keep {keep}: {e}"));
+        assert_bytes(
+            &std::fs::read(tar_path(dst.path(), &image.diff_ids[0])).unwrap(),
+            &image.layers[0].tar,
+            "layer tar",
+        );
+        assert_eq!(
+            files_under(dst.path()),
+            vec![tar_path(dst.path(), &image.diff_ids[0])]
+        );
+        let kept: &[&str] = if keep { &[&digest] } else { &[] };
+        assert_store_blobs(store.path(), &image, kept);
+    }
+    let gets: Vec<_> = fake
+        .recorded_requests(Some(&format!("/v2/{REPO}/blobs/{digest}")))
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2, "one stream per pull: {gets:?}");
+    let size = image.layers[0].blob.len() as u64;
+    let first = format!("bytes=0-{}", expected_ranges(size)[0].1);
+    for get in gets {
+        assert_eq!(get.header("range"), Some(first.as_str()), "{get:?}");
+    }
+}
