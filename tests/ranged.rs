@@ -2,12 +2,16 @@
 //! every request in front of a real registry: ranges are bounded and cover
 //! the blob exactly once, a cut range is asked again from where it stopped,
 //! a corrupt range fails the digest and leaves nothing, and a server that
-//! ignores `Range` still serves the blob as one stream.
+//! ignores `Range` still serves the blob as one stream, and a call that
+//! runs out of time stops every range and removes the temp blob file
+//! before it returns.
 
 use std::path::{Path, PathBuf};
 
 use harness::*;
-use oci_cache::{CacheOptions, ErrorKind, ImageCache};
+use std::time::{Duration, Instant};
+
+use oci_cache::{CacheOptions, CallOptions, ErrorKind, ImageCache};
 
 const REPO: &str = "ranged/big";
 /// Above the threshold, and four ranges of 384 KiB at four connections.
@@ -250,5 +254,34 @@ async fn a_server_ignoring_range_serves_the_blob_as_one_stream() {
     let first = format!("bytes=0-{}", expected_ranges(size)[0].1);
     for get in gets {
         assert_eq!(get.header("range"), Some(first.as_str()), "{get:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_stops_every_range_and_removes_the_temp_file_before_returning() {
+    let (_registry, proxy, pushed) = setup();
+    let size = pushed.layers[0].blob.len() as u64;
+    for keep in [true, false] {
+        let (first, last) = expected_ranges(size)[1];
+        proxy.fault_once(&format!("bytes={first}-{last}"), Fault::StallAfter(1000));
+        let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cache = new_cache(ranged_options(store.path(), keep));
+        let image = within(
+            "fetch_image",
+            cache.fetch_image(&format!("{}/{REPO}:v1", proxy.host()), None),
+        )
+        .await
+        .expect("fetch_image");
+        let limit = Duration::from_secs(1);
+        let bounded = cache.with_call_options(CallOptions::new().deadline(limit));
+        let started = Instant::now();
+        let err = within("rootfs", bounded.rootfs(&image, dst.path()))
+            .await
+            .expect_err("a stalled range must not finish the layer");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "keep {keep}: {err}");
+        assert!(started.elapsed() < limit * 5, "{:?}", started.elapsed());
+        // Checked at once: nothing may wait for a later cleanup.
+        assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+        assert_store_blobs(store.path(), &pushed, &[]);
     }
 }

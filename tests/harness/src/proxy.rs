@@ -182,6 +182,9 @@ pub enum Fault {
     CutAfter(usize),
     /// Inverts the body byte at this index.
     FlipByte(usize),
+    /// Sends the head and this many body bytes, then nothing more until
+    /// the proxy is dropped.
+    StallAfter(usize),
 }
 
 impl RecordingProxy {
@@ -201,8 +204,10 @@ impl RecordingProxy {
                     }
                     let Ok(stream) = stream else { continue };
                     let (requests, faults) = (requests.clone(), faults.clone());
-                    let upstream = upstream.clone();
-                    std::thread::spawn(move || forward(stream, &upstream, &requests, &faults));
+                    let (upstream, stopping) = (upstream.clone(), stopping.clone());
+                    std::thread::spawn(move || {
+                        forward(stream, &upstream, (&requests, &faults), &stopping)
+                    });
                 }
             })
         };
@@ -246,8 +251,8 @@ impl Drop for RecordingProxy {
 fn forward(
     mut client: TcpStream,
     upstream: &str,
-    requests: &Mutex<Vec<ProxiedRequest>>,
-    faults: &Mutex<HashMap<String, Fault>>,
+    (requests, faults): (&Mutex<Vec<ProxiedRequest>>, &Mutex<HashMap<String, Fault>>),
+    stopping: &AtomicBool,
 ) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
     let mut raw = Vec::new();
@@ -312,6 +317,13 @@ fn forward(
             client.write_all(&answer)
         }
         Some(Fault::CutAfter(n)) => client.write_all(&answer[..(body_start + n).min(answer.len())]),
+        Some(Fault::StallAfter(n)) => {
+            let sent = client.write_all(&answer[..(body_start + n).min(answer.len())]);
+            while !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        }
     };
     if sent.is_ok() {
         let _ = client.flush();
