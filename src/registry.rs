@@ -481,17 +481,27 @@ impl Registry {
             .served(reference, false, |endpoint| {
                 let source = BlobSource::Endpoint(endpoint);
                 let what = &what;
-                async move { Ok((source.get(digest, (0, first), what, limits).await?, source)) }
+                async move {
+                    // A first range counts against the host's cap too.
+                    let permit = match first {
+                        Some(_) => source.range_permit().await,
+                        None => None,
+                    };
+                    let response = source.get(digest, (0, first), what, limits).await?;
+                    Ok(((response, permit), source))
+                }
             })
             .await;
-        let (response, source) = match served {
-            Ok(((response, source), _)) => (response, source),
+        let ((response, permit), source) = match served {
+            Ok((served, _)) => served,
             Err(not_found)
                 if not_found.kind() == ErrorKind::NotFound && is_non_distributable(media_type) =>
             {
-                self.blob_from_urls(reference, digest, urls, &what, limits)
+                let (response, source) = self
+                    .blob_from_urls(reference, digest, urls, &what, limits)
                     .await?
-                    .ok_or(not_found)?
+                    .ok_or(not_found)?;
+                ((response, None), source)
             }
             Err(err) => return Err(err),
         };
@@ -503,7 +513,12 @@ impl Registry {
                 let fields = (source, digest.clone(), what, limits);
                 let attempts = self.config.attempts;
                 return Ok(Download::Ranged(ranged::start(
-                    plan, fields, response, file, permits, attempts,
+                    plan,
+                    fields,
+                    (response, permit),
+                    file,
+                    permits,
+                    attempts,
                 )));
             }
             // A server that ignores Range sent the whole blob: take it.
@@ -816,6 +831,17 @@ enum BlobSource {
 }
 
 impl BlobSource {
+    /// A place among the range requests in flight to this source's host
+    /// (see [`HOST_RANGE_CONNECTIONS`]); none for a descriptor URL.
+    async fn range_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self {
+            BlobSource::Endpoint(endpoint) => {
+                endpoint.host.ranges.clone().acquire_owned().await.ok()
+            }
+            BlobSource::Url { .. } => None,
+        }
+    }
+
     /// A successful answer for `digest` from byte `first` on, to byte
     /// `last` if given (a Range request unless that is the whole blob).
     async fn get(

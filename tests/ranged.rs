@@ -41,7 +41,7 @@ fn blob_ranges(proxy: &RecordingProxy, digest: &str) -> Vec<Option<String>> {
     proxy
         .requests()
         .into_iter()
-        .filter(|r| r.target == path)
+        .filter(|r| r.target.split('?').next() == Some(path.as_str()))
         .inspect(|r| assert_eq!(r.method, "GET", "{r:?}"))
         .map(|r| r.range)
         .collect()
@@ -284,4 +284,76 @@ async fn a_deadline_stops_every_range_and_removes_the_temp_file_before_returning
         assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
         assert_store_blobs(store.path(), &pushed, &[]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_range_answered_wrong_falls_back_to_one_stream() {
+    let tar = tar_layer(&[("f", &noise(13, LAYER_BYTES))]);
+    let image = build_image(
+        "unused.invalid",
+        REPO,
+        vec![FixtureLayer::gzip(tar)],
+        false,
+        ("linux", "amd64", None),
+    );
+    let digest = image.layer_digests[0].clone();
+    let blob = image.layers[0].blob.clone();
+    let size = blob.len();
+    let fake = FakeRegistry::with_image(REPO, "v1", &image.manifest, &image.config, vec![]);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    // Every answer is a 206 naming bytes 0-9 but carrying the whole blob:
+    // not the range asked for, so the blob is asked again without a Range.
+    fake.route(
+        &path,
+        Route {
+            status: 206,
+            content_type: "application/octet-stream".into(),
+            headers: vec![("Content-Range".into(), format!("bytes 0-9/{size}"))],
+            body: blob,
+        },
+    );
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = new_cache(ranged_options(store.path(), true));
+    pull(&cache, &fake.host(), dst.path())
+        .await
+        .expect("one stream after a wrong range");
+    assert_bytes(
+        &std::fs::read(tar_path(dst.path(), &image.diff_ids[0])).unwrap(),
+        &image.layers[0].tar,
+        "layer tar",
+    );
+    assert_store_blobs(store.path(), &image, &[&digest]);
+    let ranges: Vec<_> = fake
+        .recorded_requests(Some(&path))
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.header("range").map(str::to_owned))
+        .collect();
+    let first = format!("bytes=0-{}", expected_ranges(size as u64)[0].1);
+    assert_eq!(ranges, vec![Some(first), None]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_that_answered_the_first_range_serves_every_range() {
+    let (registry, mirror, pushed) = setup();
+    // The reference names a second proxy in front of the same registry;
+    // the mirror comes first and has the blob, so all of it comes from
+    // there.
+    let named = RecordingProxy::start(&registry.host());
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = new_cache(ranged_options(store.path(), true).mirror(named.host(), mirror.host()));
+    pull(&cache, &named.host(), dst.path())
+        .await
+        .expect("pull through the mirror");
+    assert_bytes(
+        &std::fs::read(tar_path(dst.path(), &pushed.diff_ids[0])).unwrap(),
+        &pushed.layers[0].tar,
+        "layer tar",
+    );
+    let digest = &pushed.layer_digests[0];
+    assert_eq!(blob_ranges(&named, digest), Vec::<Option<String>>::new());
+    let size = pushed.layers[0].blob.len() as u64;
+    let mut sent: Vec<_> = blob_ranges(&mirror, digest).iter().map(bounded).collect();
+    sent.sort();
+    assert_eq!(sent, expected_ranges(size));
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use reqwest::header::CONTENT_RANGE;
 use reqwest::{Response, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::{backoff, content_length, served_range, BlobSource, RangeConfig};
@@ -97,6 +97,9 @@ pub(crate) struct RangedBlob {
     pub task: AbortHandle,
 }
 
+/// A response to a range request, with its place under the host's cap.
+type Answer = (Response, Option<OwnedSemaphorePermit>);
+
 /// What every range task of one blob shares.
 struct Shared {
     plan: Plan,
@@ -115,13 +118,13 @@ struct Shared {
 }
 
 /// Starts fetching `plan`'s ranges into `file`, the first from `first`
-/// (the answer to the first request), the rest with new requests to the
-/// same source. The tasks count as the current call's work (see [`Work`]):
+/// (the answer to the first request, with its place under the host's
+/// cap), the rest with new requests to the same source. The tasks count as the current call's work (see [`Work`]):
 /// a call that ends early waits until they have stopped.
 pub(super) fn start(
     plan: Plan,
     (source, digest, what, limits): (BlobSource, Digest, String, Limits),
-    first: Response,
+    first: (Response, Option<OwnedSemaphorePermit>),
     file: File,
     permits: Arc<Semaphore>,
     attempts: u32,
@@ -188,7 +191,7 @@ impl Drop for CancelOnDrop {
 
 impl Shared {
     /// Fetches ranges until none is left: first the one `first` answers.
-    async fn work(&self, mut first: Option<Response>) -> Result<()> {
+    async fn work(&self, mut first: Option<Answer>) -> Result<()> {
         let mut index = if first.is_some() {
             0
         } else {
@@ -204,7 +207,7 @@ impl Shared {
     /// Writes range `index` into the file, from `response` if given; a
     /// connection cut or refused is tried again for the rest of this range
     /// only, up to the configured attempts.
-    async fn fetch(&self, index: u64, mut response: Option<Response>) -> Result<()> {
+    async fn fetch(&self, index: u64, mut response: Option<Answer>) -> Result<()> {
         let (first, last) = self.plan.bounds(index);
         let mut at = first;
         let mut attempt = 1;
@@ -226,10 +229,10 @@ impl Shared {
         &self,
         at: &mut u64,
         (first, last): (u64, u64),
-        response: Option<Response>,
+        response: Option<Answer>,
     ) -> Result<()> {
         let (response, _permit) = match response {
-            Some(response) => (response, None),
+            Some(answer) => answer,
             None => {
                 let permit = self.permits.clone().acquire_owned().await.ok();
                 let response = self
