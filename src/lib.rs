@@ -34,10 +34,12 @@
 //!   - `registry`: remote access, with `auth` (token exchange), `credentials`
 //!     (`credentials::search` the search order, `credentials::auth_file`
 //!     auth-file parsing, `credentials::helper` the credential-helper
-//!     runner) and `hosts` (per-registry hosts.toml mirrors);
+//!     runner), `hosts` (per-registry hosts.toml mirrors) and
+//!     `registry::ranged` (parallel ranged download of one large blob);
 //!   - `maintenance`: list, prune, disk usage and verify, over `store`;
 //!   - `store`: the local OCI image layout;
-//!   - `layer`: the decompress-and-verify pipeline of layer blobs.
+//!   - `layer`: the decompress-and-verify pipeline of layer blobs (which
+//!     follows a ranged download's contiguous prefix through `fill`).
 //! - Leaf modules, which use only each other: `call` ([`CallOptions`]: a
 //!   call's deadline, stall timeout, [`CancelToken`]s, and the wait for its
 //!   blocking work to clean up when it ends early), `work` ([`Progress`]
