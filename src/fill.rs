@@ -47,8 +47,14 @@ impl Fill {
     pub(crate) fn written(&self, start: u64, end: u64) {
         let mut state = self.state();
         if start > state.contiguous {
-            let entry = state.ahead.entry(start).or_insert(end);
-            *entry = (*entry).max(end);
+            // A range's writes extend its one entry: the map holds one
+            // entry per range ahead, however many writes it took.
+            match state.ahead.range_mut(..=start).next_back() {
+                Some((_, before)) if *before >= start => *before = (*before).max(end),
+                _ => {
+                    state.ahead.insert(start, end);
+                }
+            }
             return;
         }
         state.contiguous = state.contiguous.max(end);
@@ -108,6 +114,11 @@ mod tests {
         fill.written(10, 20);
         fill.written(20, 25);
         assert_eq!(fill.state().contiguous, 0);
+        assert_eq!(
+            fill.state().ahead.len(),
+            1,
+            "adjacent writes share an entry"
+        );
         fill.written(0, 10);
         assert_eq!(fill.wait_past(0, || None).unwrap(), 25);
         fill.written(25, 30);

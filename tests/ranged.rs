@@ -357,3 +357,29 @@ async fn the_mirror_that_answered_the_first_range_serves_every_range() {
     sent.sort();
     assert_eq!(sent, expected_ranges(size));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_store_or_below_the_threshold_the_blob_is_one_plain_request() {
+    let (_registry, proxy, pushed) = setup();
+    let digest = &pushed.layer_digests[0];
+    let size = pushed.layers[0].blob.len() as u64;
+    let no_store = CacheOptions::new()
+        .range_threshold(THRESHOLD)
+        .range_connections(CONNECTIONS);
+    let store = tempfile::tempdir().unwrap();
+    let above_blob = ranged_options(store.path(), true).range_threshold(size + 1);
+    for (what, options) in [("no store", no_store), ("below", above_blob)] {
+        let before = blob_ranges(&proxy, digest).len();
+        let dst = tempfile::tempdir().unwrap();
+        let cache = new_cache(options);
+        pull(&cache, &proxy.host(), dst.path())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_bytes(
+            &std::fs::read(tar_path(dst.path(), &pushed.diff_ids[0])).unwrap(),
+            &pushed.layers[0].tar,
+            what,
+        );
+        assert_eq!(blob_ranges(&proxy, digest)[before..], [None], "{what}");
+    }
+}
