@@ -383,3 +383,64 @@ async fn without_a_store_or_below_the_threshold_the_blob_is_one_plain_request() 
         assert_eq!(blob_ranges(&proxy, digest)[before..], [None], "{what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_range_is_authorized_by_the_registry_token() {
+    let registry =
+        Registry::start_with(RegistrySetup::new().token_auth(TokenPolicy::new().anonymous_pull()));
+    let tar = tar_layer(&[("f", &noise(17, LAYER_BYTES))]);
+    let pushed = push_image_to(
+        &registry.endpoint(),
+        REPO,
+        Some("v1"),
+        vec![FixtureLayer::gzip(tar)],
+        false,
+        ("linux", "amd64", None),
+    );
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = new_cache(ranged_options(store.path(), true));
+    pull(&cache, &registry.host(), dst.path())
+        .await
+        .expect("a ranged pull with bearer tokens");
+    assert_bytes(
+        &std::fs::read(blob_path(store.path(), &pushed.layer_digests[0])).unwrap(),
+        &pushed.layers[0].blob,
+        "store blob",
+    );
+    // One GET per range, none refused: the token learned for the manifest
+    // went with every range.
+    assert_eq!(
+        registry.blob_gets(&pushed.layer_digests[0]),
+        CONNECTIONS,
+        "{:#?}",
+        registry.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_counts_the_contiguous_bytes_up_to_the_blob_size() {
+    let (_registry, proxy, pushed) = setup();
+    let size = pushed.layers[0].blob.len() as u64;
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reports = seen.clone();
+    let cache = new_cache(ranged_options(store.path(), true)).with_call_options(
+        CallOptions::new().progress(move |p| {
+            reports
+                .lock()
+                .unwrap()
+                .push((p.downloaded, p.download_total))
+        }),
+    );
+    pull(&cache, &proxy.host(), dst.path())
+        .await
+        .expect("ranged pull");
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() > 1, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "downloaded goes back: {seen:?}"
+    );
+    assert!(seen.iter().all(|&(_, total)| total == Some(size)));
+    assert_eq!(seen.last().unwrap().0, size);
+}

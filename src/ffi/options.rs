@@ -463,7 +463,8 @@ impl oci_call_options {
 }
 
 /// A progress callback: called with `user_data`, the layer's index (bottom
-/// first), its blob digest, the compressed bytes received so far and the
+/// first), its blob digest, the compressed bytes received so far (for a
+/// blob downloaded in ranges, the contiguous bytes from its start) and the
 /// blob's size, and the uncompressed bytes written so far and their total
 /// (-1 while unknown: the total is given with a layer's last report). It
 /// runs on the thread that made the call, never concurrently with itself;
