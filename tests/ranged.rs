@@ -444,3 +444,50 @@ async fn progress_counts_the_contiguous_bytes_up_to_the_blob_size() {
     assert!(seen.iter().all(|&(_, total)| total == Some(size)));
     assert_eq!(seen.last().unwrap().0, size);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_range_times_out_leaving_nothing() {
+    let (_registry, proxy, pushed) = setup();
+    let size = pushed.layers[0].blob.len() as u64;
+    let (first, last) = expected_ranges(size)[3];
+    proxy.fault_once(&format!("bytes={first}-{last}"), Fault::StallAfter(1000));
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = ranged_options(store.path(), true).stall_timeout(Duration::from_millis(500));
+    let cache = new_cache(options);
+    let err = pull(&cache, &proxy.host(), dst.path())
+        .await
+        .expect_err("a stalled range must time out");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.message().contains("stall_timeout"), "{}", err.message());
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+    assert_store_blobs(store.path(), &pushed, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gets_at_most_eight_ranges_at_once_over_every_blob() {
+    let registry = Registry::start();
+    // Two layers of different sizes (so their ranges differ), 8 ranges
+    // each at 8 connections: 16 wanted at once, 8 allowed.
+    let pushed = push_noise_image(&registry.host(), REPO, &[(3, 3 << 19), (5, 5 << 18)]);
+    let proxy = RecordingProxy::start(&registry.host());
+    // Every range stalls, so every request the cap lets out stays out.
+    for blob in pushed.layers.iter().map(|l| &l.blob) {
+        let size = blob.len() as u64;
+        let range = size.div_ceil(8);
+        for i in 0..size.div_ceil(range) {
+            let (first, last) = (i * range, ((i + 1) * range).min(size) - 1);
+            proxy.fault_once(&format!("bytes={first}-{last}"), Fault::StallAfter(0));
+        }
+    }
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = ranged_options(store.path(), true)
+        .range_connections(8)
+        .stall_timeout(Duration::from_secs(2));
+    let cache = new_cache(options);
+    let err = pull(&cache, &proxy.host(), dst.path())
+        .await
+        .expect_err("every range stalls");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(proxy.most_ranges_in_flight(), 8);
+    assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
+}

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -161,8 +161,16 @@ pub struct RecordingProxy {
     host: String,
     requests: Arc<Mutex<Vec<ProxiedRequest>>>,
     faults: Arc<Mutex<HashMap<String, Fault>>>,
+    ranges: Arc<InFlight>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Requests with a `Range` being answered, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
 }
 
 /// One request a [`RecordingProxy`] forwarded.
@@ -193,9 +201,11 @@ impl RecordingProxy {
         let host = listener.local_addr().unwrap().to_string();
         let requests: Arc<Mutex<Vec<ProxiedRequest>>> = Arc::default();
         let faults: Arc<Mutex<HashMap<String, Fault>>> = Arc::default();
+        let ranges: Arc<InFlight> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let (requests, faults, stopping) = (requests.clone(), faults.clone(), stopping.clone());
+            let ranges = ranges.clone();
             let upstream = upstream.to_owned();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -205,8 +215,9 @@ impl RecordingProxy {
                     let Ok(stream) = stream else { continue };
                     let (requests, faults) = (requests.clone(), faults.clone());
                     let (upstream, stopping) = (upstream.clone(), stopping.clone());
+                    let ranges = ranges.clone();
                     std::thread::spawn(move || {
-                        forward(stream, &upstream, (&requests, &faults), &stopping)
+                        forward(stream, &upstream, (&requests, &faults, &ranges), &stopping)
                     });
                 }
             })
@@ -215,6 +226,7 @@ impl RecordingProxy {
             host,
             requests,
             faults,
+            ranges,
             stopping,
             thread: Some(thread),
         }
@@ -235,6 +247,12 @@ impl RecordingProxy {
     pub fn requests(&self) -> Vec<ProxiedRequest> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// The most requests with a `Range` that were being answered at once
+    /// (a stalled answer counts until the proxy is dropped).
+    pub fn most_ranges_in_flight(&self) -> usize {
+        self.ranges.most.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for RecordingProxy {
@@ -247,11 +265,18 @@ impl Drop for RecordingProxy {
     }
 }
 
+/// Where [`forward`] records requests, finds faults and counts ranges.
+type Recorders<'a> = (
+    &'a Mutex<Vec<ProxiedRequest>>,
+    &'a Mutex<HashMap<String, Fault>>,
+    &'a InFlight,
+);
+
 /// One request from `client`, forwarded to `upstream`, and its answer back.
 fn forward(
     mut client: TcpStream,
     upstream: &str,
-    (requests, faults): (&Mutex<Vec<ProxiedRequest>>, &Mutex<HashMap<String, Fault>>),
+    (requests, faults, ranges): Recorders<'_>,
     stopping: &AtomicBool,
 ) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
@@ -286,6 +311,7 @@ fn forward(
         range: header("range"),
     };
     requests.lock().unwrap().push(recorded.clone());
+    let _counted = recorded.range.is_some().then(|| Counted::new(ranges));
     let fault = recorded
         .range
         .as_ref()
@@ -329,4 +355,21 @@ fn forward(
         let _ = client.flush();
     }
     let _ = client.shutdown(Shutdown::Both);
+}
+
+/// Counts one request in an [`InFlight`] while it lives.
+struct Counted<'a>(&'a InFlight);
+
+impl<'a> Counted<'a> {
+    fn new(in_flight: &'a InFlight) -> Counted<'a> {
+        let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        in_flight.most.fetch_max(now, Ordering::SeqCst);
+        Counted(in_flight)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
