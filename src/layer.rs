@@ -325,8 +325,20 @@ impl Input {
     fn finish(mut self, what: &str) -> Result<Option<PendingFile>> {
         io::copy(&mut self, &mut io::sink()).map_err(|e| Error::from_io(e, Error::io_bare))?;
         check_size(self.received, self.size, what)?;
-        self.hasher.finish().check_matches(&self.digest, what)?;
-        Ok(self.copy)
+        let hasher = std::mem::replace(&mut self.hasher, self.digest.hasher());
+        hasher.finish().check_matches(&self.digest, what)?;
+        Ok(self.copy.take())
+    }
+}
+
+impl Drop for Input {
+    /// A pass that ended early (a failure, a dropped stream reader) stops
+    /// the download feeding it: ranges would otherwise go on landing in a
+    /// removed file.
+    fn drop(&mut self) {
+        if let Some(feeder) = &self.feeder {
+            feeder.abort();
+        }
     }
 }
 

@@ -491,3 +491,31 @@ async fn a_host_gets_at_most_eight_ranges_at_once_over_every_blob() {
     assert_eq!(proxy.most_ranges_in_flight(), 8);
     assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_layer_follows_its_ranges_too() {
+    let (_registry, proxy, pushed) = setup();
+    let digest = &pushed.layer_digests[0];
+    let store = tempfile::tempdir().unwrap();
+    let cache = new_cache(ranged_options(store.path(), false));
+    let reference = format!("{}/{REPO}:v1", proxy.host());
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .expect("fetch_image");
+    let mut reader = within("fetch_layer", cache.fetch_layer(&image, 0))
+        .await
+        .expect("fetch_layer");
+    let mut streamed = Vec::new();
+    within(
+        "reading the layer",
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut streamed),
+    )
+    .await
+    .expect("reading the layer");
+    assert_bytes(&streamed, &pushed.layers[0].tar, "streamed layer");
+    let size = pushed.layers[0].blob.len() as u64;
+    let mut sent: Vec<_> = blob_ranges(&proxy, digest).iter().map(bounded).collect();
+    sent.sort();
+    assert_eq!(sent, expected_ranges(size));
+    assert_store_blobs(store.path(), &pushed, &[]);
+}
