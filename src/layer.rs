@@ -296,13 +296,13 @@ impl Input {
             }
             Blob::Ranged {
                 file,
-                download,
+                mut download,
                 buffer,
             } => {
-                feeder = Some(download.task);
+                feeder = download.task.take();
                 Source::Ranged {
                     file,
-                    fill: download.fill,
+                    fill: download.fill.clone(),
                     _buffer: buffer,
                 }
             }

@@ -91,10 +91,20 @@ fn answers(response: &Response, (first, last): (u64, u64), size: u64) -> bool {
 }
 
 /// A ranged download under way: `fill` tells the reader what has landed
-/// in the file; aborting `task` stops every range.
+/// in the file; aborting `task` stops every range. Dropped with its task
+/// still in it (the call ended before a reader took it), it stops the
+/// download.
 pub(crate) struct RangedBlob {
     pub fill: Arc<Fill>,
-    pub task: AbortHandle,
+    pub task: Option<AbortHandle>,
+}
+
+impl Drop for RangedBlob {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// A response to a range request, with its place under the host's cap.
@@ -175,7 +185,7 @@ pub(super) fn start(
     });
     RangedBlob {
         fill,
-        task: task.abort_handle(),
+        task: Some(task.abort_handle()),
     }
 }
 
