@@ -425,6 +425,19 @@ impl PendingFile {
         Ok(pending)
     }
 
+    /// A second handle on the file, for writes at offsets (a ranged
+    /// download), once `size` bytes were found to leave the reserve free:
+    /// such writes bypass the checks of [`Write`].
+    pub(crate) fn positional(&mut self, size: u64) -> Result<File> {
+        let dest = self.dir.join(&self.dest);
+        if let Some(budget) = &mut self.budget {
+            budget.check(&self.dir, &dest, "writing", size)?;
+        }
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io_at("opening again", &self.dir.join(&self.temp), e))
+    }
+
     /// Makes the content durable and gives it its final name, replacing
     /// whatever file, link or FIFO had it (a directory there is an error).
     pub(crate) fn commit(mut self) -> Result<()> {

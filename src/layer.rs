@@ -23,8 +23,10 @@ use tokio::task::AbortHandle;
 use crate::codec::Codec;
 use crate::digest::{check_size, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::fill::Fill;
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
+use crate::registry::RangedBlob;
 use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
@@ -54,6 +56,15 @@ pub(crate) enum Blob {
     /// Chunks from the network.
     Remote(BlobStream),
     Local(File),
+    /// Ranges from the network landing in `file` (the store's temp blob
+    /// file): the pass reads its contiguous prefix as it grows. `buffer`
+    /// holds that file when the store keeps no copy, and drops (removes)
+    /// it at the end; else the file is the copy, already written.
+    Ranged {
+        file: File,
+        download: RangedBlob,
+        buffer: Option<PendingFile>,
+    },
 }
 
 /// Where the tar of `diff_id` lives under `dst`.
@@ -255,6 +266,13 @@ struct Input {
 enum Source {
     Channel(mpsc::Receiver<io::Result<Bytes>>),
     File(File),
+    /// A ranged download's file, read up to its watermark; the store copy
+    /// is this file, so nothing read is written again.
+    Ranged {
+        file: File,
+        fill: Arc<Fill>,
+        _buffer: Option<PendingFile>,
+    },
 }
 
 impl Input {
@@ -265,15 +283,28 @@ impl Input {
             Blob::Local(file) => Source::File(file),
             Blob::Remote(mut stream) => {
                 let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
-                feeder = Some(tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     while let Some(chunk) = stream.next().await {
                         let last = chunk.is_err();
                         if sender.send(chunk).await.is_err() || last {
                             break;
                         }
                     }
-                }));
+                });
+                feeder = Some(task.abort_handle());
                 Source::Channel(receiver)
+            }
+            Blob::Ranged {
+                file,
+                mut download,
+                buffer,
+            } => {
+                feeder = download.task.take();
+                Source::Ranged {
+                    file,
+                    fill: download.fill.clone(),
+                    _buffer: buffer,
+                }
             }
         };
         Input {
@@ -283,7 +314,7 @@ impl Input {
             received: 0,
             downloaded: Arc::default(),
             abandoned: Arc::default(),
-            feeder: feeder.map(|task| task.abort_handle()),
+            feeder,
             size: check.size,
             copy,
             digest: check.digest.clone(),
@@ -294,8 +325,20 @@ impl Input {
     fn finish(mut self, what: &str) -> Result<Option<PendingFile>> {
         io::copy(&mut self, &mut io::sink()).map_err(|e| Error::from_io(e, Error::io_bare))?;
         check_size(self.received, self.size, what)?;
-        self.hasher.finish().check_matches(&self.digest, what)?;
-        Ok(self.copy)
+        let hasher = std::mem::replace(&mut self.hasher, self.digest.hasher());
+        hasher.finish().check_matches(&self.digest, what)?;
+        Ok(self.copy.take())
+    }
+}
+
+impl Drop for Input {
+    /// A pass that ended early (a failure, a dropped stream reader) stops
+    /// the download feeding it: ranges would otherwise go on landing in a
+    /// removed file.
+    fn drop(&mut self) {
+        if let Some(feeder) = &self.feeder {
+            feeder.abort();
+        }
     }
 }
 
@@ -329,7 +372,23 @@ impl Read for Input {
                 buf[..n].copy_from_slice(&self.chunk.split_to(n));
                 n
             }
+            Source::Ranged { file, fill, .. } => {
+                let (read, digest, abandoned) = (self.received, &self.digest, &self.abandoned);
+                let stop = || {
+                    abandoned
+                        .load(Ordering::Relaxed)
+                        .then(|| Error::canceled(format!("blob {digest}: the call was dropped")))
+                };
+                let ready = fill.wait_past(read, stop).map_err(Error::into_io)?;
+                let want = buf.len().min((ready - read) as usize);
+                std::os::unix::fs::FileExt::read_at(file, &mut buf[..want], read).map_err(|e| {
+                    Error::io(format!("reading store blob {}: {e}", self.digest))
+                        .with_source(e)
+                        .into_io()
+                })?
+            }
         };
+        let written = matches!(self.source, Source::Ranged { .. });
         self.received += n as u64;
         self.downloaded.store(self.received, Ordering::Relaxed);
         if self.received > self.size {
@@ -340,7 +399,7 @@ impl Read for Input {
             return Err(err.into_io());
         }
         self.hasher.update(&buf[..n]);
-        if let Some(copy) = &mut self.copy {
+        if let Some(copy) = self.copy.as_mut().filter(|_| !written) {
             copy.write_all(&buf[..n])?;
         }
         Ok(n)

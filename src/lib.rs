@@ -34,19 +34,23 @@
 //!   - `registry`: remote access, with `auth` (token exchange), `credentials`
 //!     (`credentials::search` the search order, `credentials::auth_file`
 //!     auth-file parsing, `credentials::helper` the credential-helper
-//!     runner) and `hosts` (per-registry hosts.toml mirrors);
+//!     runner), `hosts` (per-registry hosts.toml mirrors) and
+//!     `registry::ranged` (parallel ranged download of one large blob);
 //!   - `maintenance`: list, prune, disk usage and verify, over `store`;
 //!   - `store`: the local OCI image layout;
-//!   - `layer`: the decompress-and-verify pipeline of layer blobs.
+//!   - `layer`: the decompress-and-verify pipeline of layer blobs (which
+//!     follows a ranged download's contiguous prefix through `fill`).
 //! - Leaf modules, which use only each other: `call` ([`CallOptions`]: a
 //!   call's deadline, stall timeout, [`CancelToken`]s, and the wait for its
 //!   blocking work to clean up when it ends early), `work` ([`Progress`]
 //!   reports and the blocking work a call tracks), `codec` (the codec
 //!   table: layer media types and their decoders, see
 //!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
-//!   the blob stream type), `reference` (image references, parsed without
-//!   compiling a regex), `tls` (registry clients' TLS: system roots read
-//!   once, for the first https host), `digest`, `manifest`, `platform`, `fs`, `error`.
+//!   the blob stream type), `fill` (where a ranged download's file is
+//!   written up to, which the single pass follows), `reference` (image
+//!   references, parsed without compiling a regex), `tls` (registry
+//!   clients' TLS: system roots read once, for the first https host),
+//!   `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
 mod cache;
@@ -56,6 +60,7 @@ mod credentials;
 mod digest;
 mod error;
 pub mod ffi;
+mod fill;
 mod fs;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

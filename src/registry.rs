@@ -36,6 +36,9 @@ use crate::tls;
 
 pub(crate) use crate::http::Limits;
 
+mod ranged;
+pub(crate) use ranged::RangedBlob;
+
 /// The most bytes a manifest or config may have; larger ones are refused so
 /// a hostile registry cannot make us hold arbitrary amounts in memory.
 pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
@@ -84,7 +87,30 @@ pub(crate) struct RegistryConfig {
     pub hosts_dir: Option<PathBuf>,
     /// The limit of each network step.
     pub timeouts: Timeouts,
+    /// When and how a blob is fetched as parallel ranges.
+    pub ranges: RangeConfig,
 }
+
+/// Ranged download of one blob: a blob of at least `threshold` bytes (0:
+/// never) is fetched as bounded ranges over up to `connections` connections
+/// at once, and never more than [`HOST_RANGE_CONNECTIONS`] per host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RangeConfig {
+    pub threshold: u64,
+    pub connections: usize,
+}
+
+impl Default for RangeConfig {
+    fn default() -> Self {
+        RangeConfig {
+            threshold: 32 << 20,
+            connections: 4,
+        }
+    }
+}
+
+/// Range requests in flight to one host, over every blob and call.
+const HOST_RANGE_CONNECTIONS: usize = 8;
 
 impl Default for RegistryConfig {
     fn default() -> Self {
@@ -97,6 +123,7 @@ impl Default for RegistryConfig {
             mirrors: Vec::new(),
             hosts_dir: None,
             timeouts: Timeouts::default(),
+            ranges: RangeConfig::default(),
         }
     }
 }
@@ -121,6 +148,8 @@ struct Host {
     // credentials, so a host that needs none never sees them.
     challenge: Mutex<Option<Challenge>>,
     tokens: Tokens,
+    /// Range requests to this host in flight (see [`HOST_RANGE_CONNECTIONS`]).
+    ranges: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a request for one repository goes: a mirror or the registry itself.
@@ -240,6 +269,7 @@ impl Registry {
             credential,
             challenge: Mutex::default(),
             tokens: Tokens::default(),
+            ranges: Arc::new(tokio::sync::Semaphore::new(HOST_RANGE_CONNECTIONS)),
         }))
     }
 
@@ -431,11 +461,13 @@ impl Registry {
         Ok((body, digest))
     }
 
-    /// A stream of the blob `digest` from `reference`'s repository (or,
-    /// when no host has it and `media_type` is a non-distributable layer's,
-    /// the descriptor's `urls`), which fails instead of yielding more than
-    /// `size` bytes or going quiet for longer than the stall timeout. The
-    /// caller hashes what it reads.
+    /// The blob `digest` from `reference`'s repository (or, when no host
+    /// has it and `media_type` is a non-distributable layer's, the
+    /// descriptor's `urls`): a stream which fails instead of yielding more
+    /// than `size` bytes or going quiet for longer than the stall timeout,
+    /// or, given a `reorder` file to write into and a blob of at least the
+    /// range threshold that the host serves in ranges, a ranged download
+    /// into that file (see [`ranged`]). The caller hashes what it reads.
     pub(crate) async fn blob(
         &self,
         reference: &Reference,
@@ -443,25 +475,68 @@ impl Registry {
         size: u64,
         (media_type, urls): (&str, &Option<Vec<String>>),
         limits: Limits,
-    ) -> Result<BlobStream> {
+        reorder: Option<std::fs::File>,
+    ) -> Result<Download> {
         let what = format!("blob {digest} of {}", reference.repository());
+        let plan = reorder
+            .as_ref()
+            .and_then(|_| ranged::Plan::new(size, self.config.ranges));
+        let first = plan.as_ref().map(ranged::Plan::first);
         let served = self
             .served(reference, false, |endpoint| {
                 let source = BlobSource::Endpoint(endpoint);
                 let what = &what;
-                async move { Ok((source.get(digest, 0, what, limits).await?, source)) }
+                async move {
+                    // A first range counts against the host's cap too.
+                    let permit = match first {
+                        Some(_) => source.range_permit().await,
+                        None => None,
+                    };
+                    let response = source.get(digest, (0, first), what, limits).await?;
+                    Ok(((response, permit), source))
+                }
             })
             .await;
-        let (response, source) = match served {
-            Ok(((response, source), _)) => (response, source),
+        let ((response, permit), source) = match served {
+            Ok((served, _)) => served,
             Err(not_found)
                 if not_found.kind() == ErrorKind::NotFound && is_non_distributable(media_type) =>
             {
-                self.blob_from_urls(reference, digest, urls, &what, limits)
+                let (response, source) = self
+                    .blob_from_urls(reference, digest, urls, &what, limits)
                     .await?
-                    .ok_or(not_found)?
+                    .ok_or(not_found)?;
+                ((response, None), source)
             }
             Err(err) => return Err(err),
+        };
+        let (response, source) = match (plan, reorder, &source) {
+            (Some(plan), Some(file), BlobSource::Endpoint(endpoint))
+                if plan.serves_first(&response) =>
+            {
+                let permits = endpoint.host.ranges.clone();
+                let fields = (source, digest.clone(), what, limits);
+                let attempts = self.config.attempts;
+                return Ok(Download::Ranged(ranged::start(
+                    plan,
+                    fields,
+                    (response, permit),
+                    file,
+                    permits,
+                    attempts,
+                )));
+            }
+            // A server that ignores Range sent the whole blob: take it.
+            (Some(_), ..) if response.status() != StatusCode::OK => {
+                // A range other than the one asked for: ask for the whole.
+                drop(response);
+                let whole = source
+                    .get(digest, (0, None), &what, limits)
+                    .await
+                    .map_err(|failed| failed.error)?;
+                (whole, source)
+            }
+            _ => (response, source),
         };
         if let Some(announced) = content_length(response.headers()) {
             if announced > size {
@@ -486,7 +561,13 @@ impl Registry {
             let chunk = download.next_chunk().await?;
             Some((chunk.map_err(Error::into_io), download))
         });
-        Ok(Box::pin(chunks))
+        Ok(Download::Stream(Box::pin(chunks)))
+    }
+
+    /// Whether a blob of `size` bytes would be fetched in ranges, given a
+    /// file to write them into.
+    pub(crate) fn ranged(&self, size: u64) -> bool {
+        ranged::Plan::new(size, self.config.ranges).is_some()
     }
 
     /// The first of a descriptor's `urls` that may be followed (see
@@ -519,7 +600,7 @@ impl Registry {
             let outcome = self
                 .attempted(&endpoint, &|_| {
                     let source = &source;
-                    async move { source.get(digest, 0, what, limits).await }
+                    async move { source.get(digest, (0, None), what, limits).await }
                 })
                 .await;
             match outcome {
@@ -585,9 +666,12 @@ impl Registry {
                 "{what} is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
             )));
         }
-        let mut stream = self
-            .blob(reference, digest, size, ("", &None), limits)
-            .await?;
+        let Download::Stream(mut stream) = self
+            .blob(reference, digest, size, ("", &None), limits, None)
+            .await?
+        else {
+            unreachable!("without a file to write into, a blob is one stream")
+        };
         let mut content = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
             content.extend_from_slice(&chunk.map_err(|e| {
@@ -726,6 +810,14 @@ impl Endpoint {
     }
 }
 
+/// A blob's bytes as they come.
+pub(crate) enum Download {
+    /// One response, resumed after a cut.
+    Stream(BlobStream),
+    /// Ranges written into the caller's file.
+    Ranged(ranged::RangedBlob),
+}
+
 /// Where a blob's bytes come from: the endpoint that served it, asked with
 /// credentials, or a descriptor URL, asked without.
 #[derive(Clone)]
@@ -735,18 +827,30 @@ enum BlobSource {
 }
 
 impl BlobSource {
-    /// A successful answer for `digest` from byte `offset` on (a Range
-    /// request when `offset` is not 0).
+    /// A place among the range requests in flight to this source's host
+    /// (see [`HOST_RANGE_CONNECTIONS`]); none for a descriptor URL.
+    async fn range_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self {
+            BlobSource::Endpoint(endpoint) => {
+                endpoint.host.ranges.clone().acquire_owned().await.ok()
+            }
+            BlobSource::Url { .. } => None,
+        }
+    }
+
+    /// A successful answer for `digest` from byte `first` on, to byte
+    /// `last` if given (a Range request unless that is the whole blob).
     async fn get(
         &self,
         digest: &Digest,
-        offset: u64,
+        (first, last): (u64, Option<u64>),
         what: &str,
         limits: Limits,
     ) -> std::result::Result<Response, Failed> {
-        let range = |request: RequestBuilder| match offset {
-            0 => request,
-            _ => request.header(RANGE, format!("bytes={offset}-")),
+        let range = |request: RequestBuilder| match (first, last) {
+            (0, None) => request,
+            (_, None) => request.header(RANGE, format!("bytes={first}-")),
+            (_, Some(last)) => request.header(RANGE, format!("bytes={first}-{last}")),
         };
         match self {
             BlobSource::Endpoint(endpoint) => {
@@ -873,7 +977,7 @@ impl BlobDownload {
         offset: u64,
     ) -> Result<Response> {
         source
-            .get(digest, offset, what, limits)
+            .get(digest, (offset, None), what, limits)
             .await
             .map_err(|failed| failed.error)
     }

@@ -18,7 +18,9 @@ pub struct Progress {
     pub layer: usize,
     /// The digest of the layer's compressed blob.
     pub digest: Digest,
-    /// Compressed bytes received so far (from the registry or the store).
+    /// Compressed bytes received so far (from the registry or the store);
+    /// for a blob downloaded in ranges, the contiguous bytes from its start
+    /// (those the single pass has read), never bytes still out of order.
     pub downloaded: u64,
     /// The compressed blob's size, from its descriptor.
     pub download_total: Option<u64>,

@@ -5,8 +5,10 @@
 //! one `dst` at once, watched by a reader that never sees a torn
 //! `index.json`, end with every reference recorded and every file verified;
 //! pulls killed again and again into one store and `dst` leave no temp file
-//! with content once the next pull completes. The test binary re-runs
-//! itself as the pulling child.
+//! with content once the next pull completes. Every test runs half its
+//! pulls with ranged download on (a threshold below its layers' size), so
+//! the same holds for blobs written range by range. The test binary
+//! re-runs itself as the pulling child.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,12 +20,26 @@ use oci_cache::{CacheOptions, ImageCache};
 /// Set in a child: which test it belongs to.
 const CHILD: &str = "OCI_CRASH_CHILD";
 
+/// Set in a child that downloads its blobs in ranges.
+const RANGED: &str = "OCI_CRASH_RANGED";
+
+/// A cache on `store`, with ranged download of every layer blob here
+/// (they are all above 64 KiB) if `ranged`, else with the defaults.
+fn options(store: impl Into<PathBuf>, ranged: bool) -> CacheOptions {
+    let options = CacheOptions::new().store(store.into());
+    match ranged {
+        true => options.range_threshold(64 << 10).range_connections(4),
+        false => options,
+    }
+}
+
 /// Starts this binary as a child running test `name`, which pulls `refs`
-/// into `store` and `dst` (see [`child_pull`]).
-fn spawn_child(name: &str, store: &Path, dst: &Path, refs: &[String]) -> Child {
+/// into `store` and `dst` (see [`child_pull`]), in ranges if `ranged`.
+fn spawn_child(name: &str, store: &Path, dst: &Path, refs: &[String], ranged: bool) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--test-threads=1"])
         .env(CHILD, name)
+        .env(RANGED, if ranged { "1" } else { "0" })
         .env("OCI_CRASH_STORE", store)
         .env("OCI_CRASH_DST", dst)
         .env("OCI_CRASH_REFS", refs.join(","))
@@ -42,7 +58,7 @@ fn in_child(name: &str) -> bool {
 async fn child_pull() {
     let var = |name: &str| std::env::var(name).unwrap();
     let dst = PathBuf::from(var("OCI_CRASH_DST"));
-    let cache = ImageCache::new(CacheOptions::new().store(var("OCI_CRASH_STORE"))).unwrap();
+    let cache = ImageCache::new(options(var("OCI_CRASH_STORE"), var(RANGED) == "1")).unwrap();
     for reference in var("OCI_CRASH_REFS").split(',') {
         let image = cache.fetch_image(reference, None).await.unwrap();
         cache.rootfs(&image, &dst).await.unwrap();
@@ -91,11 +107,20 @@ async fn killed_pulls_leave_nothing_partial() {
 
     // An uninterrupted child pull succeeds.
     let whole = work.path().join("whole");
-    std::fs::create_dir_all(whole.join("dst")).unwrap();
-    let status = spawn_child(name, &whole.join("store"), &whole.join("dst"), &refs)
-        .wait()
-        .unwrap();
-    assert!(status.success(), "an uninterrupted child pull failed");
+    for ranged in [false, true] {
+        let (store, dst) = (
+            whole.join(format!("store{ranged}")),
+            whole.join(format!("dst{ranged}")),
+        );
+        std::fs::create_dir_all(&dst).unwrap();
+        let status = spawn_child(name, &store, &dst, &refs, ranged)
+            .wait()
+            .unwrap();
+        assert!(
+            status.success(),
+            "an uninterrupted child pull failed (ranged: {ranged})"
+        );
+    }
 
     let runs = 50;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -105,7 +130,8 @@ async fn killed_pulls_leave_nothing_partial() {
         let dir = work.path().join(format!("run{run}"));
         let (store, dst) = (dir.join("store"), dir.join("dst"));
         std::fs::create_dir_all(&dst).unwrap();
-        let mut child = spawn_child(name, &store, &dst, &refs);
+        let ranged = run % 2 == 1;
+        let mut child = spawn_child(name, &store, &dst, &refs, ranged);
         // Killed on progress, not on a clock: once the child has written
         // 1 to 9 of the 10 files it ends with (6 blobs, 4 tars; a temp file
         // counts), then up to 5 ms later.
@@ -122,7 +148,7 @@ async fn killed_pulls_leave_nothing_partial() {
         if !store.join("index.json").exists() {
             // Killed before the store existed: nothing to check, but a temp
             // file it had begun (index.json's) is pruned below like the rest.
-            let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
+            let cache = ImageCache::new(options(&store, ranged)).unwrap();
             left_temps.push((cache, dst));
             continue;
         }
@@ -134,7 +160,7 @@ async fn killed_pulls_leave_nothing_partial() {
         // Opening the store again removes what the killed writer held;
         // only a temp file killed in the instant between its creation and
         // its lock may stay, empty, for a prune to take.
-        let cache = ImageCache::new(CacheOptions::new().store(&store)).unwrap();
+        let cache = ImageCache::new(options(&store, ranged)).unwrap();
         for temp in assert_consistent(&store, &dst, &format!("reopened after kill {run}")) {
             if temp.starts_with(&store) {
                 assert_eq!(
@@ -201,13 +227,14 @@ async fn eight_processes_share_one_store_and_dst() {
 
     let mut children: Vec<Child> = (0..8)
         .map(|n| {
-            // Each child pulls the three images in its own order.
+            // Each child pulls the three images in its own order; half of
+            // them download in ranges.
             let mut order = refs.clone();
             order.rotate_left(n % 3);
             if n % 2 == 1 {
                 order.reverse();
             }
-            spawn_child(name, &store, &dst, &order)
+            spawn_child(name, &store, &dst, &order, n % 4 < 2)
         })
         .collect();
     // Meanwhile a reader keeps parsing index.json: never torn.
@@ -324,14 +351,16 @@ async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
         }
     };
 
-    let status = spawn_child(name, &store, &dst, &refs).wait().unwrap();
+    let status = spawn_child(name, &store, &dst, &refs, false)
+        .wait()
+        .unwrap();
     assert!(status.success(), "an uninterrupted child pull failed");
 
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut most_garbage = 0;
     for run in 0..20 {
         unfinished();
-        let mut child = spawn_child(name, &store, &dst, &refs);
+        let mut child = spawn_child(name, &store, &dst, &refs, run % 2 == 1);
         // Killed on progress, not on a clock: once a temp file holds
         // data, then up to 20 ms later (a 6 MiB layer takes longer).
         wait_for(&mut child, "a temp file with content", || {

@@ -189,6 +189,19 @@ type Options struct {
 	// 5xx or 429, and how many times an interrupted download is resumed.
 	// Zero: 4.
 	Attempts int
+	// RangeThreshold is the size, in bytes, from which a layer blob is
+	// downloaded as parallel bounded ranges (up to 8 MiB each) over
+	// RangeConnections connections, from the host that answered the first
+	// range, written at their offsets into the store's temp blob file that
+	// the single pass reads as its contiguous prefix grows. A connection cut
+	// inside a range is resumed for that range only; a host that ignores
+	// Range, or a cache without a store, gets one stream. Progress counts
+	// the contiguous bytes. Zero: 32 MiB. NoLimit (any negative value): off.
+	RangeThreshold int64
+	// RangeConnections is how many connections one ranged blob download
+	// uses at once (1: ranged download off); no host gets more than 8
+	// range requests at once. Zero: 4.
+	RangeConnections int
 }
 
 // Mirror is a registry mirror, such as a pull-through cache.
@@ -382,6 +395,21 @@ var optionSetters = []optionSetter{
 				n = math.MaxUint32 // as good as unbounded, and it fits
 			}
 			return C.oci_cache_options_set_attempts(c, C.uint32_t(n))
+		}),
+	{"RangeThreshold", "oci_cache_options_set_range_threshold", func(c *C.oci_cache_options, o *Options, setter string) error {
+		if o.RangeThreshold == 0 {
+			return nil
+		}
+		threshold := uint64(0) // Negative (NoLimit): the library's "off".
+		if o.RangeThreshold > 0 {
+			threshold = uint64(o.RangeThreshold)
+		}
+		shown := fmt.Sprint(o.RangeThreshold)
+		return setterStatus("RangeThreshold", setter, shown, C.oci_cache_options_set_range_threshold(c, C.uint64_t(threshold)))
+	}},
+	countOption("RangeConnections", "oci_cache_options_set_range_connections", func(o *Options) int64 { return int64(o.RangeConnections) },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_range_connections(c, C.size_t(n))
 		}),
 }
 

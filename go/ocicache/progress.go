@@ -26,7 +26,9 @@ type Progress struct {
 	// Digest is the digest of the layer's blob, Image.Layers[Layer].Digest.
 	Digest string
 	// Downloaded is how many bytes of the (compressed) blob were received
-	// so far, from the registry or the store.
+	// so far, from the registry or the store; for a blob downloaded in
+	// ranges (see Options.RangeThreshold), the contiguous bytes from its
+	// start.
 	Downloaded int64
 	// DownloadTotal is the blob's size, or -1 if unknown.
 	DownloadTotal int64

@@ -1,6 +1,7 @@
 // This file shows that the Options whose setters no other test exercises
-// act: Mirrors, HostsDir, Attempts, MaxLayerSize, Platform on a
-// multi-platform index with a non-host platform, and InsecureRegistries on
+// act: Mirrors, HostsDir, Attempts, MaxLayerSize, RangeThreshold with
+// RangeConnections, Platform on a multi-platform index with a non-host
+// platform, and InsecureRegistries on
 // a plain-HTTP registry reached by a name that is not loopback (in a
 // private mount namespace whose /etc/hosts maps it to 127.0.0.1).
 
@@ -17,11 +18,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -162,6 +168,67 @@ func TestMaxLayerSize(t *testing.T) {
 	exact := openCache(t, ocicache.Options{MaxLayerSize: biggest})
 	if got := pullInto(t, exact, gzipRef); got != gzipDigest {
 		t.Errorf("MaxLayerSize %d: digest %s, want %s", biggest, got, gzipDigest)
+	}
+}
+
+// With a store, RangeThreshold 1 and RangeConnections 4, the big layer
+// (200 KiB) comes as bounded ranges, seen by a proxy in front of the
+// registry, that cover it exactly once; the pull verifies.
+func TestRangeDownload(t *testing.T) {
+	big := gzipLayers[1]
+	var mu sync.Mutex
+	var ranges []string
+	upstream, err := url.Parse("http://" + registryHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forward := httputil.NewSingleHostReverseProxy(upstream)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+big.Digest) {
+			mu.Lock()
+			ranges = append(ranges, r.Header.Get("Range"))
+			mu.Unlock()
+		}
+		forward.ServeHTTP(w, r)
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+
+	c := openCache(t, ocicache.Options{Store: t.TempDir(), RangeThreshold: 1, RangeConnections: 4})
+	ref := l.Addr().String() + strings.TrimPrefix(gzipRef, registryHost)
+	if got := pullInto(t, c, ref); got != gzipDigest {
+		t.Errorf("digest %s, want %s", got, gzipDigest)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	type span struct{ first, last int64 }
+	var spans []span
+	for _, r := range ranges {
+		first, last, ok := strings.Cut(strings.TrimPrefix(r, "bytes="), "-")
+		a, errA := strconv.ParseInt(first, 10, 64)
+		b, errB := strconv.ParseInt(last, 10, 64)
+		if !strings.HasPrefix(r, "bytes=") || !ok || errA != nil || errB != nil {
+			t.Fatalf("request with Range %q: want bytes=A-B (bounded); all: %q", r, ranges)
+		}
+		spans = append(spans, span{a, b})
+	}
+	if len(spans) < 2 {
+		t.Fatalf("ranges %q: want several", ranges)
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].first < spans[j].first })
+	next := int64(0)
+	for _, s := range spans {
+		if s.first != next || s.last < s.first {
+			t.Fatalf("ranges %q do not cover the blob exactly once", ranges)
+		}
+		next = s.last + 1
+	}
+	if next != big.Size {
+		t.Errorf("ranges %q end at %d, want the blob's %d bytes", ranges, next, big.Size)
 	}
 }
 

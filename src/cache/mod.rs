@@ -22,7 +22,7 @@ use crate::layer::{self, Blob, LayerCheck, LayerReader, Target};
 use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
-use crate::registry::{Limits, Registry};
+use crate::registry::{Download, Limits, Registry};
 use crate::store::Store;
 use crate::work;
 
@@ -415,7 +415,10 @@ impl ImageCache {
     }
 
     /// The layer's blob from the store if it has it, else from the registry
-    /// with a pending store copy when the store keeps layer blobs.
+    /// with a pending store copy when the store keeps layer blobs. A blob
+    /// fetched in ranges lands in a store temp file even when the store
+    /// keeps no copy: the file puts the ranges in order, and is removed at
+    /// the end.
     async fn open_blob(&self, image: &Image, layer: &Layer) -> Result<(Blob, Option<PendingFile>)> {
         let store = self.inner.store.as_ref();
         if let Some(file) = store
@@ -425,7 +428,21 @@ impl ImageCache {
         {
             return Ok((Blob::Local(file), None));
         }
-        let stream = self
+        let keep = self.inner.keep_layer_blobs;
+        let ranged = self.inner.registry.ranged(layer.size);
+        let mut pending = store
+            .filter(|_| keep || ranged)
+            .map(|s| s.ingest(&layer.digest))
+            .transpose()?;
+        // One handle for the ranges' writes, one for the pass's reads.
+        let (reorder, reader) = match pending.as_mut().filter(|_| ranged) {
+            Some(file) => (
+                Some(file.positional(layer.size)?),
+                Some(file.positional(0)?),
+            ),
+            None => (None, None),
+        };
+        let download = self
             .inner
             .registry
             .blob(
@@ -434,13 +451,28 @@ impl ImageCache {
                 layer.size,
                 (&layer.media_type, &layer.urls),
                 self.limits(),
+                reorder,
             )
             .await?;
-        let copy = store
-            .filter(|_| self.inner.keep_layer_blobs)
-            .map(|s| s.ingest(&layer.digest))
-            .transpose()?;
-        Ok((Blob::Remote(stream), copy))
+        let (copy, buffer) = if keep {
+            (pending, None)
+        } else {
+            (None, pending)
+        };
+        Ok(match download {
+            Download::Stream(stream) => (Blob::Remote(stream), copy),
+            Download::Ranged(download) => {
+                let file = reader.ok_or_else(|| {
+                    Error::internal("a ranged download without a file to read from")
+                })?;
+                let blob = Blob::Ranged {
+                    file,
+                    download,
+                    buffer,
+                };
+                (blob, copy)
+            }
+        })
     }
 
     /// The top-level manifest or index of `reference`: from the store when it

@@ -40,7 +40,7 @@ impl Default for CacheOptions {
 
 impl CacheOptions {
     /// Checks the rules a setting has beyond its type: at least one layer
-    /// at a time, at least one attempt. The one place they live:
+    /// at a time, at least one attempt, at least one range connection. The one place they live:
     /// [`ImageCache::new`] checks the whole, and each C setter checks the
     /// options it leaves, so C hears of a bad value from the setter itself.
     pub(crate) fn validate(&self) -> Result<()> {
@@ -51,6 +51,11 @@ impl CacheOptions {
         }
         if self.registry.attempts == 0 {
             return Err(Error::invalid_argument("attempts must be at least 1"));
+        }
+        if self.registry.ranges.connections == 0 {
+            return Err(Error::invalid_argument(
+                "range_connections must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -198,6 +203,33 @@ impl CacheOptions {
         self
     }
 
+    /// The size from which a layer blob is downloaded as parallel ranges
+    /// (default 32 MiB; 0 turns ranged download off): bounded ranges
+    /// (`Range: bytes=a-b`, up to 8 MiB each) over
+    /// [`range_connections`](Self::range_connections) connections at once,
+    /// written at their offsets into the store's temp blob file, which the
+    /// single pass (blob hash, decompression, diff_id hash, write) reads
+    /// as its contiguous prefix grows. The blob comes from the host that
+    /// answered its first range; a connection cut inside a range is
+    /// resumed for that range only (within [`attempts`](Self::attempts)).
+    /// A host that ignores `Range` or answers another range gets the blob
+    /// asked as one stream, and so does a cache without a store (the temp
+    /// file is needed; without [`keep_layer_blobs`](Self::keep_layer_blobs)
+    /// it is removed at the end). Progress counts the contiguous bytes.
+    pub fn range_threshold(mut self, bytes: u64) -> CacheOptions {
+        self.registry.ranges.threshold = bytes;
+        self
+    }
+
+    /// How many connections one ranged blob download uses at once (default
+    /// 4, at least 1; 1 turns ranged download off). Over every blob, no
+    /// host gets more than 8 range requests at once. See
+    /// [`range_threshold`](Self::range_threshold).
+    pub fn range_connections(mut self, connections: usize) -> CacheOptions {
+        self.registry.ranges.connections = connections;
+        self
+    }
+
     /// How long setting up a TCP connection to a registry, mirror, token
     /// realm or descriptor URL may take (default 30 s, as containerd's
     /// dialer). A connection not set up in time fails the try with
@@ -246,13 +278,17 @@ mod tests {
     use crate::error::ErrorKind;
 
     #[test]
-    fn zero_layers_at_a_time_or_zero_attempts_are_refused() {
+    fn zero_layers_at_a_time_attempts_or_range_connections_are_refused() {
         for (what, options) in [
             (
                 "max_concurrent_layers",
                 CacheOptions::new().max_concurrent_layers(0),
             ),
             ("attempts", CacheOptions::new().attempts(0)),
+            (
+                "range_connections",
+                CacheOptions::new().range_connections(0),
+            ),
         ] {
             let expected = format!("{what} must be at least 1");
             match options.validate() {

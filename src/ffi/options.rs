@@ -278,6 +278,42 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
     })
 }
 
+/// The size, in bytes, from which a layer blob is downloaded as parallel
+/// ranges. Default: 33554432 (32 MiB); 0 turns ranged download off. The
+/// blob comes as bounded ranges (`Range: bytes=a-b`, up to 8 MiB each) over
+/// the range connections at once, from the host that answered the first
+/// range, written at their offsets into the store's temp blob file, which
+/// the single pass (blob hash, decompression, diff_id hash, write) reads as
+/// its contiguous prefix grows; both digests cover every byte. A connection
+/// cut inside a range is resumed for that range only (within the attempts).
+/// A host that ignores `Range` or answers another range gets the blob asked
+/// as one stream, and so does a cache without a store (without
+/// `keep_layer_blobs` the temp file is removed at the end). Progress counts
+/// the contiguous bytes.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_range_threshold(
+    options: *mut oci_cache_options,
+    bytes: u64,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        arg_mut(options, "options")?.update(|o| o.range_threshold(bytes))
+    })
+}
+
+/// How many connections one ranged blob download uses at once (default 4,
+/// at least 1; 1 turns ranged download off). Over every blob, no host gets
+/// more than 8 range requests at once. See
+/// `oci_cache_options_set_range_threshold`.
+#[no_mangle]
+pub extern "C" fn oci_cache_options_set_range_connections(
+    options: *mut oci_cache_options,
+    connections: usize,
+) -> oci_status {
+    boundary(std::ptr::null_mut(), || {
+        arg_mut(options, "options")?.update(|o| o.range_connections(connections))
+    })
+}
+
 /// How long setting up a TCP connection to a registry, mirror, token realm
 /// or descriptor URL may take, in milliseconds. Default: 30000 (30 s, as
 /// containerd's dialer); 0 turns the limit off. A connection not set up in
@@ -427,7 +463,8 @@ impl oci_call_options {
 }
 
 /// A progress callback: called with `user_data`, the layer's index (bottom
-/// first), its blob digest, the compressed bytes received so far and the
+/// first), its blob digest, the compressed bytes received so far (for a
+/// blob downloaded in ranges, the contiguous bytes from its start) and the
 /// blob's size, and the uncompressed bytes written so far and their total
 /// (-1 while unknown: the total is given with a layer's last report). It
 /// runs on the thread that made the call, never concurrently with itself;

@@ -1,7 +1,8 @@
 /*
  * options_test.c: shows from C that the cache options no other C test
  * exercises act, each beside the case without it: oci_cache_options_add_mirror,
- * _set_hosts_dir, _set_attempts, _set_max_layer_size, _set_platform (a
+ * _set_hosts_dir, _set_attempts, _set_max_layer_size, _set_range_threshold
+ * and _set_range_connections, _set_platform (a
  * non-host platform of a multi-platform index) and _add_insecure_registry
  * (plain HTTP to a registry reached by a name that is not loopback), and
  * oci_cache_disk_usage_report with its accessors.
@@ -357,6 +358,24 @@ static void test_max_layer_size(void) {
     oci_cache_free(exact);
 }
 
+/* The range setters refuse a missing builder and 0 connections; with a
+ * store, a threshold of one byte and 4 connections, the pull verifies. */
+static void test_range_download(void) {
+    char reference[512], store[PATH_CAP];
+    snprintf(reference, sizeof reference, "%s/c/app:v1", env("OCI_TEST_HOST"));
+    oci_cache_options *options = new_options();
+    CHECK(oci_cache_options_set_range_threshold(NULL, 1) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_set_range_connections(NULL, 4) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_set_range_connections(options, 0) == OCI_E_INVALID_ARGUMENT);
+    CHECK(oci_cache_options_set_range_connections(options, 4) == OCI_OK);
+    CHECK(oci_cache_options_set_range_threshold(options, 1) == OCI_OK);
+    make_dir(store, "range-store");
+    CHECK(oci_cache_options_set_store(options, store) == OCI_OK);
+    oci_cache *ranged = new_cache(options);
+    CHECK(pull_checked(ranged, reference, "range-dst"));
+    oci_cache_free(ranged);
+}
+
 /* The cache's platform picks the non-host manifest of c/multi:v1: its
  * digest, and its config byte for byte; the host's is picked without it. */
 static void test_platform(void) {
@@ -490,6 +509,7 @@ int main(void) {
     test_hosts_dir();
     test_attempts();
     test_max_layer_size();
+    test_range_download();
     test_platform();
     test_insecure_registry();
     test_disk_usage_report();
