@@ -9,6 +9,11 @@
  *       The same pull, then CALLS oci_rootfs calls on the same image and
  *       DST, each timed alone (closing its fds is not timed); prints the
  *       median and p99 time per call in microseconds.
+ *   pull_bench layer REFERENCE STORE DST INDEX
+ *       Layer INDEX (from 0) alone: oci_fetch_image (not timed), then a
+ *       cold oci_extract_layer of that layer into DST; prints its wall
+ *       time in seconds. The critical path of a cold pull is its largest
+ *       layer: this shows how fast the single-layer pipeline is.
  *
  * BENCH_LAYERS, if set, is the cache's max_concurrent_layers (else the
  * library's default), for measuring that default.
@@ -53,9 +58,12 @@ static int by_value(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     int warm = argc == 6 && strcmp(argv[1], "warm") == 0;
-    if (!warm && !(argc == 5 && strcmp(argv[1], "cold") == 0)) {
-        fprintf(stderr, "usage: %s cold REFERENCE STORE DST\n       %s warm REFERENCE STORE DST CALLS\n",
-                argv[0], argv[0]);
+    int layer = argc == 6 && strcmp(argv[1], "layer") == 0;
+    if (!warm && !layer && !(argc == 5 && strcmp(argv[1], "cold") == 0)) {
+        fprintf(stderr,
+                "usage: %s cold REFERENCE STORE DST\n       %s warm REFERENCE STORE DST CALLS\n"
+                "       %s layer REFERENCE STORE DST INDEX\n",
+                argv[0], argv[0], argv[0]);
         return 2;
     }
     const char *reference = argv[2], *store = argv[3], *dst = argv[4];
@@ -75,6 +83,17 @@ int main(int argc, char **argv) {
     check("oci_cache_new", oci_cache_new(options, &cache, &err), err);
     oci_cache_options_free(options);
     check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
+    if (layer) {
+        size_t index = strtoul(argv[5], NULL, 10);
+        int fd = -1;
+        double t = now();
+        check("oci_extract_layer", oci_extract_layer(cache, image, index, dst, NULL, &fd, &err), err);
+        printf("%.3f\n", now() - t);
+        close(fd);
+        oci_image_free(image);
+        oci_cache_free(cache);
+        return 0;
+    }
     size_t count = oci_image_layer_count(image);
     int *fds = calloc(count, sizeof *fds);
     if (!fds) {

@@ -1,10 +1,13 @@
-# bench/report.awk: bench/run's results table, from two tab-separated files:
+# bench/report.awk: one of bench/run's results tables, from two tab-separated files:
 #   SIZES  image, compression, layers, tar bytes, blob bytes, repetitions
-#   RAW    image, compression, job, repetition, numbers: a: seconds, peak RSS
-#          KiB; b, c: seconds; d: median µs, p99 µs
-# Prints a Markdown table (medians over repetitions; a/b and a/c are medians
-# of the per-repetition ratios; RSS is the largest seen) and the targets missed.
-# Usage: awk -f bench/report.awk SIZES RAW
+#   RAW    image, compression, job, repetition, numbers: a, z: seconds, peak
+#          RSS KiB; b, c, l: seconds; d: median µs, p99 µs
+# Prints a Markdown table (medians over repetitions; a/b, a/c and a/a′ are
+# medians of the per-repetition ratios; RSS is the largest seen) and the
+# issue's targets for that network, saying by how much each missed one is
+# missed. Columns for jobs that did not run (d on the WAN, z without a
+# baseline) are left out.
+# Usage: awk -v net=lo|wan -f bench/report.awk SIZES RAW
 BEGIN { FS = "\t"; MiB = 1048576 }
 
 FNR == NR { rows[++nrows] = $1 SUBSEP $2; size[$1, $2] = $3 "\t" $4 "\t" $5 "\t" $6; next }
@@ -12,7 +15,9 @@ FNR == NR { rows[++nrows] = $1 SUBSEP $2; size[$1, $2] = $3 "\t" $4 "\t" $5 "\t"
 {
     row = $1 SUBSEP $2
     add(row, $3, $5)
+    seen[$3] = 1
     if ($3 == "a") { add(row, "rss", $6 / 1024); a[row, $4] = $5 }
+    if ($3 == "z") { add(row, "rss", $6 / 1024); z[row, $4] = $5 }
     if ($3 == "b") b[row, $4] = $5
     if ($3 == "c") c[row, $4] = $5
     if ($3 == "d") add(row, "p99", $6)
@@ -40,12 +45,17 @@ function fmt(format, value) { return value == "" ? "–" : sprintf(format, value
 
 function miss(what, value, limit) {
     if (value != "" && value + 0 > limit)
-        missed = missed sprintf("- missed: %s %s %s = %.2f (target ≤ %s)\n", id[1], id[2], what, value, limit)
+        missed = missed sprintf("- missed: %s %s %s = %.2f, target ≤ %s: %.0f%% over\n",
+            id[1], id[2], what, value, limit, (value / limit - 1) * 100)
 }
 
 END {
-    print "| image | comp. | layers | tar MiB | blobs MiB | reps | a: oci-cache s | b: skopeo+unpack s | c: floor s | a/b | a/c | a peak RSS MiB | d: warm median µs | d: warm p99 µs |"
-    print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    head = "| image | comp. | layers | tar MiB | blobs MiB | reps | a: oci-cache s | b: skopeo+unpack s | c: floor s | a/b | a/c | largest layer s | a peak RSS MiB |"
+    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if (seen["z"]) { head = head " a′: baseline s | a/a′ |"; rule = rule " ---: | ---: |" }
+    if (seen["d"]) { head = head " d: warm median µs | d: warm p99 µs |"; rule = rule " ---: | ---: |" }
+    print head
+    print rule
     for (i = 1; i <= nrows; i++) {
         row = rows[i]
         split(row, id, SUBSEP)
@@ -55,17 +65,29 @@ END {
             if (key[1] SUBSEP key[2] != row) continue
             if (b[k] > 0) add(row, "a/b", a[k] / b[k])
             if (c[k] > 0) add(row, "a/c", a[k] / c[k])
+            if (z[k] > 0) add(row, "a/z", a[k] / z[k])
         }
         ab = median(row, "a/b"); ac = median(row, "a/c"); rss = largest(row, "rss"); warm = median(row, "d")
-        printf "| %s | %s | %d | %.0f | %.0f | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+        line = sprintf("| %s | %s | %d | %.0f | %.0f | %d | %s | %s | %s | %s | %s | %s | %s |",
             id[1], id[2], s[1], s[2] / MiB, s[3] / MiB, s[4],
             fmt("%.2f", median(row, "a")), fmt("%.2f", median(row, "b")), fmt("%.2f", median(row, "c")),
-            fmt("%.2f", ab), fmt("%.2f", ac), fmt("%.0f", rss), fmt("%.0f", warm), fmt("%.0f", median(row, "p99"))
-        miss("a/b", ab, 0.4)
-        miss("a/c", ac, 1.2)
+            fmt("%.2f", ab), fmt("%.2f", ac), fmt("%.2f", median(row, "l")), fmt("%.0f", rss))
+        if (seen["z"]) line = line sprintf(" %s | %s |", fmt("%.2f", median(row, "z")), fmt("%.3f", median(row, "a/z")))
+        if (seen["d"]) line = line sprintf(" %s | %s |", fmt("%.0f", warm), fmt("%.0f", median(row, "p99")))
+        print line
+        if (net == "wan") {
+            miss("a/b", ab, id[1] == "big" ? 0.25 : 0.35)
+        } else {
+            miss("a/b", ab, id[1] == "big" ? 0.35 : 0.30)
+            miss("a/c", ac, 0.9)
+            miss("warm median µs", warm, 50)
+        }
         miss("peak RSS MiB", rss, 64)
-        miss("warm median µs", warm, 50)
     }
-    printf "\nTargets: a/b ≤ 0.4 (gzip and zstd), a/c ≤ 1.2, warm median ≤ 50 µs for 5 layers, peak RSS ≤ 64 MiB.\n"
+    if (net == "wan")
+        printf "\nTargets: a/b ≤ 0.25 for the 1 GiB images, ≤ 0.35 for debian; peak RSS ≤ 64 MiB.\n"
+    else
+        printf "\nTargets: a/b ≤ 0.30 for debian, ≤ 0.35 for the 1 GiB images; a/c ≤ 0.9;" \
+            " warm median ≤ 50 µs for 5 layers; peak RSS ≤ 64 MiB.\n"
     printf "%s", missed == "" ? "All targets met.\n" : missed
 }
