@@ -70,7 +70,8 @@ pub fn sanitizer_env(command: &mut Command) -> &mut Command {
 }
 
 /// `program` under valgrind's memcheck, logging to `log`: errors, and
-/// definite or indirect leaks, make it exit [`C_LEAK_EXIT`].
+/// definite or indirect leaks, make it exit [`C_LEAK_EXIT`]; known false
+/// positives of the TLS crypto are suppressed (tests/c/valgrind.supp).
 pub fn valgrind_command(program: &Path, log: &Path) -> Command {
     require_tool(
         "valgrind",
@@ -84,6 +85,10 @@ pub fn valgrind_command(program: &Path, log: &Path) -> Command {
             "--child-silent-after-fork=yes",
             "--num-callers=40",
         ])
+        .arg(format!(
+            "--suppressions={}/../c/valgrind.supp",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .arg(format!("--error-exitcode={C_LEAK_EXIT}"))
         .arg(format!("--log-file={}", log.display()))
         .arg(program)
