@@ -482,13 +482,25 @@ async fn a_host_gets_at_most_eight_ranges_at_once_over_every_blob() {
     let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let options = ranged_options(store.path(), true)
         .range_connections(8)
-        .stall_timeout(Duration::from_secs(2));
+        .stall_timeout(Duration::from_secs(6));
     let cache = new_cache(options);
-    let err = pull(&cache, &proxy.host(), dst.path())
+    let (host, dst_path) = (proxy.host(), dst.path().to_owned());
+    let pulling = tokio::spawn(async move { pull(&cache, &host, &dst_path).await });
+    // The high-water mark is read before the first stall timeout: once a
+    // range gives up, its slot goes to another range, and the proxy may see
+    // that request before it sees the abandoned connection close.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while proxy.most_ranges_in_flight() < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let most_in_flight = proxy.most_ranges_in_flight();
+    let err = pulling
         .await
+        .expect("the pull task")
         .expect_err("every range stalls");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert_eq!(proxy.most_ranges_in_flight(), 8);
+    assert_eq!(most_in_flight, 8);
     assert_eq!(files_under(dst.path()), Vec::<PathBuf>::new());
 }
 
