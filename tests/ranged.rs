@@ -208,16 +208,22 @@ async fn a_range_with_wrong_bytes_is_a_digest_mismatch_leaving_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_ignoring_range_serves_the_blob_as_one_stream() {
-    let tar = tar_layer(&[("f", &noise(11, LAYER_BYTES))]);
-    let image = build_image(
+/// An image of one gzip layer of noise from `seed`, built for a
+/// [`FakeRegistry`] to serve (nothing is pushed).
+fn fake_image(seed: u64) -> PushedImage {
+    let tar = tar_layer(&[("f", &noise(seed, LAYER_BYTES))]);
+    build_image(
         "unused.invalid",
         REPO,
         vec![FixtureLayer::gzip(tar)],
         false,
         ("linux", "amd64", None),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ignoring_range_serves_the_blob_as_one_stream() {
+    let image = fake_image(11);
     let digest = image.layer_digests[0].clone();
     let fake = FakeRegistry::with_image(
         REPO,
@@ -288,14 +294,7 @@ async fn a_deadline_stops_every_range_and_removes_the_temp_file_before_returning
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_range_answered_wrong_falls_back_to_one_stream() {
-    let tar = tar_layer(&[("f", &noise(13, LAYER_BYTES))]);
-    let image = build_image(
-        "unused.invalid",
-        REPO,
-        vec![FixtureLayer::gzip(tar)],
-        false,
-        ("linux", "amd64", None),
-    );
+    let image = fake_image(13);
     let digest = image.layer_digests[0].clone();
     let blob = image.layers[0].blob.clone();
     let size = blob.len();
