@@ -320,17 +320,10 @@ var optionSetters = []optionSetter{
 		func(c *C.oci_cache_options, n uint64) C.oci_status {
 			return C.oci_cache_options_set_max_layer_size(c, C.uint64_t(n))
 		}),
-	{"FreeSpaceReserve", "oci_cache_options_set_free_space_reserve", func(c *C.oci_cache_options, o *Options, setter string) error {
-		if o.FreeSpaceReserve == 0 {
-			return nil
-		}
-		reserve := uint64(0) // Negative (NoLimit): the library's "off".
-		if o.FreeSpaceReserve > 0 {
-			reserve = uint64(o.FreeSpaceReserve)
-		}
-		shown := fmt.Sprint(o.FreeSpaceReserve)
-		return setterStatus("FreeSpaceReserve", setter, shown, C.oci_cache_options_set_free_space_reserve(c, C.uint64_t(reserve)))
-	}},
+	byteSizeOption("FreeSpaceReserve", "oci_cache_options_set_free_space_reserve", func(o *Options) int64 { return o.FreeSpaceReserve },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_free_space_reserve(c, C.uint64_t(n))
+		}),
 	{"Credentials", "oci_cache_options_add_credentials", func(c *C.oci_cache_options, o *Options, setter string) error {
 		for _, cred := range o.Credentials {
 			// The password stays out of the message: errors end up in logs.
@@ -396,17 +389,10 @@ var optionSetters = []optionSetter{
 			}
 			return C.oci_cache_options_set_attempts(c, C.uint32_t(n))
 		}),
-	{"RangeThreshold", "oci_cache_options_set_range_threshold", func(c *C.oci_cache_options, o *Options, setter string) error {
-		if o.RangeThreshold == 0 {
-			return nil
-		}
-		threshold := uint64(0) // Negative (NoLimit): the library's "off".
-		if o.RangeThreshold > 0 {
-			threshold = uint64(o.RangeThreshold)
-		}
-		shown := fmt.Sprint(o.RangeThreshold)
-		return setterStatus("RangeThreshold", setter, shown, C.oci_cache_options_set_range_threshold(c, C.uint64_t(threshold)))
-	}},
+	byteSizeOption("RangeThreshold", "oci_cache_options_set_range_threshold", func(o *Options) int64 { return o.RangeThreshold },
+		func(c *C.oci_cache_options, n uint64) C.oci_status {
+			return C.oci_cache_options_set_range_threshold(c, C.uint64_t(n))
+		}),
 	countOption("RangeConnections", "oci_cache_options_set_range_connections", func(o *Options) int64 { return int64(o.RangeConnections) },
 		func(c *C.oci_cache_options, n uint64) C.oci_status {
 			return C.oci_cache_options_set_range_connections(c, C.size_t(n))
@@ -448,6 +434,22 @@ func countOption(field, setter string, get func(*Options) int64, set func(*C.oci
 			return invalidArgument(fmt.Sprintf("Options.%s %d must not be negative (%s takes an unsigned count)", field, v, setter))
 		}
 		return setterStatus(field, setter, fmt.Sprint(v), set(c, uint64(v)))
+	}}
+}
+
+// byteSizeOption is a size in bytes: 0 the default, NoLimit (any negative
+// value) the library's "off", which is 0 bytes there.
+func byteSizeOption(field, setter string, get func(*Options) int64, set func(*C.oci_cache_options, uint64) C.oci_status) optionSetter {
+	return optionSetter{field, setter, func(c *C.oci_cache_options, o *Options, setter string) error {
+		v := get(o)
+		if v == 0 {
+			return nil
+		}
+		n := uint64(0)
+		if v > 0 {
+			n = uint64(v)
+		}
+		return setterStatus(field, setter, fmt.Sprint(v), set(c, n))
 	}}
 }
 

@@ -102,16 +102,8 @@ impl Drop for ConnectProxy {
 /// One proxy connection: the CONNECT head, then a tunnel to its target.
 fn tunnel(mut client: TcpStream, targets: &Mutex<Vec<String>>, streams: &Mutex<Vec<TcpStream>>) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = find(&raw, b"\r\n\r\n") {
-            break end + 4;
-        }
-        match client.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
+    let Some((raw, head_end)) = read_head(&mut client) else {
+        return;
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
     let mut request_line = head.lines().next().unwrap_or_default().split(' ');
@@ -280,16 +272,8 @@ fn forward(
     stopping: &AtomicBool,
 ) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16384];
-    let head_end = loop {
-        if let Some(end) = find(&raw, b"\r\n\r\n") {
-            break end + 4;
-        }
-        match client.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
+    let Some((raw, head_end)) = read_head(&mut client) else {
+        return;
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -371,5 +355,22 @@ impl<'a> Counted<'a> {
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads from `client` until the end of an HTTP head: the bytes read so far
+/// (the head and whatever followed it) and where the head ends; `None` when
+/// the client closed or failed first.
+fn read_head(client: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            return Some((raw, end + 4));
+        }
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
     }
 }
