@@ -1,11 +1,17 @@
 //! The meeting point of a ranged download and the single pass that reads
 //! it: ranges land at their offsets in a file in any order, and the reader
 //! waits for the contiguous prefix (the watermark) to grow past what it has
-//! read. The file, not memory, holds what arrived out of order.
+//! read. The file, not memory, holds what arrived out of order; the download
+//! side starts no range further than a lead ahead of the reader, so a slow
+//! reader (a busy CPU, a caller reading a stream slowly) paces the download
+//! as a single stream's backpressure would.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
@@ -19,6 +25,10 @@ pub(crate) struct Fill {
     size: u64,
     state: Mutex<State>,
     grown: Condvar,
+    /// Where the reader has read up to, and the wake-up of range tasks
+    /// waiting for it to move on.
+    read: AtomicU64,
+    reader_moved: Notify,
 }
 
 #[derive(Default)]
@@ -36,6 +46,8 @@ impl Fill {
             size,
             state: Mutex::default(),
             grown: Condvar::new(),
+            read: AtomicU64::new(0),
+            reader_moved: Notify::new(),
         }
     }
 
@@ -84,6 +96,9 @@ impl Fill {
     /// watermark; `read` at the end returns at once. `stop` says the
     /// reader's call was dropped, and gives the error to return then.
     pub(crate) fn wait_past(&self, read: u64, stop: impl Fn() -> Option<Error>) -> Result<u64> {
+        if self.read.swap(read, Ordering::Relaxed) != read {
+            self.reader_moved.notify_waiters();
+        }
         let mut state = self.state();
         loop {
             if state.contiguous > read || read >= self.size {
@@ -100,6 +115,21 @@ impl Fill {
                 .wait_timeout(state, STOP_CHECK)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+
+    /// Waits until the reader is less than `lead` bytes before `start`, the
+    /// first byte of a range about to be asked for.
+    pub(crate) async fn wait_for_reader(&self, start: u64, lead: u64) {
+        loop {
+            // Registered before the check, so a move in between still wakes us.
+            let moved = self.reader_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.read.load(Ordering::Relaxed).saturating_add(lead) > start {
+                return;
+            }
+            moved.await;
         }
     }
 }
@@ -126,6 +156,37 @@ mod tests {
         // A failure after the end changes nothing.
         fill.fail(Error::network("late"));
         assert_eq!(fill.wait_past(30, || None).unwrap(), 30);
+    }
+
+    #[test]
+    fn a_range_starts_only_within_the_lead_of_the_reader() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let fill = Fill::new(100);
+        let within = |start| {
+            runtime.block_on(async {
+                let wait = fill.wait_for_reader(start, 10);
+                tokio::time::timeout(Duration::from_millis(50), wait).await
+            })
+        };
+        assert!(within(9).is_ok(), "byte 9 is within 10 of a reader at 0");
+        assert!(within(10).is_err(), "byte 10 is not");
+        fill.written(0, 30);
+        assert_eq!(fill.wait_past(5, || None).unwrap(), 30);
+        assert!(within(14).is_ok(), "the reader at 5 lets byte 14 start");
+        assert!(within(15).is_err());
+        // A waiting range starts as soon as the reader moves.
+        runtime.block_on(async {
+            let waiting = fill.wait_for_reader(20, 10);
+            tokio::pin!(waiting);
+            assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+            assert_eq!(fill.wait_past(11, || None).unwrap(), 30);
+            tokio::time::timeout(Duration::from_millis(50), waiting)
+                .await
+                .expect("woken by the reader's move");
+        });
     }
 
     #[test]

@@ -412,17 +412,25 @@ impl Writeback {
         if pending < WRITEBACK_EVERY {
             return;
         }
-        // SAFETY: sync_file_range on a descriptor `file` owns; WRITE alone
-        // queues the dirty pages of the range and does not wait for them.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                self.started as libc::off64_t,
-                pending as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        start_writeback(file, self.started, pending);
         self.started = self.written;
+    }
+}
+
+/// Starts writing bytes `offset..offset + len` of `file` to disk without
+/// waiting for them, so that a later fsync has little left to flush. For
+/// files written out of order, such as a ranged download's, a range at a
+/// time; it is only a hint, so its failure changes nothing.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range on a descriptor `file` owns; WRITE alone
+    // queues the dirty pages of the range and does not wait for them.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

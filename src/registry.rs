@@ -103,7 +103,7 @@ pub(crate) struct RangeConfig {
 impl Default for RangeConfig {
     fn default() -> Self {
         RangeConfig {
-            threshold: 32 << 20,
+            threshold: 8 << 20,
             connections: 4,
         }
     }

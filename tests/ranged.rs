@@ -333,6 +333,35 @@ async fn a_first_range_answered_wrong_falls_back_to_one_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_range_answered_with_the_whole_blob_is_read_from_that_answer() {
+    let (_registry, proxy, pushed) = setup();
+    let digest = &pushed.layer_digests[0];
+    let size = pushed.layers[0].blob.len() as u64;
+    let expected = expected_ranges(size);
+    let (first, last) = expected[2];
+    proxy.fault_once(&format!("bytes={first}-{last}"), Fault::IgnoreRange);
+    let (store, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = new_cache(ranged_options(store.path(), true));
+    pull(&cache, &proxy.host(), dst.path())
+        .await
+        .expect("a range served whole is cut to the range");
+    assert_bytes(
+        &std::fs::read(tar_path(dst.path(), &pushed.diff_ids[0])).unwrap(),
+        &pushed.layers[0].tar,
+        "layer tar",
+    );
+    assert_store_blobs(store.path(), &pushed, &[digest]);
+    assert_eq!(
+        files_under(dst.path()),
+        vec![tar_path(dst.path(), &pushed.diff_ids[0])]
+    );
+    // Each range asked once: the whole blob answered for one of them was
+    // read up to that range's end, not asked again.
+    let asked: Vec<(u64, u64)> = blob_ranges(&proxy, digest).iter().map(bounded).collect();
+    assert_cover_once(asked, size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mirror_that_answered_the_first_range_serves_every_range() {
     let (registry, mirror, pushed) = setup();
     // The reference names a second proxy in front of the same registry;

@@ -190,13 +190,13 @@ type Options struct {
 	// Zero: 4.
 	Attempts int
 	// RangeThreshold is the size, in bytes, from which a layer blob is
-	// downloaded as parallel bounded ranges (up to 8 MiB each) over
+	// downloaded as parallel bounded ranges (up to 32 MiB each) over
 	// RangeConnections connections, from the host that answered the first
 	// range, written at their offsets into the store's temp blob file that
 	// the single pass reads as its contiguous prefix grows. A connection cut
 	// inside a range is resumed for that range only; a host that ignores
 	// Range, or a cache without a store, gets one stream. Progress counts
-	// the contiguous bytes. Zero: 32 MiB. NoLimit (any negative value): off.
+	// the contiguous bytes. Zero: 8 MiB. NoLimit (any negative value): off.
 	RangeThreshold int64
 	// RangeConnections is how many connections one ranged blob download
 	// uses at once (1: ranged download off); no host gets more than 8

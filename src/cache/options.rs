@@ -204,12 +204,14 @@ impl CacheOptions {
     }
 
     /// The size from which a layer blob is downloaded as parallel ranges
-    /// (default 32 MiB; 0 turns ranged download off): bounded ranges
-    /// (`Range: bytes=a-b`, up to 8 MiB each) over
+    /// (default 8 MiB; 0 turns ranged download off): bounded ranges
+    /// (`Range: bytes=a-b`, up to 32 MiB each) over
     /// [`range_connections`](Self::range_connections) connections at once,
     /// written at their offsets into the store's temp blob file, which the
     /// single pass (blob hash, decompression, diff_id hash, write) reads
-    /// as its contiguous prefix grows. The blob comes from the host that
+    /// as its contiguous prefix grows. A range starts at most two ranges
+    /// per connection ahead of what the pass has read, so a pass slower
+    /// than the network paces the download. The blob comes from the host that
     /// answered its first range; a connection cut inside a range is
     /// resumed for that range only (within [`attempts`](Self::attempts)).
     /// A host that ignores `Range` or answers another range gets the blob

@@ -279,12 +279,14 @@ pub extern "C" fn oci_cache_options_set_max_concurrent_layers(
 }
 
 /// The size, in bytes, from which a layer blob is downloaded as parallel
-/// ranges. Default: 33554432 (32 MiB); 0 turns ranged download off. The
-/// blob comes as bounded ranges (`Range: bytes=a-b`, up to 8 MiB each) over
-/// the range connections at once, from the host that answered the first
-/// range, written at their offsets into the store's temp blob file, which
-/// the single pass (blob hash, decompression, diff_id hash, write) reads as
-/// its contiguous prefix grows; both digests cover every byte. A connection
+/// ranges. Default: 8388608 (8 MiB); 0 turns ranged download off. The
+/// blob comes as bounded ranges (`Range: bytes=a-b`, up to 32 MiB each)
+/// over the range connections at once, from the host that answered the
+/// first range, written at their offsets into the store's temp blob file,
+/// which the single pass (blob hash, decompression, diff_id hash, write)
+/// reads as its contiguous prefix grows; both digests cover every byte. A
+/// range starts at most two ranges per connection ahead of what the pass
+/// has read, so a pass slower than the network paces the download. A connection
 /// cut inside a range is resumed for that range only (within the attempts).
 /// A host that ignores `Range` or answers another range gets the blob asked
 /// as one stream, and so does a cache without a store (without

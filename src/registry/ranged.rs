@@ -1,7 +1,10 @@
 //! Parallel ranged download of one large blob: bounded ranges fetched over
 //! several connections at once from the host that answered the first one,
 //! each written at its offset into the caller's file (see `fill`), and a
-//! range whose connection is cut asked again from where it stopped.
+//! range whose connection is cut asked again from where it stopped. Ranges
+//! are started in order and at most a few per connection ahead of the
+//! reader: where the reader (inflate, on the same CPUs) is the bound, as on
+//! loopback, downloading far ahead would only take CPU from it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -18,11 +21,12 @@ use super::{backoff, content_length, served_range, BlobSource, RangeConfig};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fill::Fill;
+use crate::fs;
 use crate::http::{error_chain, host_of, Limits};
 use crate::work::{Work, WorkGuard};
 
 /// The largest range asked for in one request.
-const MAX_RANGE: u64 = 8 << 20;
+const MAX_RANGE: u64 = 32 << 20;
 /// The smallest, so that a small threshold does not make tiny requests.
 const MIN_RANGE: u64 = 64 << 10;
 
@@ -53,6 +57,13 @@ impl Plan {
 
     fn count(&self) -> u64 {
         self.size.div_ceil(self.range)
+    }
+
+    /// How far ahead of the reader a range may start: two per connection,
+    /// so that every connection has its next range while the reader waits
+    /// on the oldest one.
+    fn lead(&self) -> u64 {
+        2 * self.connections as u64 * self.range
     }
 
     /// The first and last byte of range `index`.
@@ -199,31 +210,62 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// How the host answered a range request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// With exactly that range.
+    Range,
+    /// With the whole blob (a 200): it ignored the `Range`.
+    Whole,
+}
+
 impl Shared {
     /// Fetches ranges until none is left: first the one `first` answers.
     async fn work(&self, mut first: Option<Answer>) -> Result<()> {
+        let count = self.plan.count();
         let mut index = if first.is_some() {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed)
         };
-        while index < self.plan.count() {
-            self.fetch(index, first.take()).await?;
+        while index < count {
+            let answer = first.take();
+            let span = self.plan.bounds(index);
+            if answer.is_none() {
+                self.fill.wait_for_reader(span.0, self.plan.lead()).await;
+            }
+            if self.fetch(span, answer).await? == Served::Whole {
+                // The host stopped serving ranges (a mirror or a cache in
+                // front of it changed its mind): the ranges no task has
+                // taken come in one request, the others finish theirs.
+                let rest = self.next.swap(count, Ordering::Relaxed);
+                if rest < count {
+                    let (start, _) = self.plan.bounds(rest);
+                    self.fetch((start, self.plan.size - 1), None).await?;
+                }
+                return Ok(());
+            }
             index = self.next.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Writes range `index` into the file, from `response` if given; a
-    /// connection cut or refused is tried again for the rest of this range
-    /// only, up to the configured attempts.
-    async fn fetch(&self, index: u64, mut response: Option<Answer>) -> Result<()> {
-        let (first, last) = self.plan.bounds(index);
+    /// Writes bytes `first..=last` into the file, from `response` if given;
+    /// a connection cut or refused is tried again for the rest of these
+    /// bytes only, up to the configured attempts.
+    async fn fetch(
+        &self,
+        (first, last): (u64, u64),
+        mut response: Option<Answer>,
+    ) -> Result<Served> {
         let mut at = first;
         let mut attempt = 1;
         loop {
             match self.copy(&mut at, (first, last), response.take()).await {
-                Ok(()) => return Ok(()),
+                Ok(served) => {
+                    fs::start_writeback(&self.file, first, last - first + 1);
+                    return Ok(served);
+                }
                 Err(err) if err.kind() == ErrorKind::Network && attempt < self.attempts => {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -234,15 +276,17 @@ impl Shared {
     }
 
     /// Copies bytes `*at..=last` of range `first..=last` into the file,
-    /// from `response` or a new request; `*at` follows what was written.
+    /// from `response` or a new request; `*at` follows what was written. A
+    /// new request answered with the whole blob is read up to `last`, the
+    /// bytes before `*at` skipped.
     async fn copy(
         &self,
         at: &mut u64,
         (first, last): (u64, u64),
         response: Option<Answer>,
-    ) -> Result<()> {
-        let (response, _permit) = match response {
-            Some(answer) => answer,
+    ) -> Result<Served> {
+        let (response, _permit, served) = match response {
+            Some((response, permit)) => (response, permit, Served::Range),
             None => {
                 let permit = self.permits.clone().acquire_owned().await.ok();
                 let response = self
@@ -250,20 +294,35 @@ impl Shared {
                     .get(&self.digest, (*at, Some(last)), &self.what, self.limits)
                     .await
                     .map_err(|failed| failed.error)?;
-                if !answers(&response, (*at, last), self.plan.size) {
+                let served = if answers(&response, (*at, last), self.plan.size) {
+                    Served::Range
+                } else if response.status() == StatusCode::OK
+                    && content_length(response.headers()).map_or(true, |n| n == self.plan.size)
+                {
+                    Served::Whole
+                } else {
                     return Err(Error::invalid_content(format!(
                         "{}: asked for bytes {at}-{last}, the registry answered {} with {:?}",
                         self.what,
                         response.status(),
                         response.headers().get(CONTENT_RANGE)
                     )));
-                }
-                (response, permit)
+                };
+                (response, permit, served)
             }
         };
         let from = host_of(response.url());
         let mut body = response.bytes_stream();
+        // The bytes of the blob the body carries, and the offset of its next.
+        let (body_start, body_end) = match served {
+            Served::Range => (*at, last + 1),
+            Served::Whole => (0, self.plan.size),
+        };
+        let mut offset = body_start;
         loop {
+            if served == Served::Whole && *at > last {
+                return Ok(served);
+            }
             let next = self
                 .limits
                 .stalling(&from, body.next())
@@ -271,25 +330,32 @@ impl Shared {
                 .map_err(|stalled| Error::timeout(format!("{}: {stalled}", self.what)))?;
             match next {
                 Some(Ok(bytes)) => {
-                    let end = *at + bytes.len() as u64;
-                    if end > last + 1 {
+                    let end = offset + bytes.len() as u64;
+                    if end > body_end {
                         return Err(Error::digest_mismatch(format!(
-                            "{}: the registry sent more than bytes {first}-{last}",
-                            self.what
+                            "{}: the registry sent more than bytes {body_start}-{}",
+                            self.what,
+                            body_end - 1
                         )));
                     }
-                    self.file.write_all_at(&bytes, *at).map_err(|e| {
-                        Error::io(format!(
-                            "{}: writing bytes {at}-{} to the store: {e}",
-                            self.what,
-                            end - 1
-                        ))
-                        .with_source(e)
-                    })?;
-                    self.fill.written(*at, end);
-                    *at = end;
+                    // The part of this chunk that is still to be written.
+                    let (start, stop) = ((*at).max(offset), end.min(last + 1));
+                    if start < stop {
+                        let part = &bytes[(start - offset) as usize..(stop - offset) as usize];
+                        self.file.write_all_at(part, start).map_err(|e| {
+                            Error::io(format!(
+                                "{}: writing bytes {start}-{} to the store: {e}",
+                                self.what,
+                                stop - 1
+                            ))
+                            .with_source(e)
+                        })?;
+                        self.fill.written(start, stop);
+                        *at = stop;
+                    }
+                    offset = end;
                 }
-                None if *at > last => return Ok(()),
+                None if *at > last => return Ok(served),
                 None => {
                     return Err(Error::network(format!(
                         "{}: the connection closed at byte {at} of bytes {first}-{last}",

@@ -185,6 +185,9 @@ pub enum Fault {
     /// Sends the head and this many body bytes, then nothing more until
     /// the proxy is dropped.
     StallAfter(usize),
+    /// Forwards the request without its `Range`, so that the whole blob
+    /// comes back, as from a server that ignores ranges.
+    IgnoreRange,
 }
 
 impl RecordingProxy {
@@ -302,8 +305,10 @@ fn forward(
         .and_then(|range| faults.lock().unwrap().remove(range));
     // Pulls send no bodies: the head is the whole request.
     let mut forwarded = format!("{request_line}\r\n");
+    let ignored =
+        |name: &str| name.eq_ignore_ascii_case("range") && fault == Some(Fault::IgnoreRange);
     for (name, value) in &headers {
-        if !name.eq_ignore_ascii_case("connection") {
+        if !name.eq_ignore_ascii_case("connection") && !ignored(name) {
             forwarded.push_str(&format!("{name}: {value}\r\n"));
         }
     }
@@ -319,7 +324,7 @@ fn forward(
     }
     let body_start = find(&answer, b"\r\n\r\n").map_or(answer.len(), |end| end + 4);
     let sent = match fault {
-        None => client.write_all(&answer),
+        None | Some(Fault::IgnoreRange) => client.write_all(&answer),
         Some(Fault::FlipByte(at)) => {
             if let Some(byte) = answer.get_mut(body_start + at) {
                 *byte = !*byte;
