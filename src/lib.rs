@@ -67,6 +67,8 @@ mod fs;
 pub mod fuzzing;
 mod hosts;
 mod http;
+#[cfg(feature = "isal")]
+mod inflate;
 mod layer;
 mod maintenance;
 mod manifest;
