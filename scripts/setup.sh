@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian
 # machine: the registry the tests start, the tools that read the store back,
-# the C/C++ and Go toolchains (and cmake, which builds zlib-ng; TLS is rustls
-# with ring, which needs only the C compiler), valgrind
+# the C/C++ and Go toolchains (and cmake, which builds zlib-ng; nasm,
+# autoconf, automake and libtool, which build ISA-L's igzip for the default
+# `isal` feature; TLS is rustls with ring, which needs only the C compiler), valgrind
 # for the C and Go tests, the pinned cbindgen the header is generated with,
 # and cargo-fuzz with a nightly toolchain for the fuzz smoke run.
 set -euo pipefail
 
-packages=(docker-registry skopeo umoci jq zstd pigz curl gcc g++ make cmake pkg-config valgrind golang-go)
+packages=(docker-registry skopeo umoci jq zstd pigz curl gcc g++ make cmake nasm autoconf automake libtool pkg-config valgrind golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -57,6 +57,15 @@ fn tar(blob: &mut dyn Read) -> io::Result<Box<dyn Read + '_>> {
     Ok(Box::new(blob))
 }
 
+/// ISA-L's igzip where the `isal` feature (on by default) builds it: it
+/// inflates 1.4-1.5x as fast as zlib-ng on real layers.
+#[cfg(feature = "isal")]
+fn gzip(blob: &mut dyn Read) -> io::Result<Box<dyn Read + '_>> {
+    Ok(Box::new(crate::inflate::GzipDecoder::new(blob)))
+}
+
+/// zlib-ng through flate2, the fallback without the `isal` feature.
+#[cfg(not(feature = "isal"))]
 fn gzip(blob: &mut dyn Read) -> io::Result<Box<dyn Read + '_>> {
     // Multi-member: pigz and parallel compressors write several members.
     Ok(Box::new(flate2::read::MultiGzDecoder::new(blob)))
@@ -221,6 +230,69 @@ mod tests {
             assert!(out == tar, "{name}: {} bytes decoded", out.len());
             assert_eq!(read.1, blob.len(), "{name}");
         }
+    }
+
+    /// A reader that hands out at most 7 bytes a read, so gzip headers,
+    /// blocks and trailers straddle the decoder's reads.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    fn gzip_member(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// Runs for whichever gzip decoder the build has (ISA-L by default,
+    /// zlib-ng with `--no-default-features`), so both keep one behaviour.
+    #[test]
+    fn gzip_decodes_every_member_and_checks_each_trailer() {
+        let gzip = Codec::of("application/vnd.oci.image.layer.v1.tar+gzip").unwrap();
+        let decode = |blob: &[u8]| {
+            let (mut out, mut read) = (Vec::new(), Counted(blob, 0));
+            gzip.decode(&mut read, &mut out).map(|()| (out, read.1))
+        };
+        let one: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let two = b"the second member".repeat(1000);
+        // Concatenated members, as `cat a.gz b.gz` and parallel compressors
+        // write them, with an empty member between.
+        let members = [gzip_member(&one), gzip_member(b""), gzip_member(&two)];
+        let blob = members.concat();
+        let whole = [one.as_slice(), &two].concat();
+        let (out, read) = decode(&blob).unwrap();
+        assert!(out == whole, "{} bytes decoded", out.len());
+        assert_eq!(read, blob.len());
+        let mut out = Vec::new();
+        gzip.decode(&mut Trickle(&blob), &mut out).unwrap();
+        assert!(out == whole, "trickled: {} bytes decoded", out.len());
+
+        // Damage the trailer of the first member (CRC32, then ISIZE) and of
+        // the last one; cut the blob short; add bytes that are not a member.
+        let first_end = members[0].len();
+        for (case, at) in [
+            ("first CRC32", first_end - 8),
+            ("first ISIZE", first_end - 4),
+            ("last CRC32", blob.len() - 8),
+            ("last ISIZE", blob.len() - 1),
+        ] {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x01;
+            assert!(decode(&bad).is_err(), "{case}");
+        }
+        for cut in [1, 8, blob.len() / 2, blob.len() - 1] {
+            assert!(decode(&blob[..cut]).is_err(), "cut to {cut} bytes");
+        }
+        for tail in [&b"\0"[..], b"\x1f", b"\x1f\x8b", b"not a gzip member"] {
+            let bad = [blob.as_slice(), tail].concat();
+            assert!(decode(&bad).is_err(), "trailing {tail:?}");
+        }
+        assert!(decode(b"").is_err(), "an empty blob is not a gzip stream");
     }
 
     #[test]

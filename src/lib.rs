@@ -45,7 +45,8 @@
 //!   blocking work to clean up when it ends early), `work` ([`Progress`]
 //!   reports and the blocking work a call tracks), `codec` (the codec
 //!   table: layer media types and their decoders, see
-//!   [`layer_media_types`]), `http` (network time limits, bounded bodies,
+//!   [`layer_media_types`]), `inflate` (gzip through ISA-L's igzip, the
+//!   `isal` feature's FFI, which `codec` uses), `http` (network time limits, bounded bodies,
 //!   the blob stream type), `fill` (where a ranged download's file is
 //!   written up to, which the single pass follows), `reference` (image
 //!   references, parsed without compiling a regex), `tls` (registry
@@ -67,6 +68,8 @@ mod fs;
 pub mod fuzzing;
 mod hosts;
 mod http;
+#[cfg(feature = "isal")]
+mod inflate;
 mod layer;
 mod maintenance;
 mod manifest;
