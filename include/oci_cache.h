@@ -508,7 +508,7 @@ oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *option
 // the contiguous bytes.
 oci_status oci_cache_options_set_range_threshold(oci_cache_options *options, uint64_t bytes);
 
-// How many connections one ranged blob download uses at once (default 4,
+// How many connections one ranged blob download uses at once (default 8,
 // at least 1; 1 turns ranged download off). Over every blob, no host gets
 // more than 8 range requests at once. See
 // `oci_cache_options_set_range_threshold`.

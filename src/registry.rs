@@ -104,7 +104,7 @@ impl Default for RangeConfig {
     fn default() -> Self {
         RangeConfig {
             threshold: 8 << 20,
-            connections: 4,
+            connections: 8,
         }
     }
 }

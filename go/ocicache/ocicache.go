@@ -200,7 +200,7 @@ type Options struct {
 	RangeThreshold int64
 	// RangeConnections is how many connections one ranged blob download
 	// uses at once (1: ranged download off); no host gets more than 8
-	// range requests at once. Zero: 4.
+	// range requests at once. Zero: 8.
 	RangeConnections int
 }
 

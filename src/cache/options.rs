@@ -224,7 +224,7 @@ impl CacheOptions {
     }
 
     /// How many connections one ranged blob download uses at once (default
-    /// 4, at least 1; 1 turns ranged download off). Over every blob, no
+    /// 8, at least 1; 1 turns ranged download off). Over every blob, no
     /// host gets more than 8 range requests at once. See
     /// [`range_threshold`](Self::range_threshold).
     pub fn range_connections(mut self, connections: usize) -> CacheOptions {

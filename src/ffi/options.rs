@@ -302,7 +302,7 @@ pub extern "C" fn oci_cache_options_set_range_threshold(
     })
 }
 
-/// How many connections one ranged blob download uses at once (default 4,
+/// How many connections one ranged blob download uses at once (default 8,
 /// at least 1; 1 turns ranged download off). Over every blob, no host gets
 /// more than 8 range requests at once. See
 /// `oci_cache_options_set_range_threshold`.
