@@ -492,6 +492,14 @@ impl PendingFile {
     /// Makes the content durable and gives it its final name, replacing
     /// whatever file, link or FIFO had it (a directory there is an error).
     pub(crate) fn commit(mut self) -> Result<()> {
+        self.name()?;
+        self.dir.sync()
+    }
+
+    /// The first half of [`commit`](Self::commit): the content made
+    /// durable and given its final name, whose directory the caller then
+    /// fsyncs (once for several files).
+    fn name(&mut self) -> Result<()> {
         let dest = self.dir.join(&self.dest);
         self.file
             .sync_all()
@@ -508,7 +516,7 @@ impl PendingFile {
             ));
         }
         self.committed = true;
-        self.dir.sync()
+        Ok(())
     }
 }
 
@@ -593,6 +601,31 @@ pub(crate) fn write_atomic(
     file.write_all(content)
         .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
     file.commit()
+}
+
+/// Writes each `(name, content)` to `dir` atomically, as [`write_atomic`]
+/// does one, with one fsync of `dir` for them all: each file is fsynced
+/// before it is renamed, and `dir` after the last rename, before this
+/// returns. What it names is as durable as after one [`write_atomic`] per
+/// file, for one directory fsync instead of one per file (~0.2 ms each on
+/// the development machine's ext4, a few of the first call's fsyncs).
+pub(crate) fn write_atomic_all(
+    dir: &Dir,
+    files: &[(&str, &[u8])],
+    mode: u32,
+    reserve: Reserve,
+) -> Result<()> {
+    let mut pending = Vec::with_capacity(files.len());
+    for (name, content) in files {
+        let mut file = PendingFile::create(dir, name, mode, reserve)?;
+        file.write_all(content)
+            .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
+        pending.push(file);
+    }
+    for file in &mut pending {
+        file.name()?;
+    }
+    dir.sync()
 }
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
@@ -773,6 +806,24 @@ fn c_string(name: &OsStr, path: &Path) -> Result<CString> {
 mod tests {
     use super::*;
     use crate::ErrorKind;
+
+    #[test]
+    fn write_atomic_all_names_every_file_whole_and_leaves_no_temp() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = Dir::open(work.path()).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("b")).unwrap();
+        let files: [(&str, &[u8]); 2] = [("a", b"first"), ("b", b"second")];
+        write_atomic_all(&dir, &files, 0o444, Reserve::OFF).unwrap();
+        for (name, content) in files {
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), content);
+            let meta = std::fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_file(), "{name}: the link was replaced");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
+        }
+        let mut names = dir.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["a", "b"], "no temp file left");
+    }
 
     #[test]
     fn only_regular_files_are_opened_and_temps_go_on_drop() {

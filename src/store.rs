@@ -69,20 +69,20 @@ impl Store {
         // opening is synchronous), so opening an existing one never waits.
         if missing("oci-layout")? || missing("index.json")? {
             let _lock = fs::lock_file(&store.dir, LOCK_FILE)?;
+            // Both files of a new layout at once: one fsync of the root for
+            // the two (either may appear alone after a crash: the next
+            // open writes the other).
+            let empty_index = index_content(&json!({
+                "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []
+            }));
+            let mut files: Vec<(&str, &[u8])> = Vec::new();
             if missing("oci-layout")? {
-                fs::write_atomic(
-                    &store.dir,
-                    "oci-layout",
-                    br#"{"imageLayoutVersion":"1.0.0"}"#,
-                    MUTABLE_MODE,
-                    Reserve::OFF,
-                )?;
+                files.push(("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#));
             }
-            if store.dir.open_regular("index.json")?.is_none() {
-                store.write_index(
-                    &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
-                )?;
+            if missing("index.json")? {
+                files.push(("index.json", &empty_index));
             }
+            fs::write_atomic_all(&store.dir, &files, MUTABLE_MODE, Reserve::OFF)?;
         }
         // Each writer holds its own temp file's lock: no layout lock needed.
         store.remove_stale_temps()?;
@@ -200,14 +200,27 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `content`, which the caller has verified to be `digest`.
-    /// A link or FIFO in its place is replaced.
-    pub(crate) fn write_blob(&self, digest: &Digest, content: &[u8]) -> Result<()> {
-        let dir = self.blob_dir(digest.algorithm(), true)?.expect("created");
-        if dir.open_regular(digest.hex())?.is_some() {
-            return Ok(());
+    /// Stores `blobs` (verified by the caller) that the store lacks, with
+    /// one directory fsync per algorithm directory rather than per blob.
+    /// A link or FIFO in a blob's place is replaced.
+    pub(crate) fn write_blobs(&self, blobs: &[(Digest, Vec<u8>)]) -> Result<()> {
+        let mut algorithms: Vec<&str> = blobs.iter().map(|(d, _)| d.algorithm()).collect();
+        algorithms.sort_unstable();
+        algorithms.dedup();
+        for algorithm in algorithms {
+            let dir = self.blob_dir(algorithm, true)?.expect("created");
+            let mut files: Vec<(&str, &[u8])> = Vec::new();
+            for (digest, content) in blobs.iter().filter(|(d, _)| d.algorithm() == algorithm) {
+                let missing = dir.open_regular(digest.hex())?.is_none();
+                if missing && !files.iter().any(|(name, _)| *name == digest.hex()) {
+                    files.push((digest.hex(), content));
+                }
+            }
+            if !files.is_empty() {
+                fs::write_atomic_all(&dir, &files, CONTENT_MODE, self.reserve)?;
+            }
         }
-        fs::write_atomic(&dir, digest.hex(), content, CONTENT_MODE, self.reserve)
+        Ok(())
     }
 
     /// Starts writing blob `digest`; the caller commits it once verified.
@@ -226,9 +239,7 @@ impl Store {
         blobs: &[(Digest, Vec<u8>)],
         top: &Descriptor,
     ) -> Result<()> {
-        for (digest, content) in blobs {
-            self.write_blob(digest, content)?;
-        }
+        self.write_blobs(blobs)?;
         let recorded = self.lookup(name)?.map(|d| d.digest);
         if recorded.as_deref() != Some(top.digest.as_str()) {
             self.tag(name, top)?;
@@ -312,11 +323,10 @@ impl Store {
     }
 
     fn write_index(&self, index: &Value) -> Result<()> {
-        let content = serde_json::to_vec(index).expect("JSON values serialize");
         fs::write_atomic(
             &self.dir,
             "index.json",
-            &content,
+            &index_content(index),
             MUTABLE_MODE,
             Reserve::OFF,
         )
@@ -325,6 +335,11 @@ impl Store {
     fn malformed_index(&self, why: &str) -> Error {
         Error::invalid_content(format!("{}: {why}", self.index_path().display()))
     }
+}
+
+/// The bytes of `index.json` holding `index`.
+fn index_content(index: &Value) -> Vec<u8> {
+    serde_json::to_vec(index).expect("JSON values serialize")
 }
 
 /// `dir/<alg>` for every digest algorithm directory under `dir`: the
@@ -397,7 +412,25 @@ mod tests {
         let store = Store::open(dir.path(), Reserve::default()).unwrap();
         let digest = Digest::sha256_of(b"content");
         assert_eq!(store.read_blob(&digest).unwrap(), None);
-        store.write_blob(&digest, b"content").unwrap();
+        let other = Digest::sha256_of(b"other");
+        let blobs = [
+            (digest.clone(), b"content".to_vec()),
+            (other.clone(), b"other".to_vec()),
+            (digest.clone(), b"content".to_vec()),
+        ];
+        store.write_blobs(&blobs).unwrap();
+        assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
+        assert_eq!(store.read_blob(&other).unwrap().unwrap(), b"other");
+        let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        names.sort();
+        let mut want = vec![digest.hex().to_owned(), other.hex().to_owned()];
+        want.sort();
+        assert_eq!(names, want, "each blob once, no temp file left");
+        // Blobs already there are kept as they are, not written again.
+        store.write_blobs(&blobs[..1]).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
         let path = store.blob_path(&digest);
         std::fs::remove_file(&path).unwrap();
