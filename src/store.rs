@@ -44,6 +44,13 @@ pub(crate) struct Store {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A blob written and fsynced ahead of [`Store::record`], which names it
+/// (see [`Store::stage_blob`]); dropped unrecorded, its temp file goes.
+pub(crate) struct Staged {
+    digest: Digest,
+    file: PendingFile,
+}
+
 /// The layout's lock, held (against every task and process sharing the
 /// store) until dropped. Functions that need it take a reference to it.
 pub(crate) struct StoreLock {
@@ -200,24 +207,75 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `blobs` (verified by the caller) that the store lacks, with
-    /// one directory fsync per algorithm directory rather than per blob.
-    /// A link or FIFO in a blob's place is replaced.
-    pub(crate) fn write_blobs(&self, blobs: &[(Digest, Vec<u8>)]) -> Result<()> {
-        let mut algorithms: Vec<&str> = blobs.iter().map(|(d, _)| d.algorithm()).collect();
+    /// Starts storing blob `digest` (verified by the caller) ahead of
+    /// [`record`](Self::record), without the lock: its content is written
+    /// and fsynced now, while the caller waits for the rest of the image
+    /// (an image's manifest while its config downloads), and named only by
+    /// `record`, under the lock. `None` if the store has it already.
+    /// Dropped unrecorded, its temp file goes.
+    pub(crate) fn stage_blob(&self, digest: &Digest, content: &[u8]) -> Result<Option<Staged>> {
+        let dir = self.blob_dir(digest.algorithm(), true)?.expect("created");
+        if dir.open_regular(digest.hex())?.is_some() {
+            return Ok(None);
+        }
+        let mut file = fs::write_pending(&dir, digest.hex(), content, CONTENT_MODE, self.reserve)?;
+        file.sync()?;
+        Ok(Some(Staged {
+            digest: digest.clone(),
+            file,
+        }))
+    }
+
+    /// Stores `blobs` (verified by the caller) and the `staged` ones that
+    /// the store lacks, with one directory fsync per algorithm directory
+    /// rather than per blob. A link or FIFO in a blob's place is replaced.
+    pub(crate) fn write_blobs(
+        &self,
+        blobs: &[(Digest, Vec<u8>)],
+        mut staged: Vec<Staged>,
+    ) -> Result<()> {
+        let mut algorithms: Vec<String> = blobs
+            .iter()
+            .map(|(d, _)| d)
+            .chain(staged.iter().map(|s| &s.digest))
+            .map(|d| d.algorithm().to_owned())
+            .collect();
         algorithms.sort_unstable();
         algorithms.dedup();
         for algorithm in algorithms {
-            let dir = self.blob_dir(algorithm, true)?.expect("created");
-            let mut files: Vec<(&str, &[u8])> = Vec::new();
+            let dir = self.blob_dir(&algorithm, true)?.expect("created");
+            let mut names: Vec<String> = Vec::new();
+            let mut files = Vec::new();
+            // Those staged first (already synced), then the rest; a blob
+            // that appeared meanwhile is kept and its staged copy dropped.
+            let (mine, others) = staged
+                .into_iter()
+                .partition(|s| s.digest.algorithm() == algorithm);
+            staged = others;
+            for Staged { digest, file } in mine {
+                if !names.iter().any(|n| n == digest.hex())
+                    && dir.open_regular(digest.hex())?.is_none()
+                {
+                    names.push(digest.hex().to_owned());
+                    files.push(file);
+                }
+            }
             for (digest, content) in blobs.iter().filter(|(d, _)| d.algorithm() == algorithm) {
-                let missing = dir.open_regular(digest.hex())?.is_none();
-                if missing && !files.iter().any(|(name, _)| *name == digest.hex()) {
-                    files.push((digest.hex(), content));
+                if !names.iter().any(|n| n == digest.hex())
+                    && dir.open_regular(digest.hex())?.is_none()
+                {
+                    names.push(digest.hex().to_owned());
+                    files.push(fs::write_pending(
+                        &dir,
+                        digest.hex(),
+                        content,
+                        CONTENT_MODE,
+                        self.reserve,
+                    )?);
                 }
             }
             if !files.is_empty() {
-                fs::write_atomic_all(&dir, &files, CONTENT_MODE, self.reserve)?;
+                fs::commit_all(&dir, files)?;
             }
         }
         Ok(())
@@ -229,7 +287,7 @@ impl Store {
         PendingFile::create(&dir, digest.hex(), CONTENT_MODE, self.reserve)
     }
 
-    /// Stores `blobs` (verified by the caller), then records `top` in
+    /// Stores `blobs` (verified by the caller) and the `staged` ones, then records `top` in
     /// `index.json` under `name` unless it is recorded already: all under
     /// the lock, so a concurrent prune never sees the blobs unreferenced.
     pub(crate) fn record(
@@ -237,9 +295,10 @@ impl Store {
         _lock: &StoreLock,
         name: &str,
         blobs: &[(Digest, Vec<u8>)],
+        staged: Vec<Staged>,
         top: &Descriptor,
     ) -> Result<()> {
-        self.write_blobs(blobs)?;
+        self.write_blobs(blobs, staged)?;
         let recorded = self.lookup(name)?.map(|d| d.digest);
         if recorded.as_deref() != Some(top.digest.as_str()) {
             self.tag(name, top)?;
@@ -418,7 +477,7 @@ mod tests {
             (other.clone(), b"other".to_vec()),
             (digest.clone(), b"content".to_vec()),
         ];
-        store.write_blobs(&blobs).unwrap();
+        store.write_blobs(&blobs, Vec::new()).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
         assert_eq!(store.read_blob(&other).unwrap().unwrap(), b"other");
         let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
@@ -430,8 +489,29 @@ mod tests {
         want.sort();
         assert_eq!(names, want, "each blob once, no temp file left");
         // Blobs already there are kept as they are, not written again.
-        store.write_blobs(&blobs[..1]).unwrap();
+        store.write_blobs(&blobs[..1], Vec::new()).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
+
+        // Staged blobs are named by write_blobs, and go when dropped.
+        let third = Digest::sha256_of(b"third");
+        let fourth = Digest::sha256_of(b"fourth");
+        assert!(
+            store.stage_blob(&digest, b"content").unwrap().is_none(),
+            "stored already"
+        );
+        drop(store.stage_blob(&fourth, b"fourth").unwrap().unwrap());
+        let staged = store.stage_blob(&third, b"third").unwrap().unwrap();
+        store.write_blobs(&blobs[..1], vec![staged]).unwrap();
+        assert_eq!(store.read_blob(&third).unwrap().unwrap(), b"third");
+        assert_eq!(store.read_blob(&fourth).unwrap(), None);
+        let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        names.sort();
+        want.push(third.hex().to_owned());
+        want.sort();
+        assert_eq!(names, want, "no temp file left");
         let path = store.blob_path(&digest);
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"tampered").unwrap();
