@@ -644,7 +644,7 @@ pub(crate) fn write_atomic_all(
     for (name, content) in files {
         pending.push(write_pending(dir, name, content, mode, reserve)?);
     }
-    commit_all(dir, pending)
+    commit_all(dir, pending, None)
 }
 
 /// A [`PendingFile`] holding `content`, to be `name` in `dir`.
@@ -666,9 +666,19 @@ pub(crate) fn write_pending(
 /// [synced](PendingFile::sync) yet fsynced at once, one thread each: on ext4 concurrent fsyncs share a
 /// journal commit (two small new files: 0.42 ms at once against 0.49 ms in
 /// turn when the disk is idle, 5.1 ms against 8.0 ms while other processes
-/// write).
-pub(crate) fn commit_all(dir: &Dir, mut files: Vec<PendingFile>) -> Result<()> {
-    let unsynced: Vec<&PendingFile> = files.iter().filter(|f| !f.synced).collect();
+/// write). `alongside`, a file pending in another directory, is fsynced at
+/// the same time but left for the caller to commit later (`index.json`,
+/// which names these files only once they are committed).
+pub(crate) fn commit_all(
+    dir: &Dir,
+    mut files: Vec<PendingFile>,
+    alongside: Option<&mut PendingFile>,
+) -> Result<()> {
+    let unsynced: Vec<&PendingFile> = files
+        .iter()
+        .chain(alongside.as_deref())
+        .filter(|f| !f.synced)
+        .collect();
     if let Some((last, others)) = unsynced.split_last() {
         std::thread::scope(|scope| {
             let threads: Vec<_> = others
@@ -692,6 +702,9 @@ pub(crate) fn commit_all(dir: &Dir, mut files: Vec<PendingFile>) -> Result<()> {
             }
             outcome
         })?;
+    }
+    if let Some(file) = alongside {
+        file.synced = true;
     }
     for file in &mut files {
         file.synced = true;

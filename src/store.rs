@@ -229,10 +229,12 @@ impl Store {
     /// Stores `blobs` (verified by the caller) and the `staged` ones that
     /// the store lacks, with one directory fsync per algorithm directory
     /// rather than per blob. A link or FIFO in a blob's place is replaced.
+    /// `alongside` (see [`fs::commit_all`]) is fsynced with the first of them.
     pub(crate) fn write_blobs(
         &self,
         blobs: &[(Digest, Vec<u8>)],
         mut staged: Vec<Staged>,
+        mut alongside: Option<&mut PendingFile>,
     ) -> Result<()> {
         let mut algorithms: Vec<String> = blobs
             .iter()
@@ -275,7 +277,7 @@ impl Store {
                 }
             }
             if !files.is_empty() {
-                fs::commit_all(&dir, files)?;
+                fs::commit_all(&dir, files, alongside.take())?;
             }
         }
         Ok(())
@@ -298,12 +300,20 @@ impl Store {
         staged: Vec<Staged>,
         top: &Descriptor,
     ) -> Result<()> {
-        self.write_blobs(blobs, staged)?;
+        // The new index.json is written first and fsynced with the blobs,
+        // but named only once they are committed and their directory
+        // fsynced: one fsync less to wait for.
         let recorded = self.lookup(name)?.map(|d| d.digest);
-        if recorded.as_deref() != Some(top.digest.as_str()) {
-            self.tag(name, top)?;
+        let mut index = if recorded.as_deref() != Some(top.digest.as_str()) {
+            Some(self.tagged(name, top)?)
+        } else {
+            None
+        };
+        self.write_blobs(blobs, staged, index.as_mut())?;
+        match index {
+            Some(index) => index.commit(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Every entry of `index.json` that names an image, as (name,
@@ -361,10 +371,10 @@ impl Store {
         }
     }
 
-    /// Records `descriptor` in `index.json` under `name`, replacing any entry
-    /// of that name and keeping every other entry exactly as it was. The
-    /// caller holds the lock.
-    fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
+    /// `index.json` with `descriptor` recorded under `name`, replacing any
+    /// entry of that name and keeping every other entry exactly as it was:
+    /// written, for the caller, who holds the lock, to commit.
+    fn tagged(&self, name: &str, descriptor: &Descriptor) -> Result<PendingFile> {
         let mut index = self.read_index()?;
         let mut entry = serde_json::to_value(descriptor).expect("descriptors serialize");
         entry["annotations"][REF_NAME] = Value::String(name.to_owned());
@@ -373,7 +383,13 @@ impl Store {
         };
         manifests.retain(|e| ref_name(e) != Some(name));
         manifests.push(entry);
-        self.write_index(&index)
+        fs::write_pending(
+            &self.dir,
+            "index.json",
+            &index_content(&index),
+            MUTABLE_MODE,
+            Reserve::OFF,
+        )
     }
 
     fn read_index(&self) -> Result<Value> {
@@ -449,8 +465,16 @@ mod tests {
         let foreign = r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:ab","size":1,"annotations":{"org.opencontainers.image.ref.name":"other"},"vendor":{"k":1}}]}"#;
         std::fs::write(dir.path().join("index.json"), foreign).unwrap();
 
-        store.tag("a:1", &descriptor(b"one")).unwrap();
-        store.tag("a:1", &descriptor(b"two")).unwrap();
+        store
+            .tagged("a:1", &descriptor(b"one"))
+            .unwrap()
+            .commit()
+            .unwrap();
+        store
+            .tagged("a:1", &descriptor(b"two"))
+            .unwrap()
+            .commit()
+            .unwrap();
         let found = store.lookup("a:1").unwrap().unwrap();
         assert_eq!(found.digest, Digest::sha256_of(b"two").to_string());
 
@@ -477,7 +501,7 @@ mod tests {
             (other.clone(), b"other".to_vec()),
             (digest.clone(), b"content".to_vec()),
         ];
-        store.write_blobs(&blobs, Vec::new()).unwrap();
+        store.write_blobs(&blobs, Vec::new(), None).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
         assert_eq!(store.read_blob(&other).unwrap().unwrap(), b"other");
         let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
@@ -489,7 +513,7 @@ mod tests {
         want.sort();
         assert_eq!(names, want, "each blob once, no temp file left");
         // Blobs already there are kept as they are, not written again.
-        store.write_blobs(&blobs[..1], Vec::new()).unwrap();
+        store.write_blobs(&blobs[..1], Vec::new(), None).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
 
         // Staged blobs are named by write_blobs, and go when dropped.
@@ -501,7 +525,7 @@ mod tests {
         );
         drop(store.stage_blob(&fourth, b"fourth").unwrap().unwrap());
         let staged = store.stage_blob(&third, b"third").unwrap().unwrap();
-        store.write_blobs(&blobs[..1], vec![staged]).unwrap();
+        store.write_blobs(&blobs[..1], vec![staged], None).unwrap();
         assert_eq!(store.read_blob(&third).unwrap().unwrap(), b"third");
         assert_eq!(store.read_blob(&fourth).unwrap(), None);
         let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
