@@ -14,6 +14,17 @@
  *       cold oci_extract_layer of that layer into DST; prints its wall
  *       time in seconds. The critical path of a cold pull is its largest
  *       layer: this shows how fast the single-layer pipeline is.
+ *   pull_bench first REFERENCE STORE
+ *       The first call of a new cache: oci_cache_new on STORE (an empty
+ *       directory's path), then oci_fetch_image; prints the wall time of
+ *       both in milliseconds. Run it in a fresh process: what it measures
+ *       is what the process has not set up yet (runtime, HTTP client,
+ *       the store's layout).
+ *   pull_bench resolve REFERENCE STORE
+ *       In a fresh process, oci_cache_new on STORE, where REFERENCE is
+ *       recorded (e.g. by `first`), then oci_cache_resolve, which the
+ *       store answers without the network; prints the wall time of both
+ *       in milliseconds.
  *
  * BENCH_LAYERS, if set, is the cache's max_concurrent_layers (else the
  * library's default), for measuring that default.
@@ -56,24 +67,11 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int main(int argc, char **argv) {
-    int warm = argc == 6 && strcmp(argv[1], "warm") == 0;
-    int layer = argc == 6 && strcmp(argv[1], "layer") == 0;
-    if (!warm && !layer && !(argc == 5 && strcmp(argv[1], "cold") == 0)) {
-        fprintf(stderr,
-                "usage: %s cold REFERENCE STORE DST\n       %s warm REFERENCE STORE DST CALLS\n"
-                "       %s layer REFERENCE STORE DST INDEX\n",
-                argv[0], argv[0], argv[0]);
-        return 2;
-    }
-    const char *reference = argv[2], *store = argv[3], *dst = argv[4];
-
+/* Opens a cache on `store` with the defaults (and BENCH_LAYERS). */
+static oci_cache *open_cache(const char *store) {
     oci_cache_options *options = NULL;
     oci_cache *cache = NULL;
-    oci_image *image = NULL;
     oci_error *err = NULL;
-
-    double start = now();
     check("oci_cache_options_new", oci_cache_options_new(&options), NULL);
     check("oci_cache_options_set_store", oci_cache_options_set_store(options, store), NULL);
     if (getenv("BENCH_LAYERS"))
@@ -82,6 +80,46 @@ int main(int argc, char **argv) {
               NULL);
     check("oci_cache_new", oci_cache_new(options, &cache, &err), err);
     oci_cache_options_free(options);
+    return cache;
+}
+
+/* `first` and `resolve`: the first call of a new cache, in milliseconds. */
+static int first_call(int resolve, const char *reference, const char *store) {
+    oci_image *image = NULL;
+    oci_error *err = NULL;
+    char digest[136];
+    double start = now();
+    oci_cache *cache = open_cache(store);
+    if (resolve)
+        check("oci_cache_resolve", oci_cache_resolve(cache, reference, NULL, digest, sizeof digest, &err), err);
+    else
+        check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
+    printf("%.2f\n", (now() - start) * 1e3);
+    oci_image_free(image);
+    oci_cache_free(cache);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && (strcmp(argv[1], "first") == 0 || strcmp(argv[1], "resolve") == 0))
+        return first_call(strcmp(argv[1], "resolve") == 0, argv[2], argv[3]);
+    int warm = argc == 6 && strcmp(argv[1], "warm") == 0;
+    int layer = argc == 6 && strcmp(argv[1], "layer") == 0;
+    if (!warm && !layer && !(argc == 5 && strcmp(argv[1], "cold") == 0)) {
+        fprintf(stderr,
+                "usage: %s cold REFERENCE STORE DST\n       %s warm REFERENCE STORE DST CALLS\n"
+                "       %s layer REFERENCE STORE DST INDEX\n       %s first REFERENCE STORE\n"
+                "       %s resolve REFERENCE STORE\n",
+                argv[0], argv[0], argv[0], argv[0], argv[0]);
+        return 2;
+    }
+    const char *reference = argv[2], *store = argv[3], *dst = argv[4];
+
+    oci_image *image = NULL;
+    oci_error *err = NULL;
+
+    double start = now();
+    oci_cache *cache = open_cache(store);
     check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
     if (layer) {
         size_t index = strtoul(argv[5], NULL, 10);

@@ -442,6 +442,8 @@ pub(crate) struct PendingFile {
     dest: String,
     budget: Option<Budget>,
     writeback: Writeback,
+    // Its content is durable already (see `sync`).
+    synced: bool,
     committed: bool,
 }
 
@@ -471,6 +473,7 @@ impl PendingFile {
             dest: name.to_owned(),
             budget,
             writeback: Writeback::new(),
+            synced: false,
             committed: false,
         };
         set_mode(pending.file.as_raw_fd(), mode, &dir.join(&pending.temp))?;
@@ -500,10 +503,40 @@ impl PendingFile {
     /// Makes the content durable and gives it its final name, replacing
     /// whatever file, link or FIFO had it (a directory there is an error).
     pub(crate) fn commit(mut self) -> Result<()> {
-        let dest = self.dir.join(&self.dest);
+        self.name()?;
+        self.dir.sync()
+    }
+
+    /// Makes the content written so far durable (fsync), ahead of
+    /// [`commit`](Self::commit) or [`commit_all`], which then have only the
+    /// rename and the directory's fsync left: a file written while the
+    /// caller waits for something else (the network) is synced meanwhile.
+    /// Nothing may be written after.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if !self.synced {
+            self.fsync()?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+
+    fn fsync(&self) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|e| Error::io_at("syncing", &self.dir.join(&self.temp), e))?;
+            .map_err(|e| Error::io_at("syncing", &self.dir.join(&self.temp), e))
+    }
+
+    /// The first half of [`commit`](Self::commit): the content made
+    /// durable and given its final name, whose directory the caller then
+    /// fsyncs (once for several files).
+    fn name(&mut self) -> Result<()> {
+        self.sync()?;
+        self.rename()
+    }
+
+    /// Gives the content, fsynced by the caller, its final name.
+    fn rename(&mut self) -> Result<()> {
+        let dest = self.dir.join(&self.dest);
         let from = c_string(OsStr::new(&self.temp), &dest)?;
         let to = c_string(OsStr::new(&self.dest), &dest)?;
         let fd = self.dir.fd.as_raw_fd();
@@ -516,7 +549,7 @@ impl PendingFile {
             ));
         }
         self.committed = true;
-        self.dir.sync()
+        Ok(())
     }
 }
 
@@ -601,6 +634,91 @@ pub(crate) fn write_atomic(
     file.write_all(content)
         .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
     file.commit()
+}
+
+/// Writes each `(name, content)` to `dir` atomically, as [`write_atomic`]
+/// does one, with one fsync of `dir` for them all: each file is fsynced
+/// before it is renamed, and `dir` after the last rename, before this
+/// returns. What it names is as durable as after one [`write_atomic`] per
+/// file, for one directory fsync instead of one per file (~0.2 ms each on
+/// the development machine's ext4, a few of the first call's fsyncs).
+pub(crate) fn write_atomic_all(
+    dir: &Dir,
+    files: &[(&str, &[u8])],
+    mode: u32,
+    reserve: Reserve,
+) -> Result<()> {
+    let mut pending = Vec::with_capacity(files.len());
+    for (name, content) in files {
+        pending.push(write_pending(dir, name, content, mode, reserve)?);
+    }
+    commit_all(dir, pending, None)
+}
+
+/// A [`PendingFile`] holding `content`, to be `name` in `dir`.
+pub(crate) fn write_pending(
+    dir: &Dir,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+    reserve: Reserve,
+) -> Result<PendingFile> {
+    let mut file = PendingFile::create(dir, name, mode, reserve)?;
+    file.write_all(content)
+        .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
+    Ok(file)
+}
+
+/// Commits `files`, all pending in `dir`, as [`PendingFile::commit`] does
+/// each, with one fsync of `dir` after the last rename, and the files not
+/// [synced](PendingFile::sync) yet fsynced at once, one thread each: on ext4 concurrent fsyncs share a
+/// journal commit (two small new files: 0.42 ms at once against 0.49 ms in
+/// turn when the disk is idle, 5.1 ms against 8.0 ms while other processes
+/// write). `alongside`, a file pending in another directory, is fsynced at
+/// the same time but left for the caller to commit later (`index.json`,
+/// which names these files only once they are committed).
+pub(crate) fn commit_all(
+    dir: &Dir,
+    mut files: Vec<PendingFile>,
+    alongside: Option<&mut PendingFile>,
+) -> Result<()> {
+    let unsynced: Vec<&PendingFile> = files
+        .iter()
+        .chain(alongside.as_deref())
+        .filter(|f| !f.synced)
+        .collect();
+    if let Some((last, others)) = unsynced.split_last() {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = others
+                .iter()
+                .map(|&file| {
+                    let thread =
+                        std::thread::Builder::new().spawn_scoped(scope, move || file.fsync());
+                    (file, thread)
+                })
+                .collect();
+            let mut outcome = last.fsync();
+            for (file, thread) in threads {
+                let synced = match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // A file whose thread could not start is synced on this one.
+                    Err(_) => file.fsync(),
+                };
+                outcome = outcome.and(synced);
+            }
+            outcome
+        })?;
+    }
+    if let Some(file) = alongside {
+        file.synced = true;
+    }
+    for file in &mut files {
+        file.synced = true;
+        file.rename()?;
+    }
+    dir.sync()
 }
 
 /// Takes an exclusive advisory lock on `file` if nobody holds one; the
@@ -781,6 +899,24 @@ fn c_string(name: &OsStr, path: &Path) -> Result<CString> {
 mod tests {
     use super::*;
     use crate::ErrorKind;
+
+    #[test]
+    fn write_atomic_all_names_every_file_whole_and_leaves_no_temp() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = Dir::open(work.path()).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("b")).unwrap();
+        let files: [(&str, &[u8]); 2] = [("a", b"first"), ("b", b"second")];
+        write_atomic_all(&dir, &files, 0o444, Reserve::OFF).unwrap();
+        for (name, content) in files {
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), content);
+            let meta = std::fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_file(), "{name}: the link was replaced");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
+        }
+        let mut names = dir.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["a", "b"], "no temp file left");
+    }
 
     #[test]
     fn only_regular_files_are_opened_and_temps_go_on_drop() {

@@ -324,16 +324,17 @@ fn unreached(
     reached: &Reached,
     stop: &Stop,
 ) -> Result<Vec<PathBuf>> {
-    let mut candidates = Vec::new();
+    let mut blobs = Vec::new();
     for dir in store.blob_dirs()? {
         stop.check("listing the store")?;
         let files = content_files(&dir)?.into_iter();
-        candidates.extend(
+        blobs.extend(
             files
                 .filter(|(d, _)| !reached.blobs.contains(d))
                 .map(|(_, p)| p),
         );
     }
+    let mut candidates = Vec::new();
     for dir in dst.map(algorithm_dirs).transpose()?.unwrap_or_default() {
         stop.check("listing layer tars")?;
         let files = content_files(&dir)?.into_iter();
@@ -343,7 +344,12 @@ fn unreached(
                 .map(|(_, p)| p),
         );
     }
-    // Deleted from the end: in name order, like the listing.
+    // Deleted from the end, in name order like the listing, every layer tar
+    // before any store blob: a pull that records its image between two
+    // slices of deletion (see `delete_batch`) then finds a tar missing
+    // wherever its layer blob went, and extracts it again, which brings the
+    // blob back. Blobs first, a tar could stay while its blob went.
+    candidates.extend(blobs);
     candidates.reverse();
     Ok(candidates)
 }

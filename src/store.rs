@@ -44,6 +44,13 @@ pub(crate) struct Store {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A blob written and fsynced ahead of [`Store::record`], which names it
+/// (see [`Store::stage_blob`]); dropped unrecorded, its temp file goes.
+pub(crate) struct Staged {
+    digest: Digest,
+    file: PendingFile,
+}
+
 /// The layout's lock, held (against every task and process sharing the
 /// store) until dropped. Functions that need it take a reference to it.
 pub(crate) struct StoreLock {
@@ -69,20 +76,20 @@ impl Store {
         // opening is synchronous), so opening an existing one never waits.
         if missing("oci-layout")? || missing("index.json")? {
             let _lock = fs::lock_file(&store.dir, LOCK_FILE)?;
+            // Both files of a new layout at once: one fsync of the root for
+            // the two (either may appear alone after a crash: the next
+            // open writes the other).
+            let empty_index = index_content(&json!({
+                "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []
+            }));
+            let mut files: Vec<(&str, &[u8])> = Vec::new();
             if missing("oci-layout")? {
-                fs::write_atomic(
-                    &store.dir,
-                    "oci-layout",
-                    br#"{"imageLayoutVersion":"1.0.0"}"#,
-                    MUTABLE_MODE,
-                    Reserve::OFF,
-                )?;
+                files.push(("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#));
             }
-            if store.dir.open_regular("index.json")?.is_none() {
-                store.write_index(
-                    &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
-                )?;
+            if missing("index.json")? {
+                files.push(("index.json", &empty_index));
             }
+            fs::write_atomic_all(&store.dir, &files, MUTABLE_MODE, Reserve::OFF)?;
         }
         // Each writer holds its own temp file's lock: no layout lock needed.
         store.remove_stale_temps()?;
@@ -200,14 +207,80 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `content`, which the caller has verified to be `digest`.
-    /// A link or FIFO in its place is replaced.
-    pub(crate) fn write_blob(&self, digest: &Digest, content: &[u8]) -> Result<()> {
+    /// Starts storing blob `digest` (verified by the caller) ahead of
+    /// [`record`](Self::record), without the lock: its content is written
+    /// and fsynced now, while the caller waits for the rest of the image
+    /// (an image's manifest while its config downloads), and named only by
+    /// `record`, under the lock. `None` if the store has it already.
+    /// Dropped unrecorded, its temp file goes.
+    pub(crate) fn stage_blob(&self, digest: &Digest, content: &[u8]) -> Result<Option<Staged>> {
         let dir = self.blob_dir(digest.algorithm(), true)?.expect("created");
         if dir.open_regular(digest.hex())?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
-        fs::write_atomic(&dir, digest.hex(), content, CONTENT_MODE, self.reserve)
+        let mut file = fs::write_pending(&dir, digest.hex(), content, CONTENT_MODE, self.reserve)?;
+        file.sync()?;
+        Ok(Some(Staged {
+            digest: digest.clone(),
+            file,
+        }))
+    }
+
+    /// Stores `blobs` (verified by the caller) and the `staged` ones that
+    /// the store lacks, with one directory fsync per algorithm directory
+    /// rather than per blob. A link or FIFO in a blob's place is replaced.
+    /// `alongside` (see [`fs::commit_all`]) is fsynced with the first of them.
+    pub(crate) fn write_blobs(
+        &self,
+        blobs: &[(Digest, Vec<u8>)],
+        mut staged: Vec<Staged>,
+        mut alongside: Option<&mut PendingFile>,
+    ) -> Result<()> {
+        let mut algorithms: Vec<String> = blobs
+            .iter()
+            .map(|(d, _)| d)
+            .chain(staged.iter().map(|s| &s.digest))
+            .map(|d| d.algorithm().to_owned())
+            .collect();
+        algorithms.sort_unstable();
+        algorithms.dedup();
+        for algorithm in algorithms {
+            let dir = self.blob_dir(&algorithm, true)?.expect("created");
+            let mut names: Vec<String> = Vec::new();
+            let mut files = Vec::new();
+            // Those staged first (already synced), then the rest; a blob
+            // that appeared meanwhile is kept and its staged copy dropped.
+            let (mine, others) = staged
+                .into_iter()
+                .partition(|s| s.digest.algorithm() == algorithm);
+            staged = others;
+            for Staged { digest, file } in mine {
+                if !names.iter().any(|n| n == digest.hex())
+                    && dir.open_regular(digest.hex())?.is_none()
+                {
+                    names.push(digest.hex().to_owned());
+                    files.push(file);
+                }
+            }
+            for (digest, content) in blobs.iter().filter(|(d, _)| d.algorithm() == algorithm) {
+                if !names.iter().any(|n| n == digest.hex())
+                    && dir.open_regular(digest.hex())?.is_none()
+                {
+                    names.push(digest.hex().to_owned());
+                    files.push(fs::write_pending(
+                        &dir,
+                        digest.hex(),
+                        content,
+                        CONTENT_MODE,
+                        self.reserve,
+                    )?);
+                }
+            }
+            if !files.is_empty() {
+                fs::commit_all(&dir, files, alongside.take())?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts writing blob `digest`; the caller commits it once verified.
@@ -216,7 +289,7 @@ impl Store {
         PendingFile::create(&dir, digest.hex(), CONTENT_MODE, self.reserve)
     }
 
-    /// Stores `blobs` (verified by the caller), then records `top` in
+    /// Stores `blobs` (verified by the caller) and the `staged` ones, then records `top` in
     /// `index.json` under `name` unless it is recorded already: all under
     /// the lock, so a concurrent prune never sees the blobs unreferenced.
     pub(crate) fn record(
@@ -224,16 +297,23 @@ impl Store {
         _lock: &StoreLock,
         name: &str,
         blobs: &[(Digest, Vec<u8>)],
+        staged: Vec<Staged>,
         top: &Descriptor,
     ) -> Result<()> {
-        for (digest, content) in blobs {
-            self.write_blob(digest, content)?;
-        }
+        // The new index.json is written first and fsynced with the blobs,
+        // but named only once they are committed and their directory
+        // fsynced: one fsync less to wait for.
         let recorded = self.lookup(name)?.map(|d| d.digest);
-        if recorded.as_deref() != Some(top.digest.as_str()) {
-            self.tag(name, top)?;
+        let mut index = if recorded.as_deref() != Some(top.digest.as_str()) {
+            Some(self.tagged(name, top)?)
+        } else {
+            None
+        };
+        self.write_blobs(blobs, staged, index.as_mut())?;
+        match index {
+            Some(index) => index.commit(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Every entry of `index.json` that names an image, as (name,
@@ -291,10 +371,10 @@ impl Store {
         }
     }
 
-    /// Records `descriptor` in `index.json` under `name`, replacing any entry
-    /// of that name and keeping every other entry exactly as it was. The
-    /// caller holds the lock.
-    fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
+    /// `index.json` with `descriptor` recorded under `name`, replacing any
+    /// entry of that name and keeping every other entry exactly as it was:
+    /// written, for the caller, who holds the lock, to commit.
+    fn tagged(&self, name: &str, descriptor: &Descriptor) -> Result<PendingFile> {
         let mut index = self.read_index()?;
         let mut entry = serde_json::to_value(descriptor).expect("descriptors serialize");
         entry["annotations"][REF_NAME] = Value::String(name.to_owned());
@@ -303,7 +383,13 @@ impl Store {
         };
         manifests.retain(|e| ref_name(e) != Some(name));
         manifests.push(entry);
-        self.write_index(&index)
+        fs::write_pending(
+            &self.dir,
+            "index.json",
+            &index_content(&index),
+            MUTABLE_MODE,
+            Reserve::OFF,
+        )
     }
 
     fn read_index(&self) -> Result<Value> {
@@ -312,11 +398,10 @@ impl Store {
     }
 
     fn write_index(&self, index: &Value) -> Result<()> {
-        let content = serde_json::to_vec(index).expect("JSON values serialize");
         fs::write_atomic(
             &self.dir,
             "index.json",
-            &content,
+            &index_content(index),
             MUTABLE_MODE,
             Reserve::OFF,
         )
@@ -325,6 +410,11 @@ impl Store {
     fn malformed_index(&self, why: &str) -> Error {
         Error::invalid_content(format!("{}: {why}", self.index_path().display()))
     }
+}
+
+/// The bytes of `index.json` holding `index`.
+fn index_content(index: &Value) -> Vec<u8> {
+    serde_json::to_vec(index).expect("JSON values serialize")
 }
 
 /// `dir/<alg>` for every digest algorithm directory under `dir`: the
@@ -375,8 +465,16 @@ mod tests {
         let foreign = r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:ab","size":1,"annotations":{"org.opencontainers.image.ref.name":"other"},"vendor":{"k":1}}]}"#;
         std::fs::write(dir.path().join("index.json"), foreign).unwrap();
 
-        store.tag("a:1", &descriptor(b"one")).unwrap();
-        store.tag("a:1", &descriptor(b"two")).unwrap();
+        store
+            .tagged("a:1", &descriptor(b"one"))
+            .unwrap()
+            .commit()
+            .unwrap();
+        store
+            .tagged("a:1", &descriptor(b"two"))
+            .unwrap()
+            .commit()
+            .unwrap();
         let found = store.lookup("a:1").unwrap().unwrap();
         assert_eq!(found.digest, Digest::sha256_of(b"two").to_string());
 
@@ -397,8 +495,47 @@ mod tests {
         let store = Store::open(dir.path(), Reserve::default()).unwrap();
         let digest = Digest::sha256_of(b"content");
         assert_eq!(store.read_blob(&digest).unwrap(), None);
-        store.write_blob(&digest, b"content").unwrap();
+        let other = Digest::sha256_of(b"other");
+        let blobs = [
+            (digest.clone(), b"content".to_vec()),
+            (other.clone(), b"other".to_vec()),
+            (digest.clone(), b"content".to_vec()),
+        ];
+        store.write_blobs(&blobs, Vec::new(), None).unwrap();
         assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
+        assert_eq!(store.read_blob(&other).unwrap().unwrap(), b"other");
+        let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        names.sort();
+        let mut want = vec![digest.hex().to_owned(), other.hex().to_owned()];
+        want.sort();
+        assert_eq!(names, want, "each blob once, no temp file left");
+        // Blobs already there are kept as they are, not written again.
+        store.write_blobs(&blobs[..1], Vec::new(), None).unwrap();
+        assert_eq!(store.read_blob(&digest).unwrap().unwrap(), b"content");
+
+        // Staged blobs are named by write_blobs, and go when dropped.
+        let third = Digest::sha256_of(b"third");
+        let fourth = Digest::sha256_of(b"fourth");
+        assert!(
+            store.stage_blob(&digest, b"content").unwrap().is_none(),
+            "stored already"
+        );
+        drop(store.stage_blob(&fourth, b"fourth").unwrap().unwrap());
+        let staged = store.stage_blob(&third, b"third").unwrap().unwrap();
+        store.write_blobs(&blobs[..1], vec![staged], None).unwrap();
+        assert_eq!(store.read_blob(&third).unwrap().unwrap(), b"third");
+        assert_eq!(store.read_blob(&fourth).unwrap(), None);
+        let mut names = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        names.sort();
+        want.push(third.hex().to_owned());
+        want.sort();
+        assert_eq!(names, want, "no temp file left");
         let path = store.blob_path(&digest);
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"tampered").unwrap();

@@ -23,7 +23,7 @@ use crate::maintenance::{self, DiskUsage, Pruned, StoredImage, Verified};
 use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Download, Limits, Registry};
-use crate::store::Store;
+use crate::store::{Staged, Store};
 use crate::work;
 
 mod image;
@@ -61,11 +61,13 @@ struct Inner {
 /// The documents (manifests, config) one `fetch_image` used, to be stored
 /// with the image: all of them, not only those a registry sent, so that
 /// one a concurrent prune removed before the image was recorded is
-/// written back when it is.
+/// written back when it is. Those the store lacked may be `staged`
+/// (written and fsynced, not yet named) while the rest downloads.
 #[derive(Default)]
 struct Fetched {
     documents: Vec<(Digest, Vec<u8>)>,
     from_registry: bool,
+    staged: Vec<Staged>,
 }
 
 impl Fetched {
@@ -198,18 +200,22 @@ impl ImageCache {
         };
 
         let config_digest = chosen.config.digest()?;
-        let config_bytes = self
-            .load(
+        // The manifests staged while the config downloads: their fsyncs
+        // leave the first call's critical path.
+        let staging = self.stage(&fetched);
+        let config = self.load(
+            &config_digest,
+            &mut fetched,
+            self.inner.registry.small_blob(
+                &reference,
                 &config_digest,
-                &mut fetched,
-                self.inner.registry.small_blob(
-                    &reference,
-                    &config_digest,
-                    chosen.config.size,
-                    self.limits(),
-                ),
-            )
-            .await?;
+                chosen.config.size,
+                self.limits(),
+            ),
+        );
+        let (config_bytes, staged) = tokio::join!(config, staging);
+        let config_bytes = config_bytes?;
+        fetched.staged = staged?;
         let summary =
             manifest::config_summary(&config_bytes, &format!("config {config_digest} of {name}"))?;
         if !from_index {
@@ -508,6 +514,27 @@ impl ImageCache {
         Ok((content, digest))
     }
 
+    /// Writes and fsyncs, unnamed, the documents of `fetched` the store
+    /// lacks, if some came from a registry (see [`Store::stage_blob`]): what
+    /// `record` names later. Dropped, they go.
+    fn stage(&self, fetched: &Fetched) -> impl Future<Output = Result<Vec<Staged>>> + 'static {
+        let store = self.inner.store.clone().filter(|_| fetched.from_registry);
+        let documents = fetched.documents.clone();
+        async move {
+            let Some(store) = store else {
+                return Ok(Vec::new());
+            };
+            work::blocking(move |_| {
+                let mut staged = Vec::new();
+                for (digest, content) in &documents {
+                    staged.extend(store.stage_blob(digest, content)?);
+                }
+                Ok(staged)
+            })
+            .await
+        }
+    }
+
     /// Blob `digest` from the store, else from `remote`; noted in `fetched`.
     /// A store copy that fails to verify is removed and fetched again.
     async fn load(
@@ -675,7 +702,8 @@ async fn record(store: &Arc<Store>, name: &str, fetched: Fetched, top: Descripto
     }
     let lock = store.lock().await?;
     let (store, name) = (store.clone(), name.to_owned());
-    work::blocking(move |_| store.record(&lock, &name, &fetched.documents, &top)).await
+    work::blocking(move |_| store.record(&lock, &name, &fetched.documents, fetched.staged, &top))
+        .await
 }
 
 /// What the store holds for a blob.
