@@ -493,7 +493,7 @@ oci_status oci_cache_options_set_free_space_reserve(oci_cache_options *options, 
 oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *options, size_t layers);
 
 // The size, in bytes, from which a layer blob is downloaded as parallel
-// ranges. Default: 8388608 (8 MiB); 0 turns ranged download off. The
+// ranges. Default: 4194304 (4 MiB); 0 turns ranged download off. The
 // blob comes as bounded ranges (`Range: bytes=a-b`, up to 32 MiB each)
 // over the range connections at once, from the host that answered the
 // first range, written at their offsets into the store's temp blob file,

@@ -103,7 +103,7 @@ pub(crate) struct RangeConfig {
 impl Default for RangeConfig {
     fn default() -> Self {
         RangeConfig {
-            threshold: 8 << 20,
+            threshold: 4 << 20,
             connections: 8,
         }
     }

@@ -24,12 +24,12 @@ const CHILD: &str = "OCI_CRASH_CHILD";
 const RANGED: &str = "OCI_CRASH_RANGED";
 
 /// A cache on `store`, with ranged download of every layer blob here
-/// (they are all above 64 KiB) if `ranged`, else with the defaults.
+/// (they are all above 64 KiB) if `ranged`, else with one stream a blob.
 fn options(store: impl Into<PathBuf>, ranged: bool) -> CacheOptions {
     let options = CacheOptions::new().store(store.into());
     match ranged {
         true => options.range_threshold(64 << 10).range_connections(4),
-        false => options,
+        false => options.range_threshold(0),
     }
 }
 

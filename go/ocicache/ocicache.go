@@ -196,7 +196,7 @@ type Options struct {
 	// the single pass reads as its contiguous prefix grows. A connection cut
 	// inside a range is resumed for that range only; a host that ignores
 	// Range, or a cache without a store, gets one stream. Progress counts
-	// the contiguous bytes. Zero: 8 MiB. NoLimit (any negative value): off.
+	// the contiguous bytes. Zero: 4 MiB. NoLimit (any negative value): off.
 	RangeThreshold int64
 	// RangeConnections is how many connections one ranged blob download
 	// uses at once (1: ranged download off); no host gets more than 8

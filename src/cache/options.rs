@@ -204,7 +204,7 @@ impl CacheOptions {
     }
 
     /// The size from which a layer blob is downloaded as parallel ranges
-    /// (default 8 MiB; 0 turns ranged download off): bounded ranges
+    /// (default 4 MiB; 0 turns ranged download off): bounded ranges
     /// (`Range: bytes=a-b`, up to 32 MiB each) over
     /// [`range_connections`](Self::range_connections) connections at once,
     /// written at their offsets into the store's temp blob file, which the
