@@ -5,7 +5,7 @@
 //! one entry in the `codecs!` invocation below.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use crate::error::{Error, Result};
 
@@ -30,12 +30,18 @@ impl Codec {
             .ok_or_else(|| Error::unsupported(format!("layer media type {media_type:?}")))
     }
 
-    /// Decodes `blob` into `out`, then reads whatever the decoder left of
-    /// `blob`. That is the rule every codec keeps: a decoder that stops
-    /// early (at the end of its stream, with bytes after it) still leaves
-    /// the blob read whole, so its size and digest checks cover every byte.
-    pub(crate) fn decode<W: Write>(&self, blob: &mut dyn Read, out: &mut W) -> io::Result<()> {
-        io::copy(&mut (self.decoder)(&mut *blob)?, out)?;
+    /// Decodes `blob`: hands `out` the decoder, a reader of the tar, to
+    /// read to its end into buffers of its own (no copy through an
+    /// intermediate one), then reads whatever the decoder left of `blob`.
+    /// That is the rule every codec keeps: a decoder that stops early (at
+    /// the end of its stream, with bytes after it) still leaves the blob
+    /// read whole, so its size and digest checks cover every byte.
+    pub(crate) fn decode(
+        &self,
+        blob: &mut dyn Read,
+        out: impl FnOnce(&mut dyn Read) -> io::Result<()>,
+    ) -> io::Result<()> {
+        out(&mut *(self.decoder)(&mut *blob)?)?;
         io::copy(blob, &mut io::sink())?;
         Ok(())
     }
@@ -124,6 +130,7 @@ codecs! {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::io::Write;
 
     use super::*;
     use crate::error::ErrorKind;
@@ -226,7 +233,9 @@ mod tests {
             let codec = CODECS.iter().find(|c| c.name == name).unwrap();
             let mut out = Vec::new();
             let mut read = Counted(&blob, 0);
-            codec.decode(&mut read, &mut out).unwrap();
+            codec
+                .decode(&mut read, |tar| tar.read_to_end(&mut out).map(drop))
+                .unwrap();
             assert!(out == tar, "{name}: {} bytes decoded", out.len());
             assert_eq!(read.1, blob.len(), "{name}");
         }
@@ -307,7 +316,9 @@ mod tests {
         };
         let blob = [b"layer".as_slice(), &[0; 4096]].concat();
         let (mut out, mut read) = (Vec::new(), Counted(&blob, 0));
-        short.decode(&mut read, &mut out).unwrap();
+        short
+            .decode(&mut read, |tar| tar.read_to_end(&mut out).map(drop))
+            .unwrap();
         assert_eq!(out, b"layer");
         assert_eq!(read.1, blob.len());
     }

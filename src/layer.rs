@@ -3,16 +3,19 @@
 //! atomically at `dst/<alg>/<hex of diff_id>` or a stream. The blob is read
 //! once: the same pass hashes it, copies it to the store if asked, and feeds
 //! the decompressor, whose output is hashed against the diff_id. That work
-//! runs on a blocking thread fed from the network through a bounded channel.
+//! runs on a blocking thread fed from the network through a bounded channel;
+//! the output's hash and write run on a second thread, so that a layer
+//! keeps two cores busy.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as sync_mpsc, Arc};
 use std::task::{ready, Context, Poll};
+use std::thread::{self, Scope, ScopedJoinHandle};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -32,8 +35,15 @@ use crate::work::{Progress, ProgressFn, Work};
 /// Chunks in flight between the network and the decompressor, and between
 /// the decompressor and a stream's reader.
 const CHANNEL_DEPTH: usize = 4;
-/// Uncompressed bytes gathered before each hash update and write.
+/// Uncompressed bytes the decompressor fills before handing them to the
+/// tar's writer thread, which hashes and writes them and reports progress:
+/// large enough that the hand-over costs little, small enough that progress
+/// shows while a 1 MiB layer is under way.
 const OUTPUT_BUFFER: usize = 256 << 10;
+/// The buffers of one layer, recycled between its two threads: one being
+/// filled, the others queued or being hashed and written. Bounds the memory
+/// (this many times [`OUTPUT_BUFFER`]) and allocates nothing per chunk.
+const OUTPUT_BUFFERS: usize = 8;
 
 /// What a layer's bytes must match.
 pub(crate) struct LayerCheck {
@@ -159,8 +169,8 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
     }
 }
 
-/// Decompresses and verifies a blob held in `file` into memory, on the
-/// calling thread and without a runtime: [`unpack`] for the fuzz targets.
+/// Decompresses and verifies a blob held in `file` into memory, without a
+/// runtime: [`unpack`] for the fuzz targets.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn unpack_local(check: &LayerCheck, file: File) -> Result<Vec<u8>> {
     let input = Input::start(Blob::Local(file), None, check);
@@ -195,8 +205,10 @@ async fn blocking<T: Send + 'static>(
 
 /// Decompresses `input` into `out`, checking the blob's size and digest and
 /// the output's diff_id. Returns `out` and the blob's store copy, neither
-/// committed.
-fn unpack<W: Write>(
+/// committed. The output is hashed and written to `out` by a second thread
+/// (see [`Split`]), which has ended when this returns; a panic there goes
+/// on here.
+fn unpack<W: Write + Send>(
     check: &LayerCheck,
     mut input: Input,
     out: W,
@@ -206,17 +218,25 @@ fn unpack<W: Write>(
         layer: check.index,
         digest: check.digest.clone(),
         total: check.size,
-        downloaded: input.downloaded.clone(),
     });
     let hashing = HashingWriter {
         inner: out,
         hasher: check.diff_id.hasher(),
         written: 0,
-        limit: check.max_size.map(|limit| (limit, check.what.as_str())),
+        downloaded: 0,
         reporter,
     };
-    let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, hashing);
-    if let Err(err) = check.codec.decode(&mut input, &mut out) {
+    let limit = check.max_size.map(|limit| (limit, check.what.as_str()));
+    let downloaded = input.downloaded.clone();
+    let (decoded, written) = thread::scope(|scope| {
+        let (mut split, writer) = Split::start(scope, hashing, limit, downloaded.clone())?;
+        let decoded = check.codec.decode(&mut input, |tar| split.fill_from(tar));
+        // The writer's own failure (a full disk, a panicking progress
+        // callback) comes first: what the decoder saw after it is its echo.
+        let written = split.finish(decoded.is_ok(), writer)?;
+        Ok::<_, Error>((decoded, written))
+    })?;
+    if let Err(err) = decoded {
         // Errors of our own come from the network or the output: report them.
         // Anything else is the decoder's, and a corrupt blob usually shows up
         // there first, so check the blob before blaming the compression.
@@ -230,18 +250,147 @@ fn unpack<W: Write>(
         )));
     }
     let copy = input.finish(&check.what)?;
-    let hashing = out
-        .into_inner()
-        .map_err(|e| Error::from_io(e.into_error(), Error::io_bare))?;
     let what = format!("{} uncompressed (diff_id)", check.what);
-    hashing
+    written
         .hasher
         .finish()
         .check_matches(&check.diff_id, &what)?;
-    if let Some(reporter) = &hashing.reporter {
-        reporter.report(hashing.written, Some(hashing.written));
+    if let Some(reporter) = &written.reporter {
+        let downloaded = downloaded.load(Ordering::Relaxed);
+        reporter.report(downloaded, written.written, Some(written.written));
     }
-    Ok((hashing.inner, copy))
+    Ok((written.inner, copy))
+}
+
+/// The decompressor's side of a layer's two threads: fills buffers from the
+/// pool and hands each full one to the writer thread ([`write_tar`]), which
+/// hashes and writes it and hands it back.
+struct Split<'a> {
+    buffer: Vec<u8>,
+    filled: usize,
+    full: sync_mpsc::SyncSender<Filled>,
+    empty: sync_mpsc::Receiver<Vec<u8>>,
+    total: u64,
+    /// The most bytes accepted, and the layer named when it is exceeded.
+    limit: Option<(u64, &'a str)>,
+    /// The compressed bytes read so far ([`Input`]'s count).
+    downloaded: Arc<AtomicU64>,
+}
+
+/// A buffer handed to the writer thread.
+struct Filled {
+    buffer: Vec<u8>,
+    len: usize,
+    /// The compressed bytes read when it was handed over: its progress
+    /// report says that, as it would have on one thread.
+    downloaded: u64,
+}
+
+/// The writer thread, which returns the output once every byte went through.
+type Writer<'scope, W> = ScopedJoinHandle<'scope, Result<HashingWriter<W>>>;
+
+impl<'a> Split<'a> {
+    /// Starts the writer thread on `out`, within `scope`.
+    fn start<'scope, W: Write + Send + 'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        out: HashingWriter<W>,
+        limit: Option<(u64, &'a str)>,
+        downloaded: Arc<AtomicU64>,
+    ) -> Result<(Split<'a>, Writer<'scope, W>)> {
+        let (full, queued) = sync_mpsc::sync_channel(OUTPUT_BUFFERS);
+        let (recycled, empty) = sync_mpsc::sync_channel(OUTPUT_BUFFERS);
+        for _ in 1..OUTPUT_BUFFERS {
+            // Cannot fail: the channel holds them all and its receiver lives.
+            let _ = recycled.send(vec![0; OUTPUT_BUFFER]);
+        }
+        let writer = thread::Builder::new()
+            .name("oci-cache-tar".into())
+            .spawn_scoped(scope, move || write_tar(out, queued, recycled))
+            .map_err(|e| {
+                Error::io(format!("starting a layer's writer thread: {e}")).with_source(e)
+            })?;
+        let split = Split {
+            buffer: vec![0; OUTPUT_BUFFER],
+            filled: 0,
+            full,
+            empty,
+            total: 0,
+            limit,
+            downloaded,
+        };
+        Ok((split, writer))
+    }
+
+    /// Reads `tar` to its end straight into the pool's buffers.
+    fn fill_from(&mut self, tar: &mut dyn Read) -> io::Result<()> {
+        loop {
+            if self.filled == OUTPUT_BUFFER {
+                self.hand_over()?;
+            }
+            let n = match tar.read(&mut self.buffer[self.filled..]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            self.filled += n;
+            self.total += n as u64;
+            if let Some((limit, what)) = self.limit.filter(|(limit, _)| self.total > *limit) {
+                return Err(Error::invalid_content(format!(
+                    "{what}: uncompresses to more than the {limit}-byte limit (max_layer_size)"
+                ))
+                .into_io());
+            }
+        }
+    }
+
+    /// Queues the full buffer for the writer and takes an empty one.
+    fn hand_over(&mut self) -> io::Result<()> {
+        // Either channel is closed only once the writer has stopped on a
+        // failure of its own, which `finish` reports instead of this.
+        let stopped = || Error::internal("the layer's writer thread stopped").into_io();
+        let next = self.empty.recv().map_err(|_| stopped())?;
+        let filled = Filled {
+            buffer: std::mem::replace(&mut self.buffer, next),
+            len: std::mem::take(&mut self.filled),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+        };
+        self.full.send(filled).map_err(|_| stopped())
+    }
+
+    /// Hands over the last, partly filled buffer if `complete` (else the
+    /// output is dropped unfinished), waits for the writer and returns the
+    /// output, or the writer's failure; a panic there goes on here.
+    fn finish<W>(mut self, complete: bool, writer: Writer<'_, W>) -> Result<HashingWriter<W>> {
+        if complete && self.filled > 0 {
+            // A failure shows in the writer's outcome.
+            let _ = self.hand_over();
+        }
+        // Ends the writer's loop.
+        drop(self);
+        writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// The writer thread of a layer: hashes and writes each buffer `queued`,
+/// and hands it back through `recycled`, until the decompressor is done.
+fn write_tar<W: Write>(
+    mut out: HashingWriter<W>,
+    queued: sync_mpsc::Receiver<Filled>,
+    recycled: sync_mpsc::SyncSender<Vec<u8>>,
+) -> Result<HashingWriter<W>> {
+    for filled in queued {
+        out.downloaded = filled.downloaded;
+        out.write_all(&filled.buffer[..filled.len])
+            .map_err(|e| Error::from_io(e, Error::io_bare))?;
+        // The decompressor may be gone already; never blocks: the channel
+        // holds every buffer of the pool.
+        let _ = recycled.send(filled.buffer);
+    }
+    out.flush().map_err(|e| Error::from_io(e, Error::io_bare))?;
+    Ok(out)
 }
 
 /// The compressed bytes, read synchronously by the decompressor, hashed and
@@ -407,30 +556,22 @@ impl Read for Input {
 }
 
 /// Hashes and counts what passes through it, reporting progress.
-struct HashingWriter<'a, W> {
+struct HashingWriter<W> {
     inner: W,
     hasher: Hasher,
     written: u64,
-    /// The most bytes accepted, and the layer named when it is exceeded.
-    limit: Option<(u64, &'a str)>,
+    /// The compressed bytes read when the bytes being written were made.
+    downloaded: u64,
     reporter: Option<Reporter>,
 }
 
-impl<W: Write> Write for HashingWriter<'_, W> {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some((limit, what)) = self.limit {
-            if self.written + buf.len() as u64 > limit {
-                return Err(Error::invalid_content(format!(
-                    "{what}: uncompresses to more than the {limit}-byte limit (max_layer_size)"
-                ))
-                .into_io());
-            }
-        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         if let Some(reporter) = &self.reporter {
-            reporter.report(self.written, None);
+            reporter.report(self.downloaded, self.written, None);
         }
         Ok(n)
     }
@@ -446,15 +587,14 @@ struct Reporter {
     layer: usize,
     digest: Digest,
     total: u64,
-    downloaded: Arc<AtomicU64>,
 }
 
 impl Reporter {
-    fn report(&self, written: u64, written_total: Option<u64>) {
+    fn report(&self, downloaded: u64, written: u64, written_total: Option<u64>) {
         (self.report)(&Progress {
             layer: self.layer,
             digest: self.digest.clone(),
-            downloaded: self.downloaded.load(Ordering::Relaxed),
+            downloaded,
             download_total: Some(self.total),
             written,
             written_total,
