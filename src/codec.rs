@@ -265,7 +265,8 @@ mod tests {
         let gzip = Codec::of("application/vnd.oci.image.layer.v1.tar+gzip").unwrap();
         let decode = |blob: &[u8]| {
             let (mut out, mut read) = (Vec::new(), Counted(blob, 0));
-            gzip.decode(&mut read, &mut out).map(|()| (out, read.1))
+            gzip.decode(&mut read, |tar| tar.read_to_end(&mut out).map(drop))?;
+            Ok::<_, io::Error>((out, read.1))
         };
         let one: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let two = b"the second member".repeat(1000);
@@ -278,7 +279,10 @@ mod tests {
         assert!(out == whole, "{} bytes decoded", out.len());
         assert_eq!(read, blob.len());
         let mut out = Vec::new();
-        gzip.decode(&mut Trickle(&blob), &mut out).unwrap();
+        gzip.decode(&mut Trickle(&blob), |tar| {
+            tar.read_to_end(&mut out).map(drop)
+        })
+        .unwrap();
         assert!(out == whole, "trickled: {} bytes decoded", out.len());
 
         // Damage the trailer of the first member (CRC32, then ISIZE) and of
