@@ -630,10 +630,7 @@ pub(crate) fn write_atomic(
     mode: u32,
     reserve: Reserve,
 ) -> Result<()> {
-    let mut file = PendingFile::create(dir, name, mode, reserve)?;
-    file.write_all(content)
-        .map_err(|e| Error::from_io(e, |e| Error::io_at("writing", &dir.join(name), e)))?;
-    file.commit()
+    write_pending(dir, name, content, mode, reserve)?.commit()
 }
 
 /// Writes each `(name, content)` to `dir` atomically, as [`write_atomic`]

@@ -254,19 +254,22 @@ impl Store {
                 .into_iter()
                 .partition(|s| s.digest.algorithm() == algorithm);
             staged = others;
+            // Whether blob `hex` is still to be stored: neither taken in
+            // this call already nor in the store.
+            let mut wanted = |hex: &str| -> Result<bool> {
+                if names.iter().any(|n| n == hex) || dir.open_regular(hex)?.is_some() {
+                    return Ok(false);
+                }
+                names.push(hex.to_owned());
+                Ok(true)
+            };
             for Staged { digest, file } in mine {
-                if !names.iter().any(|n| n == digest.hex())
-                    && dir.open_regular(digest.hex())?.is_none()
-                {
-                    names.push(digest.hex().to_owned());
+                if wanted(digest.hex())? {
                     files.push(file);
                 }
             }
             for (digest, content) in blobs.iter().filter(|(d, _)| d.algorithm() == algorithm) {
-                if !names.iter().any(|n| n == digest.hex())
-                    && dir.open_regular(digest.hex())?.is_none()
-                {
-                    names.push(digest.hex().to_owned());
+                if wanted(digest.hex())? {
                     files.push(fs::write_pending(
                         &dir,
                         digest.hex(),
