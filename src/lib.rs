@@ -71,6 +71,7 @@ mod http;
 #[cfg(feature = "isal")]
 mod inflate;
 mod layer;
+mod lookup;
 mod maintenance;
 mod manifest;
 mod platform;
