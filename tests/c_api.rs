@@ -68,14 +68,6 @@ fn warn_if_stale(library: &Path) {
     }
 }
 
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// The other architecture of `c/multi:v1`.
 fn other_arch() -> &'static str {
     if host_arch() == "arm64" {
