@@ -395,4 +395,71 @@ mod tests {
             "100k entries: parse {parsed:?}, build {built:?}, open {opened:?}, lookup {lookup:?}"
         );
     }
+
+    #[test]
+    fn gnu_tar_ustar_splits_long_names_into_the_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        let dir = tree.join("p".repeat(80)).join("q".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("file"), "prefixed").unwrap();
+        let out = tmp.path().join("ustar.tar");
+        gnu_tar(&tree, &out, &["--format=ustar"]);
+        let tar = std::fs::read(&out).unwrap();
+        let index = index_of(&tar);
+        agrees_with_the_tar_crate(&tar, &index);
+        let path = format!("{}/{}/file", "p".repeat(80), "q".repeat(60));
+        let e = index.lookup(path.as_bytes()).unwrap();
+        assert_eq!(
+            &tar[e.data_offset() as usize..][..e.size() as usize],
+            b"prefixed"
+        );
+    }
+
+    #[test]
+    fn random_archives_from_the_tar_crate_in_random_chunks() {
+        // A small deterministic generator: the same archives every run.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for round in 0..20 {
+            let mut builder = tar::Builder::new(Vec::new());
+            for i in 0..next(30) + 1 {
+                let depth = next(4);
+                let mut path: String = (0..depth).map(|d| format!("d{}/", next(3) + d)).collect();
+                path.push_str(&"f".repeat(next(150) as usize + 1));
+                path.push_str(&i.to_string());
+                let data = vec![b'a' + (i % 26) as u8; next(2000) as usize];
+                let mut header = tar::Header::new_gnu();
+                header.set_size(data.len() as u64);
+                header.set_mode(0o600 + next(0o100) as u32);
+                header.set_mtime(next(1 << 33));
+                header.set_uid(next(70000));
+                header.set_gid(next(70000));
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, &path, &data[..]).unwrap();
+            }
+            let tar = builder.into_inner().unwrap();
+            let diff_id = Digest::sha256_of(&tar);
+            let whole = build_from_tar(&tar[..], &diff_id, "random").unwrap();
+            let mut parser = Parser::new();
+            let mut rest = &tar[..];
+            while !rest.is_empty() {
+                let n = (next(1500) as usize + 1).min(rest.len());
+                parser.feed(&rest[..n]).unwrap();
+                rest = &rest[n..];
+            }
+            let size = parser.position();
+            assert_eq!(
+                build(parser.finish().unwrap(), &diff_id, size),
+                whole,
+                "round {round}"
+            );
+            agrees_with_the_tar_crate(&tar, &TarIndex::from_bytes(whole, &diff_id).unwrap());
+        }
+    }
 }
