@@ -55,7 +55,18 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 /// `tar_size` bytes and hashes to `diff_id`.
 pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> Vec<u8> {
     let mut tree: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+    // The last parent checked to have no non-directory above it: siblings
+    // are mostly adjacent, so most entries skip the walk up.
+    let mut checked: Option<Vec<u8>> = None;
     for mut entry in entries {
+        let parent = split(&entry.path).0;
+        if checked.as_deref() != Some(parent) {
+            if below_non_directory(&tree, parent) {
+                // Extraction cannot create it (ENOTDIR): neither does the index.
+                continue;
+            }
+            checked = Some(parent.to_vec());
+        }
         let mut flags = 0;
         if entry.kind == Kind::Hardlink {
             // As extraction does: link(2) to what the target path holds now.
@@ -71,6 +82,9 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
             }
         }
         if entry.kind != Kind::Dir {
+            if checked.as_deref().is_some_and(|c| within(c, &entry.path)) {
+                checked = None;
+            }
             // A non-directory replacing a directory removes what was below it.
             if tree
                 .get(&entry.path)
@@ -150,6 +164,24 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     keyed.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
     let records: Vec<Record> = keyed.into_iter().map(|(_, r)| r).collect();
     serialize(&records, diff_id, tar_size)
+}
+
+/// Whether `path` or one of its ancestors has a record that is not a
+/// directory.
+fn below_non_directory(tree: &BTreeMap<Vec<u8>, Record>, mut path: &[u8]) -> bool {
+    while !path.is_empty() {
+        if tree.get(path).is_some_and(|r| r.entry.kind != Kind::Dir) {
+            return true;
+        }
+        path = split(path).0;
+    }
+    false
+}
+
+/// Whether `path` is `dir` or below it.
+fn within(path: &[u8], dir: &[u8]) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
 }
 
 /// The string table: each distinct string once.
@@ -707,7 +739,14 @@ mod tests {
             file(b"gone-sibling", b""),
             entry(b"gone", b'2', b"", b"elsewhere"),
             file(b"was-file", b""),
+            file(b"was-file/under-a-file", b""),
             entry(b"was-file/", b'5', b"", b""),
+            entry(b"l", b'2', b"", b"d"),
+            file(b"l/under-a-symlink", b""),
+            entry(b"e/", b'5', b"", b""),
+            file(b"e/x", b""),
+            file(b"e", b""),
+            file(b"e/y", b""),
             end(),
         ]
         .concat();
@@ -727,6 +766,13 @@ mod tests {
         assert!(index.lookup(b"gone/sub/grandchild").is_none());
         assert!(index.lookup(b"gone-sibling").is_some());
         assert_eq!(index.lookup(b"was-file").unwrap().kind(), Kind::Dir);
+        // Extraction cannot create entries below a non-directory.
+        assert!(index.lookup(b"was-file/under-a-file").is_none());
+        assert!(index.lookup(b"l/under-a-symlink").is_none());
+        assert!(index.lookup(b"l").is_some());
+        assert_eq!(index.lookup(b"e").unwrap().kind(), Kind::File);
+        assert!(index.lookup(b"e/x").is_none());
+        assert!(index.lookup(b"e/y").is_none());
     }
 
     #[test]
