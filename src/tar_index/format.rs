@@ -149,20 +149,13 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
             },
         );
     }
-    // Full-path order is nearly (parent, name) order; keys computed once.
-    let mut keyed: Vec<(usize, Record)> = tree
-        .into_values()
-        .map(|r| (split(&r.entry.path).0.len(), r))
-        .collect();
-    fn key((cut, r): &(usize, Record)) -> (&[u8], &[u8]) {
-        let path = r.entry.path.as_slice();
-        (
-            &path[..*cut],
-            &path[(*cut + usize::from(*cut > 0)).min(path.len())..],
-        )
-    }
-    keyed.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
-    let records: Vec<Record> = keyed.into_iter().map(|(_, r)| r).collect();
+    // Sorted by (parent, name): an order of indices, so the records (large)
+    // are not moved, with each key computed once.
+    let records: Vec<Record> = tree.into_values().collect();
+    let keys: Vec<(&[u8], &[u8])> = records.iter().map(|r| split(&r.entry.path)).collect();
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let records: Vec<&Record> = order.into_iter().map(|i| &records[i]).collect();
     serialize(&records, diff_id, tar_size)
 }
 
@@ -184,35 +177,39 @@ fn within(path: &[u8], dir: &[u8]) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
 }
 
-/// The string table: each distinct string once.
+/// The string table: each distinct string of the records once.
 #[derive(Default)]
-struct Strings {
+struct Strings<'a> {
     bytes: Vec<u8>,
-    seen: HashMap<Vec<u8>, u64>,
+    seen: HashMap<&'a [u8], u64>,
 }
 
-impl Strings {
+impl<'a> Strings<'a> {
     /// (offset, length) of `s` in the table.
-    fn add(&mut self, s: &[u8]) -> (u64, u32) {
-        let len = s.len() as u32;
+    fn add(&mut self, s: &'a [u8]) -> (u64, u32) {
         if s.is_empty() {
             return (0, 0);
         }
-        if let Some(&at) = self.seen.get(s) {
-            return (at, len);
-        }
+        let at = *self.seen.entry(s).or_insert_with(|| {
+            self.bytes.extend_from_slice(s);
+            (self.bytes.len() - s.len()) as u64
+        });
+        (at, s.len() as u32)
+    }
+
+    /// (offset, length) of `s`, appended without looking for a copy.
+    fn append(&mut self, s: &[u8]) -> (u64, u32) {
         let at = self.bytes.len() as u64;
         self.bytes.extend_from_slice(s);
-        self.seen.insert(s.to_vec(), at);
-        (at, len)
+        (at * u64::from(!s.is_empty()), s.len() as u32)
     }
 }
 
-fn serialize(records: &[Record], diff_id: &Digest, tar_size: u64) -> Vec<u8> {
+fn serialize(records: &[&Record], diff_id: &Digest, tar_size: u64) -> Vec<u8> {
     let mut strings = Strings::default();
     let (diff_off, diff_len) = strings.add(diff_id.as_str().as_bytes());
     let mut body = Vec::with_capacity(records.len() * RECORD_SIZE);
-    for Record { entry: e, flags } in records {
+    for &Record { entry: e, flags } in records {
         let (parent, name) = split(&e.path);
         let (parent_off, parent_len) = strings.add(parent);
         let (name_off, name_len) = strings.add(name);
@@ -227,7 +224,7 @@ fn serialize(records: &[Record], diff_id: &Digest, tar_size: u64) -> Vec<u8> {
                 }
             }
         }
-        let (xattr_off, xattr_len) = strings.add(&xattrs);
+        let (xattr_off, xattr_len) = strings.append(&xattrs);
         let mut flags = *flags;
         if e.sparse {
             flags |= FLAG_SPARSE;
