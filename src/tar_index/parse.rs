@@ -174,6 +174,10 @@ enum State {
 struct Pending {
     /// Where the next entry's first header starts.
     header_offset: Option<u64>,
+    /// Bytes of the PAX and long-name payloads read for the next entry:
+    /// together at most [`META_LIMIT`], so many headers before one entry
+    /// cannot add up without bound either.
+    meta_bytes: u64,
     path: Option<Vec<u8>>,
     linkpath: Option<Vec<u8>>,
     long_name: Option<Vec<u8>>,
@@ -388,6 +392,13 @@ impl Parser {
             if meta != Meta::PaxGlobal {
                 // A global header is not part of the next entry.
                 self.pending.header_offset.get_or_insert(offset);
+                self.pending.meta_bytes += size;
+                if self.pending.meta_bytes > META_LIMIT {
+                    return Err(Error::invalid_content(format!(
+                        "tar header at byte {offset}: the extended headers of one entry \
+                         add up to more than {META_LIMIT} bytes"
+                    )));
+                }
             }
             self.state = State::Meta {
                 meta,
@@ -1156,6 +1167,22 @@ mod tests {
         assert_eq!(data.len() as u64, META_LIMIT);
         let tar = [entry(b"h", b'x', &data, b""), file(b"f", b""), end()].concat();
         assert_eq!(parse(&tar).unwrap().len(), 1);
+        // Many smaller ones before one entry add up to the same limit.
+        let quarter = record(b"SCHILY.xattr.user.a", &vec![b'x'; META_LIMIT as usize / 4]);
+        let mut tar = Vec::new();
+        for _ in 0..4 {
+            tar.extend(entry(b"h", b'x', &quarter, b""));
+        }
+        let e = parse_err(&tar);
+        assert!(e.message().contains("add up to more than"), "{e}");
+        // The limit is per entry.
+        let mut tar = Vec::new();
+        for _ in 0..8 {
+            tar.extend(entry(b"h", b'x', &quarter, b""));
+            tar.extend(file(b"f", b""));
+        }
+        tar.extend(end());
+        assert_eq!(parse(&tar).unwrap().len(), 8);
     }
 
     #[test]
