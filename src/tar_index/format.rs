@@ -382,6 +382,11 @@ impl TarIndex {
             }
             let [parent, name, _, xattrs] = refs;
             let root = parent.is_empty() && name.is_empty();
+            if (i == 0) != root {
+                return Err(bad(&format!(
+                    "record {i}: the root must be record 0, and only it"
+                )));
+            }
             if (name.is_empty() && !root) || name.contains(&b'/') || parent.ends_with(b"/") {
                 return Err(bad(&format!("record {i} has a malformed path")));
             }
@@ -874,6 +879,15 @@ mod tests {
                 }),
             ),
             ("count", Box::new(|b| b[24] += 1)),
+            (
+                "no root",
+                Box::new(move |b| {
+                    let name = b[record(1) + 8..][..8].to_vec();
+                    let len = b[record(1) + 36..][..4].to_vec();
+                    b[record(0) + 8..][..8].copy_from_slice(&name);
+                    b[record(0) + 36..][..4].copy_from_slice(&len);
+                }),
+            ),
         ];
         for (what, corrupt) in cases {
             let mut bad = good.clone();
