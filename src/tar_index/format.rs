@@ -101,7 +101,9 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
                 }
             }
         }
-        tree.insert(entry.path.clone(), Record { entry, flags });
+        // The key holds the path until the records are collected.
+        let path = std::mem::take(&mut entry.path);
+        tree.insert(path, Record { entry, flags });
     }
     // Directories implied by deeper paths, and the root: each path's
     // ancestors, up to the first one already known.
@@ -125,10 +127,10 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     }
     for path in implicit {
         tree.insert(
-            path.clone(),
+            path,
             Record {
                 entry: TarEntry {
-                    path,
+                    path: Vec::new(),
                     kind: Kind::Dir,
                     whiteout: Whiteout::None,
                     mode: 0o755,
@@ -151,7 +153,13 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     }
     // Sorted by (parent, name): an order of indices, so the records (large)
     // are not moved, with each key computed once.
-    let records: Vec<Record> = tree.into_values().collect();
+    let records: Vec<Record> = tree
+        .into_iter()
+        .map(|(path, mut record)| {
+            record.entry.path = path;
+            record
+        })
+        .collect();
     let keys: Vec<(&[u8], &[u8])> = records.iter().map(|r| split(&r.entry.path)).collect();
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
