@@ -757,6 +757,8 @@ mod tests {
             file(b"e/x", b""),
             file(b"e", b""),
             file(b"e/y", b""),
+            file(b"w/x", b""),
+            file(b"w/.wh.x", b""),
             end(),
         ]
         .concat();
@@ -783,6 +785,13 @@ mod tests {
         assert_eq!(index.lookup(b"e").unwrap().kind(), Kind::File);
         assert!(index.lookup(b"e/x").is_none());
         assert!(index.lookup(b"e/y").is_none());
+        // A whiteout and an entry of the same name in one layer both stay:
+        // the whiteout applies to lower layers only.
+        assert_eq!(index.lookup(b"w/x").unwrap().whiteout(), Whiteout::None);
+        assert_eq!(
+            index.lookup(b"w/.wh.x").unwrap().whiteout(),
+            Whiteout::Removed
+        );
     }
 
     #[test]
