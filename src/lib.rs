@@ -51,6 +51,8 @@
 //!   written up to, which the single pass follows), `reference` (image
 //!   references, parsed without compiling a regex), `tls` (registry
 //!   clients' TLS: system roots read once, for the first https host),
+//!   `tar_index` (the index of a layer tar: an incremental header parser,
+//!   the index file's writer and reader, see `docs/tar-index.md`),
 //!   `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
@@ -78,6 +80,7 @@ mod platform;
 mod reference;
 mod registry;
 mod store;
+mod tar_index;
 mod tls;
 mod work;
 
