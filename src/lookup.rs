@@ -31,6 +31,12 @@ pub(crate) trait Layer {
     fn names(&self, dir: &str) -> Vec<String>;
     /// What `entry` is, as far as a lookup cares.
     fn kind(&self, entry: &Self::Entry) -> Kind;
+    /// Whether `entry` is a directory the index made up for the entries
+    /// below it. Extraction leaves a lower layer's directory as it is
+    /// there, so a found directory reports the topmost entry a tar has.
+    fn is_implicit(&self, _entry: &Self::Entry) -> bool {
+        false
+    }
 }
 
 /// The kinds of entry a lookup tells apart.
@@ -58,8 +64,9 @@ pub(crate) enum Missed {
 pub(crate) struct Found<E> {
     /// Its path with every followed symlink resolved (`""` is the root).
     pub path: String,
-    /// The topmost layer with an entry there, and that entry; none for a
-    /// root that no layer has an entry for.
+    /// The topmost layer with an entry there, and that entry (a directory:
+    /// the topmost one a tar has, if any); none for a root that no layer
+    /// has an entry of its own for.
     pub entry: Option<(usize, E)>,
 }
 
@@ -118,8 +125,8 @@ impl<'a, L: Layer> Merged<'a, L> {
                 }
                 Kind::Directory => {
                     let child = self.descend(dir, &name, layer);
+                    last = Some(self.explicit(dir, &name, layer, entry));
                     walked.push(child);
-                    last = Some((layer, entry));
                 }
                 _ if is_last => {
                     return Ok(Found {
@@ -180,11 +187,12 @@ impl<'a, L: Layer> Merged<'a, L> {
         }
     }
 
-    /// The topmost entry the layers have for the root.
+    /// The topmost entry a layer's tar has for the root.
     fn root_entry(&self) -> Option<(usize, L::Entry)> {
-        (0..self.layers.len())
-            .rev()
-            .find_map(|layer| Some((layer, self.layers[layer].get("")?)))
+        (0..self.layers.len()).rev().find_map(|layer| {
+            let entry = self.layers[layer].get("")?;
+            (!self.layers[layer].is_implicit(&entry)).then_some((layer, entry))
+        })
     }
 
     /// The entry of the last directory walked to.
@@ -193,7 +201,8 @@ impl<'a, L: Layer> Merged<'a, L> {
             [_root] => self.root_entry(),
             [.., parent, dir] => {
                 let name = dir.path.rsplit('/').next().unwrap_or(&dir.path);
-                self.child(parent, name)
+                let (layer, entry) = self.child(parent, name)?;
+                Some(self.explicit(parent, name, layer, entry))
             }
             [] => None,
         }
@@ -218,6 +227,30 @@ impl<'a, L: Layer> Merged<'a, L> {
             }
         }
         None
+    }
+
+    /// The entry directory `name` of `dir` reports, its topmost one being
+    /// `entry` in layer `top`: an implicit one stands for the topmost
+    /// directory a tar has below it, unless something hides that one
+    /// first (a whiteout, a non-directory).
+    fn explicit(&self, dir: &Dir, name: &str, top: usize, entry: L::Entry) -> (usize, L::Entry) {
+        let whiteout = join(&dir.path, &format!("{WHITEOUT}{name}"));
+        if !self.layers[top].is_implicit(&entry) || self.layers[top].get(&whiteout).is_some() {
+            return (top, entry);
+        }
+        let path = join(&dir.path, name);
+        for layer in (dir.floor..top).rev() {
+            let index = &self.layers[layer];
+            match index.get(&path) {
+                Some(lower) if index.kind(&lower) != Kind::Directory => break,
+                Some(lower) if !index.is_implicit(&lower) => return (layer, lower),
+                _ => {}
+            }
+            if index.get(&whiteout).is_some() {
+                break;
+            }
+        }
+        (top, entry)
     }
 
     /// Directory `name` of `dir`, whose topmost entry is in `top`: the
@@ -325,6 +358,9 @@ mod tests {
         }
         fn kind(&self, entry: &Self::Entry) -> Kind {
             entry.0.clone()
+        }
+        fn is_implicit(&self, entry: &Self::Entry) -> bool {
+            entry.1 == "implicit"
         }
     }
 
@@ -493,6 +529,47 @@ mod tests {
         // l1 is 40 links from the end; l0 is 41.
         assert_eq!(find(&layers, "/l1").unwrap().0, "end");
         assert_eq!(find(&layers, "/l0"), Err(Missed::TooManyLinks));
+    }
+
+    #[test]
+    fn a_made_up_directory_reports_the_topmost_one_a_tar_has() {
+        let implicit = |mem: Mem, path| mem.with(path, Kind::Directory, "implicit");
+        let layers = [
+            Mem::default()
+                .with("", Kind::Directory, "root 0")
+                .with("etc", Kind::Directory, "etc 0")
+                .file("etc/a", "a")
+                .dir("gone")
+                .file("file", "file"),
+            implicit(implicit(implicit(Mem::default(), ""), "etc"), "gone")
+                .file("etc/b", "b")
+                .with(".wh.gone", Kind::Other, "marker")
+                .file("gone/new", "new"),
+            implicit(implicit(implicit(Mem::default(), ""), "etc"), "gone")
+                .file("etc/c", "c")
+                .file("gone/newer", "newer"),
+            implicit(implicit(Mem::default(), ""), "file").file("file/x", "x"),
+        ];
+        // Layers 1 and 2 have made-up entries for etc only.
+        assert_eq!(find(&layers, "/etc").unwrap(), ("etc 0", 0, "etc".into()));
+        assert_eq!(find(&layers, "/etc/c/..").unwrap().0, "etc 0");
+        assert_eq!(find(&layers, "/").unwrap(), ("root 0", 0, String::new()));
+        // Below a whiteout or a file, the made-up directory is all there is.
+        assert_eq!(
+            find(&layers, "/gone").unwrap(),
+            ("implicit", 2, "gone".into())
+        );
+        assert_eq!(
+            find(&layers, "/file").unwrap(),
+            ("implicit", 3, "file".into())
+        );
+        assert_eq!(names(&layers, "/etc"), ["a", "b", "c"]);
+        let bare = [implicit(Mem::default(), "").file("a", "a")];
+        assert!(Merged::new(&bare)
+            .lookup("/", true)
+            .unwrap()
+            .entry
+            .is_none());
     }
 
     #[test]
