@@ -7,7 +7,6 @@
 //!
 //! Paths inside a layer are relative, cleaned and joined with `/`, the root
 //! being `""`, as a layer tar names its entries.
-#![cfg_attr(not(test), allow(dead_code))] // Wired into the view next.
 
 use std::collections::VecDeque;
 

@@ -24,6 +24,7 @@ use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Download, Limits, Registry};
 use crate::store::{Staged, Store};
+use crate::view::View;
 use crate::work;
 
 mod image;
@@ -319,6 +320,25 @@ impl ImageCache {
     /// while extracting is removed and fetched again (once).
     pub async fn rootfs(&self, image: &Image, dst: &Path) -> Result<Vec<File>> {
         self.extract_all(image, dst, true).await
+    }
+
+    /// The [`View`] of `image`'s files: runs [`rootfs`](Self::rootfs)
+    /// first (missing layers are fetched), then loads each layer tar's
+    /// index. The view keeps its own fds of the tars and outlives this
+    /// cache and `image`.
+    pub async fn view(&self, image: &Image, dst: impl AsRef<Path>) -> Result<View> {
+        let files = self.rootfs(image, dst.as_ref()).await?;
+        let layers: Vec<(File, Digest)> = files
+            .into_iter()
+            .zip(&image.layers)
+            .map(|(file, layer)| (file, layer.diff_id.clone()))
+            .collect();
+        self.call
+            .bounded(
+                || format!("view of {}", image.reference),
+                work::blocking(move |_| View::load(layers)),
+            )
+            .await
     }
 
     async fn extract_all(&self, image: &Image, dst: &Path, reuse: bool) -> Result<Vec<File>> {

@@ -1,0 +1,405 @@
+//! The image view: an image's files read straight from its verified layer
+//! tars, through each tar's index, with the layers merged by `lookup`'s
+//! rules. It owns the fds of the tars and their indexes, nothing else, so it
+//! outlives the cache and the image it came from.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::lookup::{self, Merged, Missed};
+use crate::tar_index::build_from_tar;
+use crate::tar_index::format::{Entry, TarIndex};
+use crate::tar_index::parse::Kind as TarKind;
+
+/// An image's files, its layers merged (upper layers win, whiteouts and
+/// opaque directories apply). Immutable; safe to share between threads.
+/// Paths are absolute inside the image (`/etc/os-release`; a relative one is
+/// taken from `/`); symlinks are followed inside the image root, never the
+/// host's. Names that are not UTF-8 cannot be named and are left out of
+/// listings.
+pub struct View {
+    /// Bottom layer first.
+    layers: Vec<ViewLayer>,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let diff_ids: Vec<_> = self.layers.iter().map(|l| l.index.diff_id()).collect();
+        f.debug_struct("View").field("layers", &diff_ids).finish()
+    }
+}
+
+struct ViewLayer {
+    /// The layer tar, `O_RDONLY | O_CLOEXEC`, read only with positional
+    /// reads (its offset is shared with every fd handed out).
+    tar: File,
+    index: TarIndex,
+}
+
+/// What a path of the view is. A hardlink is reported as what it links to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Regular => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Fifo => "a FIFO",
+        }
+    }
+}
+
+/// A path's metadata, as its tar entry stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: FileKind,
+    /// Permission bits with setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// Devices only, else 0.
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    /// Regular files: bytes; symlinks: the target's length; else 0.
+    pub size: u64,
+    /// The topmost layer (bottom is 0) with an entry of its own for the
+    /// path; a hardlink's is its own entry's layer.
+    pub layer: usize,
+}
+
+/// One layer's index as `lookup` sees it.
+struct Indexed<'a>(&'a TarIndex);
+
+impl<'a> lookup::Layer for Indexed<'a> {
+    type Entry = Entry<'a>;
+
+    fn get(&self, path: &str) -> Option<Entry<'a>> {
+        self.0.lookup(path.as_bytes())
+    }
+
+    fn names(&self, dir: &str) -> Vec<String> {
+        self.0
+            .children(dir.as_bytes())
+            .filter(|e| !e.is_not_utf8())
+            .filter_map(|e| String::from_utf8(e.name().to_vec()).ok())
+            .collect()
+    }
+
+    fn kind(&self, entry: &Entry<'a>) -> lookup::Kind {
+        match entry.kind() {
+            TarKind::Dir => lookup::Kind::Directory,
+            TarKind::Symlink => lookup::Kind::Symlink(link_text(entry)),
+            _ => lookup::Kind::Other,
+        }
+    }
+
+    fn is_implicit(&self, entry: &Entry<'a>) -> bool {
+        entry.is_implicit()
+    }
+}
+
+/// A symlink's target as text; bytes that are not UTF-8 are replaced, as
+/// a target cannot be named through this API otherwise.
+fn link_text(entry: &Entry<'_>) -> String {
+    String::from_utf8_lossy(entry.link()).into_owned()
+}
+
+/// What a found entry is once a hardlink is followed to what it links to.
+struct Node<'a> {
+    /// The layer of the entry found for the path (a hardlink's own).
+    layer: usize,
+    /// The entry whose metadata shows: the path's own, or a hardlink's
+    /// target.
+    meta: Entry<'a>,
+    kind: FileKind,
+    /// A regular file's data: the layer whose tar holds it, where and how
+    /// much, and whether it is stored sparse (unreadable).
+    data: Option<Data>,
+}
+
+#[derive(Clone, Copy)]
+struct Data {
+    layer: usize,
+    offset: u64,
+    size: u64,
+    sparse: bool,
+}
+
+impl View {
+    /// The view of layer tars `layers` (bottom first, each with its
+    /// diff_id), as `rootfs` opened them: each tar's index is loaded.
+    pub(crate) fn load(layers: Vec<(File, Digest)>) -> Result<View> {
+        let layers = layers
+            .into_iter()
+            .map(|(tar, diff_id)| {
+                let index = load_index(&tar, &diff_id)?;
+                Ok(ViewLayer { tar, index })
+            })
+            .collect::<Result<_>>()?;
+        Ok(View { layers })
+    }
+
+    /// The number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The metadata of `path`, not following a symlink in its last
+    /// component (`lstat`). The root with no entry in any layer is a
+    /// directory 0755 owned by 0:0 from layer 0.
+    pub fn stat(&self, path: &str) -> Result<Stat> {
+        let Some(node) = self.find(path, false)? else {
+            return Ok(Stat {
+                kind: FileKind::Directory,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                dev_major: 0,
+                dev_minor: 0,
+                size: 0,
+                layer: 0,
+            });
+        };
+        let meta = node.meta;
+        let size = match node.kind {
+            FileKind::Regular => node.data.map_or(0, |d| d.size),
+            FileKind::Symlink => meta.link().len() as u64,
+            _ => 0,
+        };
+        let device = matches!(node.kind, FileKind::CharDevice | FileKind::BlockDevice);
+        Ok(Stat {
+            kind: node.kind,
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_sec: meta.mtime_sec(),
+            mtime_nsec: meta.mtime_nsec(),
+            dev_major: if device { meta.dev_major() } else { 0 },
+            dev_minor: if device { meta.dev_minor() } else { 0 },
+            size,
+            layer: node.layer,
+        })
+    }
+
+    /// The merged names in directory `path` (followed like
+    /// [`open_file`](Self::open_file)), sorted bytewise, without `.` and
+    /// `..`.
+    pub fn read_dir(&self, path: &str) -> Result<Vec<String>> {
+        if let Some(node) = self.find(path, true)? {
+            if node.kind != FileKind::Directory {
+                return Err(Error::invalid_argument(format!(
+                    "{path} is {}, not a directory",
+                    node.kind.name()
+                )));
+            }
+        }
+        let indexed = self.indexed();
+        Merged::new(&indexed)
+            .names(path)
+            .map_err(|missed| missed_error(path, missed))
+    }
+
+    /// The target of symlink `path`, as stored.
+    pub fn read_link(&self, path: &str) -> Result<String> {
+        match self.find(path, false)? {
+            Some(node) if node.kind == FileKind::Symlink => Ok(link_text(&node.meta)),
+            node => Err(Error::invalid_argument(format!(
+                "{path} is {}, not a symbolic link",
+                node.map_or(FileKind::Directory, |n| n.kind).name()
+            ))),
+        }
+    }
+
+    /// `path` with every symlink followed inside the image root, as an
+    /// absolute path; a missing path or a dangling link is not found.
+    pub fn resolve(&self, path: &str) -> Result<String> {
+        let indexed = self.indexed();
+        let found = Merged::new(&indexed)
+            .lookup(path, true)
+            .map_err(|missed| missed_error(path, missed))?;
+        Ok(format!("/{}", found.path))
+    }
+
+    /// Regular file `path`'s bytes, zero-copy: a fresh fd of the layer tar
+    /// holding them (`O_RDONLY | O_CLOEXEC`; its file offset is shared, so
+    /// read it with positional reads) and their offset and size in it.
+    /// A symlink in the last component is followed; a hardlink gives its
+    /// target's data.
+    pub fn open_file(&self, path: &str) -> Result<(File, u64, u64)> {
+        let node = self.find(path, true)?;
+        let kind = node.as_ref().map_or(FileKind::Directory, |n| n.kind);
+        let data = match node.and_then(|n| n.data) {
+            Some(data) if kind == FileKind::Regular => data,
+            _ => {
+                return Err(Error::invalid_argument(format!(
+                    "{path} is {}, not a regular file",
+                    kind.name()
+                )))
+            }
+        };
+        if data.sparse {
+            return Err(Error::unsupported(format!(
+                "{path} is a GNU sparse file, whose data cannot be read from its layer tar"
+            )));
+        }
+        let tar = &self.layers[data.layer].tar;
+        // SAFETY: fcntl on a descriptor `tar` owns; the new one is owned by
+        // the File made of it.
+        let fd = unsafe { libc::fcntl(tar.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(Error::io(format!("opening {path}: {err}")).with_source(err));
+        }
+        // SAFETY: `fd` was just made and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok((file, data.offset, data.size))
+    }
+
+    fn indexed(&self) -> Vec<Indexed<'_>> {
+        self.layers.iter().map(|l| Indexed(&l.index)).collect()
+    }
+
+    /// What `path` names, a hardlink followed to its target; `None` for a
+    /// root no layer has an entry for.
+    fn find(&self, path: &str, follow_last: bool) -> Result<Option<Node<'_>>> {
+        let indexed = self.indexed();
+        let found = Merged::new(&indexed)
+            .lookup(path, follow_last)
+            .map_err(|missed| missed_error(path, missed))?;
+        let Some((layer, entry)) = found.entry else {
+            return Ok(None);
+        };
+        self.node(path, layer, entry).map(Some)
+    }
+
+    /// The node of `entry`, found for `path` in `layer`.
+    fn node<'a>(&'a self, path: &str, layer: usize, entry: Entry<'a>) -> Result<Node<'a>> {
+        let (mut meta_layer, mut meta) = (layer, entry);
+        let mut data = None;
+        let mut links = 0;
+        while meta.kind() == TarKind::Hardlink {
+            links += 1;
+            if links > lookup::MAX_LINKS {
+                return Err(missed_error(path, Missed::TooManyLinks));
+            }
+            if meta.is_link_resolved() {
+                // The data as the link was written: the target's at the time.
+                data = data.or(Some(Data {
+                    layer: meta_layer,
+                    offset: meta.data_offset(),
+                    size: meta.size(),
+                    sparse: meta.is_sparse(),
+                }));
+            }
+            match self.hardlink_target(path, meta_layer, meta) {
+                Ok(target) => (meta_layer, meta) = target,
+                // A target replaced later in its tar: the link still has the
+                // data it was made with, and its own entry is all there is.
+                Err(_) if data.is_some() => {
+                    return Ok(Node {
+                        layer,
+                        meta,
+                        kind: FileKind::Regular,
+                        data,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let kind = match meta.kind() {
+            TarKind::File => FileKind::Regular,
+            TarKind::Dir => FileKind::Directory,
+            TarKind::Symlink => FileKind::Symlink,
+            TarKind::Char => FileKind::CharDevice,
+            TarKind::Block => FileKind::BlockDevice,
+            TarKind::Fifo => FileKind::Fifo,
+            TarKind::Hardlink => unreachable!("followed above"),
+        };
+        if kind == FileKind::Regular && data.is_none() {
+            data = Some(Data {
+                layer: meta_layer,
+                offset: meta.data_offset(),
+                size: meta.size(),
+                sparse: meta.is_sparse(),
+            });
+        }
+        Ok(Node {
+            layer,
+            meta,
+            kind,
+            data,
+        })
+    }
+
+    /// What hardlink `link` in `layer` links to, as extracting the layers
+    /// in order would have made it: an earlier entry of its own tar, else
+    /// the path in the layers below. A directory, a later entry or nothing
+    /// there is not found (extraction would have failed).
+    fn hardlink_target<'a>(
+        &'a self,
+        path: &str,
+        layer: usize,
+        link: Entry<'a>,
+    ) -> Result<(usize, Entry<'a>)> {
+        let dangling = || {
+            Error::not_found(format!(
+                "{path}: the hardlink's target {} is not in the image",
+                String::from_utf8_lossy(link.link())
+            ))
+        };
+        if let Some(target) = self.layers[layer].index.lookup(link.link()) {
+            let earlier = target.header_offset() < link.header_offset();
+            if earlier && target.kind() != TarKind::Dir && !target.is_implicit() {
+                return Ok((layer, target));
+            }
+        }
+        let target = std::str::from_utf8(link.link()).map_err(|_| dangling())?;
+        let indexed = self.indexed();
+        let found = Merged::new(&indexed[..layer])
+            .lookup(target, false)
+            .map_err(|_| dangling())?;
+        match found.entry {
+            Some((below, entry)) if entry.kind() != TarKind::Dir => Ok((below, entry)),
+            _ => Err(dangling()),
+        }
+    }
+}
+
+/// The error for a lookup of `path` that missed.
+fn missed_error(path: &str, missed: Missed) -> Error {
+    match missed {
+        Missed::NotFound => {
+            Error::not_found(format!("{path}: no such file or directory in the image"))
+        }
+        Missed::TooManyLinks => Error::invalid_content(format!(
+            "{path}: too many levels of symbolic links (more than {})",
+            lookup::MAX_LINKS
+        )),
+    }
+}
+
+/// The index of one layer tar. Built in memory from the tar for now; the
+/// index files kept beside the tars replace this.
+fn load_index(tar: &File, diff_id: &Digest) -> Result<TarIndex> {
+    let what = format!("layer {diff_id}");
+    let bytes = build_from_tar(tar, diff_id, &what)?;
+    TarIndex::from_bytes(bytes, diff_id)
+}
