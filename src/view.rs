@@ -12,6 +12,7 @@ use crate::lookup::{self, Merged, Missed};
 use crate::tar_index::build_from_tar;
 use crate::tar_index::format::{Entry, TarIndex};
 use crate::tar_index::parse::Kind as TarKind;
+use crate::work::Stop;
 
 /// An image's files, its layers merged (upper layers win, whiteouts and
 /// opaque directories apply). Immutable; safe to share between threads.
@@ -143,11 +144,13 @@ struct Data {
 
 impl View {
     /// The view of layer tars `layers` (bottom first, each with its
-    /// diff_id), as `rootfs` opened them: each tar's index is loaded.
-    pub(crate) fn load(layers: Vec<(File, Digest)>) -> Result<View> {
+    /// diff_id), as `rootfs` opened them: each tar's index is loaded, and
+    /// the work stops between layers once `stop` is set.
+    pub(crate) fn load(layers: Vec<(File, Digest)>, stop: &Stop) -> Result<View> {
         let layers = layers
             .into_iter()
             .map(|(tar, diff_id)| {
+                stop.check("loading the view's indexes")?;
                 let index = load_index(&tar, &diff_id)?;
                 Ok(ViewLayer { tar, index })
             })

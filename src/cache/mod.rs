@@ -336,7 +336,7 @@ impl ImageCache {
         self.call
             .bounded(
                 || format!("view of {}", image.reference),
-                work::blocking(move |_| View::load(layers)),
+                work::blocking(move |stop| View::load(layers, stop)),
             )
             .await
     }
