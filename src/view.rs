@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -403,6 +404,93 @@ fn missed_error(path: &str, missed: Missed) -> Error {
 /// index files kept beside the tars replace this.
 fn load_index(tar: &File, diff_id: &Digest) -> Result<TarIndex> {
     let what = format!("layer {diff_id}");
-    let bytes = build_from_tar(tar, diff_id, &what)?;
+    let bytes = build_from_tar(FromStart(tar, 0), diff_id, &what)?;
     TarIndex::from_bytes(bytes, diff_id)
+}
+
+/// Reads a file from its start with positional reads, wherever its offset
+/// stands (the offset is shared with every fd the view hands out).
+struct FromStart<'a>(&'a File, u64);
+
+impl std::io::Read for FromStart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::tar_index::parse::testing::{end, entry, file};
+    use crate::ErrorKind;
+
+    /// A view of `tars`, bottom first, each written to a temp file whose
+    /// offset is left at its end: loading reads from the start anyway.
+    fn view_of(tars: &[Vec<u8>]) -> View {
+        let layers = tars
+            .iter()
+            .map(|tar| {
+                let mut file = tempfile::tempfile().unwrap();
+                file.write_all(tar).unwrap();
+                (file, Digest::sha256_of(tar))
+            })
+            .collect();
+        View::load(layers, &Stop::default()).unwrap()
+    }
+
+    fn content(view: &View, path: &str) -> Vec<u8> {
+        let (file, offset, size) = view.open_file(path).unwrap();
+        let mut data = vec![0; size as usize];
+        file.read_exact_at(&mut data, offset).unwrap();
+        data
+    }
+
+    #[test]
+    fn hardlinks_get_what_extracting_the_layers_in_order_would_link() {
+        let low = [
+            file(b"late", b"lower late"),
+            entry(b"dev", b'3', b"", b""),
+            entry(b"d/", b'5', b"", b""),
+            end(),
+        ]
+        .concat();
+        let high = [
+            file(b"t", b"first t"),
+            entry(b"h", b'1', b"", b"t"),
+            // Replacing the target later leaves the link's data alone.
+            file(b"t", b"second t"),
+            entry(b"hdev", b'1', b"", b"dev"),
+            // A target later in the tar is not there yet: the lower one is.
+            entry(b"hlate", b'1', b"", b"late"),
+            file(b"late", b"upper late"),
+            entry(b"hdir", b'1', b"", b"d"),
+            end(),
+        ]
+        .concat();
+        let view = view_of(&[low, high]);
+        let h = view.stat("/h").unwrap();
+        assert_eq!((h.kind, h.size, h.layer), (FileKind::Regular, 7, 1));
+        assert_eq!(content(&view, "/h"), b"first t");
+        assert_eq!(content(&view, "/t"), b"second t");
+        let dev = view.stat("/hdev").unwrap();
+        assert_eq!((dev.kind, dev.layer), (FileKind::CharDevice, 1));
+        assert_eq!(content(&view, "/hlate"), b"lower late");
+        assert_eq!(content(&view, "/late"), b"upper late");
+        let e = view.open_file("/hdir").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(
+            e.message(),
+            "/hdir: the hardlink's target d is not in the image"
+        );
+    }
+
+    #[test]
+    fn the_view_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<View>();
+    }
 }
