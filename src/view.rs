@@ -304,20 +304,27 @@ impl View {
             if links > lookup::MAX_LINKS {
                 return Err(missed_error(path, Missed::TooManyLinks));
             }
-            if meta.is_link_resolved() {
-                // The data as the link was written: the target's at the time.
-                data = data.or(Some(Data {
-                    layer: meta_layer,
-                    offset: meta.data_offset(),
-                    size: meta.size(),
-                    sparse: meta.is_sparse(),
-                }));
+            if !meta.is_link_resolved() {
+                (meta_layer, meta) = self.hardlink_target(path, meta_layer, meta)?;
+                continue;
             }
-            match self.hardlink_target(path, meta_layer, meta) {
-                Ok(target) => (meta_layer, meta) = target,
-                // A target replaced later in its tar: the link still has the
-                // data it was made with, and its own entry is all there is.
-                Err(_) if data.is_some() => {
+            // The data as the link was written: its target's at the time.
+            data = data.or(Some(Data {
+                layer: meta_layer,
+                offset: meta.data_offset(),
+                size: meta.size(),
+                sparse: meta.is_sparse(),
+            }));
+            // That target is an earlier entry of the same tar, unless one
+            // replaced it since: then the link's own entry is all there is.
+            let earlier = self.layers[meta_layer]
+                .index
+                .lookup(meta.link())
+                .filter(|t| t.header_offset() < meta.header_offset())
+                .filter(|t| matches!(t.kind(), TarKind::File | TarKind::Hardlink));
+            match earlier {
+                Some(target) => meta = target,
+                None => {
                     return Ok(Node {
                         layer,
                         meta,
@@ -325,7 +332,6 @@ impl View {
                         data,
                     })
                 }
-                Err(e) => return Err(e),
             }
         }
         let kind = match meta.kind() {
@@ -353,10 +359,11 @@ impl View {
         })
     }
 
-    /// What hardlink `link` in `layer` links to, as extracting the layers
-    /// in order would have made it: an earlier entry of its own tar, else
-    /// the path in the layers below. A directory, a later entry or nothing
-    /// there is not found (extraction would have failed).
+    /// What hardlink `link` in `layer`, which the index did not resolve to
+    /// a regular file, links to, as extracting the layers in order would
+    /// have made it: an earlier entry of its own tar (a device, a FIFO, a
+    /// symlink), else the path in the layers below. A directory, a later
+    /// entry or nothing there is not found (extraction would have failed).
     fn hardlink_target<'a>(
         &'a self,
         path: &str,
@@ -455,6 +462,7 @@ mod tests {
             file(b"late", b"lower late"),
             entry(b"dev", b'3', b"", b""),
             entry(b"d/", b'5', b"", b""),
+            entry(b"u", b'6', b"", b""),
             end(),
         ]
         .concat();
@@ -463,6 +471,10 @@ mod tests {
             entry(b"h", b'1', b"", b"t"),
             // Replacing the target later leaves the link's data alone.
             file(b"t", b"second t"),
+            // Even by something else, whatever the layers below hold there.
+            file(b"u", b"first u"),
+            entry(b"hu", b'1', b"", b"u"),
+            entry(b"u", b'3', b"", b""),
             entry(b"hdev", b'1', b"", b"dev"),
             // A target later in the tar is not there yet: the lower one is.
             entry(b"hlate", b'1', b"", b"late"),
@@ -476,6 +488,9 @@ mod tests {
         assert_eq!((h.kind, h.size, h.layer), (FileKind::Regular, 7, 1));
         assert_eq!(content(&view, "/h"), b"first t");
         assert_eq!(content(&view, "/t"), b"second t");
+        assert_eq!(view.stat("/hu").unwrap().kind, FileKind::Regular);
+        assert_eq!(content(&view, "/hu"), b"first u");
+        assert_eq!(view.stat("/u").unwrap().kind, FileKind::CharDevice);
         let dev = view.stat("/hdev").unwrap();
         assert_eq!((dev.kind, dev.layer), (FileKind::CharDevice, 1));
         assert_eq!(content(&view, "/hlate"), b"lower late");
