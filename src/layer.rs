@@ -5,7 +5,9 @@
 //! the decompressor, whose output is hashed against the diff_id. That work
 //! runs on a blocking thread fed from the network through a bounded channel;
 //! the output's hash and write run on a second thread, so that a layer
-//! keeps two cores busy.
+//! keeps two cores busy. A tar's index (see `tar_index`) lives at
+//! `dst/tar-index/<alg>/<hex of diff_id>`, built on demand by
+//! [`ensure_index`].
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -30,6 +32,7 @@ use crate::fill::Fill;
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
 use crate::registry::RangedBlob;
+use crate::tar_index::{self, format::TarIndex};
 use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
@@ -80,6 +83,55 @@ pub(crate) enum Blob {
 /// Where the tar of `diff_id` lives under `dst`.
 pub(crate) fn tar_path(dst: &Path, diff_id: &Digest) -> PathBuf {
     dst.join(diff_id.algorithm()).join(diff_id.hex())
+}
+
+/// The directory under `dst` holding the tar indexes, one subdirectory per
+/// digest algorithm, as the tars have.
+pub(crate) const INDEX_DIR: &str = "tar-index";
+
+/// Where the index of the tar of `diff_id` lives under `dst`.
+// The view and the pass call these next.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn index_path(dst: &Path, diff_id: &Digest) -> PathBuf {
+    dst.join(INDEX_DIR)
+        .join(diff_id.algorithm())
+        .join(diff_id.hex())
+}
+
+/// The index of the tar of `diff_id` under `dst`: the one on disk if it
+/// checks out (its checksum, version and diff_id), else built by one
+/// sequential read of the tar that also checks the tar hashes to its name,
+/// and written atomically in its place (a corrupt one, a symlink or a FIFO
+/// there is replaced, never read or followed). `NotFound` when there is no
+/// tar; `DigestMismatch` when the tar is not the one its name says;
+/// `InvalidContent` when it does not parse as a tar. Blocks: call it on a
+/// blocking thread.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn ensure_index(dst: &Path, diff_id: &Digest, reserve: Reserve) -> Result<TarIndex> {
+    let (algorithm, name) = (diff_id.algorithm(), diff_id.hex());
+    let root = Dir::open(dst)?;
+    let existing = match root.sub(INDEX_DIR)? {
+        Some(indexes) => indexes.sub(algorithm)?,
+        None => None,
+    };
+    if let Some(dir) = existing {
+        match TarIndex::open_in(&dir, name, diff_id) {
+            Ok(Some(index)) => return Ok(index),
+            Ok(None) => {}
+            // Corrupt, truncated, another version or another tar's: rebuilt.
+            Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let tar_path = tar_path(dst, diff_id);
+    let no_tar = || Error::not_found(format!("no layer tar at {}", tar_path.display()));
+    let tars = root.sub(algorithm)?.ok_or_else(no_tar)?;
+    let tar = tars.open_regular(name)?.ok_or_else(no_tar)?;
+    let what = format!("layer tar {}", tar_path.display());
+    let bytes = tar_index::build_from_tar(tar, diff_id, &what)?;
+    let dir = root.create_sub(INDEX_DIR)?.create_sub(algorithm)?;
+    fs::write_atomic(&dir, name, &bytes, CONTENT_MODE, reserve)?;
+    TarIndex::from_bytes(bytes, diff_id)
 }
 
 /// Where [`extract`] writes a layer tar.
@@ -658,6 +710,9 @@ impl AsyncRead for LayerReader {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
     use crate::ErrorKind;
     use tokio::io::AsyncReadExt;
@@ -692,6 +747,194 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A small layer tar: a directory, a file and a symlink.
+    fn small_tar() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        builder.append_data(&mut dir, "etc/", io::empty()).unwrap();
+        let mut file = tar::Header::new_ustar();
+        file.set_mode(0o644);
+        file.set_size(5);
+        builder
+            .append_data(&mut file, "etc/hosts", &b"hello"[..])
+            .unwrap();
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "etc/alias", "hosts")
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    /// A dst holding `tar` as a layer tar, and its diff_id.
+    fn dst_with(tar: &[u8]) -> (tempfile::TempDir, Digest) {
+        let dst = tempfile::tempdir().unwrap();
+        let diff_id = Digest::sha256_of(tar);
+        let path = tar_path(dst.path(), &diff_id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, tar).unwrap();
+        (dst, diff_id)
+    }
+
+    fn ensure(dst: &Path, diff_id: &Digest) -> Result<TarIndex> {
+        ensure_index(dst, diff_id, Reserve::OFF)
+    }
+
+    /// The index bytes `build_from_tar` makes of `tar`.
+    fn expected_index(tar: &[u8], diff_id: &Digest) -> Vec<u8> {
+        tar_index::build_from_tar(tar, diff_id, "test tar").unwrap()
+    }
+
+    /// Every non-directory under `dst`, relative to it, sorted.
+    fn files(dst: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![dst.to_owned()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    let path = entry.path();
+                    found.push(path.strip_prefix(dst).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_tar_with_no_index_gets_one_on_demand() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let index = ensure(dst.path(), &diff_id).unwrap();
+        let path = index_path(dst.path(), &diff_id);
+        assert_eq!(
+            path,
+            dst.path().join("tar-index/sha256").join(diff_id.hex())
+        );
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written, expected_index(&tar, &diff_id));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(index.lookup(b"etc/hosts").unwrap().size(), 5);
+        // The second call reads it back, rewriting nothing.
+        let before = std::fs::metadata(&path).unwrap().ino();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), before);
+        let hex = diff_id.hex();
+        assert_eq!(
+            files(dst.path()),
+            [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
+        );
+    }
+
+    #[test]
+    fn a_bad_index_is_rebuilt_never_trusted() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let good = expected_index(&tar, &diff_id);
+        let mut other = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        other.append_data(&mut header, "x", &b"abc"[..]).unwrap();
+        let other = other.into_inner().unwrap();
+        let wrong_diff_id = expected_index(&other, &Digest::sha256_of(&other));
+        let mut corrupt = good.clone();
+        corrupt[80] ^= 1;
+        let truncated = good[..good.len() - 1].to_vec();
+        let path = index_path(dst.path(), &diff_id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for (what, content) in [
+            ("corrupt", corrupt),
+            ("truncated", truncated),
+            ("wrong diff_id", wrong_diff_id),
+            ("empty", Vec::new()),
+        ] {
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, &content).unwrap();
+            let index = ensure(dst.path(), &diff_id).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(index.lookup(b"etc/hosts").unwrap().size(), 5, "{what}");
+            assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: rewritten");
+        }
+
+        // A symlink to a valid index elsewhere is replaced, not followed.
+        let outside = tempfile::tempdir().unwrap();
+        let planted = outside.path().join("index");
+        std::fs::write(&planted, &good).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&planted, &path).unwrap();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        assert_eq!(std::fs::read(&planted).unwrap(), good, "left alone");
+
+        // A FIFO is replaced without being opened: opening it would block
+        // with no writer, so the call runs on a thread with a deadline.
+        std::fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let (sender, receiver) = sync_mpsc::channel();
+        let (dst_path, id) = (dst.path().to_owned(), diff_id.clone());
+        thread::spawn(move || {
+            let _ = sender.send(ensure(&dst_path, &id).map(drop));
+        });
+        let outcome = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("ensure_index blocked on a FIFO");
+        outcome.unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        let hex = diff_id.hex();
+        assert_eq!(
+            files(dst.path()),
+            [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
+        );
+    }
+
+    #[test]
+    fn no_index_comes_of_a_missing_wrong_or_malformed_tar() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let missing = Digest::sha256_of(b"no such tar");
+        let err = ensure(dst.path(), &missing).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let missing_path = tar_path(dst.path(), &missing);
+        assert_eq!(
+            err.message(),
+            format!("no layer tar at {}", missing_path.display())
+        );
+        // A tar that does not hash to its name.
+        let tar_file = tar_path(dst.path(), &diff_id);
+        std::fs::write(&tar_file, [&tar[..], &[0u8; 512][..]].concat()).unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+        assert!(
+            err.message().contains(&tar_file.display().to_string()),
+            "{err}"
+        );
+        // A verified tar that does not parse: no index, the parse error.
+        let garbage = vec![b'x'; 1024];
+        let (bad_dst, bad_id) = dst_with(&garbage);
+        let err = ensure(bad_dst.path(), &bad_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+        let bad_path = tar_path(bad_dst.path(), &bad_id);
+        assert!(
+            err.message()
+                .starts_with(&format!("layer tar {}: ", bad_path.display())),
+            "{err}"
+        );
+        assert_eq!(files(dst.path()), [format!("sha256/{}", diff_id.hex())]);
+        assert_eq!(files(bad_dst.path()), [format!("sha256/{}", bad_id.hex())]);
     }
 
     #[test]
