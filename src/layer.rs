@@ -32,7 +32,8 @@ use crate::fill::Fill;
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
 use crate::registry::RangedBlob;
-use crate::tar_index::{self, format::TarIndex};
+use crate::tar_index::format::{self as index_format, TarIndex};
+use crate::tar_index::{self, parse::Parser};
 use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
@@ -167,10 +168,20 @@ pub(crate) async fn extract(
         if target.sweep {
             // Best effort: what a failed sweep leaves, a prune removes.
             let _ = fs::remove_stale_temps_in(&dir);
+            let indexes = Dir::open(&target.dst)
+                .and_then(|root| root.sub(INDEX_DIR))
+                .and_then(|indexes| {
+                    indexes
+                        .map(|i| i.sub(check.diff_id.algorithm()))
+                        .transpose()
+                });
+            if let Ok(Some(Some(indexes))) = indexes {
+                let _ = fs::remove_stale_temps_in(&indexes);
+            }
         }
         let name = check.diff_id.hex();
         let tar = PendingFile::create(&dir, name, CONTENT_MODE, target.reserve)?;
-        let (tar, copy) = unpack(&check, input, tar)?;
+        let (tar, copy, parser) = unpack(&check, input, tar, true)?;
         // A call that ended early leaves nothing new, even a finished layer.
         if abandoned.load(Ordering::Relaxed) {
             return Err(Error::canceled(format!(
@@ -180,6 +191,9 @@ pub(crate) async fn extract(
         }
         tar.commit()?;
         copy.map_or(Ok(()), PendingFile::commit)?;
+        if let Some(parser) = parser {
+            write_index(&target.dst, &check.diff_id, parser, target.reserve);
+        }
         dir.open_regular(name)?.ok_or_else(|| {
             Error::io(format!(
                 "{} was replaced by something else as it was written",
@@ -188,6 +202,26 @@ pub(crate) async fn extract(
         })
     })
     .await
+}
+
+/// Writes the index of the tar of `diff_id` that `parser` read as the tar
+/// was written, after the tar was committed: an index never names a tar
+/// that is not durable. Best effort: a tar that does not parse, or an index
+/// that cannot be written, leaves no index, and [`ensure_index`] tries again
+/// (and reports the tar's parse error) when a view needs it; the tar itself
+/// is fine either way.
+fn write_index(dst: &Path, diff_id: &Digest, parser: Parser, reserve: Reserve) {
+    let size = parser.position();
+    let Ok(entries) = parser.finish() else {
+        return;
+    };
+    let bytes = index_format::build(entries, diff_id, size);
+    let written = Dir::open(dst)
+        .and_then(|root| root.create_sub(INDEX_DIR))
+        .and_then(|indexes| indexes.create_sub(diff_id.algorithm()))
+        .and_then(|dir| fs::write_atomic(&dir, diff_id.hex(), &bytes, CONTENT_MODE, reserve));
+    // Nothing to undo: a failed write removed its temp file.
+    drop(written);
 }
 
 /// Streams the uncompressed layer. The stream ends only after both digests
@@ -200,8 +234,8 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
     let failure = sender.clone();
     tokio::task::spawn_blocking(move || {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            unpack(&check, input, ChannelWriter(sender))
-                .and_then(|(_, copy)| copy.map_or(Ok(()), PendingFile::commit))
+            unpack(&check, input, ChannelWriter(sender), false)
+                .and_then(|(_, copy, _)| copy.map_or(Ok(()), PendingFile::commit))
         }))
         .unwrap_or_else(|panic| {
             Err(Error::panicked(
@@ -226,7 +260,7 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
 #[cfg(feature = "fuzzing")]
 pub(crate) fn unpack_local(check: &LayerCheck, file: File) -> Result<Vec<u8>> {
     let input = Input::start(Blob::Local(file), None, check);
-    unpack(check, input, Vec::new()).map(|(out, _)| out)
+    unpack(check, input, Vec::new(), false).map(|(out, _, _)| out)
 }
 
 /// Marks the work of a dropped call as abandoned and stops its download.
@@ -257,14 +291,16 @@ async fn blocking<T: Send + 'static>(
 
 /// Decompresses `input` into `out`, checking the blob's size and digest and
 /// the output's diff_id. Returns `out` and the blob's store copy, neither
-/// committed. The output is hashed and written to `out` by a second thread
+/// committed, and with `index` the tar's headers parsed from the same bytes
+/// (the parser holds its error if they do not parse). The output is hashed and written to `out` by a second thread
 /// (see [`Split`]), which has ended when this returns; a panic there goes
 /// on here.
 fn unpack<W: Write + Send>(
     check: &LayerCheck,
     mut input: Input,
     out: W,
-) -> Result<(W, Option<PendingFile>)> {
+    index: bool,
+) -> Result<(W, Option<PendingFile>, Option<Parser>)> {
     let reporter = check.progress.clone().map(|report| Reporter {
         report,
         layer: check.index,
@@ -277,6 +313,7 @@ fn unpack<W: Write + Send>(
         written: 0,
         downloaded: 0,
         reporter,
+        parser: index.then(Parser::new),
     };
     let limit = check.max_size.map(|limit| (limit, check.what.as_str()));
     let downloaded = input.downloaded.clone();
@@ -311,7 +348,7 @@ fn unpack<W: Write + Send>(
         let downloaded = downloaded.load(Ordering::Relaxed);
         reporter.report(downloaded, written.written, Some(written.written));
     }
-    Ok((written.inner, copy))
+    Ok((written.inner, copy, written.parser))
 }
 
 /// The decompressor's side of a layer's two threads: fills buffers from the
@@ -615,12 +652,18 @@ struct HashingWriter<W> {
     /// The compressed bytes read when the bytes being written were made.
     downloaded: u64,
     reporter: Option<Reporter>,
+    /// Reads the tar's headers for its index, when one is written.
+    parser: Option<Parser>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        if let Some(parser) = &mut self.parser {
+            // A failure stays in the parser: the tar is written all the same.
+            let _ = parser.feed(&buf[..n]);
+        }
         self.written += n as u64;
         if let Some(reporter) = &self.reporter {
             reporter.report(self.downloaded, self.written, None);
@@ -935,6 +978,92 @@ mod tests {
         );
         assert_eq!(files(dst.path()), [format!("sha256/{}", diff_id.hex())]);
         assert_eq!(files(bad_dst.path()), [format!("sha256/{}", bad_id.hex())]);
+    }
+
+    /// Extracts `tar`, compressed as `media_type` says, into a new dst.
+    fn extract_layer(tar: &[u8], media_type: &str) -> (tempfile::TempDir, Digest) {
+        let blob = match media_type.rsplit('+').next() {
+            Some("gzip") => {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                encoder.write_all(tar).unwrap();
+                encoder.finish().unwrap()
+            }
+            Some("zstd") => zstd::encode_all(tar, 1).unwrap(),
+            _ => tar.to_vec(),
+        };
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&blob).unwrap();
+        io::Seek::rewind(&mut file).unwrap();
+        let diff_id = Digest::sha256_of(tar);
+        let check = LayerCheck {
+            what: "layer 0 of test".into(),
+            index: 0,
+            digest: Digest::sha256_of(&blob),
+            size: blob.len() as u64,
+            diff_id: diff_id.clone(),
+            codec: Codec::of(media_type).unwrap(),
+            max_size: None,
+            progress: None,
+        };
+        let dst = tempfile::tempdir().unwrap();
+        let target = Target {
+            dst: dst.path().to_owned(),
+            reserve: Reserve::OFF,
+            sweep: false,
+        };
+        runtime()
+            .block_on(extract(check, Blob::Local(file), None, target))
+            .unwrap();
+        (dst, diff_id)
+    }
+
+    #[test]
+    fn extracting_a_layer_writes_its_index_in_the_same_pass() {
+        // Larger than a writer buffer, so headers straddle buffers.
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..40 {
+            let content = vec![i as u8; 10_000 + i * 777];
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o640);
+            header.set_size(content.len() as u64);
+            let name = format!("dir{}/{}-{}", i % 3, "long".repeat(30), i);
+            builder
+                .append_data(&mut header, name, &content[..])
+                .unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        assert!(tar.len() > 2 * OUTPUT_BUFFER);
+        for media_type in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar",
+        ] {
+            let (dst, diff_id) = extract_layer(&tar, media_type);
+            let written = std::fs::read(index_path(dst.path(), &diff_id)).unwrap();
+            assert_eq!(written, expected_index(&tar, &diff_id), "{media_type}");
+            let hex = diff_id.hex();
+            assert_eq!(
+                files(dst.path()),
+                [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")],
+                "{media_type}"
+            );
+            assert_eq!(std::fs::read(tar_path(dst.path(), &diff_id)).unwrap(), tar);
+        }
+    }
+
+    #[test]
+    fn a_layer_that_does_not_parse_is_extracted_with_no_index() {
+        let garbage = vec![b'x'; 3000];
+        let (dst, diff_id) = extract_layer(&garbage, "application/vnd.oci.image.layer.v1.tar");
+        assert_eq!(files(dst.path()), [format!("sha256/{}", diff_id.hex())]);
+        assert_eq!(
+            std::fs::read(tar_path(dst.path(), &diff_id)).unwrap(),
+            garbage
+        );
+        // The view asking for the index gets the parse error.
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
     }
 
     #[test]
