@@ -982,6 +982,14 @@ mod tests {
 
     /// Extracts `tar`, compressed as `media_type` says, into a new dst.
     fn extract_layer(tar: &[u8], media_type: &str) -> (tempfile::TempDir, Digest) {
+        let dst = tempfile::tempdir().unwrap();
+        let diff_id = extract_into(dst.path(), tar, media_type);
+        (dst, diff_id)
+    }
+
+    /// Extracts `tar`, compressed as `media_type` says, into `dst`; returns
+    /// its diff_id.
+    fn extract_into(dst: &Path, tar: &[u8], media_type: &str) -> Digest {
         let blob = match media_type.rsplit('+').next() {
             Some("gzip") => {
                 let mut encoder =
@@ -1006,16 +1014,15 @@ mod tests {
             max_size: None,
             progress: None,
         };
-        let dst = tempfile::tempdir().unwrap();
         let target = Target {
-            dst: dst.path().to_owned(),
+            dst: dst.to_owned(),
             reserve: Reserve::OFF,
-            sweep: false,
+            sweep: true,
         };
         runtime()
             .block_on(extract(check, Blob::Local(file), None, target))
             .unwrap();
-        (dst, diff_id)
+        diff_id
     }
 
     #[test]
@@ -1064,6 +1071,33 @@ mod tests {
         // The view asking for the index gets the parse error.
         let err = ensure(dst.path(), &diff_id).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_index_directory_is_never_followed() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dst.path().join(INDEX_DIR)).unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "{} is a symbolic link; links below dst and the store are never followed",
+                dst.path().join(INDEX_DIR).display()
+            )
+        );
+        // The pass still writes the tar, and no index through the link.
+        let other = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), other.path().join(INDEX_DIR)).unwrap();
+        let plain = "application/vnd.oci.image.layer.v1.tar";
+        let other_id = extract_into(other.path(), &tar, plain);
+        assert_eq!(
+            std::fs::read(tar_path(other.path(), &other_id)).unwrap(),
+            tar
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]
