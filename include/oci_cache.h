@@ -391,8 +391,11 @@ void oci_disk_usage_free(oci_disk_usage *usage);
 // `oci_rootfs` fetches them again. Free the report with
 // `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
 // token ends it between chunks of a file. Files that are not regular
-// (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
-// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+// (symlinks, FIFOs) are skipped, never followed or waited on. The layer
+// tars' indexes under `dst/tar-index` are re-checked too (their checksum
+// and diff_id), and with `remove_corrupt` a bad one is deleted; they are
+// not counted or listed in the report (a view rebuilds a missing one).
+// `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_verify(const oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
 
 // The number of files re-hashed: store blobs and layer tars; 0 if

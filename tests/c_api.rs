@@ -222,14 +222,10 @@ fn compile(what: &str, command: &mut Command) {
     );
 }
 
-/// Checks `dst` holds exactly app's layer tars, byte for byte.
+/// Checks `dst` holds exactly app's layer tars, byte for byte, and their
+/// indexes.
 fn assert_app_layers(dst: &Path, app: &PushedImage) {
-    let mut expected: Vec<PathBuf> = app
-        .diff_ids
-        .iter()
-        .map(|d| dst.join("sha256").join(d.strip_prefix("sha256:").unwrap()))
-        .collect();
-    expected.sort();
+    let expected = layer_files(dst, app.diff_ids.iter().map(String::as_str));
     assert_eq!(files_under(dst), expected, "files under {}", dst.display());
     for (diff_id, layer) in app.diff_ids.iter().zip(&app.layers) {
         let path = dst

@@ -605,9 +605,9 @@ impl ImageCache {
         .await
     }
 
-    /// Removes the store's blobs, and the layer tars under `dst`, that no
-    /// entry of `index.json` reaches, and temp files left by killed
-    /// writers. Every entry is a root, named or not (as other tools such as
+    /// Removes the store's blobs, and the layer tars under `dst` with their
+    /// indexes, that no entry of `index.json` reaches, indexes whose tar is
+    /// gone, and temp files left by killed writers. Every entry is a root, named or not (as other tools such as
     /// skopeo write them), whatever its media type; everything it reaches
     /// through `manifests`, `config`, `layers`, `blobs` and `subject` stays,
     /// and so do the layer tars of every reached config's diff_ids. Safe
@@ -622,7 +622,8 @@ impl ImageCache {
             .await
     }
 
-    /// Bytes and files of the store's blobs, and of the layer tars under `dst`.
+    /// Bytes and files of the store's blobs, and of the layer tars and
+    /// (apart) their indexes under `dst`.
     pub async fn disk_usage(&self, dst: Option<&Path>) -> Result<DiskUsage> {
         let dst = dst.map(existing_dir).transpose()?;
         self.maintain("disk_usage", |store| maintenance::disk_usage(store, dst))
@@ -630,9 +631,10 @@ impl ImageCache {
     }
 
     /// Re-hashes every store blob and every layer tar under `dst` and
-    /// reports those that do not match their digest; with `remove_corrupt`
-    /// it deletes them, so the next [`rootfs`](Self::rootfs) fetches them
-    /// again. Takes no lock; a deadline or dropping the call ends it
+    /// reports those that do not match their digest, and re-checks every
+    /// tar index (reported apart); with `remove_corrupt` it deletes them,
+    /// so the next [`rootfs`](Self::rootfs) fetches them again (an index is
+    /// rebuilt when a view needs it). Takes no lock; a deadline or dropping the call ends it
     /// between chunks of a file. Files that are not regular (symlinks,
     /// FIFOs) are skipped, never followed or waited on.
     pub async fn verify(&self, dst: Option<&Path>, remove_corrupt: bool) -> Result<Verified> {

@@ -1061,7 +1061,8 @@ static void test_happy_path(oci_cache *cache, const oci_image *app) {
         close(one);
 
     set_context("what is under dst after all that");
-    CHECK(count_regular_files(dst) == LAYERS);
+    /* Each layer tar and its index (dst/tar-index). */
+    CHECK(count_regular_files(dst) == 2 * LAYERS);
     for (size_t i = 0; i < LAYERS; i++) {
         layer_path(path, dst, i);
         CHECK(access(path, R_OK) == 0);
@@ -1144,7 +1145,7 @@ static void test_hostile_dst(oci_cache *cache, const oci_image *app) {
     CHECK(count_regular_files(bare) == 0);
     EXPECT_OK(oci_rootfs(unlimited, app, bare, NULL, fds, LAYERS, &err), &err);
     close_fds(fds, LAYERS);
-    CHECK(count_regular_files(bare) == LAYERS);
+    CHECK(count_regular_files(bare) == 2 * LAYERS);
     oci_cache_free(strict);
     oci_cache_free(unlimited);
 }
@@ -1322,9 +1323,19 @@ static void test_cache_management(void) {
     other_only += file_size(path);
     tar_path(path, dst, oci_image_layer_diff_id(other, 0));
     long long other_tar = file_size(path);
-    int store_files = 0, dst_files = 0;
+    /* The tars alone: their indexes (dst/tar-index) are counted apart. */
+    char tars[PATH_CAP + 128];
+    snprintf(tars, sizeof tars, "%s/sha256", dst);
+    char indexes[PATH_CAP + 128];
+    snprintf(indexes, sizeof indexes, "%s/tar-index/sha256/%s", dst,
+             oci_image_layer_diff_id(other, 0) + strlen("sha256:"));
+    long long other_index = file_size(indexes);
+    snprintf(indexes, sizeof indexes, "%s/tar-index", dst);
+    int store_files = 0, dst_files = 0, index_files = 0;
     long long store_total = sum_file_sizes(blobs, &store_files);
-    long long dst_total = sum_file_sizes(dst, &dst_files);
+    long long dst_total = sum_file_sizes(tars, &dst_files);
+    long long index_total = sum_file_sizes(indexes, &index_files);
+    CHECK(index_files == LAYERS + 1 && other_index > 0);
     CHECK(store_files == 9 && store_total == app_size + other_only);
     CHECK(dst_files == LAYERS + 1 && other_tar > 0);
 
@@ -1379,15 +1390,17 @@ static void test_cache_management(void) {
     files = bytes = 777;
     EXPECT_OK(oci_cache_prune(cache, dst, NULL, &files, &bytes, &err), &err);
     {
-        int store_after = 0, dst_after = 0;
+        int store_after = 0, dst_after = 0, index_after = 0;
         long long bytes_after = sum_file_sizes(blobs, &store_after);
-        bytes_after += sum_file_sizes(dst, &dst_after);
+        bytes_after += sum_file_sizes(tars, &dst_after);
+        bytes_after += sum_file_sizes(indexes, &index_after);
         /* The index, the other platform's manifest, config and layer blob,
-         * and its layer tar: what multi alone reached. */
-        CHECK(files == 5 && bytes == (uint64_t)(other_only + other_tar));
-        CHECK(files == (uint64_t)(store_files + dst_files - store_after - dst_after) &&
-              bytes == (uint64_t)(store_total + dst_total - bytes_after));
-        CHECK(store_after == 5 && dst_after == LAYERS);
+         * and its layer tar and tar index: what multi alone reached. */
+        CHECK(files == 6 && bytes == (uint64_t)(other_only + other_tar + other_index));
+        CHECK(files == (uint64_t)(store_files + dst_files + index_files - store_after -
+                                  dst_after - index_after) &&
+              bytes == (uint64_t)(store_total + dst_total + index_total - bytes_after));
+        CHECK(store_after == 5 && dst_after == LAYERS && index_after == LAYERS);
     }
     blob_path(path, store, cfg.multi_digest);
     CHECK(file_size(path) == -1);
@@ -1751,7 +1764,7 @@ static void test_threads(oci_cache *cache, const oci_image *app) {
                     workers[i].first_failure);
         CHECK(workers[i].failures == 0);
     }
-    CHECK(count_regular_files(dst) == LAYERS);
+    CHECK(count_regular_files(dst) == 2 * LAYERS);
 }
 
 /* A socket on 127.0.0.1 that listens and never accepts: connections
