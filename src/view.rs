@@ -5,15 +5,11 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::FileExt;
 
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lookup::{self, Merged, Missed};
-use crate::tar_index::build_from_tar;
 use crate::tar_index::format::{Entry, TarIndex};
 use crate::tar_index::parse::Kind as TarKind;
-use crate::work::Stop;
 
 /// An image's files, its layers merged (upper layers win, whiteouts and
 /// opaque directories apply). Immutable; safe to share between threads.
@@ -144,19 +140,13 @@ struct Data {
 }
 
 impl View {
-    /// The view of layer tars `layers` (bottom first, each with its
-    /// diff_id), as `rootfs` opened them: each tar's index is loaded, and
-    /// the work stops between layers once `stop` is set.
-    pub(crate) fn load(layers: Vec<(File, Digest)>, stop: &Stop) -> Result<View> {
+    /// The view of layer tars `layers`, bottom first, each with its index.
+    pub(crate) fn new(layers: Vec<(File, TarIndex)>) -> View {
         let layers = layers
             .into_iter()
-            .map(|(tar, diff_id)| {
-                stop.check("loading the view's indexes")?;
-                let index = load_index(&tar, &diff_id)?;
-                Ok(ViewLayer { tar, index })
-            })
-            .collect::<Result<_>>()?;
-        Ok(View { layers })
+            .map(|(tar, index)| ViewLayer { tar, index })
+            .collect();
+        View { layers }
     }
 
     /// The number of layers.
@@ -407,46 +397,30 @@ fn missed_error(path: &str, missed: Missed) -> Error {
     }
 }
 
-/// The index of one layer tar. Built in memory from the tar for now; the
-/// index files kept beside the tars replace this.
-fn load_index(tar: &File, diff_id: &Digest) -> Result<TarIndex> {
-    let what = format!("layer {diff_id}");
-    let bytes = build_from_tar(FromStart(tar, 0), diff_id, &what)?;
-    TarIndex::from_bytes(bytes, diff_id)
-}
-
-/// Reads a file from its start with positional reads, wherever its offset
-/// stands (the offset is shared with every fd the view hands out).
-struct FromStart<'a>(&'a File, u64);
-
-impl std::io::Read for FromStart<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.0.read_at(buf, self.1)?;
-        self.1 += n as u64;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     use super::*;
+    use crate::digest::Digest;
+    use crate::tar_index::build_from_tar;
     use crate::tar_index::parse::testing::{end, entry, file};
     use crate::ErrorKind;
 
-    /// A view of `tars`, bottom first, each written to a temp file whose
-    /// offset is left at its end: loading reads from the start anyway.
+    /// A view of `tars`, bottom first, each in a temp file with its index.
     fn view_of(tars: &[Vec<u8>]) -> View {
         let layers = tars
             .iter()
             .map(|tar| {
                 let mut file = tempfile::tempfile().unwrap();
                 file.write_all(tar).unwrap();
-                (file, Digest::sha256_of(tar))
+                let diff_id = Digest::sha256_of(tar);
+                let index = build_from_tar(tar.as_slice(), &diff_id, "a test layer").unwrap();
+                (file, TarIndex::from_bytes(index, &diff_id).unwrap())
             })
             .collect();
-        View::load(layers, &Stop::default()).unwrap()
+        View::new(layers)
     }
 
     fn content(view: &View, path: &str) -> Vec<u8> {

@@ -333,10 +333,23 @@ impl ImageCache {
             .zip(&image.layers)
             .map(|(file, layer)| (file, layer.diff_id.clone()))
             .collect();
+        let (dst, reserve) = (dst.as_ref().to_owned(), self.inner.free_space_reserve);
+        // Each tar's index is opened, or built and written if missing or
+        // bad; the work stops between layers once the call is dropped.
+        let load = move |stop: &work::Stop| {
+            let indexed = layers
+                .into_iter()
+                .map(|(tar, diff_id)| {
+                    stop.check("loading the view's indexes")?;
+                    Ok((tar, layer::ensure_index(&dst, &diff_id, reserve)?))
+                })
+                .collect::<Result<_>>()?;
+            Ok(View::new(indexed))
+        };
         self.call
             .bounded(
                 || format!("view of {}", image.reference),
-                work::blocking(move |stop| View::load(layers, stop)),
+                work::blocking(load),
             )
             .await
     }
