@@ -38,6 +38,17 @@
 // Patch version of the library this header belongs to.
 #define OCI_CACHE_VERSION_PATCH 0
 
+// What a path of a view is (`oci_stat.type`). A hardlink is reported as
+// what it links to.
+typedef enum {
+  OCI_FILE_REGULAR = 1,
+  OCI_FILE_DIRECTORY = 2,
+  OCI_FILE_SYMLINK = 3,
+  OCI_FILE_CHAR_DEVICE = 4,
+  OCI_FILE_BLOCK_DEVICE = 5,
+  OCI_FILE_FIFO = 6,
+} oci_file_type;
+
 // An image cache: a local store, the registries behind it, and the runtime
 // its calls run on. Thread-safe: every call taking `const oci_cache *` may
 // run on it from many threads at once; only `oci_cache_free` takes
@@ -62,6 +73,10 @@ typedef struct oci_call_options oci_call_options;
 // return `OCI_E_CANCELED`; a triggered token stays triggered. Shareable
 // between threads and calls.
 typedef struct oci_cancel oci_cancel;
+
+// The merged entries of one directory, sorted by name (bytewise), without
+// `.` and `..`. Immutable and thread-safe; names live as long as the list.
+typedef struct oci_dir_list oci_dir_list;
 
 // What `oci_cache_disk_usage_report` counted: bytes and files of the
 // store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
@@ -91,6 +106,23 @@ typedef struct oci_layer_reader oci_layer_reader;
 // Strings it returns live as long as the report.
 typedef struct oci_verify_report oci_verify_report;
 
+// An image's files, its layers merged as the OCI image spec says (upper
+// layers win, whiteouts and opaque directories apply). Immutable and
+// thread-safe: every call on it may run from any thread at once. It holds
+// its own fds of the layer tars, so it stays valid after its image and
+// cache are freed; it does no network I/O and is not affected by fork.
+//
+// Paths are absolute inside the image (`"/etc/os-release"`); a relative
+// path is taken from `"/"`, and `""` and `"/"` name the root. `.` and `..`
+// are resolved lexically, never above `"/"`. Symlinks in intermediate
+// components are followed inside the image root (an absolute target starts
+// again at the image's `"/"`, never the host's); more than 40 links in one
+// lookup, or a loop, is `OCI_E_INVALID_CONTENT`. A missing or whited-out
+// path, or one that runs through a non-directory, is `OCI_E_NOT_FOUND`.
+// Entries whose tar name is not valid UTF-8 cannot be named. Error
+// messages name the path asked for.
+typedef struct oci_view oci_view;
+
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
 // values are stable across releases. The comments on the `OCI_E_*` codes
@@ -108,6 +140,30 @@ typedef int32_t oci_status;
 // returning non-zero cancels the call (`OCI_E_CANCELED`). It must not make
 // blocking oci_* calls: they fail with `OCI_E_INVALID_ARGUMENT`.
 typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *digest, uint64_t downloaded, int64_t download_total, uint64_t written, int64_t written_total);
+
+// A path's metadata, as its tar entry stores it (`oci_view_stat`).
+typedef struct {
+  // An `oci_file_type`.
+  int32_t type;
+  // Permission bits with setuid, setgid and sticky (`mode & 07777`); a
+  // symlink's is what its tar entry stores.
+  uint32_t mode;
+  uint32_t uid;
+  uint32_t gid;
+  // Seconds since the epoch.
+  int64_t mtime_sec;
+  uint32_t mtime_nsec;
+  // Devices only, else 0.
+  uint32_t dev_major;
+  uint32_t dev_minor;
+  // Regular files: bytes; symlinks: the length of the target; else 0.
+  uint64_t size;
+  // The topmost layer (bottom is 0) with an entry of its own for the
+  // path (a whiteout or a child's entry alone does not count); a
+  // hardlink's is its own entry's layer. The root with no entry in any
+  // layer is a directory 0755 owned by 0:0 from layer 0.
+  uint32_t layer;
+} oci_stat;
 
 // Success.
 #define OCI_OK 0
@@ -582,6 +638,60 @@ oci_status oci_call_options_set_progress(oci_call_options *options, oci_progress
 
 // Frees `options`. NULL is a no-op.
 void oci_call_options_free(oci_call_options *options);
+
+// Opens the view of `image`'s files: runs `oci_rootfs` first (layers
+// already in `dst` are reused, missing ones fetched; `dst` must exist),
+// then opens every layer tar's index beside it in `dst`, building and
+// writing any that is missing or bad. `options` (NULL for none) applies as
+// in `oci_rootfs`. Free the view with `oci_view_free`.
+oci_status oci_view_open(const oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, oci_view **view_out, oci_error **err_out);
+
+// Frees `view` and closes its fds of the layer tars (fds handed out by
+// `oci_view_open_file` stay open). NULL is a no-op.
+void oci_view_free(oci_view *view);
+
+// Stores the metadata of `path` in `*stat_out`, not following a symlink
+// in the last component (`lstat`). `stat("/")` reports the topmost
+// layer's entry for the root directory.
+oci_status oci_view_stat(const oci_view *view, const char *path, oci_stat *stat_out, oci_error **err_out);
+
+// Copies the target of symlink `path`, as stored, into `buf`,
+// NUL-terminated, and its length without the NUL into `*len_out`. When
+// `cap` cannot hold it and its NUL: `OCI_E_BUFFER_TOO_SMALL` with
+// `*len_out` set and `buf` untouched. `path` not a symlink is
+// `OCI_E_INVALID_ARGUMENT`.
+oci_status oci_view_readlink(const oci_view *view, const char *path, char *buf, size_t cap, size_t *len_out, oci_error **err_out);
+
+// Copies `path` with every symlink followed inside the image root, as an
+// absolute path, into `buf` by `oci_view_readlink`'s rule. A missing path
+// or a dangling link is `OCI_E_NOT_FOUND`.
+oci_status oci_view_resolve(const oci_view *view, const char *path, char *buf, size_t cap, size_t *len_out, oci_error **err_out);
+
+// Lists the merged entries of directory `path` (followed like
+// `oci_view_open_file`), sorted by name (bytewise), without `.` and `..`;
+// names that are not valid UTF-8 are left out. `path` not a directory is
+// `OCI_E_INVALID_ARGUMENT`. Free the list with `oci_dir_list_free`.
+oci_status oci_view_readdir(const oci_view *view, const char *path, oci_dir_list **list_out, oci_error **err_out);
+
+// The number of names in `list`; 0 if `list` is NULL.
+size_t oci_dir_list_count(const oci_dir_list *list);
+
+// Name `index` of `list` (a name, not a path); NULL if out of range or
+// `list` is NULL.
+const char *oci_dir_list_name(const oci_dir_list *list, size_t index);
+
+// Frees `list` and its names. NULL is a no-op.
+void oci_dir_list_free(oci_dir_list *list);
+
+// A regular file's bytes, zero-copy: stores in `*fd_out` a fresh fd of
+// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, the caller's to
+// close; its file offset is shared with other fds of that tar, so read
+// with `pread`, `sendfile` or `copy_file_range`), and in `*offset_out` and
+// `*size_out` where the bytes are in it. The last component is followed
+// (inside the root); a hardlink gives its target's data; anything but a
+// regular file is `OCI_E_INVALID_ARGUMENT` naming its type, and a GNU
+// sparse file `OCI_E_UNSUPPORTED`.
+oci_status oci_view_open_file(const oci_view *view, const char *path, int *fd_out, uint64_t *offset_out, uint64_t *size_out, oci_error **err_out);
 
 #ifdef __cplusplus
 }  // extern "C"
