@@ -91,25 +91,34 @@ pub(crate) fn tar_path(dst: &Path, diff_id: &Digest) -> PathBuf {
 pub(crate) const INDEX_DIR: &str = "tar-index";
 
 /// Where the index of the tar of `diff_id` lives under `dst`.
-// The view and the pass call these next.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(crate) fn index_path(dst: &Path, diff_id: &Digest) -> PathBuf {
     dst.join(INDEX_DIR)
         .join(diff_id.algorithm())
         .join(diff_id.hex())
 }
 
-/// The index of the tar of `diff_id` under `dst`: the one on disk if it
-/// checks out (its checksum, version and diff_id), else built by one
-/// sequential read of the tar that also checks the tar hashes to its name,
-/// and written atomically in its place (a corrupt one, a symlink or a FIFO
-/// there is replaced, never read or followed). `NotFound` when there is no
-/// tar; `DigestMismatch` when the tar is not the one its name says;
-/// `InvalidContent` when it does not parse as a tar. Blocks: call it on a
-/// blocking thread.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn ensure_index(dst: &Path, diff_id: &Digest, reserve: Reserve) -> Result<TarIndex> {
+/// The index of `tar`, the layer tar of `diff_id` under `dst` (opened by
+/// the caller, who keeps reading it): the one on disk if it checks out (its
+/// checksum, version, diff_id and the tar's size), else built by one
+/// sequential read of `tar` that also checks it hashes to its name, and
+/// written atomically in its place (a corrupt one, a symlink or a FIFO
+/// there is replaced, never read or followed). `DigestMismatch` when the
+/// tar is not the one its name says; `InvalidContent` when it does not
+/// parse as a tar. Blocks: call it on a blocking thread.
+pub(crate) fn ensure_index(
+    dst: &Path,
+    diff_id: &Digest,
+    tar: &File,
+    reserve: Reserve,
+) -> Result<TarIndex> {
     let (algorithm, name) = (diff_id.algorithm(), diff_id.hex());
+    let tar_path = tar_path(dst, diff_id);
+    let what = format!("layer tar {}", tar_path.display());
+    let tar_size = tar
+        .metadata()
+        .map_err(|e| Error::io_at("reading the size of", &tar_path, e))?
+        .len();
     let root = Dir::open(dst)?;
     let existing = match root.sub(INDEX_DIR)? {
         Some(indexes) => indexes.sub(algorithm)?,
@@ -117,19 +126,17 @@ pub(crate) fn ensure_index(dst: &Path, diff_id: &Digest, reserve: Reserve) -> Re
     };
     if let Some(dir) = existing {
         match TarIndex::open_in(&dir, name, diff_id) {
-            Ok(Some(index)) => return Ok(index),
-            Ok(None) => {}
+            Ok(Some(index)) if index.tar_size() == tar_size => return Ok(index),
+            // Another tar's size: rebuilt.
+            Ok(_) => {}
             // Corrupt, truncated, another version or another tar's: rebuilt.
             Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
             Err(e) => return Err(e),
         }
     }
-    let tar_path = tar_path(dst, diff_id);
-    let no_tar = || Error::not_found(format!("no layer tar at {}", tar_path.display()));
-    let tars = root.sub(algorithm)?.ok_or_else(no_tar)?;
-    let tar = tars.open_regular(name)?.ok_or_else(no_tar)?;
-    let what = format!("layer tar {}", tar_path.display());
-    let bytes = tar_index::build_from_tar(tar, diff_id, &what)?;
+    // A reader of its own, so the caller's file offset stays where it was.
+    let reader = fs::reopen_read_only(tar).map_err(|e| Error::io_at("reopening", &tar_path, e))?;
+    let bytes = tar_index::build_from_tar(reader, diff_id, &what)?;
     let dir = root.create_sub(INDEX_DIR)?.create_sub(algorithm)?;
     fs::write_atomic(&dir, name, &bytes, CONTENT_MODE, reserve)?;
     TarIndex::from_bytes(bytes, diff_id)
@@ -826,7 +833,8 @@ mod tests {
     }
 
     fn ensure(dst: &Path, diff_id: &Digest) -> Result<TarIndex> {
-        ensure_index(dst, diff_id, Reserve::OFF)
+        let tar = File::open(tar_path(dst, diff_id)).unwrap();
+        ensure_index(dst, diff_id, &tar, Reserve::OFF)
     }
 
     /// The index bytes `build_from_tar` makes of `tar`.
@@ -895,12 +903,18 @@ mod tests {
         let mut corrupt = good.clone();
         corrupt[80] ^= 1;
         let truncated = good[..good.len() - 1].to_vec();
+        // Well formed and of this diff_id, but for a tar of another size.
+        let mut other_size = good[..good.len() - 32].to_vec();
+        other_size[56..64].copy_from_slice(&(tar.len() as u64 + 512).to_le_bytes());
+        let sum = <sha2::Sha256 as sha2::Digest>::digest(&other_size);
+        other_size.extend_from_slice(&sum);
         let path = index_path(dst.path(), &diff_id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         for (what, content) in [
             ("corrupt", corrupt),
             ("truncated", truncated),
             ("wrong diff_id", wrong_diff_id),
+            ("another tar size", other_size),
             ("empty", Vec::new()),
         ] {
             let _ = std::fs::remove_file(&path);
@@ -945,17 +959,9 @@ mod tests {
     }
 
     #[test]
-    fn no_index_comes_of_a_missing_wrong_or_malformed_tar() {
+    fn no_index_comes_of_a_wrong_or_malformed_tar() {
         let tar = small_tar();
         let (dst, diff_id) = dst_with(&tar);
-        let missing = Digest::sha256_of(b"no such tar");
-        let err = ensure(dst.path(), &missing).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-        let missing_path = tar_path(dst.path(), &missing);
-        assert_eq!(
-            err.message(),
-            format!("no layer tar at {}", missing_path.display())
-        );
         // A tar that does not hash to its name.
         let tar_file = tar_path(dst.path(), &diff_id);
         std::fs::write(&tar_file, [&tar[..], &[0u8; 512][..]].concat()).unwrap();

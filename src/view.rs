@@ -4,9 +4,9 @@
 //! outlives the cache and the image it came from.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 
 use crate::error::{Error, Result};
+use crate::fs;
 use crate::lookup::{self, Merged, Missed};
 use crate::tar_index::format::{Entry, TarIndex};
 use crate::tar_index::parse::Kind as TarKind;
@@ -31,7 +31,7 @@ impl std::fmt::Debug for View {
 
 struct ViewLayer {
     /// The layer tar, `O_RDONLY | O_CLOEXEC`, read only with positional
-    /// reads (its offset is shared with every fd handed out).
+    /// reads; the fds handed out are opened afresh from it.
     tar: File,
     index: TarIndex,
 }
@@ -233,8 +233,8 @@ impl View {
     }
 
     /// Regular file `path`'s bytes, zero-copy: a fresh fd of the layer tar
-    /// holding them (`O_RDONLY | O_CLOEXEC`; its file offset is shared, so
-    /// read it with positional reads) and their offset and size in it.
+    /// holding them (`O_RDONLY | O_CLOEXEC`, a file offset of its own at 0)
+    /// and their offset and size in it.
     /// A symlink in the last component is followed; a hardlink gives its
     /// target's data.
     pub fn open_file(&self, path: &str) -> Result<(File, u64, u64)> {
@@ -254,16 +254,8 @@ impl View {
                 "{path} is a GNU sparse file, whose data cannot be read from its layer tar"
             )));
         }
-        let tar = &self.layers[data.layer].tar;
-        // SAFETY: fcntl on a descriptor `tar` owns; the new one is owned by
-        // the File made of it.
-        let fd = unsafe { libc::fcntl(tar.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::io(format!("opening {path}: {err}")).with_source(err));
-        }
-        // SAFETY: `fd` was just made and nothing else owns it.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = fs::reopen_read_only(&self.layers[data.layer].tar)
+            .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?;
         Ok((file, data.offset, data.size))
     }
 

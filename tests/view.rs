@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -174,6 +175,17 @@ async fn the_view_of_every_compression_is_the_tree_umoci_unpacks() {
     let mut data = vec![0; size as usize];
     first.read_exact_at(&mut data, offset).unwrap();
     assert_eq!(data, [7; 5000]);
+    // Each has a file offset of its own, at 0: seeking and reading one
+    // moves no other.
+    let (mut first, mut second) = (first, second);
+    first.seek(SeekFrom::Start(offset)).unwrap();
+    let mut head = [0; 10];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(head, [7; 10]);
+    assert_eq!(second.stream_position().unwrap(), 0);
+    assert_eq!(first.stream_position().unwrap(), offset + 10);
+    second.seek(SeekFrom::Start(offset + size - 1)).unwrap();
+    assert_eq!(first.stream_position().unwrap(), offset + 10);
     // The view's own fds too: every fd this process has open on a layer
     // tar is close-on-exec.
     drop((first, second));
