@@ -5,7 +5,8 @@
  * directory). It checks stat, readdir, readlink, resolve and open_file
  * against the layers' known content, every error code with outputs left
  * untouched, the buffer rule, NULL arguments, the view outliving its image
- * and cache, and the fds it hands out (O_RDONLY, FD_CLOEXEC). Prints the
+ * and cache, and the fds it hands out (O_RDONLY, FD_CLOEXEC, offset 0 and
+ * their own). Prints the
  * plan and tally of checks.h; the driver wants every check run and passed.
  */
 #include "oci_cache.h"
@@ -103,6 +104,11 @@ static char *content(const oci_view *view, const char *path, uint64_t *size_out)
     }
     CHECK((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0, "the fd of %s lacks FD_CLOEXEC", path);
     CHECK((fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY, "the fd of %s is not O_RDONLY", path);
+    /* A fresh open: its offset is 0 and its own, so moving it (as below,
+     * for every file read) moves no other fd of the same layer tar. */
+    CHECK(lseek(fd, 0, SEEK_CUR) == 0, "the fd of %s is not at offset 0", path);
+    CHECK(lseek(fd, (off_t)(offset + size), SEEK_SET) == (off_t)(offset + size),
+          "seeking the fd of %s", path);
     char *data = calloc(1, size + 1);
     if (data == NULL) {
         exit(3);
