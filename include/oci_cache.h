@@ -123,6 +123,10 @@ typedef struct oci_verify_report oci_verify_report;
 // messages name the path asked for.
 typedef struct oci_view oci_view;
 
+// The extended attributes of one path of a view (`oci_view_xattrs`):
+// immutable, thread-safe, independent of the view.
+typedef struct oci_xattr_list oci_xattr_list;
+
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
 // values are stable across releases. The comments on the `OCI_E_*` codes
@@ -683,10 +687,33 @@ const char *oci_dir_list_name(const struct oci_dir_list *list, size_t index);
 // Frees `list` and its names. NULL is a no-op.
 void oci_dir_list_free(struct oci_dir_list *list);
 
+// The extended attributes of `path` (`lgetxattr` semantics: a symlink in
+// the last component is not followed; a hardlink has its target's), as
+// its tar entry's PAX `SCHILY.xattr.*` records give them, sorted by name;
+// the root with no entry in any layer has none. Free the list with
+// `oci_xattr_list_free`.
+oci_status oci_view_xattrs(const struct oci_view *view, const char *path, struct oci_xattr_list **list_out, struct oci_error **err_out);
+
+// The number of extended attributes in `list`; 0 if `list` is NULL.
+size_t oci_xattr_list_count(const struct oci_xattr_list *list);
+
+// The name of extended attribute `index` of `list` (`"security.capability"`);
+// NULL if out of range or `list` is NULL.
+const char *oci_xattr_list_name(const struct oci_xattr_list *list, size_t index);
+
+// The value of extended attribute `index` of `list`: raw bytes, not
+// NUL-terminated, their count in `*len_out` (when `len_out` is not NULL).
+// NULL (and `*len_out` untouched) if out of range or `list` is NULL; an
+// empty value is a non-NULL pointer with a length of 0.
+const uint8_t *oci_xattr_list_value(const struct oci_xattr_list *list, size_t index, size_t *len_out);
+
+// Frees `list` and its names and values. NULL is a no-op.
+void oci_xattr_list_free(struct oci_xattr_list *list);
+
 // A regular file's bytes, zero-copy: stores in `*fd_out` a fresh fd of
-// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, the caller's to
-// close; its file offset is shared with other fds of that tar, so read
-// with `pread`, `sendfile` or `copy_file_range`), and in `*offset_out` and
+// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, a new open file
+// description at offset 0, the caller's to close; read it with `pread`,
+// `sendfile` or `copy_file_range`, or `lseek` then `read`), and in `*offset_out` and
 // `*size_out` where the bytes are in it. The last component is followed
 // (inside the root); a hardlink gives its target's data; anything but a
 // regular file is `OCI_E_INVALID_ARGUMENT` naming its type, and a GNU

@@ -193,6 +193,22 @@ impl View {
         })
     }
 
+    /// The extended attributes of `path` (`lgetxattr` semantics: a symlink
+    /// in the last component is not followed; a hardlink has its target's),
+    /// as its tar entry's PAX `SCHILY.xattr.*` records give them, sorted by
+    /// name. Names are UTF-8, as PAX keys are; values are raw bytes.
+    pub fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let Some(node) = self.find(path, false)? else {
+            return Ok(Vec::new());
+        };
+        Ok(node
+            .meta
+            .xattrs()
+            .into_iter()
+            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+            .collect())
+    }
+
     /// The merged names in directory `path` (followed like
     /// [`open_file`](Self::open_file)), sorted bytewise, without `.` and
     /// `..`.

@@ -205,6 +205,19 @@ async fn the_view_of_every_compression_is_the_tree_umoci_unpacks() {
         }
     }
     assert_eq!(seen, 2, "one fd per layer");
+    // Extended attributes come from the entry's PAX records; the last
+    // component is not followed.
+    let pax = "/pax/\u{e9}t\u{e9}-with-a-name-that-pax-carries";
+    assert_eq!(
+        view.xattrs(pax).unwrap(),
+        [("user.origin".to_owned(), b"pax".to_vec())]
+    );
+    assert_eq!(view.xattrs("/etc/passwd").unwrap(), []);
+    assert_eq!(view.xattrs("/").unwrap(), []);
+    assert_eq!(
+        view.xattrs("/removed").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     // Shared between threads.
     let view = std::sync::Arc::new(view);
     let threads: Vec<_> = (0..4)

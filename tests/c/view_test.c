@@ -211,6 +211,54 @@ static void check_readdir(const oci_view *view) {
     oci_dir_list_free(NULL);
 }
 
+static void check_xattrs(const oci_view *view) {
+    const char *pax = "/pax/\xc3\xa9t\xc3\xa9-with-a-name-that-pax-carries";
+    oci_xattr_list *xattrs = NULL;
+    oci_error *err = NULL;
+    oci_status status = oci_view_xattrs(view, pax, &xattrs, &err);
+    CHECK(status == OCI_OK && oci_xattr_list_count(xattrs) == 1, "xattrs of the PAX file: %d %s",
+          status, message(err));
+    size_t len = 99;
+    const uint8_t *value = oci_xattr_list_value(xattrs, 0, &len);
+    const char *name = oci_xattr_list_name(xattrs, 0);
+    CHECK(name && strcmp(name, "user.origin") == 0 && value && len == 3 &&
+              memcmp(value, "pax", 3) == 0,
+          "the PAX file's xattr: %s", name ? name : "(NULL)");
+    len = 99;
+    CHECK(oci_xattr_list_name(xattrs, 1) == NULL && oci_xattr_list_value(xattrs, 1, &len) == NULL &&
+              len == 99,
+          "an xattr past the end is NULL, its length untouched");
+    oci_xattr_list_free(xattrs);
+    xattrs = NULL;
+    status = oci_view_xattrs(view, "/etc/passwd", &xattrs, &err);
+    CHECK(status == OCI_OK && oci_xattr_list_count(xattrs) == 0, "no xattrs on /etc/passwd: %d",
+          status);
+    oci_xattr_list_free(xattrs);
+    oci_xattr_list *untouched = (oci_xattr_list *)&status;
+    xattrs = untouched;
+    err = NULL;
+    status = oci_view_xattrs(view, "/removed", &xattrs, &err);
+    CHECK(failed_with(status, err, OCI_E_NOT_FOUND, "/removed") && xattrs == untouched,
+          "xattrs of a whited-out path: %d", status);
+    err = NULL;
+    CHECK((status = oci_view_xattrs(NULL, "/", &xattrs, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "view")),
+          "xattrs of a NULL view");
+    err = NULL;
+    CHECK((status = oci_view_xattrs(view, NULL, &xattrs, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "path")),
+          "xattrs of a NULL path");
+    err = NULL;
+    CHECK((status = oci_view_xattrs(view, "/", NULL, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "list_out")),
+          "xattrs into a NULL list_out");
+    CHECK(xattrs == untouched, "outputs untouched on failure");
+    CHECK(oci_xattr_list_count(NULL) == 0 && oci_xattr_list_name(NULL, 0) == NULL &&
+              oci_xattr_list_value(NULL, 0, NULL) == NULL,
+          "getters of a NULL list");
+    oci_xattr_list_free(NULL);
+}
+
 /* readlink or resolve of `path` into a buffer of `cap` bytes. */
 typedef oci_status (*text_call)(const oci_view *, const char *, char *, size_t, size_t *,
                                 oci_error **);
@@ -436,6 +484,7 @@ int main(void) {
 
     check_stat(view);
     check_readdir(view);
+    check_xattrs(view);
     check_links(view);
     check_content(view);
     check_errors(view);
