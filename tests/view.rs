@@ -437,3 +437,62 @@ async fn links_resolve_inside_the_root_and_errors_name_the_path() {
     // tar stores, not its real size: the index does not keep that).
     assert_eq!(view.stat("/sparse").unwrap().kind, FileKind::Regular);
 }
+
+/// A tree of files, a symlink and a hardlink, built into an image by umoci
+/// (whose 0.4 tars end without padding or end marker) and pushed by skopeo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_umoci_builds_reads_as_umoci_unpacks_it() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let umoci = require_tool("umoci", "apt-get install -y umoci");
+    let skopeo = require_tool("skopeo", "apt-get install -y skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("files");
+    std::fs::create_dir_all(files.join("share/doc")).unwrap();
+    std::fs::write(files.join("share/doc/readme"), b"read me\n").unwrap();
+    std::fs::write(files.join("odd-size"), vec![b'z'; 1001]).unwrap();
+    std::os::unix::fs::symlink("share/doc/readme", files.join("link")).unwrap();
+    std::fs::hard_link(files.join("odd-size"), files.join("hard")).unwrap();
+    let layout = format!("{}:built", work.path().join("layout").display());
+    let limit = Duration::from_secs(60);
+    for (what, args) in [
+        (
+            "umoci init",
+            vec!["init", "--layout", layout.split(':').next().unwrap()],
+        ),
+        ("umoci new", vec!["new", "--image", &layout]),
+        (
+            "umoci insert",
+            vec![
+                "insert",
+                "--image",
+                &layout,
+                files.to_str().unwrap(),
+                "/opt/app",
+            ],
+        ),
+    ] {
+        let ran = run(what, Command::new(&umoci).args(args), limit);
+        assert!(ran.status.success(), "{}", ran.describe());
+    }
+    let ran = run(
+        "skopeo copy",
+        Command::new(&skopeo)
+            .args(["copy", "--dest-tls-verify=false", &format!("oci:{layout}")])
+            .arg(format!("docker://{host}/built:latest")),
+        limit,
+    );
+    assert!(ran.status.success(), "{}", ran.describe());
+    let oracle = unpacked_tree(&host, "built:latest");
+    let cache = new_cache(CacheOptions::new());
+    let dst = tempfile::tempdir().unwrap();
+    let view = view_of(&cache, &format!("{host}/built:latest"), dst.path()).await;
+    let mut tree = BTreeMap::new();
+    walk(&view, "/", &mut tree);
+    assert_eq!(tree, oracle);
+    assert_eq!(content(&view, "/opt/app/hard"), vec![b'z'; 1001]);
+    assert_eq!(
+        view.resolve("/opt/app/link").unwrap(),
+        "/opt/app/share/doc/readme"
+    );
+}
