@@ -43,18 +43,20 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Exits with the error of a failed call. */
-static void check(const char *what, oci_status status, oci_error *err) {
+/* Exits with the error of a failed call. `err` is where the call stored
+ * it, read only after the call: the order in which a function's arguments
+ * are evaluated is unspecified. */
+static void check(const char *what, oci_status status, oci_error *const *err) {
     if (status == OCI_OK)
         return;
     fprintf(stderr, "pull_bench: %s failed (%d): %s\n", what, (int)status,
-            err ? oci_error_message(err) : "(no detail)");
+            err && *err ? oci_error_message(*err) : "(no detail)");
     exit(1);
 }
 
 static void rootfs(oci_cache *cache, oci_image *image, const char *dst, int *fds, size_t count) {
     oci_error *err = NULL;
-    check("oci_rootfs", oci_rootfs(cache, image, dst, NULL, fds, count, &err), err);
+    check("oci_rootfs", oci_rootfs(cache, image, dst, NULL, fds, count, &err), &err);
 }
 
 static void close_all(const int *fds, size_t count) {
@@ -78,7 +80,7 @@ static oci_cache *open_cache(const char *store) {
         check("oci_cache_options_set_max_concurrent_layers",
               oci_cache_options_set_max_concurrent_layers(options, strtoul(getenv("BENCH_LAYERS"), NULL, 10)),
               NULL);
-    check("oci_cache_new", oci_cache_new(options, &cache, &err), err);
+    check("oci_cache_new", oci_cache_new(options, &cache, &err), &err);
     oci_cache_options_free(options);
     return cache;
 }
@@ -91,9 +93,9 @@ static int first_call(int resolve, const char *reference, const char *store) {
     double start = now();
     oci_cache *cache = open_cache(store);
     if (resolve)
-        check("oci_cache_resolve", oci_cache_resolve(cache, reference, NULL, digest, sizeof digest, &err), err);
+        check("oci_cache_resolve", oci_cache_resolve(cache, reference, NULL, digest, sizeof digest, &err), &err);
     else
-        check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
+        check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), &err);
     printf("%.2f\n", (now() - start) * 1e3);
     oci_image_free(image);
     oci_cache_free(cache);
@@ -120,12 +122,12 @@ int main(int argc, char **argv) {
 
     double start = now();
     oci_cache *cache = open_cache(store);
-    check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), err);
+    check("oci_fetch_image", oci_fetch_image(cache, reference, NULL, NULL, &image, &err), &err);
     if (layer) {
         size_t index = strtoul(argv[5], NULL, 10);
         int fd = -1;
         double t = now();
-        check("oci_extract_layer", oci_extract_layer(cache, image, index, dst, NULL, &fd, &err), err);
+        check("oci_extract_layer", oci_extract_layer(cache, image, index, dst, NULL, &fd, &err), &err);
         printf("%.3f\n", now() - t);
         close(fd);
         oci_image_free(image);
