@@ -77,16 +77,6 @@ static double clock_seconds(clockid_t clock) {
 
 static double now(void) { return clock_seconds(CLOCK_MONOTONIC); }
 
-/* The CPU time of the whole process, every thread: the library's work
- * runs on threads of its own. */
-static double cpu_now(void) { return clock_seconds(CLOCK_PROCESS_CPUTIME_ID); }
-
-/* Exits with errno's message. */
-static void fail(const char *what, const char *path) {
-    fprintf(stderr, "pull_bench: %s %s: %s\n", what, path, strerror(errno));
-    exit(1);
-}
-
 static void *allocate(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size);
     if (!p) {
@@ -174,6 +164,24 @@ static int first_call(int resolve, const char *reference, const char *store) {
     oci_image_free(image);
     oci_cache_free(cache);
     return 0;
+}
+
+/* Built with -DPULL_BENCH_NO_VIEW, for a library from before the view
+ * (bench/run's BENCH_BASELINE may be one), the index and view modes are
+ * left out. */
+#ifdef PULL_BENCH_NO_VIEW
+#define VIEW_MODES 0
+#else
+#define VIEW_MODES 1
+
+/* The CPU time of the whole process, every thread: the library's work
+ * runs on threads of its own. */
+static double cpu_now(void) { return clock_seconds(CLOCK_PROCESS_CPUTIME_ID); }
+
+/* Exits with errno's message. */
+static void fail(const char *what, const char *path) {
+    fprintf(stderr, "pull_bench: %s %s: %s\n", what, path, strerror(errno));
+    exit(1);
 }
 
 /* DST/DIR/<alg>/<hex> for layer `index` of `image` (DIR "" for the tar,
@@ -431,14 +439,15 @@ static void view_bench(oci_cache *cache, const oci_image *image, const char *dst
     free(scan_us);
     free(stat_us);
 }
+#endif
 
 int main(int argc, char **argv) {
     if (argc == 4 && (strcmp(argv[1], "first") == 0 || strcmp(argv[1], "resolve") == 0))
         return first_call(strcmp(argv[1], "resolve") == 0, argv[2], argv[3]);
     int warm = argc == 6 && strcmp(argv[1], "warm") == 0;
     int layer = argc == 6 && strcmp(argv[1], "layer") == 0;
-    int index = argc == 6 && strcmp(argv[1], "index") == 0;
-    int view = argc == 7 && strcmp(argv[1], "view") == 0;
+    int index = VIEW_MODES && argc == 6 && strcmp(argv[1], "index") == 0;
+    int view = VIEW_MODES && argc == 7 && strcmp(argv[1], "view") == 0;
     if (!warm && !layer && !index && !view && !(argc == 5 && strcmp(argv[1], "cold") == 0)) {
         fprintf(stderr,
                 "usage: %s cold REFERENCE STORE DST\n       %s warm REFERENCE STORE DST CALLS\n"
@@ -474,11 +483,14 @@ int main(int argc, char **argv) {
     close_all(fds, count);
     double cold = now() - start;
 
+#if VIEW_MODES
     if (index) {
         index_bench(cache, image, dst, calls);
     } else if (view) {
         view_bench(cache, image, dst, calls, argv[6]);
-    } else if (warm) {
+    } else
+#endif
+    if (warm) {
         double *us = allocate(calls, sizeof *us);
         for (size_t i = 0; i < calls; i++) {
             double t = now();
