@@ -3,13 +3,14 @@
 //! rules. It owns the fds of the tars and their indexes, nothing else, so it
 //! outlives the cache and the image it came from.
 
+use std::collections::HashSet;
 use std::fs::File;
 
 use crate::error::{Error, Result};
 use crate::fs;
-use crate::lookup::{self, Merged, Missed};
+use crate::lookup::{self, Merged, Missed, Walks};
 use crate::tar_index::format::{Entry, TarIndex};
-use crate::tar_index::parse::Kind as TarKind;
+use crate::tar_index::parse::{Kind as TarKind, Whiteout};
 
 /// An image's files, its layers merged (upper layers win, whiteouts and
 /// opaque directories apply). Immutable; safe to share between threads.
@@ -20,6 +21,8 @@ use crate::tar_index::parse::Kind as TarKind;
 pub struct View {
     /// Bottom layer first.
     layers: Vec<ViewLayer>,
+    /// The directories lookups walked to, for later lookups under them.
+    walks: Walks,
 }
 
 impl std::fmt::Debug for View {
@@ -34,6 +37,9 @@ struct ViewLayer {
     /// reads; the fds handed out are opened afresh from it.
     tar: File,
     index: TarIndex,
+    /// The directories holding a whiteout or opaque marker: most layers
+    /// have few or none, so most lookups need not search for them.
+    marked_dirs: HashSet<Vec<u8>>,
 }
 
 /// What a path of the view is. A hardlink is reported as what it links to.
@@ -82,21 +88,26 @@ pub struct Stat {
 }
 
 /// One layer's index as `lookup` sees it.
-struct Indexed<'a>(&'a TarIndex);
+struct Indexed<'a>(&'a ViewLayer);
 
 impl<'a> lookup::Layer for Indexed<'a> {
     type Entry = Entry<'a>;
 
     fn get(&self, path: &str) -> Option<Entry<'a>> {
-        self.0.lookup(path.as_bytes())
+        self.0.index.lookup(path.as_bytes())
     }
 
     fn names(&self, dir: &str) -> Vec<String> {
         self.0
+            .index
             .children(dir.as_bytes())
             .filter(|e| !e.is_not_utf8())
             .filter_map(|e| String::from_utf8(e.name().to_vec()).ok())
             .collect()
+    }
+
+    fn may_hide_in(&self, dir: &str) -> bool {
+        self.0.marked_dirs.contains(dir.as_bytes())
     }
 
     fn kind(&self, entry: &Entry<'a>) -> lookup::Kind {
@@ -144,9 +155,23 @@ impl View {
     pub(crate) fn new(layers: Vec<(File, TarIndex)>) -> View {
         let layers = layers
             .into_iter()
-            .map(|(tar, index)| ViewLayer { tar, index })
+            .map(|(tar, index)| {
+                let marked_dirs = (0..index.len())
+                    .map(|at| index.entry(at))
+                    .filter(|e| e.whiteout() != Whiteout::None)
+                    .map(|e| e.parent().to_vec())
+                    .collect();
+                ViewLayer {
+                    tar,
+                    index,
+                    marked_dirs,
+                }
+            })
             .collect();
-        View { layers }
+        View {
+            layers,
+            walks: Walks::default(),
+        }
     }
 
     /// The number of layers.
@@ -222,7 +247,7 @@ impl View {
             }
         }
         let indexed = self.indexed();
-        Merged::new(&indexed)
+        Merged::with_walks(&indexed, &self.walks)
             .names(path)
             .map_err(|missed| missed_error(path, missed))
     }
@@ -242,7 +267,7 @@ impl View {
     /// absolute path; a missing path or a dangling link is not found.
     pub fn resolve(&self, path: &str) -> Result<String> {
         let indexed = self.indexed();
-        let found = Merged::new(&indexed)
+        let found = Merged::with_walks(&indexed, &self.walks)
             .lookup(path, true)
             .map_err(|missed| missed_error(path, missed))?;
         Ok(format!("/{}", found.path))
@@ -276,14 +301,14 @@ impl View {
     }
 
     fn indexed(&self) -> Vec<Indexed<'_>> {
-        self.layers.iter().map(|l| Indexed(&l.index)).collect()
+        self.layers.iter().map(Indexed).collect()
     }
 
     /// What `path` names, a hardlink followed to its target; `None` for a
     /// root no layer has an entry for.
     fn find(&self, path: &str, follow_last: bool) -> Result<Option<Node<'_>>> {
         let indexed = self.indexed();
-        let found = Merged::new(&indexed)
+        let found = Merged::with_walks(&indexed, &self.walks)
             .lookup(path, follow_last)
             .map_err(|missed| missed_error(path, missed))?;
         let Some((layer, entry)) = found.entry else {
