@@ -40,6 +40,13 @@ const viewLongName = "deep/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 // A name with non-ASCII bytes and an xattr, written with a PAX header.
 const viewPaxName = "pax/\u00e9t\u00e9-with-a-name-that-pax-carries"
 
+// A path, and a symlink target, longer than the first buffer View gives
+// the library for one (256 bytes): in go/view:links.
+var (
+	viewFarPath     = "far/" + strings.Repeat("c", 200) + "/" + strings.Repeat("d", 100) + "/file"
+	viewClimbTarget = strings.Repeat("usr/../", 40) + "etc/passwd"
+)
+
 // The PAX file's mtime, with nanoseconds only a PAX header holds.
 var viewPaxMtime = time.Unix(viewMtime, 250_000_000)
 
@@ -155,6 +162,9 @@ func viewLayers(t *testing.T) [3][]byte {
 		symlinkEntry("loop-a", "loop-b"),
 		symlinkEntry("loop-b", "loop-a"),
 		symlinkEntry("dangling", "no-such-file"),
+		fileEntry(viewFarPath, 0o644, "far"),
+		symlinkEntry("to-far", viewFarPath),
+		symlinkEntry("climb", viewClimbTarget),
 	})
 	return [3][]byte{low, top, links}
 }
@@ -634,6 +644,8 @@ func TestViewSymlinks(t *testing.T) {
 		"escape-dir/usr/lib/libc.so": libc,
 		"escape":                     "root:x:0:0::/root:/bin/sh\n",
 		"escape-dir/escape":          "root:x:0:0::/root:/bin/sh\n",
+		"to-far":                     "far",
+		"climb":                      "root:x:0:0::/root:/bin/sh\n",
 	} {
 		data, err := view.ReadFile(name)
 		if err != nil || string(data) != want {
@@ -655,6 +667,11 @@ func TestViewSymlinks(t *testing.T) {
 		}
 		if err != nil || !reflect.DeepEqual(got, want) {
 			t.Errorf("ReadDir(%s) = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	for name, want := range map[string]string{"to-far": viewFarPath, "climb": viewClimbTarget} {
+		if target, err := view.ReadLink(name); err != nil || target != want {
+			t.Errorf("ReadLink(%s) = %d bytes, %v; want the %d of %q", name, len(target), err, len(want), want)
 		}
 	}
 	// The root through a link that climbs above it.
