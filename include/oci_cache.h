@@ -79,8 +79,8 @@ typedef struct oci_cancel oci_cancel;
 typedef struct oci_dir_list oci_dir_list;
 
 // What `oci_cache_disk_usage_report` counted: bytes and files of the
-// store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
-// be read from any thread.
+// store's blobs and of a `dst`'s layer tars and their indexes, from one
+// walk. Immutable: may be read from any thread.
 typedef struct oci_disk_usage oci_disk_usage;
 
 // A detailed error: a status code and a message naming the reference,
@@ -419,12 +419,12 @@ oci_status oci_cache_prune(const struct oci_cache *cache, const char *dst, const
 oci_status oci_cache_disk_usage(const struct oci_cache *cache, const char *dst, const struct oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, struct oci_error **err_out);
 
 // Stores in `*usage_out` the bytes and the number of files of the store's
-// blobs and of the layer tars under `dst` (NULL: 0 and 0), counted in one
-// walk; read them with `oci_disk_usage_store_bytes` and the accessors after
-// it, and free the report with `oci_disk_usage_free`. A report rather than
-// more out-parameters, so later counts are new accessors, not a new
-// signature. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
-// without a store.
+// blobs, of the layer tars under `dst` and of their indexes under
+// `dst/tar-index` (NULL `dst`: 0 for both), counted in one walk; read
+// them with `oci_disk_usage_store_bytes` and the accessors after it, and
+// free the report with `oci_disk_usage_free`. A report rather than more
+// out-parameters, so later counts are new accessors, not a new signature.
+// `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_disk_usage_report(const struct oci_cache *cache, const char *dst, const struct oci_call_options *options, struct oci_disk_usage **usage_out, struct oci_error **err_out);
 
 // The bytes of the store's blobs; 0 if `usage` is NULL.
@@ -441,6 +441,16 @@ uint64_t oci_disk_usage_dst_bytes(const struct oci_disk_usage *usage);
 // NULL.
 uint64_t oci_disk_usage_dst_files(const struct oci_disk_usage *usage);
 
+// The bytes of the layer tars' indexes under `dst/tar-index` (0 without a
+// `dst`); 0 if `usage` is NULL. They are not part of
+// `oci_disk_usage_dst_bytes`.
+uint64_t oci_disk_usage_index_bytes(const struct oci_disk_usage *usage);
+
+// The number of layer tar indexes under `dst/tar-index` (0 without a
+// `dst`); 0 if `usage` is NULL. They are not part of
+// `oci_disk_usage_dst_files`.
+uint64_t oci_disk_usage_index_files(const struct oci_disk_usage *usage);
+
 // Frees `usage`. NULL is a no-op.
 void oci_disk_usage_free(struct oci_disk_usage *usage);
 
@@ -452,14 +462,17 @@ void oci_disk_usage_free(struct oci_disk_usage *usage);
 // `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
 // token ends it between chunks of a file. Files that are not regular
 // (symlinks, FIFOs) are skipped, never followed or waited on. The layer
-// tars' indexes under `dst/tar-index` are re-checked too (their checksum
-// and diff_id), and with `remove_corrupt` a bad one is deleted; they are
-// not counted or listed in the report (a view rebuilds a missing one).
-// `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+// tars' indexes under `dst/tar-index` are re-checked too (their checksum,
+// format and diff_id), and with `remove_corrupt` a bad one is deleted.
+// Indexes are reported apart from blobs and tars
+// (`oci_verify_report_indexes_checked`,
+// `oci_verify_report_corrupt_index_path`): a bad index loses no content,
+// as a view rebuilds it from its tar. `dst` must exist.
+// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 oci_status oci_cache_verify(const struct oci_cache *cache, const char *dst, bool remove_corrupt, const struct oci_call_options *options, struct oci_verify_report **report_out, struct oci_error **err_out);
 
-// The number of files re-hashed: store blobs and layer tars; 0 if
-// `report` is NULL.
+// The number of files re-hashed: store blobs and layer tars (indexes are
+// counted by `oci_verify_report_indexes_checked`); 0 if `report` is NULL.
 uint64_t oci_verify_report_checked(const struct oci_verify_report *report);
 
 // The number of files whose content did not match their digest; 0 if
@@ -470,6 +483,21 @@ size_t oci_verify_report_corrupt_count(const struct oci_verify_report *report);
 // `dst` as `realpath()` spells it. Removed if `oci_cache_verify` was asked
 // to. NULL if `report` is NULL or `index` out of range.
 const char *oci_verify_report_corrupt_path(const struct oci_verify_report *report, size_t index);
+
+// The number of layer tar indexes under `dst/tar-index` re-checked
+// (checksum, format and diff_id); 0 without a `dst`, or if `report` is
+// NULL.
+uint64_t oci_verify_report_indexes_checked(const struct oci_verify_report *report);
+
+// The number of indexes that failed that check; 0 if `report` is NULL.
+// They are not part of `oci_verify_report_corrupt_count`.
+size_t oci_verify_report_corrupt_index_count(const struct oci_verify_report *report);
+
+// The path of corrupt index `index`: under `dst/tar-index`, with `dst` as
+// `realpath()` spells it. Removed if `oci_cache_verify` was asked to; the
+// next view of its layer writes it again from the tar. NULL if `report`
+// is NULL or `index` out of range.
+const char *oci_verify_report_corrupt_index_path(const struct oci_verify_report *report, size_t index);
 
 // Frees `report`. NULL is a no-op.
 void oci_verify_report_free(struct oci_verify_report *report);
