@@ -30,7 +30,7 @@ import (
 // (upper layers win, whiteouts and opaque directories apply), read in place
 // from the verified layer tars through the index written beside each. It
 // implements fs.FS, fs.StatFS, fs.ReadDirFS and fs.ReadFileFS, and has
-// ReadLink and Lstat (the methods of Go 1.25's fs.ReadLinkFS).
+// ReadLink and Lstat (the methods of Go 1.25's fs.ReadLinkFS) and Xattrs.
 //
 // Names are io/fs names: slash-separated, without a leading slash, "."
 // for the root; anything fs.ValidPath rejects fails with an error matching
@@ -237,6 +237,34 @@ func (v *View) ReadLink(name string) (string, error) {
 		return err
 	})
 	return target, err
+}
+
+// Xattrs returns the extended attributes of name (a symlink in the last
+// component is not followed; a hardlink has its target's), as its tar
+// entry's PAX SCHILY.xattr.* records give them: name to raw value, empty
+// when it has none.
+func (v *View) Xattrs(name string) (map[string][]byte, error) {
+	xattrs := map[string][]byte{}
+	err := v.do("xattrs", name, func(l lookup) error {
+		return withPath(imagePath(name), func(cp *C.char, errOut **C.oci_error) C.oci_status {
+			var list *C.oci_xattr_list
+			st := C.oci_view_xattrs(l.ptr, cp, &list, errOut)
+			if st != C.OCI_OK {
+				return st
+			}
+			defer C.oci_xattr_list_free(list)
+			for i := C.size_t(0); i < C.oci_xattr_list_count(list); i++ {
+				var n C.size_t
+				value := C.oci_xattr_list_value(list, i, &n)
+				xattrs[C.GoString(C.oci_xattr_list_name(list, i))] = C.GoBytes(unsafe.Pointer(value), C.int(n))
+			}
+			return st
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return xattrs, nil
 }
 
 // do runs one call of the view on io/fs name: checks name, holds the view

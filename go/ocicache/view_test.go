@@ -450,6 +450,17 @@ func TestViewFiles(t *testing.T) {
 	view := openView(t, c, plain)
 	want := libcContent()
 
+	// Extended attributes from the PAX header; none elsewhere.
+	if x, err := view.Xattrs(viewPaxName); err != nil || len(x) != 1 || string(x["user.origin"]) != "pax" {
+		t.Errorf("Xattrs of the PAX file = %q, %v; want user.origin=pax", x, err)
+	}
+	if x, err := view.Xattrs("etc/passwd"); err != nil || x == nil || len(x) != 0 {
+		t.Errorf("Xattrs of etc/passwd = %#v, %v; want an empty map", x, err)
+	}
+	if _, err := view.Xattrs("/etc/passwd"); !errors.Is(err, fs.ErrInvalid) {
+		t.Errorf("Xattrs of a name with a leading slash: %v; want fs.ErrInvalid", err)
+	}
+
 	// Through etc/rel, a relative symlink: Open follows it.
 	f, err := view.Open("etc/rel")
 	if err != nil {
