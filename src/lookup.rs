@@ -114,6 +114,11 @@ impl<'a, L: Layer> Merged<'a, L> {
                     if links > MAX_LINKS {
                         return Err(Missed::TooManyLinks);
                     }
+                    // Linux makes no such link, and extraction fails on
+                    // it: it names nothing, not its own directory.
+                    if target.is_empty() {
+                        return Err(Missed::NotFound);
+                    }
                     if target.starts_with('/') {
                         walked.truncate(1);
                     }
@@ -484,6 +489,7 @@ mod tests {
             .link("abs", "/etc/passwd")
             .link("escape", "../../../../etc/passwd")
             .link("dangling", "nowhere")
+            .link("empty", "")
             .link("up", "usr/lib/../..")];
         assert_eq!(
             find(&layers, "/lib/os-release").unwrap(),
@@ -495,12 +501,15 @@ mod tests {
         // never what an escaping link names.
         assert_eq!(find(&layers, "/escape").unwrap().2, "etc/passwd");
         assert_eq!(find(&layers, "/dangling"), Err(Missed::NotFound));
+        // An empty target is dangling, not the link's own directory.
+        assert_eq!(find(&layers, "/empty"), Err(Missed::NotFound));
+        assert_eq!(find(&layers, "/empty/etc"), Err(Missed::NotFound));
         // `..` in a target is taken from where the walk is: usr/lib/../..
         // is the root.
         assert_eq!(Merged::new(&layers).lookup("/up", true).unwrap().path, "");
         assert_eq!(
             names(&layers, "/up"),
-            ["abs", "dangling", "escape", "etc", "lib", "up", "usr"]
+            ["abs", "dangling", "empty", "escape", "etc", "lib", "up", "usr"]
         );
         // The last component is not followed when asked not to.
         let link = Merged::new(&layers).lookup("/lib", false).unwrap();
