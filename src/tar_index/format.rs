@@ -402,6 +402,18 @@ impl TarIndex {
                 return Err(bad(&format!("record {i} is out of order")));
             }
             previous = Some((parent, name));
+            // A record's header and data lie inside its tar (a resolved
+            // hardlink's data is its target's, before its own header): an
+            // index rewritten to point past the end is refused even with
+            // a valid checksum, so a view never hands out such a range.
+            let (header, data, size) = (u64_at(r, 48), u64_at(r, 56), u64_at(r, 64));
+            let inside =
+                header <= tar_size && data.checked_add(size).is_some_and(|end| end <= tar_size);
+            if !inside {
+                return Err(bad(&format!(
+                    "record {i} lies outside its {tar_size}-byte tar"
+                )));
+            }
             let valid = Kind::from_byte(r[104]).is_some()
                 && Whiteout::from_byte(r[105]).is_some()
                 && u16_at(r, 106) & !KNOWN_FLAGS == 0
@@ -896,6 +908,22 @@ mod tests {
                 }),
             ),
             ("count", Box::new(|b| b[24] += 1)),
+            (
+                "data past the tar's end",
+                Box::new(move |b| {
+                    b[record(3) + 64..][..8].copy_from_slice(&u64::MAX.to_le_bytes())
+                }),
+            ),
+            (
+                "a shorter tar",
+                Box::new(|b| b[56..64].copy_from_slice(&512u64.to_le_bytes())),
+            ),
+            (
+                "a header past the tar's end",
+                Box::new(move |b| {
+                    b[record(3) + 48..][..8].copy_from_slice(&u64::MAX.to_le_bytes())
+                }),
+            ),
             (
                 "no root",
                 Box::new(move |b| {
