@@ -264,6 +264,22 @@ impl View {
         }
         // SAFETY: `fd` was just made and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
+        // The index was checked against its tar's size, not against the
+        // tar this fd reads: whatever it says, the range handed out is in
+        // the tar.
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?
+            .len();
+        if !data
+            .offset
+            .checked_add(data.size)
+            .is_some_and(|end| end <= len)
+        {
+            return Err(Error::invalid_content(format!(
+                "{path}: the layer's index places its data past the end of its {len}-byte tar"
+            )));
+        }
         Ok((file, data.offset, data.size))
     }
 
@@ -474,6 +490,24 @@ mod tests {
         assert_eq!(
             e.message(),
             "/hdir: the hardlink's target d is not in the image"
+        );
+    }
+
+    #[test]
+    fn data_past_the_end_of_the_tar_is_never_handed_out() {
+        let tar = [file(b"f", b"hello"), end()].concat();
+        let diff_id = Digest::sha256_of(&tar);
+        let index = build_from_tar(tar.as_slice(), &diff_id, "a test layer").unwrap();
+        let index = TarIndex::from_bytes(index, &diff_id).unwrap();
+        // A tar shorter than the one the index was built from.
+        let mut short = tempfile::tempfile().unwrap();
+        short.write_all(&tar[..514]).unwrap();
+        let view = View::new(vec![(short, index)]);
+        let err = view.open_file("/f").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+        assert_eq!(
+            err.message(),
+            "/f: the layer's index places its data past the end of its 514-byte tar"
         );
     }
 
