@@ -100,37 +100,46 @@ pub(crate) fn index_path(dst: &Path, diff_id: &Digest) -> PathBuf {
 }
 
 /// The index of the tar of `diff_id` under `dst`: the one on disk if it
-/// checks out (its checksum, version and diff_id), else built by one
-/// sequential read of the tar that also checks the tar hashes to its name,
-/// and written atomically in its place (a corrupt one, a symlink or a FIFO
-/// there is replaced, never read or followed). `NotFound` when there is no
-/// tar; `DigestMismatch` when the tar is not the one its name says;
-/// `InvalidContent` when it does not parse as a tar. Blocks: call it on a
-/// blocking thread.
+/// checks out (its checksum, version and diff_id, and the tar's length),
+/// else built by one sequential read of the tar that also checks the tar
+/// hashes to its name, and written atomically in its place (a corrupt one,
+/// a symlink, a FIFO or an empty directory there is replaced, never read
+/// or followed; a directory with something in it is an error naming it).
+/// `NotFound` when there is no tar; `DigestMismatch` when the tar is not
+/// the one its name says; `InvalidContent` when it does not parse as a
+/// tar. Blocks: call it on a blocking thread.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn ensure_index(dst: &Path, diff_id: &Digest, reserve: Reserve) -> Result<TarIndex> {
     let (algorithm, name) = (diff_id.algorithm(), diff_id.hex());
     let root = Dir::open(dst)?;
+    let tar_path = tar_path(dst, diff_id);
+    let no_tar = || Error::not_found(format!("no layer tar at {}", tar_path.display()));
+    let tars = root.sub(algorithm)?.ok_or_else(no_tar)?;
+    let tar = tars.open_regular(name)?.ok_or_else(no_tar)?;
+    let tar_len = tar
+        .metadata()
+        .map_err(|e| Error::io_at("reading the size of", &tar_path, e))?
+        .len();
     let existing = match root.sub(INDEX_DIR)? {
         Some(indexes) => indexes.sub(algorithm)?,
         None => None,
     };
     if let Some(dir) = existing {
         match TarIndex::open_in(&dir, name, diff_id) {
-            Ok(Some(index)) => return Ok(index),
-            Ok(None) => {}
+            // An index of a tar of another length is not this tar's.
+            Ok(Some(index)) if index.tar_size() == tar_len => return Ok(index),
+            Ok(_) => {}
             // Corrupt, truncated, another version or another tar's: rebuilt.
             Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
             Err(e) => return Err(e),
         }
     }
-    let tar_path = tar_path(dst, diff_id);
-    let no_tar = || Error::not_found(format!("no layer tar at {}", tar_path.display()));
-    let tars = root.sub(algorithm)?.ok_or_else(no_tar)?;
-    let tar = tars.open_regular(name)?.ok_or_else(no_tar)?;
     let what = format!("layer tar {}", tar_path.display());
     let bytes = tar_index::build_from_tar(tar, diff_id, &what)?;
     let dir = root.create_sub(INDEX_DIR)?.create_sub(algorithm)?;
+    // A rename cannot replace a directory: an empty one holds nothing to
+    // lose, so it goes; one with something in it is left, and refused.
+    dir.remove_empty_dir(name)?;
     fs::write_atomic(&dir, name, &bytes, CONTENT_MODE, reserve)?;
     TarIndex::from_bytes(bytes, diff_id)
 }
@@ -895,6 +904,14 @@ mod tests {
         let mut corrupt = good.clone();
         corrupt[80] ^= 1;
         let truncated = good[..good.len() - 1].to_vec();
+        // Sound in itself, but of a tar of another length: not this one.
+        let mut longer_tar = good.clone();
+        let tar_size = u64::from_le_bytes(longer_tar[56..64].try_into().unwrap());
+        longer_tar[56..64].copy_from_slice(&(tar_size + 512).to_le_bytes());
+        let body = longer_tar.len() - 32;
+        let sum = <sha2::Sha256 as sha2::Digest>::digest(&longer_tar[..body]);
+        longer_tar[body..].copy_from_slice(&sum);
+        assert!(TarIndex::from_bytes(longer_tar.clone(), &diff_id).is_ok());
         let path = index_path(dst.path(), &diff_id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         for (what, content) in [
@@ -902,6 +919,7 @@ mod tests {
             ("truncated", truncated),
             ("wrong diff_id", wrong_diff_id),
             ("empty", Vec::new()),
+            ("another tar length", longer_tar),
         ] {
             let _ = std::fs::remove_file(&path);
             std::fs::write(&path, &content).unwrap();
@@ -942,6 +960,24 @@ mod tests {
             files(dst.path()),
             [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
         );
+
+        // An empty directory is replaced; one with something in it is not
+        // this library's to remove.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), "kept").unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(
+            err.message()
+                .starts_with(&format!("removing directory {}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"kept");
     }
 
     #[test]
