@@ -1,12 +1,14 @@
-//! The image view against hostile layer tars (issue 13), through the
-//! public API. Each hostile tar is made by hand (see `RawTar`), served by
-//! the fake registry, and viewed: every case has the outcome
-//! docs/tar-index.md documents, every file the view hands out lies inside
-//! one of the image's own tars, and nothing is written but the tars and
-//! their indexes in `dst`.
+//! The image view against hostile layer tars and bad index files on disk
+//! (issue 13), through the public API. Each hostile tar is made by hand
+//! (see `RawTar`), served by the fake registry, and viewed: every case has
+//! the outcome docs/tar-index.md documents, every file the view hands out
+//! lies inside one of the image's own tars, and nothing is written but the
+//! tars and their indexes in `dst`. An index on disk that is corrupt,
+//! truncated, another layer's, made for a tar of another length, a link, a
+//! FIFO or an empty directory is rebuilt, never trusted.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{symlink, FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -778,4 +780,226 @@ async fn gnu_sparse_files_are_unsupported_not_misread() {
     // stat's size is the bytes the tar stores, not the file's real size.
     assert_eq!(view.stat("/old-sparse").unwrap().size, 10);
     assert_eq!(view.stat("/pax-sparse").unwrap().size, 516);
+}
+// ---------------------------------------------------------------------------
+// Bad index files on disk
+
+/// Two layers of ordinary files on a real registry, viewed once into a
+/// scene: the registry, the scene, the image, and each layer's index as
+/// written by the pull.
+async fn pulled_two_layers() -> (Registry, Scene, PushedImage, Vec<Vec<u8>>) {
+    use TarEntry::*;
+    let registry = Registry::start();
+    let layers = vec![
+        layer_tar(&[
+            Dir("etc", 0o755),
+            File("etc/os-release", 0o644, b"ID=base\n".to_vec()),
+        ]),
+        layer_tar(&[File("motd", 0o600, b"hello\n".to_vec())]),
+    ];
+    let layers = layers.into_iter().map(FixtureLayer::gzip).collect();
+    let platform = ("linux", host_arch(), None);
+    let image = push_image(
+        &registry.host(),
+        "indexed",
+        Some("v1"),
+        layers,
+        false,
+        platform,
+    );
+    let scene = Scene::new();
+    let view = view_from(&registry, &scene).await.unwrap();
+    check_content(&view, "first view");
+    let indexes = image
+        .diff_ids
+        .iter()
+        .map(|d| std::fs::read(index_path(&scene.dst(), d)).unwrap())
+        .collect();
+    (registry, scene, image, indexes)
+}
+
+async fn view_from(registry: &Registry, scene: &Scene) -> Result<View, Error> {
+    let cache = scene.cache();
+    let reference = format!("{}/indexed:v1", registry.host());
+    let image = within("fetch_image", cache.fetch_image(&reference, None))
+        .await
+        .unwrap();
+    within("view", cache.view(&image, scene.dst())).await
+}
+
+#[track_caller]
+fn check_content(view: &View, what: &str) {
+    let (file, offset, size) = view.open_file("/etc/os-release").unwrap();
+    let mut data = vec![0; size as usize];
+    file.read_exact_at(&mut data, offset).unwrap();
+    assert_eq!(data, b"ID=base\n", "{what}");
+    let stat = view.stat("/etc/os-release").unwrap();
+    assert_eq!(
+        (stat.kind, stat.mode, stat.size, stat.layer, stat.mtime_sec),
+        (FileKind::Regular, 0o644, 8, 0, 1_700_000_000),
+        "{what}"
+    );
+    assert_eq!(view.read_dir("/").unwrap(), ["etc", "motd"], "{what}");
+}
+
+/// `index` with its trailing checksum made right again after an edit.
+fn resealed(mut index: Vec<u8>) -> Vec<u8> {
+    use sha2::Digest as _;
+    let body = index.len() - 32;
+    let sum = sha2::Sha256::digest(&index[..body]);
+    index[body..].copy_from_slice(&sum);
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_index_on_disk_is_rebuilt_never_trusted() {
+    let (registry, scene, image, indexes) = pulled_two_layers().await;
+    let dst = scene.dst();
+    let path = index_path(&dst, &image.diff_ids[0]);
+    let good = &indexes[0];
+    // The index of layer 0's tar: the root, etc, etc/os-release.
+    assert_eq!(good[24..32], 3u64.to_le_bytes());
+    let os_release = 64 + 2 * 112;
+    let tar_len = std::fs::metadata(tar_path(&dst, &image.diff_ids[0]))
+        .unwrap()
+        .len();
+    let mut beyond = good.clone();
+    beyond[os_release + 56..os_release + 64].copy_from_slice(&(tar_len - 4).to_le_bytes());
+    let mut longer_tar = good.clone();
+    longer_tar[56..64].copy_from_slice(&(tar_len + 512).to_le_bytes());
+    let mut flipped = good.clone();
+    flipped[os_release + 56] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random bytes", noise(13, good.len())),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("one byte short", good[..good.len() - 1].to_vec()),
+        ("empty", Vec::new()),
+        ("another layer's", indexes[1].clone()),
+        ("a flipped bit", flipped),
+        ("resealed, data past the tar's end", resealed(beyond)),
+        ("resealed, of a tar 512 bytes longer", resealed(longer_tar)),
+    ];
+    let expected = layer_files(&dst, image.diff_ids.iter().map(String::as_str));
+    for (what, bytes) in cases {
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let view = view_from(&registry, &scene)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_content(&view, what);
+        assert_rebuilt(&path, good, what);
+        scene.assert_only(&expected, what);
+    }
+}
+
+#[track_caller]
+fn assert_rebuilt(path: &Path, good: &[u8], what: &str) {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    assert!(meta.is_file(), "{what}: {:?}", meta.file_type());
+    assert_bytes(&std::fs::read(path).unwrap(), good, what);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_fifo_or_empty_directory_in_place_of_an_index_is_replaced_unopened() {
+    let (registry, scene, image, indexes) = pulled_two_layers().await;
+    let dst = scene.dst();
+    let path = index_path(&dst, &image.diff_ids[0]);
+    let good = &indexes[0];
+    let expected = layer_files(&dst, image.diff_ids.iter().map(String::as_str));
+
+    // A link to a valid copy elsewhere: replaced, the copy left alone.
+    let copy = scene.outside().join("index-copy");
+    std::fs::write(&copy, good).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    symlink(&copy, &path).unwrap();
+    let view = view_from(&registry, &scene).await.unwrap();
+    check_content(&view, "link");
+    assert_rebuilt(&path, good, "link");
+    assert_bytes(&std::fs::read(&copy).unwrap(), good, "the link's target");
+    std::fs::remove_file(&copy).unwrap();
+    scene.assert_only(&expected, "link");
+
+    // A FIFO with no writer: opening it would block; `within` bounds it.
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    assert!(std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let view = view_from(&registry, &scene).await.unwrap();
+    check_content(&view, "FIFO");
+    assert_rebuilt(&path, good, "FIFO");
+    scene.assert_only(&expected, "FIFO");
+
+    // An empty directory.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let view = view_from(&registry, &scene).await.unwrap();
+    check_content(&view, "directory");
+    assert_rebuilt(&path, good, "directory");
+    scene.assert_only(&expected, "directory");
+
+    // A directory with something in it is not the library's to remove.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("kept"), "kept").unwrap();
+    let err = view_from(&registry, &scene).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert_eq!(
+        err.message(),
+        format!(
+            "removing directory {}: Directory not empty (os error 39)",
+            path.display()
+        )
+    );
+    assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_index_directory_is_never_followed() {
+    let (registry, scene, image, indexes) = pulled_two_layers().await;
+    let dst = scene.dst();
+    // A copy of the index tree elsewhere, one index corrupt: a view that
+    // followed the link would rewrite it.
+    let planted = scene.outside().join("tar-index");
+    std::fs::create_dir_all(planted.join("sha256")).unwrap();
+    let planted_index = |i: usize| index_path(&scene.outside(), &image.diff_ids[i]);
+    std::fs::write(planted_index(0), b"corrupt").unwrap();
+    std::fs::write(planted_index(1), &indexes[1]).unwrap();
+    let (keep0, keep1) = (planted_index(0), planted_index(1));
+    for linked in ["tar-index", "tar-index/sha256"] {
+        std::fs::remove_dir_all(dst.join("tar-index")).unwrap();
+        if linked == "tar-index/sha256" {
+            std::fs::create_dir(dst.join("tar-index")).unwrap();
+        }
+        let target = scene.outside().join(linked);
+        symlink(&target, dst.join(linked)).unwrap();
+        let err = view_from(&registry, &scene).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{linked}: {err}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "{} is a symbolic link; links below dst and the store are never followed",
+                dst.join(linked).display()
+            )
+        );
+        assert_eq!(std::fs::read(&keep0).unwrap(), b"corrupt", "{linked}");
+        assert_bytes(&std::fs::read(&keep1).unwrap(), &indexes[1], linked);
+        assert!(std::fs::symlink_metadata(dst.join(linked))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let mut files = files_under(&scene.outside());
+        files.sort();
+        let mut want = vec![
+            scene.outside().join("etc/passwd"),
+            scene.outside().join("secret"),
+            keep0.clone(),
+            keep1.clone(),
+        ];
+        want.sort();
+        assert_eq!(files, want, "{linked}: nothing new outside");
+    }
 }
