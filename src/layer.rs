@@ -224,7 +224,9 @@ fn write_index(dst: &Path, diff_id: &Digest, parser: Parser, reserve: Reserve) {
     let Ok(entries) = parser.finish() else {
         return;
     };
-    let bytes = index_format::build(entries, diff_id, size);
+    let Ok(bytes) = index_format::build(entries, diff_id, size) else {
+        return;
+    };
     let written = Dir::open(dst)
         .and_then(|root| root.create_sub(INDEX_DIR))
         .and_then(|indexes| indexes.create_sub(diff_id.algorithm()))

@@ -51,9 +51,17 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// What the directories a tar implies but has no entries for may add to an
+/// index beyond the tar's own size, counting each one's path and record.
+/// Each costs its path, and a deep path implies one per component, so a
+/// few kilobytes of tar could otherwise make megabytes of index. Real
+/// layers stay far below: their directories mostly have entries.
+pub(crate) const IMPLICIT_LIMIT: u64 = 16 << 20;
+
 /// Builds the index of a tar from its entries in tar order: the tar is
-/// `tar_size` bytes and hashes to `diff_id`.
-pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> Vec<u8> {
+/// `tar_size` bytes and hashes to `diff_id`. A tar implying more
+/// directories than [`IMPLICIT_LIMIT`] allows is `InvalidContent`.
+pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> Result<Vec<u8>> {
     let mut tree: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
     // The last parent checked to have no non-directory above it: siblings
     // are mostly adjacent, so most entries skip the walk up.
@@ -111,6 +119,8 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     if !tree.contains_key(&b""[..]) {
         implicit.push(Vec::new());
     }
+    let budget = IMPLICIT_LIMIT.saturating_add(tar_size);
+    let mut spent: u64 = 0;
     let mut known = std::collections::HashSet::new();
     let mut last: &[u8] = b"";
     for path in tree.keys() {
@@ -121,6 +131,13 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
         }
         last = parent;
         while !parent.is_empty() && known.insert(parent) && !tree.contains_key(parent) {
+            spent += (parent.len() + RECORD_SIZE) as u64;
+            if spent > budget {
+                return Err(Error::invalid_content(format!(
+                    "tar implies directories it has no entries for, more than an index \
+                     keeps ({budget} bytes of paths and records)"
+                )));
+            }
             implicit.push(parent.to_vec());
             parent = split(parent).0;
         }
@@ -164,7 +181,7 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
     let records: Vec<&Record> = order.into_iter().map(|i| &records[i]).collect();
-    serialize(&records, diff_id, tar_size)
+    Ok(serialize(&records, diff_id, tar_size))
 }
 
 /// Whether `path` or one of its ancestors has a record that is not a
@@ -657,7 +674,7 @@ mod tests {
         let mut parser = Parser::new();
         parser.feed(tar).unwrap();
         let size = parser.position();
-        build(parser.finish().unwrap(), &diff_id(), size)
+        build(parser.finish().unwrap(), &diff_id(), size).unwrap()
     }
 
     fn index(tar: &[u8]) -> TarIndex {
@@ -941,6 +958,37 @@ mod tests {
             let e = TarIndex::from_bytes(bad, &diff_id()).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidContent, "{what}: {e}");
         }
+    }
+
+    #[test]
+    fn deep_trees_without_directory_entries_are_refused_not_blown_up() {
+        // Each entry implies 2000 directories: 4 MB of paths, for 5 KB of tar.
+        let deep = |n: usize| {
+            let mut tar = Vec::new();
+            for i in 0..n {
+                let path = format!("p{i}/{}f", "a/".repeat(2000));
+                tar.extend(pax(b'x', &[(b"path", path.as_bytes())]));
+                tar.extend(file(b"x", b""));
+            }
+            tar.extend(end());
+            let mut parser = Parser::new();
+            parser.feed(&tar).unwrap();
+            let size = parser.position();
+            (build(parser.finish().unwrap(), &diff_id(), size), size)
+        };
+        let index = TarIndex::from_bytes(deep(1).0.unwrap(), &diff_id()).unwrap();
+        assert_eq!(index.len(), 1 + 2001 + 1);
+        let (built, size) = deep(5);
+        let e = built.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            e.message(),
+            format!(
+                "tar implies directories it has no entries for, more than an index keeps \
+                 ({} bytes of paths and records)",
+                IMPLICIT_LIMIT + size
+            )
+        );
     }
 
     #[test]
