@@ -102,7 +102,13 @@ impl<'a> lookup::Layer for Indexed<'a> {
     fn kind(&self, entry: &Entry<'a>) -> lookup::Kind {
         match entry.kind() {
             TarKind::Dir => lookup::Kind::Directory,
-            TarKind::Symlink => lookup::Kind::Symlink(link_text(entry)),
+            // A target that is not UTF-8 runs through a name this view
+            // cannot name (such names are left out), so it names nothing:
+            // followed as an empty target, never as its lossy text, which
+            // could name another entry.
+            TarKind::Symlink => {
+                lookup::Kind::Symlink(String::from_utf8(entry.link().to_vec()).unwrap_or_default())
+            }
             _ => lookup::Kind::Other,
         }
     }
@@ -491,6 +497,24 @@ mod tests {
             e.message(),
             "/hdir: the hardlink's target d is not in the image"
         );
+    }
+
+    #[test]
+    fn a_target_that_is_not_utf8_names_nothing() {
+        let tar = [
+            file("\u{fffd}".as_bytes(), b"not the target"),
+            entry(b"bad", b'2', b"", b"\xff"),
+            entry(b"bad-dir", b'2', b"", b"x/\xff/.."),
+            end(),
+        ]
+        .concat();
+        let view = view_of(&[tar]);
+        for path in ["/bad", "/bad-dir"] {
+            let err = view.resolve(path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{path}: {err}");
+        }
+        assert_eq!(view.read_link("/bad").unwrap(), "\u{fffd}");
+        assert_eq!(content(&view, "/\u{fffd}"), b"not the target");
     }
 
     #[test]
