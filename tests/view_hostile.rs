@@ -569,8 +569,6 @@ fn base256(value: i128) -> [u8; 12] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflowing_sizes_are_refused_when_the_view_opens() {
-    let scene = Scene::new();
-    let fake = FakeRegistry::start();
     let after = |tar: RawTar| tar.file("after", b"after").finish();
     let meg = 1u64 << 20;
     let cases: Vec<(&str, Vec<u8>, String)> = vec![
@@ -639,6 +637,16 @@ async fn overflowing_sizes_are_refused_when_the_view_opens() {
             ),
         ),
     ];
+    assert_views_refused(cases).await;
+}
+
+/// Each `(tag, tar, message)`: the tar is pulled (it is the layer its
+/// digest names) but not indexed, and the view fails with InvalidContent
+/// naming the tar, `{len}` in the message standing for the tar's length;
+/// nothing but the tars is left.
+async fn assert_views_refused(cases: Vec<(&str, Vec<u8>, String)>) {
+    let scene = Scene::new();
+    let fake = FakeRegistry::start();
     let mut tars = Vec::new();
     for (tag, tar, want) in cases {
         // A truncated tar ends where the tar does.
@@ -656,6 +664,51 @@ async fn overflowing_sizes_are_refused_when_the_view_opens() {
     }
     tars.sort();
     scene.assert_only(&tars, "tars only, no index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_extraction_could_not_make_or_costs_too_much_is_refused() {
+    let long = "d/".repeat(2047) + "xy";
+    let with_pax = |key: &str, value: &str, tar: RawTar| tar.pax(&[(key, value.as_bytes())]);
+    // Each entry implies 2000 directories: megabytes of index for 5 KB.
+    let mut deep = RawTar::new();
+    for i in 0..5 {
+        let path = format!("p{i}/{}f", "a/".repeat(2000));
+        deep = with_pax("path", &path, deep).file("placeholder", b"");
+    }
+    let cases = vec![
+        (
+            "path-too-long",
+            with_pax("path", &long, RawTar::new())
+                .file("placeholder", b"")
+                .finish(),
+            "tar entry at byte 5120 has a 4096-byte path (at most 4095, as Linux allows)".into(),
+        ),
+        (
+            "link-too-long",
+            with_pax("linkpath", &long, RawTar::new())
+                .symlink("link", "placeholder")
+                .finish(),
+            "tar entry at byte 5120 has a 4096-byte link target (at most 4095, as Linux allows)"
+                .into(),
+        ),
+        (
+            "deep-implied-tree",
+            deep.finish(),
+            "tar implies directories it has no entries for, more than an index keeps \
+             ({limit} bytes of paths and records)"
+                .into(),
+        ),
+    ];
+    let limit = |tar: &[u8]| (16u64 << 20) + tar.len() as u64;
+    let cases = cases
+        .into_iter()
+        .map(|(tag, tar, want): (&str, Vec<u8>, String)| {
+            let want = want.replace("{limit}", &limit(&tar).to_string());
+            (tag, tar, want)
+        })
+        .collect();
+    assert_views_refused(cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
