@@ -312,9 +312,16 @@ impl View {
         let mut data = None;
         let mut links = 0;
         while meta.kind() == TarKind::Hardlink {
+            // Every hop goes to an earlier entry or a lower layer, so this
+            // ends anyway; the bound keeps a stat cheap. Writers link every
+            // name to the first one, so real chains are one hop.
             links += 1;
             if links > lookup::MAX_LINKS {
-                return Err(missed_error(path, Missed::TooManyLinks));
+                return Err(Error::invalid_content(format!(
+                    "{path}: too many levels of hardlinks (more than {}), \
+                     each naming the one before",
+                    lookup::MAX_LINKS
+                )));
             }
             if !meta.is_link_resolved() {
                 (meta_layer, meta) = self.hardlink_target(path, meta_layer, meta)?;
@@ -515,6 +522,24 @@ mod tests {
         }
         assert_eq!(view.read_link("/bad").unwrap(), "\u{fffd}");
         assert_eq!(content(&view, "/\u{fffd}"), b"not the target");
+    }
+
+    #[test]
+    fn a_chain_of_hardlinks_is_followed_up_to_forty() {
+        let mut tar = file(b"h0", b"data").to_vec();
+        for i in 1..=41 {
+            let (name, target) = (format!("h{i}"), format!("h{}", i - 1));
+            tar.extend(entry(name.as_bytes(), b'1', b"", target.as_bytes()));
+        }
+        tar.extend(end());
+        let view = view_of(&[tar]);
+        assert_eq!(content(&view, "/h40"), b"data");
+        let err = view.stat("/h41").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            err.message(),
+            "/h41: too many levels of hardlinks (more than 40), each naming the one before"
+        );
     }
 
     #[test]
