@@ -871,6 +871,8 @@ async fn pulled_two_layers() -> (Registry, Scene, PushedImage, Vec<Vec<u8>>) {
     (registry, scene, image, indexes)
 }
 
+/// `ImageCache::view` of the image [`pulled_two_layers`] pushed, by a new
+/// cache on the scene's store, into the scene's dst.
 async fn view_from(registry: &Registry, scene: &Scene) -> Result<View, Error> {
     let cache = scene.cache();
     let reference = format!("{}/indexed:v1", registry.host());
@@ -880,6 +882,7 @@ async fn view_from(registry: &Registry, scene: &Scene) -> Result<View, Error> {
     within("view", cache.view(&image, scene.dst())).await
 }
 
+/// The view shows layer 0's file, its metadata and the merged root.
 #[track_caller]
 fn check_content(view: &View, what: &str) {
     let (file, offset, size) = view.open_file("/etc/os-release").unwrap();
