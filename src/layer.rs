@@ -125,11 +125,11 @@ pub(crate) fn ensure_index(dst: &Path, diff_id: &Digest, reserve: Reserve) -> Re
         None => None,
     };
     if let Some(dir) = existing {
-        match TarIndex::open_in(&dir, name, diff_id) {
-            // An index of a tar of another length is not this tar's.
-            Ok(Some(index)) if index.tar_size() == tar_len => return Ok(index),
-            Ok(_) => {}
-            // Corrupt, truncated, another version or another tar's: rebuilt.
+        match TarIndex::open_in(&dir, name, diff_id, tar_len) {
+            Ok(Some(index)) => return Ok(index),
+            Ok(None) => {}
+            // Corrupt, truncated, another version or another tar's (its
+            // diff_id or its length), or too long to read: rebuilt.
             Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
             Err(e) => return Err(e),
         }

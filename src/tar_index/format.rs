@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
@@ -57,6 +58,16 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 /// few kilobytes of tar could otherwise make megabytes of index. Real
 /// layers stay far below: their directories mostly have entries.
 pub(crate) const IMPLICIT_LIMIT: u64 = 16 << 20;
+
+/// The longest index a tar of `tar_len` bytes can have: records (112
+/// bytes per 512-byte block of tar at most) and their strings (names,
+/// parents no longer than them, links and xattrs, all read from the tar:
+/// about twice its size at most), and the implied directories (their paths
+/// and records within [`IMPLICIT_LIMIT`] plus the tar's size, their names
+/// and parents at most as much again). A longer file is not read.
+fn max_len(tar_len: u64) -> u64 {
+    tar_len.saturating_mul(5).saturating_add(4 * IMPLICIT_LIMIT)
+}
 
 /// Builds the index of a tar from its entries in tar order: the tar is
 /// `tar_size` bytes and hashes to `diff_id`. A tar implying more
@@ -325,18 +336,48 @@ pub(crate) struct TarIndex {
 }
 
 impl TarIndex {
-    /// Reads the index file `name` in `dir` for the tar `diff_id`. `None`
-    /// when there is no regular file there (missing, a symlink, a FIFO...);
-    /// an error when it is corrupt, truncated, of another version or for
-    /// another diff_id (the caller rebuilds it, never trusts it).
-    pub(crate) fn open_in(dir: &Dir, name: &str, diff_id: &Digest) -> Result<Option<TarIndex>> {
-        let Some(bytes) = dir.read_regular(name)? else {
+    /// Reads the index file `name` in `dir` for the tar `diff_id`, whose
+    /// file is `tar_len` bytes. `None` when there is no regular file there
+    /// (missing, a symlink, a FIFO...); an error when it is corrupt,
+    /// truncated, of another version, for another diff_id or tar length,
+    /// or longer than an index of such a tar can be, which is refused
+    /// before it is read (the caller rebuilds it, never trusts it).
+    pub(crate) fn open_in(
+        dir: &Dir,
+        name: &str,
+        diff_id: &Digest,
+        tar_len: u64,
+    ) -> Result<Option<TarIndex>> {
+        let path = dir.join(name);
+        let Some(mut file) = dir.open_regular(name)? else {
             return Ok(None);
         };
-        TarIndex::from_bytes(bytes, diff_id).map(Some).map_err(|e| {
-            let message = format!("index {}: {}", dir.join(name).display(), e.message());
-            Error::new(e.kind(), message)
-        })
+        let in_index = |e: Error| {
+            Error::new(
+                e.kind(),
+                format!("index {}: {}", path.display(), e.message()),
+            )
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io_at("reading the size of", &path, e))?
+            .len();
+        if len > max_len(tar_len) {
+            return Err(in_index(Error::invalid_content(format!(
+                "tar index is {len} bytes, more than the index of a {tar_len}-byte tar can be"
+            ))));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io_at("reading", &path, e))?;
+        let index = TarIndex::from_bytes(bytes, diff_id).map_err(in_index)?;
+        if index.tar_size != tar_len {
+            return Err(in_index(Error::invalid_content(format!(
+                "tar index describes a {}-byte tar, not this {tar_len}-byte one",
+                index.tar_size
+            ))));
+        }
+        Ok(Some(index))
     }
 
     /// Checks `bytes` as the index of the tar `diff_id`.
@@ -1018,21 +1059,36 @@ mod tests {
         .unwrap();
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        assert_eq!(
-            TarIndex::open_in(&dir, "good", &diff_id())
-                .unwrap()
-                .unwrap()
-                .len(),
-            12
-        );
+        let tar_len = sample().len() as u64;
+        let open = |name: &str, tar_len: u64| TarIndex::open_in(&dir, name, &diff_id(), tar_len);
+        assert_eq!(open("good", tar_len).unwrap().unwrap().len(), 12);
         for none in ["missing", "link", "fifo"] {
-            assert!(
-                TarIndex::open_in(&dir, none, &diff_id()).unwrap().is_none(),
-                "{none}"
-            );
+            assert!(open(none, tar_len).unwrap().is_none(), "{none}");
         }
-        let e = TarIndex::open_in(&dir, "bad", &diff_id()).unwrap_err();
+        let e = open("bad", tar_len).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidContent);
         assert!(e.message().contains("bad: tar index is truncated"), "{e}");
+        // A sound index of a tar of another length is not this tar's.
+        let e = open("good", tar_len + 512).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            e.message(),
+            format!(
+                "index {}: tar index describes a {tar_len}-byte tar, not this {}-byte one",
+                tmp.path().join("good").display(),
+                tar_len + 512
+            )
+        );
+        // A file longer than any index of the tar is refused unread (a
+        // sparse file: no disk is spent on it).
+        let huge = std::fs::File::create(tmp.path().join("huge")).unwrap();
+        huge.set_len(max_len(tar_len) + 1).unwrap();
+        let e = open("huge", tar_len).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert!(e.message().contains("more than the index of a"), "{e}");
+        assert_eq!(
+            open("good", 0).unwrap_err().kind(),
+            ErrorKind::InvalidContent
+        );
     }
 }
