@@ -946,6 +946,17 @@ async fn a_bad_index_on_disk_is_rebuilt_never_trusted() {
         assert_rebuilt(&path, good, what);
         scene.assert_only(&expected, what);
     }
+    // Longer than any index of its tar: rebuilt without being read (it is
+    // sparse, so it costs no disk; read, it would cost 1 GiB of memory).
+    std::fs::remove_file(&path).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let view = view_from(&registry, &scene).await.unwrap();
+    check_content(&view, "huge");
+    assert_rebuilt(&path, good, "huge");
+    scene.assert_only(&expected, "huge");
 }
 
 #[track_caller]
