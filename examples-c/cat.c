@@ -2,17 +2,21 @@
  * oci-cat: prints one file of an image, read through the image view
  * without unpacking the image.
  *
- *   oci-cat REFERENCE PATH DST
+ *   oci-cat REFERENCE PATH [DST]
  *
- * Fetches REFERENCE for this host's platform, keeps its layer tars (and
- * their indexes) in DST, which must exist and is reused by later runs, and
- * writes the bytes of PATH ("/etc/os-release"; symlinks are followed inside
- * the image) to stdout.
+ * Fetches REFERENCE for this host's platform and writes the bytes of PATH
+ * ("/etc/os-release"; symlinks are followed inside the image) to stdout.
+ * The layer tars and their indexes go to DST, which must exist and is
+ * reused by later runs; without DST they go to a temporary directory (in
+ * $TMPDIR, else /tmp) that is deleted as soon as the view is open, since the view reads through
+ * fds of its own.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700
 
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "oci_cache.h"
@@ -46,12 +50,31 @@ static int copy_out(int fd, uint64_t offset, uint64_t size) {
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Deletes the temporary DST and everything in it, never following links. */
+static void remove_tree(const char *dir) {
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        fprintf(stderr, "oci-cat: could not delete %s\n", dir);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s REFERENCE PATH DST\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s REFERENCE PATH [DST]\n", argv[0]);
         return 2;
     }
-    const char *reference = argv[1], *path = argv[2], *dst = argv[3];
+    const char *reference = argv[1], *path = argv[2];
+    char temporary[4096];
+    const char *tmpdir = getenv("TMPDIR");
+    snprintf(temporary, sizeof temporary, "%s/oci-cat-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+    const char *dst = argc == 4 ? argv[3] : mkdtemp(temporary);
+    if (dst == NULL) {
+        perror("oci-cat: mkdtemp");
+        return 1;
+    }
 
     oci_cache *cache = NULL;
     oci_image *image = NULL;
@@ -64,9 +87,12 @@ int main(int argc, char **argv) {
     status = oci_fetch_image(cache, reference, NULL, NULL, &image, &err);
     if (status == OCI_OK)
         status = oci_view_open(cache, image, dst, NULL, &view, &err);
-    /* The view holds its own fds of the layer tars: it needs neither. */
+    /* The view holds its own fds of the layer tars: it needs neither, nor
+     * the files under a temporary DST. */
     oci_image_free(image);
     oci_cache_free(cache);
+    if (dst == temporary)
+        remove_tree(temporary);
     if (status != OCI_OK)
         return fail(image ? "oci_view_open" : "oci_fetch_image", status, err);
 

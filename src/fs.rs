@@ -452,6 +452,28 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// A new open file description of `file`, `O_RDONLY | O_CLOEXEC` at offset
+/// 0, so that its reader's offset is its own. Opened through
+/// `/proc/self/fd`, which names `file` itself whatever became of its path
+/// (renamed, replaced, deleted); where `/proc` is not mounted, a duplicate
+/// of `file` (which shares its offset) instead.
+pub(crate) fn reopen_read_only(file: &File) -> io::Result<File> {
+    let fd = file.as_raw_fd();
+    // std opens with O_CLOEXEC.
+    match File::open(format!("/proc/self/fd/{fd}")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
+    // SAFETY: fcntl on a descriptor `file` owns; the new one is owned by the
+    // File made of it.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` was just made and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(dup) })
+}
+
 /// A file being written that takes its final name only on [`commit`](Self::commit).
 pub(crate) struct PendingFile {
     file: File,

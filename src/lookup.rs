@@ -8,7 +8,8 @@
 //! Paths inside a layer are relative, cleaned and joined with `/`, the root
 //! being `""`, as a layer tar names its entries.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::RwLock;
 
 /// The prefix of a whiteout's name.
 const WHITEOUT: &str = ".wh.";
@@ -30,6 +31,11 @@ pub(crate) trait Layer {
     fn names(&self, dir: &str) -> Vec<String>;
     /// What `entry` is, as far as a lookup cares.
     fn kind(&self, entry: &Self::Entry) -> Kind;
+    /// Whether the layer may hold a whiteout or opaque marker directly in
+    /// directory `dir`: when it cannot, a lookup skips searching for them.
+    fn may_hide_in(&self, _dir: &str) -> bool {
+        true
+    }
     /// Whether `entry` is a directory the index made up for the entries
     /// below it. Extraction leaves a lower layer's directory as it is
     /// there, so a found directory reports the topmost entry a tar has.
@@ -80,11 +86,43 @@ struct Dir {
 /// The layers of one image, bottom first.
 pub(crate) struct Merged<'a, L> {
     layers: &'a [L],
+    walks: Option<&'a Walks>,
+}
+
+/// The directories lookups walked to, by the cleaned path they were asked
+/// under: the layers never change, so neither does a walk, and a lookup
+/// that finds its parent here starts from it. Paths that run through
+/// symlinks make many names for one directory, so only the first
+/// [`WALKS_KEPT`] are kept.
+#[derive(Default)]
+pub(crate) struct Walks(RwLock<HashMap<String, Walk>>);
+
+/// How many walks [`Walks`] keeps.
+const WALKS_KEPT: usize = 4096;
+
+/// A directory walked to: the directories on the way (the root first), and
+/// the symlinks followed to get there.
+#[derive(Clone)]
+struct Walk {
+    walked: Vec<Dir>,
+    links: usize,
 }
 
 impl<'a, L: Layer> Merged<'a, L> {
     pub(crate) fn new(layers: &'a [L]) -> Merged<'a, L> {
-        Merged { layers }
+        Merged {
+            layers,
+            walks: None,
+        }
+    }
+
+    /// The same, keeping the directories it walks to in `walks` (which
+    /// must only ever be used with these layers).
+    pub(crate) fn with_walks(layers: &'a [L], walks: &'a Walks) -> Merged<'a, L> {
+        Merged {
+            layers,
+            walks: Some(walks),
+        }
     }
 
     /// Finds `path` (absolute or taken from the root; `.` and `..` are
@@ -92,9 +130,27 @@ impl<'a, L: Layer> Merged<'a, L> {
     /// and in the last too if `follow_last`.
     pub(crate) fn lookup(&self, path: &str, follow_last: bool) -> Result<Found<L::Entry>, Missed> {
         let mut todo: VecDeque<String> = clean(path).into_iter().collect();
-        let mut walked = vec![self.root()];
-        let mut links = 0;
-        let mut last = self.root_entry();
+        // The parent's walk, when one is kept; else the parent's key, to
+        // keep the walk once it is made.
+        let parent = (todo.len() > 1).then(|| {
+            let parts: Vec<&str> = todo.range(..todo.len() - 1).map(String::as_str).collect();
+            parts.join("/")
+        });
+        let kept = parent.as_ref().zip(self.walks).and_then(|(key, walks)| {
+            let walks = walks.0.read().unwrap_or_else(|e| e.into_inner());
+            walks.get(key).cloned()
+        });
+        let (mut walked, mut links, mut to_keep) = match kept {
+            Some(walk) => {
+                todo.drain(..todo.len() - 1);
+                (walk.walked, walk.links, None)
+            }
+            None => (
+                vec![self.root()],
+                0,
+                parent.filter(|_| self.walks.is_some()),
+            ),
+        };
         while let Some(name) = todo.pop_front() {
             if name == ".." {
                 // Only from a link's target: the directory walked to, not a
@@ -102,48 +158,60 @@ impl<'a, L: Layer> Merged<'a, L> {
                 if walked.len() > 1 {
                     walked.pop();
                 }
-                last = self.entry_of(&walked);
-                continue;
+            } else {
+                let dir = walked.last().expect("the root stays");
+                let (layer, entry) = self.child(dir, &name).ok_or(Missed::NotFound)?;
+                let is_last = todo.is_empty();
+                match self.layers[layer].kind(&entry) {
+                    Kind::Symlink(target) if !is_last || follow_last => {
+                        links += 1;
+                        if links > MAX_LINKS {
+                            return Err(Missed::TooManyLinks);
+                        }
+                        // Linux makes no such link, and extraction fails on
+                        // it: it names nothing, not its own directory.
+                        if target.is_empty() {
+                            return Err(Missed::NotFound);
+                        }
+                        if target.starts_with('/') {
+                            walked.truncate(1);
+                        }
+                        for part in target_parts(&target).into_iter().rev() {
+                            todo.push_front(part);
+                        }
+                    }
+                    Kind::Directory => {
+                        let child = self.descend(dir, &name, layer);
+                        walked.push(child);
+                    }
+                    _ if is_last => {
+                        return Ok(Found {
+                            path: join(&dir.path, &name),
+                            entry: Some((layer, entry)),
+                        })
+                    }
+                    // A path that runs through a file.
+                    _ => return Err(Missed::NotFound),
+                }
             }
-            let dir = walked.last().expect("the root stays");
-            let (layer, entry) = self.child(dir, &name).ok_or(Missed::NotFound)?;
-            let is_last = todo.is_empty();
-            match self.layers[layer].kind(&entry) {
-                Kind::Symlink(target) if !is_last || follow_last => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err(Missed::TooManyLinks);
+            // Links push their targets in front of the caller's last
+            // component, so when it is all that is left, the parent is
+            // walked to.
+            if todo.len() == 1 {
+                if let Some((key, walks)) = to_keep.take().zip(self.walks) {
+                    let mut walks = walks.0.write().unwrap_or_else(|e| e.into_inner());
+                    if walks.len() < WALKS_KEPT {
+                        let walked = walked.clone();
+                        walks.insert(key, Walk { walked, links });
                     }
-                    // Linux makes no such link, and extraction fails on
-                    // it: it names nothing, not its own directory.
-                    if target.is_empty() {
-                        return Err(Missed::NotFound);
-                    }
-                    if target.starts_with('/') {
-                        walked.truncate(1);
-                    }
-                    for part in target_parts(&target).into_iter().rev() {
-                        todo.push_front(part);
-                    }
-                    last = self.entry_of(&walked);
                 }
-                Kind::Directory => {
-                    let child = self.descend(dir, &name, layer);
-                    last = Some(self.explicit(dir, &name, layer, entry));
-                    walked.push(child);
-                }
-                _ if is_last => {
-                    return Ok(Found {
-                        path: join(&dir.path, &name),
-                        entry: Some((layer, entry)),
-                    })
-                }
-                // A path that runs through a file.
-                _ => return Err(Missed::NotFound),
             }
         }
         let path = walked.last().expect("the root stays").path.clone();
-        Ok(Found { path, entry: last })
+        Ok(Found {
+            path,
+            entry: self.entry_of(&walked),
+        })
     }
 
     /// The merged names in directory `path` (followed like any lookup),
@@ -183,7 +251,7 @@ impl<'a, L: Layer> Merged<'a, L> {
     fn root(&self) -> Dir {
         let floor = (0..self.layers.len())
             .rev()
-            .find(|&layer| self.layers[layer].get(OPAQUE).is_some())
+            .find(|&layer| self.marked(layer, "", OPAQUE))
             .unwrap_or(0);
         Dir {
             path: String::new(),
@@ -219,14 +287,12 @@ impl<'a, L: Layer> Merged<'a, L> {
             return None;
         }
         let path = join(&dir.path, name);
-        let whiteout = join(&dir.path, &format!("{WHITEOUT}{name}"));
         for layer in (dir.floor..self.layers.len()).rev() {
-            let index = &self.layers[layer];
             // The layer's own entry first: a whiteout hides lower layers only.
-            if let Some(entry) = index.get(&path) {
+            if let Some(entry) = self.layers[layer].get(&path) {
                 return Some((layer, entry));
             }
-            if index.get(&whiteout).is_some() {
+            if self.whited_out(layer, &dir.path, name) {
                 return None;
             }
         }
@@ -238,8 +304,7 @@ impl<'a, L: Layer> Merged<'a, L> {
     /// directory a tar has below it, unless something hides that one
     /// first (a whiteout, a non-directory).
     fn explicit(&self, dir: &Dir, name: &str, top: usize, entry: L::Entry) -> (usize, L::Entry) {
-        let whiteout = join(&dir.path, &format!("{WHITEOUT}{name}"));
-        if !self.layers[top].is_implicit(&entry) || self.layers[top].get(&whiteout).is_some() {
+        if !self.layers[top].is_implicit(&entry) || self.whited_out(top, &dir.path, name) {
             return (top, entry);
         }
         let path = join(&dir.path, name);
@@ -250,7 +315,7 @@ impl<'a, L: Layer> Merged<'a, L> {
                 Some(lower) if !index.is_implicit(&lower) => return (layer, lower),
                 _ => {}
             }
-            if index.get(&whiteout).is_some() {
+            if self.whited_out(layer, &dir.path, name) {
                 break;
             }
         }
@@ -261,13 +326,11 @@ impl<'a, L: Layer> Merged<'a, L> {
     /// layers from `top` down show in it until one hides what is below it.
     fn descend(&self, dir: &Dir, name: &str, top: usize) -> Dir {
         let path = join(&dir.path, name);
-        let whiteout = join(&dir.path, &format!("{WHITEOUT}{name}"));
-        let opaque = join(&path, OPAQUE);
         let mut floor = dir.floor;
         for layer in (dir.floor..=top).rev() {
             let index = &self.layers[layer];
             // An opaque marker or a whiteout hides the layers below this one.
-            if index.get(&opaque).is_some() || index.get(&whiteout).is_some() {
+            if self.marked(layer, &path, OPAQUE) || self.whited_out(layer, &dir.path, name) {
                 floor = layer;
                 break;
             }
@@ -281,6 +344,18 @@ impl<'a, L: Layer> Merged<'a, L> {
             }
         }
         Dir { path, floor }
+    }
+
+    /// Whether `layer` has a whiteout for `name` in directory `dir`.
+    fn whited_out(&self, layer: usize, dir: &str, name: &str) -> bool {
+        self.marked(layer, dir, &format!("{WHITEOUT}{name}"))
+    }
+
+    /// Whether `layer` has marker `marker` (a whiteout or the opaque one)
+    /// in directory `dir`.
+    fn marked(&self, layer: usize, dir: &str, marker: &str) -> bool {
+        let index = &self.layers[layer];
+        index.may_hide_in(dir) && index.get(&join(dir, marker)).is_some()
     }
 }
 
@@ -368,15 +443,40 @@ mod tests {
         }
     }
 
-    /// The label and layer of what `path` finds, following the last link.
+    /// The label and layer of what `path` finds, following the last link;
+    /// the same with no walks kept, with the parent's walk kept, and from
+    /// it.
     fn find(layers: &[Mem], path: &str) -> Result<(&'static str, usize, String), Missed> {
-        let found = Merged::new(layers).lookup(path, true)?;
-        let (layer, entry) = found.entry.expect("an entry");
-        Ok((entry.1, layer, found.path))
+        let labels = |merged: Merged<'_, Mem>| {
+            let found = merged.lookup(path, true)?;
+            let (layer, entry) = found.entry.expect("an entry");
+            Ok((entry.1, layer, found.path))
+        };
+        let walks = Walks::default();
+        let found = labels(Merged::new(layers));
+        assert_eq!(
+            labels(Merged::with_walks(layers, &walks)),
+            found,
+            "keeping walks"
+        );
+        assert_eq!(
+            labels(Merged::with_walks(layers, &walks)),
+            found,
+            "from a kept walk"
+        );
+        found
     }
 
     fn names(layers: &[Mem], path: &str) -> Vec<String> {
-        Merged::new(layers).names(path).expect("a directory")
+        let walks = Walks::default();
+        let names = Merged::new(layers).names(path).expect("a directory");
+        for _ in 0..2 {
+            assert_eq!(
+                Merged::with_walks(layers, &walks).names(path).unwrap(),
+                names
+            );
+        }
+        names
     }
 
     #[test]
@@ -537,6 +637,27 @@ mod tests {
         // l1 is 40 links from the end; l0 is 41.
         assert_eq!(find(&layers, "/l1").unwrap().0, "end");
         assert_eq!(find(&layers, "/l0"), Err(Missed::TooManyLinks));
+        // A kept walk counts the links it followed: 39 to reach d, one more
+        // is fine, two more are too many, however often it is asked.
+        let mut chain = Mem::default().dir("d").file("d/f", "f");
+        for i in 0..MAX_LINKS - 2 {
+            chain = chain.link(&names[i], &names[i + 1]);
+        }
+        let layers = [chain
+            .link(&names[MAX_LINKS - 2], "d")
+            .link("d/one", "f")
+            .link("d/two", "one")];
+        let walks = Walks::default();
+        let merged = Merged::with_walks(&layers, &walks);
+        for _ in 0..2 {
+            assert_eq!(merged.lookup("/l0/f", true).unwrap().path, "d/f");
+            assert_eq!(merged.lookup("/l0/one", true).unwrap().path, "d/f");
+            assert_eq!(
+                merged.lookup("/l0/two", true).unwrap_err(),
+                Missed::TooManyLinks
+            );
+        }
+        assert_eq!(walks.0.read().unwrap().len(), 1, "one walk kept, for l0");
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! rules. It owns the fds of the tars and their indexes, nothing else, so it
 //! outlives the cache and the image it came from.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 
 use crate::error::{Error, Result};
-use crate::lookup::{self, Merged, Missed};
+use crate::fs;
+use crate::lookup::{self, Merged, Missed, Walks};
 use crate::tar_index::format::{Entry, TarIndex};
-use crate::tar_index::parse::Kind as TarKind;
+use crate::tar_index::parse::{Kind as TarKind, Whiteout};
 
 /// An image's files, its layers merged (upper layers win, whiteouts and
 /// opaque directories apply). Immutable; safe to share between threads.
@@ -20,6 +21,8 @@ use crate::tar_index::parse::Kind as TarKind;
 pub struct View {
     /// Bottom layer first.
     layers: Vec<ViewLayer>,
+    /// The directories lookups walked to, for later lookups under them.
+    walks: Walks,
 }
 
 impl std::fmt::Debug for View {
@@ -31,9 +34,12 @@ impl std::fmt::Debug for View {
 
 struct ViewLayer {
     /// The layer tar, `O_RDONLY | O_CLOEXEC`, read only with positional
-    /// reads (its offset is shared with every fd handed out).
+    /// reads; the fds handed out are opened afresh from it.
     tar: File,
     index: TarIndex,
+    /// The directories holding a whiteout or opaque marker: most layers
+    /// have few or none, so most lookups need not search for them.
+    marked_dirs: HashSet<Vec<u8>>,
 }
 
 /// What a path of the view is. A hardlink is reported as what it links to.
@@ -82,21 +88,26 @@ pub struct Stat {
 }
 
 /// One layer's index as `lookup` sees it.
-struct Indexed<'a>(&'a TarIndex);
+struct Indexed<'a>(&'a ViewLayer);
 
 impl<'a> lookup::Layer for Indexed<'a> {
     type Entry = Entry<'a>;
 
     fn get(&self, path: &str) -> Option<Entry<'a>> {
-        self.0.lookup(path.as_bytes())
+        self.0.index.lookup(path.as_bytes())
     }
 
     fn names(&self, dir: &str) -> Vec<String> {
         self.0
+            .index
             .children(dir.as_bytes())
             .filter(|e| !e.is_not_utf8())
             .filter_map(|e| String::from_utf8(e.name().to_vec()).ok())
             .collect()
+    }
+
+    fn may_hide_in(&self, dir: &str) -> bool {
+        self.0.marked_dirs.contains(dir.as_bytes())
     }
 
     fn kind(&self, entry: &Entry<'a>) -> lookup::Kind {
@@ -150,9 +161,23 @@ impl View {
     pub(crate) fn new(layers: Vec<(File, TarIndex)>) -> View {
         let layers = layers
             .into_iter()
-            .map(|(tar, index)| ViewLayer { tar, index })
+            .map(|(tar, index)| {
+                let marked_dirs = (0..index.len())
+                    .map(|at| index.entry(at))
+                    .filter(|e| e.whiteout() != Whiteout::None)
+                    .map(|e| e.parent().to_vec())
+                    .collect();
+                ViewLayer {
+                    tar,
+                    index,
+                    marked_dirs,
+                }
+            })
             .collect();
-        View { layers }
+        View {
+            layers,
+            walks: Walks::default(),
+        }
     }
 
     /// The number of layers.
@@ -199,6 +224,22 @@ impl View {
         })
     }
 
+    /// The extended attributes of `path` (`lgetxattr` semantics: a symlink
+    /// in the last component is not followed; a hardlink has its target's),
+    /// as its tar entry's PAX `SCHILY.xattr.*` records give them, sorted by
+    /// name. Names are UTF-8, as PAX keys are; values are raw bytes.
+    pub fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let Some(node) = self.find(path, false)? else {
+            return Ok(Vec::new());
+        };
+        Ok(node
+            .meta
+            .xattrs()
+            .into_iter()
+            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+            .collect())
+    }
+
     /// The merged names in directory `path` (followed like
     /// [`open_file`](Self::open_file)), sorted bytewise, without `.` and
     /// `..`.
@@ -212,7 +253,7 @@ impl View {
             }
         }
         let indexed = self.indexed();
-        Merged::new(&indexed)
+        Merged::with_walks(&indexed, &self.walks)
             .names(path)
             .map_err(|missed| missed_error(path, missed))
     }
@@ -232,15 +273,15 @@ impl View {
     /// absolute path; a missing path or a dangling link is not found.
     pub fn resolve(&self, path: &str) -> Result<String> {
         let indexed = self.indexed();
-        let found = Merged::new(&indexed)
+        let found = Merged::with_walks(&indexed, &self.walks)
             .lookup(path, true)
             .map_err(|missed| missed_error(path, missed))?;
         Ok(format!("/{}", found.path))
     }
 
     /// Regular file `path`'s bytes, zero-copy: a fresh fd of the layer tar
-    /// holding them (`O_RDONLY | O_CLOEXEC`; its file offset is shared, so
-    /// read it with positional reads) and their offset and size in it.
+    /// holding them (`O_RDONLY | O_CLOEXEC`, a file offset of its own at 0)
+    /// and their offset and size in it.
     /// A symlink in the last component is followed; a hardlink gives its
     /// target's data.
     pub fn open_file(&self, path: &str) -> Result<(File, u64, u64)> {
@@ -260,16 +301,8 @@ impl View {
                 "{path} is a GNU sparse file, whose data cannot be read from its layer tar"
             )));
         }
-        let tar = &self.layers[data.layer].tar;
-        // SAFETY: fcntl on a descriptor `tar` owns; the new one is owned by
-        // the File made of it.
-        let fd = unsafe { libc::fcntl(tar.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::io(format!("opening {path}: {err}")).with_source(err));
-        }
-        // SAFETY: `fd` was just made and nothing else owns it.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = fs::reopen_read_only(&self.layers[data.layer].tar)
+            .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?;
         // The index was checked against its tar's size, not against the
         // tar this fd reads: whatever it says, the range handed out is in
         // the tar.
@@ -290,14 +323,14 @@ impl View {
     }
 
     fn indexed(&self) -> Vec<Indexed<'_>> {
-        self.layers.iter().map(|l| Indexed(&l.index)).collect()
+        self.layers.iter().map(Indexed).collect()
     }
 
     /// What `path` names, a hardlink followed to its target; `None` for a
     /// root no layer has an entry for.
     fn find(&self, path: &str, follow_last: bool) -> Result<Option<Node<'_>>> {
         let indexed = self.indexed();
-        let found = Merged::new(&indexed)
+        let found = Merged::with_walks(&indexed, &self.walks)
             .lookup(path, follow_last)
             .map_err(|missed| missed_error(path, missed))?;
         let Some((layer, entry)) = found.entry else {

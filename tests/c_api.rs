@@ -716,6 +716,19 @@ fn c_view_reads_an_image() {
         "oci-cat /etc/rel should print libc.so's 5000 bytes of 7: {}",
         ran.describe()
     );
+    // Without DST the layers go to a directory in $TMPDIR, deleted once the
+    // view is open.
+    let temp = tmp("cat-temp");
+    let mut command = Command::new(&cat);
+    command.arg(&reference).arg("/etc/rel").env("TMPDIR", &temp);
+    let ran = run("oci-cat /etc/rel without DST", &mut command, RUN_LIMIT);
+    assert!(
+        ran.status.success() && ran.stdout.as_bytes() == [7; 5000],
+        "oci-cat without DST should print the same bytes: {}",
+        ran.describe()
+    );
+    let left: Vec<_> = std::fs::read_dir(&temp).unwrap().collect();
+    assert!(left.is_empty(), "oci-cat left {left:?} in TMPDIR");
     let mut command = Command::new(&cat);
     command.arg(&reference).arg("/dev").arg(&dst);
     let ran = run("oci-cat /dev", &mut command, RUN_LIMIT);

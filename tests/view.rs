@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -174,6 +175,17 @@ async fn the_view_of_every_compression_is_the_tree_umoci_unpacks() {
     let mut data = vec![0; size as usize];
     first.read_exact_at(&mut data, offset).unwrap();
     assert_eq!(data, [7; 5000]);
+    // Each has a file offset of its own, at 0: seeking and reading one
+    // moves no other.
+    let (mut first, mut second) = (first, second);
+    first.seek(SeekFrom::Start(offset)).unwrap();
+    let mut head = [0; 10];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(head, [7; 10]);
+    assert_eq!(second.stream_position().unwrap(), 0);
+    assert_eq!(first.stream_position().unwrap(), offset + 10);
+    second.seek(SeekFrom::Start(offset + size - 1)).unwrap();
+    assert_eq!(first.stream_position().unwrap(), offset + 10);
     // The view's own fds too: every fd this process has open on a layer
     // tar is close-on-exec.
     drop((first, second));
@@ -193,6 +205,19 @@ async fn the_view_of_every_compression_is_the_tree_umoci_unpacks() {
         }
     }
     assert_eq!(seen, 2, "one fd per layer");
+    // Extended attributes come from the entry's PAX records; the last
+    // component is not followed.
+    let pax = "/pax/\u{e9}t\u{e9}-with-a-name-that-pax-carries";
+    assert_eq!(
+        view.xattrs(pax).unwrap(),
+        [("user.origin".to_owned(), b"pax".to_vec())]
+    );
+    assert_eq!(view.xattrs("/etc/passwd").unwrap(), []);
+    assert_eq!(view.xattrs("/").unwrap(), []);
+    assert_eq!(
+        view.xattrs("/removed").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     // Shared between threads.
     let view = std::sync::Arc::new(view);
     let threads: Vec<_> = (0..4)
@@ -411,4 +436,63 @@ async fn links_resolve_inside_the_root_and_errors_name_the_path() {
     // A sparse file is still a regular file to stat (its size is what the
     // tar stores, not its real size: the index does not keep that).
     assert_eq!(view.stat("/sparse").unwrap().kind, FileKind::Regular);
+}
+
+/// A tree of files, a symlink and a hardlink, built into an image by umoci
+/// (whose 0.4 tars end without padding or end marker) and pushed by skopeo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_umoci_builds_reads_as_umoci_unpacks_it() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let umoci = require_tool("umoci", "apt-get install -y umoci");
+    let skopeo = require_tool("skopeo", "apt-get install -y skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("files");
+    std::fs::create_dir_all(files.join("share/doc")).unwrap();
+    std::fs::write(files.join("share/doc/readme"), b"read me\n").unwrap();
+    std::fs::write(files.join("odd-size"), vec![b'z'; 1001]).unwrap();
+    std::os::unix::fs::symlink("share/doc/readme", files.join("link")).unwrap();
+    std::fs::hard_link(files.join("odd-size"), files.join("hard")).unwrap();
+    let layout = format!("{}:built", work.path().join("layout").display());
+    let limit = Duration::from_secs(60);
+    for (what, args) in [
+        (
+            "umoci init",
+            vec!["init", "--layout", layout.split(':').next().unwrap()],
+        ),
+        ("umoci new", vec!["new", "--image", &layout]),
+        (
+            "umoci insert",
+            vec![
+                "insert",
+                "--image",
+                &layout,
+                files.to_str().unwrap(),
+                "/opt/app",
+            ],
+        ),
+    ] {
+        let ran = run(what, Command::new(&umoci).args(args), limit);
+        assert!(ran.status.success(), "{}", ran.describe());
+    }
+    let ran = run(
+        "skopeo copy",
+        Command::new(&skopeo)
+            .args(["copy", "--dest-tls-verify=false", &format!("oci:{layout}")])
+            .arg(format!("docker://{host}/built:latest")),
+        limit,
+    );
+    assert!(ran.status.success(), "{}", ran.describe());
+    let oracle = unpacked_tree(&host, "built:latest");
+    let cache = new_cache(CacheOptions::new());
+    let dst = tempfile::tempdir().unwrap();
+    let view = view_of(&cache, &format!("{host}/built:latest"), dst.path()).await;
+    let mut tree = BTreeMap::new();
+    walk(&view, "/", &mut tree);
+    assert_eq!(tree, oracle);
+    assert_eq!(content(&view, "/opt/app/hard"), vec![b'z'; 1001]);
+    assert_eq!(
+        view.resolve("/opt/app/link").unwrap(),
+        "/opt/app/share/doc/readme"
+    );
 }

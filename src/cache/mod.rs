@@ -341,7 +341,8 @@ impl ImageCache {
                 .into_iter()
                 .map(|(tar, diff_id)| {
                     stop.check("loading the view's indexes")?;
-                    Ok((tar, layer::ensure_index(&dst, &diff_id, reserve)?))
+                    let index = layer::ensure_index(&dst, &diff_id, &tar, reserve)?;
+                    Ok((tar, index))
                 })
                 .collect::<Result<_>>()?;
             Ok(View::new(indexed))

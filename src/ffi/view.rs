@@ -1,6 +1,7 @@
 //! `oci_view`: an image's files read through its layer tars' indexes
 //! (`crate::view::View`), with `oci_stat`, `oci_file_type` and the
-//! `oci_dir_list` that `oci_view_readdir` returns.
+//! `oci_dir_list` and `oci_xattr_list` that `oci_view_readdir` and
+//! `oci_view_xattrs` return.
 
 use std::ffi::{c_char, c_int, CString};
 use std::os::fd::IntoRawFd;
@@ -113,6 +114,16 @@ pub struct oci_dir_list {
 }
 
 impl Castable for oci_dir_list {
+    type Ownership = OwnershipBox;
+}
+
+/// The extended attributes of one path of a view (`oci_view_xattrs`):
+/// immutable, thread-safe, independent of the view.
+pub struct oci_xattr_list {
+    xattrs: Vec<(CString, Vec<u8>)>,
+}
+
+impl Castable for oci_xattr_list {
     type Ownership = OwnershipBox;
 }
 
@@ -293,10 +304,85 @@ pub extern "C" fn oci_dir_list_free(list: *mut oci_dir_list) {
     free_box(list)
 }
 
+/// The extended attributes of `path` (`lgetxattr` semantics: a symlink in
+/// the last component is not followed; a hardlink has its target's), as
+/// its tar entry's PAX `SCHILY.xattr.*` records give them, sorted by name;
+/// the root with no entry in any layer has none. Free the list with
+/// `oci_xattr_list_free`.
+#[no_mangle]
+pub extern "C" fn oci_view_xattrs(
+    view: *const oci_view,
+    path: *const c_char,
+    list_out: *mut *mut oci_xattr_list,
+    err_out: *mut *mut oci_error,
+) -> oci_status {
+    boundary(err_out, || {
+        let view = arg(view, "view")?;
+        let path = str_arg(path, "path")?;
+        let list_out = out(list_out, "list_out")?;
+        let xattrs = view
+            .view
+            .xattrs(path)?
+            .into_iter()
+            .map(|(name, value)| {
+                Ok((
+                    c_string(name.as_bytes(), &format!("an xattr name of {path}"))?,
+                    value,
+                ))
+            })
+            .collect::<Outcome<Vec<_>>>()?;
+        *list_out = to_boxed_mut_ptr(oci_xattr_list { xattrs });
+        Ok(())
+    })
+}
+
+/// The number of extended attributes in `list`; 0 if `list` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_xattr_list_count(list: *const oci_xattr_list) -> usize {
+    getter(list, 0, |l| Some(l.xattrs.len()))
+}
+
+/// The name of extended attribute `index` of `list` (`"security.capability"`);
+/// NULL if out of range or `list` is NULL.
+#[no_mangle]
+pub extern "C" fn oci_xattr_list_name(list: *const oci_xattr_list, index: usize) -> *const c_char {
+    getter(list, std::ptr::null(), |l| {
+        Some(l.xattrs.get(index)?.0.as_ptr())
+    })
+}
+
+/// The value of extended attribute `index` of `list`: raw bytes, not
+/// NUL-terminated, their count in `*len_out` (when `len_out` is not NULL).
+/// NULL (and `*len_out` untouched) if out of range or `list` is NULL; an
+/// empty value is a non-NULL pointer with a length of 0.
+#[no_mangle]
+pub extern "C" fn oci_xattr_list_value(
+    list: *const oci_xattr_list,
+    index: usize,
+    len_out: *mut usize,
+) -> *const u8 {
+    getter(list, std::ptr::null(), |l| {
+        let value = &l.xattrs.get(index)?.1;
+        if !len_out.is_null() {
+            // SAFETY: the caller gives a writable `size_t` at a non-NULL
+            // `len_out`.
+            unsafe { *len_out = value.len() };
+        }
+        // A Vec's pointer is dangling but non-NULL when empty.
+        Some(value.as_ptr())
+    })
+}
+
+/// Frees `list` and its names and values. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn oci_xattr_list_free(list: *mut oci_xattr_list) {
+    free_box(list)
+}
+
 /// A regular file's bytes, zero-copy: stores in `*fd_out` a fresh fd of
-/// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, the caller's to
-/// close; its file offset is shared with other fds of that tar, so read
-/// with `pread`, `sendfile` or `copy_file_range`), and in `*offset_out` and
+/// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, a new open file
+/// description at offset 0, the caller's to close; read it with `pread`,
+/// `sendfile` or `copy_file_range`, or `lseek` then `read`), and in `*offset_out` and
 /// `*size_out` where the bytes are in it. The last component is followed
 /// (inside the root); a hardlink gives its target's data; anything but a
 /// regular file is `OCI_E_INVALID_ARGUMENT` naming its type, and a GNU

@@ -167,8 +167,9 @@ enum State {
         buf: Vec<u8>,
         size: usize,
     },
-    /// Skipping `remaining` data and padding bytes.
-    Skip { remaining: u64 },
+    /// Skipping `remaining` data and padding bytes, the last `padding` of
+    /// them padding.
+    Skip { remaining: u64, padding: u64 },
     /// Reading old-GNU sparse extension blocks; then `data` (with padding)
     /// follows for the last entry.
     SparseExt { data: u64 },
@@ -252,15 +253,19 @@ impl Parser {
 
     /// Ends the tar: it must stop at a header boundary (after the
     /// end-of-archive marker, or, as Go's archive/tar allows, without one),
-    /// not inside a header, a payload or data. Returns the entries in tar
-    /// order.
+    /// or right after an entry's data with its padding missing (as Go's
+    /// archive/tar allows too, and as umoci 0.4 writes layers), not inside
+    /// a header, a payload or data. Returns the entries in tar order.
     pub(crate) fn finish(self) -> Result<Vec<TarEntry>> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let clean_end = self.filled == 0
-            && self.pending.header_offset.is_none()
-            && matches!(self.state, State::Header | State::Zero | State::End);
+        let at_boundary = match self.state {
+            State::Header | State::Zero | State::End => true,
+            State::Skip { remaining, padding } => remaining <= padding,
+            State::Meta { .. } | State::SparseExt { .. } => false,
+        };
+        let clean_end = self.filled == 0 && self.pending.header_offset.is_none() && at_boundary;
         if !clean_end {
             return Err(Error::invalid_content(format!(
                 "tar is truncated: it ends at byte {} inside an entry",
@@ -277,7 +282,7 @@ impl Parser {
                     self.pos += data.len() as u64;
                     return Ok(());
                 }
-                State::Skip { remaining } => {
+                State::Skip { remaining, .. } => {
                     let n = (*remaining).min(data.len() as u64) as usize;
                     *remaining -= n as u64;
                     if *remaining == 0 {
@@ -357,7 +362,10 @@ impl Parser {
         self.state = if remaining == 0 {
             State::Header
         } else {
-            State::Skip { remaining }
+            State::Skip {
+                remaining,
+                padding: remaining - data,
+            }
         };
     }
 
@@ -578,7 +586,10 @@ impl Parser {
         self.state = if padding == 0 {
             State::Header
         } else {
-            State::Skip { remaining: padding }
+            State::Skip {
+                remaining: padding,
+                padding,
+            }
         };
         Ok(())
     }
@@ -1289,7 +1300,8 @@ mod tests {
     #[test]
     fn truncated_archives_are_refused() {
         let tar = [file(b"f", b"hello"), end()].concat();
-        for cut in [1, 300, 513, 1023] {
+        // In the header, in the data (ending in the padding is accepted).
+        for cut in [1, 300, 513, 516] {
             let e = parse_err(&tar[..cut]);
             assert!(e.message().contains("truncated"), "{cut}: {e}");
         }
@@ -1300,6 +1312,26 @@ mod tests {
         // A lone zero block followed by a header.
         let lone = [file(b"f", b""), vec![0; 512], file(b"g", b"")].concat();
         assert!(parse_err(&lone).message().contains("lone zero block"));
+    }
+
+    #[test]
+    fn a_tar_may_end_right_after_its_last_data_without_padding() {
+        // umoci 0.4.7 writes layers this way; Go's archive/tar reads them.
+        let tar = [file(b"a", b"first"), file(b"f", b"hello")].concat();
+        let unpadded = &tar[..tar.len() - (512 - 5)];
+        let entries = parse(unpadded).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].size, 5);
+        // Or inside the padding.
+        assert_eq!(parse(&tar[..tar.len() - 9]).unwrap().len(), 2);
+        // One byte of data short is still truncated.
+        let e = parse_err(&unpadded[..unpadded.len() - 1]);
+        assert!(e.message().contains("truncated"), "{e}");
+        // So is an unpadded PAX payload with no entry after it.
+        let pax = pax(b'x', &[(b"path", b"p")]);
+        let payload = 512 + b"10 path=p\n".len();
+        let e = parse_err(&pax[..payload]);
+        assert!(e.message().contains("truncated"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
  * directory). It checks stat, readdir, readlink, resolve and open_file
  * against the layers' known content, every error code with outputs left
  * untouched, the buffer rule, NULL arguments, the view outliving its image
- * and cache, and the fds it hands out (O_RDONLY, FD_CLOEXEC). Prints the
+ * and cache, and the fds it hands out (O_RDONLY, FD_CLOEXEC, offset 0 and
+ * their own). Prints the
  * plan and tally of checks.h; the driver wants every check run and passed.
  */
 #include "oci_cache.h"
@@ -103,6 +104,11 @@ static char *content(const oci_view *view, const char *path, uint64_t *size_out)
     }
     CHECK((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0, "the fd of %s lacks FD_CLOEXEC", path);
     CHECK((fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY, "the fd of %s is not O_RDONLY", path);
+    /* A fresh open: its offset is 0 and its own, so moving it (as below,
+     * for every file read) moves no other fd of the same layer tar. */
+    CHECK(lseek(fd, 0, SEEK_CUR) == 0, "the fd of %s is not at offset 0", path);
+    CHECK(lseek(fd, (off_t)(offset + size), SEEK_SET) == (off_t)(offset + size),
+          "seeking the fd of %s", path);
     char *data = calloc(1, size + 1);
     if (data == NULL) {
         exit(3);
@@ -203,6 +209,54 @@ static void check_readdir(const oci_view *view) {
     CHECK(oci_dir_list_count(NULL) == 0, "count of NULL");
     CHECK(oci_dir_list_name(NULL, 0) == NULL, "name of NULL");
     oci_dir_list_free(NULL);
+}
+
+static void check_xattrs(const oci_view *view) {
+    const char *pax = "/pax/\xc3\xa9t\xc3\xa9-with-a-name-that-pax-carries";
+    oci_xattr_list *xattrs = NULL;
+    oci_error *err = NULL;
+    oci_status status = oci_view_xattrs(view, pax, &xattrs, &err);
+    CHECK(status == OCI_OK && oci_xattr_list_count(xattrs) == 1, "xattrs of the PAX file: %d %s",
+          status, message(err));
+    size_t len = 99;
+    const uint8_t *value = oci_xattr_list_value(xattrs, 0, &len);
+    const char *name = oci_xattr_list_name(xattrs, 0);
+    CHECK(name && strcmp(name, "user.origin") == 0 && value && len == 3 &&
+              memcmp(value, "pax", 3) == 0,
+          "the PAX file's xattr: %s", name ? name : "(NULL)");
+    len = 99;
+    CHECK(oci_xattr_list_name(xattrs, 1) == NULL && oci_xattr_list_value(xattrs, 1, &len) == NULL &&
+              len == 99,
+          "an xattr past the end is NULL, its length untouched");
+    oci_xattr_list_free(xattrs);
+    xattrs = NULL;
+    status = oci_view_xattrs(view, "/etc/passwd", &xattrs, &err);
+    CHECK(status == OCI_OK && oci_xattr_list_count(xattrs) == 0, "no xattrs on /etc/passwd: %d",
+          status);
+    oci_xattr_list_free(xattrs);
+    oci_xattr_list *untouched = (oci_xattr_list *)&status;
+    xattrs = untouched;
+    err = NULL;
+    status = oci_view_xattrs(view, "/removed", &xattrs, &err);
+    CHECK(failed_with(status, err, OCI_E_NOT_FOUND, "/removed") && xattrs == untouched,
+          "xattrs of a whited-out path: %d", status);
+    err = NULL;
+    CHECK((status = oci_view_xattrs(NULL, "/", &xattrs, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "view")),
+          "xattrs of a NULL view");
+    err = NULL;
+    CHECK((status = oci_view_xattrs(view, NULL, &xattrs, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "path")),
+          "xattrs of a NULL path");
+    err = NULL;
+    CHECK((status = oci_view_xattrs(view, "/", NULL, &err),
+           failed_with(status, err, OCI_E_INVALID_ARGUMENT, "list_out")),
+          "xattrs into a NULL list_out");
+    CHECK(xattrs == untouched, "outputs untouched on failure");
+    CHECK(oci_xattr_list_count(NULL) == 0 && oci_xattr_list_name(NULL, 0) == NULL &&
+              oci_xattr_list_value(NULL, 0, NULL) == NULL,
+          "getters of a NULL list");
+    oci_xattr_list_free(NULL);
 }
 
 /* readlink or resolve of `path` into a buffer of `cap` bytes. */
@@ -430,6 +484,7 @@ int main(void) {
 
     check_stat(view);
     check_readdir(view);
+    check_xattrs(view);
     check_links(view);
     check_content(view);
     check_errors(view);
