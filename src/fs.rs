@@ -249,6 +249,24 @@ impl Dir {
         }
     }
 
+    /// Removes `name` if it is an empty directory; true if it was one.
+    /// Nothing there, a file or a link is left as it is; a directory with
+    /// something in it is an error naming it.
+    pub(crate) fn remove_empty_dir(&self, name: &str) -> Result<bool> {
+        let c_name = c_string(OsStr::new(name), &self.join(name))?;
+        // SAFETY: a valid C string and directory descriptor. AT_REMOVEDIR
+        // removes only an empty directory and never follows a link.
+        let removed =
+            unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), libc::AT_REMOVEDIR) };
+        if removed == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error() {
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(false),
+            e => Err(Error::io_at("removing directory", &self.join(name), e)),
+        }
+    }
+
     /// The names in this directory, `.` and `..` left out.
     pub(crate) fn names(&self) -> Result<Vec<OsString>> {
         let failed = |e| Error::io_at("listing", self.path(), e);

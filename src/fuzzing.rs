@@ -152,7 +152,7 @@ pub fn tar_index(data: &[u8]) -> Result<()> {
         parser.feed(chunk)?;
     }
     let size = parser.position();
-    let bytes = build(parser.finish()?, &diff_id, size);
+    let bytes = build(parser.finish()?, &diff_id, size)?;
     let index = TarIndex::from_bytes(bytes, &diff_id)
         .unwrap_or_else(|e| panic!("a built index does not open: {e}"));
     for at in 0..index.len() {

@@ -102,8 +102,9 @@ pub(crate) fn index_path(dst: &Path, diff_id: &Digest) -> PathBuf {
 /// the caller, who keeps reading it): the one on disk if it checks out (its
 /// checksum, version, diff_id and the tar's size), else built by one
 /// sequential read of `tar` that also checks it hashes to its name, and
-/// written atomically in its place (a corrupt one, a symlink or a FIFO
-/// there is replaced, never read or followed). `DigestMismatch` when the
+/// written atomically in its place (a corrupt one, a symlink, a FIFO or an
+/// empty directory there is replaced, never read or followed; a directory
+/// with something in it is an error naming it). `DigestMismatch` when the
 /// tar is not the one its name says; `InvalidContent` when it does not
 /// parse as a tar. Blocks: call it on a blocking thread.
 pub(crate) fn ensure_index(
@@ -125,11 +126,11 @@ pub(crate) fn ensure_index(
         None => None,
     };
     if let Some(dir) = existing {
-        match TarIndex::open_in(&dir, name, diff_id) {
-            Ok(Some(index)) if index.tar_size() == tar_size => return Ok(index),
-            // Another tar's size: rebuilt.
-            Ok(_) => {}
-            // Corrupt, truncated, another version or another tar's: rebuilt.
+        match TarIndex::open_in(&dir, name, diff_id, tar_size) {
+            Ok(Some(index)) => return Ok(index),
+            Ok(None) => {}
+            // Corrupt, truncated, another version or another tar's (its
+            // diff_id or its size), or too long to read: rebuilt.
             Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
             Err(e) => return Err(e),
         }
@@ -138,6 +139,9 @@ pub(crate) fn ensure_index(
     let reader = fs::reopen_read_only(tar).map_err(|e| Error::io_at("reopening", &tar_path, e))?;
     let bytes = tar_index::build_from_tar(reader, diff_id, &what)?;
     let dir = root.create_sub(INDEX_DIR)?.create_sub(algorithm)?;
+    // A rename cannot replace a directory: an empty one holds nothing to
+    // lose, so it goes; one with something in it is left, and refused.
+    dir.remove_empty_dir(name)?;
     fs::write_atomic(&dir, name, &bytes, CONTENT_MODE, reserve)?;
     TarIndex::from_bytes(bytes, diff_id)
 }
@@ -222,7 +226,9 @@ fn write_index(dst: &Path, diff_id: &Digest, parser: Parser, reserve: Reserve) {
     let Ok(entries) = parser.finish() else {
         return;
     };
-    let bytes = index_format::build(entries, diff_id, size);
+    let Ok(bytes) = index_format::build(entries, diff_id, size) else {
+        return;
+    };
     let written = Dir::open(dst)
         .and_then(|root| root.create_sub(INDEX_DIR))
         .and_then(|indexes| indexes.create_sub(diff_id.algorithm()))
@@ -956,6 +962,24 @@ mod tests {
             files(dst.path()),
             [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
         );
+
+        // An empty directory is replaced; one with something in it is not
+        // this library's to remove.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), "kept").unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(
+            err.message()
+                .starts_with(&format!("removing directory {}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"kept");
     }
 
     #[test]

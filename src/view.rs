@@ -113,7 +113,13 @@ impl<'a> lookup::Layer for Indexed<'a> {
     fn kind(&self, entry: &Entry<'a>) -> lookup::Kind {
         match entry.kind() {
             TarKind::Dir => lookup::Kind::Directory,
-            TarKind::Symlink => lookup::Kind::Symlink(link_text(entry)),
+            // A target that is not UTF-8 runs through a name this view
+            // cannot name (such names are left out), so it names nothing:
+            // followed as an empty target, never as its lossy text, which
+            // could name another entry.
+            TarKind::Symlink => {
+                lookup::Kind::Symlink(String::from_utf8(entry.link().to_vec()).unwrap_or_default())
+            }
             _ => lookup::Kind::Other,
         }
     }
@@ -297,6 +303,22 @@ impl View {
         }
         let file = fs::reopen_read_only(&self.layers[data.layer].tar)
             .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?;
+        // The index was checked against its tar's size, not against the
+        // tar this fd reads: whatever it says, the range handed out is in
+        // the tar.
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?
+            .len();
+        if !data
+            .offset
+            .checked_add(data.size)
+            .is_some_and(|end| end <= len)
+        {
+            return Err(Error::invalid_content(format!(
+                "{path}: the layer's index places its data past the end of its {len}-byte tar"
+            )));
+        }
         Ok((file, data.offset, data.size))
     }
 
@@ -323,9 +345,16 @@ impl View {
         let mut data = None;
         let mut links = 0;
         while meta.kind() == TarKind::Hardlink {
+            // Every hop goes to an earlier entry or a lower layer, so this
+            // ends anyway; the bound keeps a stat cheap. Writers link every
+            // name to the first one, so real chains are one hop.
             links += 1;
             if links > lookup::MAX_LINKS {
-                return Err(missed_error(path, Missed::TooManyLinks));
+                return Err(Error::invalid_content(format!(
+                    "{path}: too many levels of hardlinks (more than {}), \
+                     each naming the one before",
+                    lookup::MAX_LINKS
+                )));
             }
             if !meta.is_link_resolved() {
                 (meta_layer, meta) = self.hardlink_target(path, meta_layer, meta)?;
@@ -507,6 +536,60 @@ mod tests {
         assert_eq!(
             e.message(),
             "/hdir: the hardlink's target d is not in the image"
+        );
+    }
+
+    #[test]
+    fn a_target_that_is_not_utf8_names_nothing() {
+        let tar = [
+            file("\u{fffd}".as_bytes(), b"not the target"),
+            entry(b"bad", b'2', b"", b"\xff"),
+            entry(b"bad-dir", b'2', b"", b"x/\xff/.."),
+            end(),
+        ]
+        .concat();
+        let view = view_of(&[tar]);
+        for path in ["/bad", "/bad-dir"] {
+            let err = view.resolve(path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{path}: {err}");
+        }
+        assert_eq!(view.read_link("/bad").unwrap(), "\u{fffd}");
+        assert_eq!(content(&view, "/\u{fffd}"), b"not the target");
+    }
+
+    #[test]
+    fn a_chain_of_hardlinks_is_followed_up_to_forty() {
+        let mut tar = file(b"h0", b"data").to_vec();
+        for i in 1..=41 {
+            let (name, target) = (format!("h{i}"), format!("h{}", i - 1));
+            tar.extend(entry(name.as_bytes(), b'1', b"", target.as_bytes()));
+        }
+        tar.extend(end());
+        let view = view_of(&[tar]);
+        assert_eq!(content(&view, "/h40"), b"data");
+        let err = view.stat("/h41").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            err.message(),
+            "/h41: too many levels of hardlinks (more than 40), each naming the one before"
+        );
+    }
+
+    #[test]
+    fn data_past_the_end_of_the_tar_is_never_handed_out() {
+        let tar = [file(b"f", b"hello"), end()].concat();
+        let diff_id = Digest::sha256_of(&tar);
+        let index = build_from_tar(tar.as_slice(), &diff_id, "a test layer").unwrap();
+        let index = TarIndex::from_bytes(index, &diff_id).unwrap();
+        // A tar shorter than the one the index was built from.
+        let mut short = tempfile::tempfile().unwrap();
+        short.write_all(&tar[..514]).unwrap();
+        let view = View::new(vec![(short, index)]);
+        let err = view.open_file("/f").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+        assert_eq!(
+            err.message(),
+            "/f: the layer's index places its data past the end of its 514-byte tar"
         );
     }
 

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
@@ -51,9 +52,27 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// What the directories a tar implies but has no entries for may add to an
+/// index beyond the tar's own size, counting each one's path and record.
+/// Each costs its path, and a deep path implies one per component, so a
+/// few kilobytes of tar could otherwise make megabytes of index. Real
+/// layers stay far below: their directories mostly have entries.
+pub(crate) const IMPLICIT_LIMIT: u64 = 16 << 20;
+
+/// The longest index a tar of `tar_len` bytes can have: records (112
+/// bytes per 512-byte block of tar at most) and their strings (names,
+/// parents no longer than them, links and xattrs, all read from the tar:
+/// about twice its size at most), and the implied directories (their paths
+/// and records within [`IMPLICIT_LIMIT`] plus the tar's size, their names
+/// and parents at most as much again). A longer file is not read.
+fn max_len(tar_len: u64) -> u64 {
+    tar_len.saturating_mul(5).saturating_add(4 * IMPLICIT_LIMIT)
+}
+
 /// Builds the index of a tar from its entries in tar order: the tar is
-/// `tar_size` bytes and hashes to `diff_id`.
-pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> Vec<u8> {
+/// `tar_size` bytes and hashes to `diff_id`. A tar implying more
+/// directories than [`IMPLICIT_LIMIT`] allows is `InvalidContent`.
+pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> Result<Vec<u8>> {
     let mut tree: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
     // The last parent checked to have no non-directory above it: siblings
     // are mostly adjacent, so most entries skip the walk up.
@@ -111,6 +130,8 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     if !tree.contains_key(&b""[..]) {
         implicit.push(Vec::new());
     }
+    let budget = IMPLICIT_LIMIT.saturating_add(tar_size);
+    let mut spent: u64 = 0;
     let mut known = std::collections::HashSet::new();
     let mut last: &[u8] = b"";
     for path in tree.keys() {
@@ -121,6 +142,13 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
         }
         last = parent;
         while !parent.is_empty() && known.insert(parent) && !tree.contains_key(parent) {
+            spent += (parent.len() + RECORD_SIZE) as u64;
+            if spent > budget {
+                return Err(Error::invalid_content(format!(
+                    "tar implies directories it has no entries for, more than an index \
+                     keeps ({budget} bytes of paths and records)"
+                )));
+            }
             implicit.push(parent.to_vec());
             parent = split(parent).0;
         }
@@ -164,7 +192,7 @@ pub(crate) fn build(entries: Vec<TarEntry>, diff_id: &Digest, tar_size: u64) -> 
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
     let records: Vec<&Record> = order.into_iter().map(|i| &records[i]).collect();
-    serialize(&records, diff_id, tar_size)
+    Ok(serialize(&records, diff_id, tar_size))
 }
 
 /// Whether `path` or one of its ancestors has a record that is not a
@@ -308,18 +336,48 @@ pub(crate) struct TarIndex {
 }
 
 impl TarIndex {
-    /// Reads the index file `name` in `dir` for the tar `diff_id`. `None`
-    /// when there is no regular file there (missing, a symlink, a FIFO...);
-    /// an error when it is corrupt, truncated, of another version or for
-    /// another diff_id (the caller rebuilds it, never trusts it).
-    pub(crate) fn open_in(dir: &Dir, name: &str, diff_id: &Digest) -> Result<Option<TarIndex>> {
-        let Some(bytes) = dir.read_regular(name)? else {
+    /// Reads the index file `name` in `dir` for the tar `diff_id`, whose
+    /// file is `tar_len` bytes. `None` when there is no regular file there
+    /// (missing, a symlink, a FIFO...); an error when it is corrupt,
+    /// truncated, of another version, for another diff_id or tar length,
+    /// or longer than an index of such a tar can be, which is refused
+    /// before it is read (the caller rebuilds it, never trusts it).
+    pub(crate) fn open_in(
+        dir: &Dir,
+        name: &str,
+        diff_id: &Digest,
+        tar_len: u64,
+    ) -> Result<Option<TarIndex>> {
+        let path = dir.join(name);
+        let Some(mut file) = dir.open_regular(name)? else {
             return Ok(None);
         };
-        TarIndex::from_bytes(bytes, diff_id).map(Some).map_err(|e| {
-            let message = format!("index {}: {}", dir.join(name).display(), e.message());
-            Error::new(e.kind(), message)
-        })
+        let in_index = |e: Error| {
+            Error::new(
+                e.kind(),
+                format!("index {}: {}", path.display(), e.message()),
+            )
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io_at("reading the size of", &path, e))?
+            .len();
+        if len > max_len(tar_len) {
+            return Err(in_index(Error::invalid_content(format!(
+                "tar index is {len} bytes, more than the index of a {tar_len}-byte tar can be"
+            ))));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io_at("reading", &path, e))?;
+        let index = TarIndex::from_bytes(bytes, diff_id).map_err(in_index)?;
+        if index.tar_size != tar_len {
+            return Err(in_index(Error::invalid_content(format!(
+                "tar index describes a {}-byte tar, not this {tar_len}-byte one",
+                index.tar_size
+            ))));
+        }
+        Ok(Some(index))
     }
 
     /// Checks `bytes` as the index of the tar `diff_id`.
@@ -402,6 +460,18 @@ impl TarIndex {
                 return Err(bad(&format!("record {i} is out of order")));
             }
             previous = Some((parent, name));
+            // A record's header and data lie inside its tar (a resolved
+            // hardlink's data is its target's, before its own header): an
+            // index rewritten to point past the end is refused even with
+            // a valid checksum, so a view never hands out such a range.
+            let (header, data, size) = (u64_at(r, 48), u64_at(r, 56), u64_at(r, 64));
+            let inside =
+                header <= tar_size && data.checked_add(size).is_some_and(|end| end <= tar_size);
+            if !inside {
+                return Err(bad(&format!(
+                    "record {i} lies outside its {tar_size}-byte tar"
+                )));
+            }
             let valid = Kind::from_byte(r[104]).is_some()
                 && Whiteout::from_byte(r[105]).is_some()
                 && u16_at(r, 106) & !KNOWN_FLAGS == 0
@@ -645,7 +715,7 @@ mod tests {
         let mut parser = Parser::new();
         parser.feed(tar).unwrap();
         let size = parser.position();
-        build(parser.finish().unwrap(), &diff_id(), size)
+        build(parser.finish().unwrap(), &diff_id(), size).unwrap()
     }
 
     fn index(tar: &[u8]) -> TarIndex {
@@ -897,6 +967,22 @@ mod tests {
             ),
             ("count", Box::new(|b| b[24] += 1)),
             (
+                "data past the tar's end",
+                Box::new(move |b| {
+                    b[record(3) + 64..][..8].copy_from_slice(&u64::MAX.to_le_bytes())
+                }),
+            ),
+            (
+                "a shorter tar",
+                Box::new(|b| b[56..64].copy_from_slice(&512u64.to_le_bytes())),
+            ),
+            (
+                "a header past the tar's end",
+                Box::new(move |b| {
+                    b[record(3) + 48..][..8].copy_from_slice(&u64::MAX.to_le_bytes())
+                }),
+            ),
+            (
                 "no root",
                 Box::new(move |b| {
                     let name = b[record(1) + 8..][..8].to_vec();
@@ -913,6 +999,37 @@ mod tests {
             let e = TarIndex::from_bytes(bad, &diff_id()).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidContent, "{what}: {e}");
         }
+    }
+
+    #[test]
+    fn deep_trees_without_directory_entries_are_refused_not_blown_up() {
+        // Each entry implies 2000 directories: 4 MB of paths, for 5 KB of tar.
+        let deep = |n: usize| {
+            let mut tar = Vec::new();
+            for i in 0..n {
+                let path = format!("p{i}/{}f", "a/".repeat(2000));
+                tar.extend(pax(b'x', &[(b"path", path.as_bytes())]));
+                tar.extend(file(b"x", b""));
+            }
+            tar.extend(end());
+            let mut parser = Parser::new();
+            parser.feed(&tar).unwrap();
+            let size = parser.position();
+            (build(parser.finish().unwrap(), &diff_id(), size), size)
+        };
+        let index = TarIndex::from_bytes(deep(1).0.unwrap(), &diff_id()).unwrap();
+        assert_eq!(index.len(), 1 + 2001 + 1);
+        let (built, size) = deep(5);
+        let e = built.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            e.message(),
+            format!(
+                "tar implies directories it has no entries for, more than an index keeps \
+                 ({} bytes of paths and records)",
+                IMPLICIT_LIMIT + size
+            )
+        );
     }
 
     #[test]
@@ -942,21 +1059,36 @@ mod tests {
         .unwrap();
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        assert_eq!(
-            TarIndex::open_in(&dir, "good", &diff_id())
-                .unwrap()
-                .unwrap()
-                .len(),
-            12
-        );
+        let tar_len = sample().len() as u64;
+        let open = |name: &str, tar_len: u64| TarIndex::open_in(&dir, name, &diff_id(), tar_len);
+        assert_eq!(open("good", tar_len).unwrap().unwrap().len(), 12);
         for none in ["missing", "link", "fifo"] {
-            assert!(
-                TarIndex::open_in(&dir, none, &diff_id()).unwrap().is_none(),
-                "{none}"
-            );
+            assert!(open(none, tar_len).unwrap().is_none(), "{none}");
         }
-        let e = TarIndex::open_in(&dir, "bad", &diff_id()).unwrap_err();
+        let e = open("bad", tar_len).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidContent);
         assert!(e.message().contains("bad: tar index is truncated"), "{e}");
+        // A sound index of a tar of another length is not this tar's.
+        let e = open("good", tar_len + 512).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            e.message(),
+            format!(
+                "index {}: tar index describes a {tar_len}-byte tar, not this {}-byte one",
+                tmp.path().join("good").display(),
+                tar_len + 512
+            )
+        );
+        // A file longer than any index of the tar is refused unread (a
+        // sparse file: no disk is spent on it).
+        let huge = std::fs::File::create(tmp.path().join("huge")).unwrap();
+        huge.set_len(max_len(tar_len) + 1).unwrap();
+        let e = open("huge", tar_len).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert!(e.message().contains("more than the index of a"), "{e}");
+        assert_eq!(
+            open("good", 0).unwrap_err().kind(),
+            ErrorKind::InvalidContent
+        );
     }
 }

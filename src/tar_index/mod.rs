@@ -48,7 +48,7 @@ pub(crate) fn build_from_tar(mut tar: impl Read, diff_id: &Digest, what: &str) -
     parsed.map_err(|e| in_tar(e, what))?;
     let size = parser.position();
     let entries = parser.finish().map_err(|e| in_tar(e, what))?;
-    Ok(build(entries, diff_id, size))
+    build(entries, diff_id, size).map_err(|e| in_tar(e, what))
 }
 
 /// `e` with `what` (the tar) named in its message.
@@ -377,7 +377,7 @@ mod tests {
         let entries = parser.finish().unwrap();
         let parsed = start.elapsed();
         let start = Instant::now();
-        let bytes = build(entries, &diff_id, size);
+        let bytes = build(entries, &diff_id, size).unwrap();
         let built = start.elapsed();
         let start = Instant::now();
         let index = TarIndex::from_bytes(bytes, &diff_id).unwrap();
@@ -457,7 +457,7 @@ mod tests {
             }
             let size = parser.position();
             assert_eq!(
-                build(parser.finish().unwrap(), &diff_id, size),
+                build(parser.finish().unwrap(), &diff_id, size).unwrap(),
                 whole,
                 "round {round}"
             );

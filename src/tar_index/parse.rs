@@ -18,6 +18,13 @@ pub(crate) const BLOCK: usize = 512;
 /// bound.
 pub(crate) const META_LIMIT: u64 = 1 << 20;
 
+/// The longest entry path (cleaned) or link target kept, in bytes: Linux's
+/// `PATH_MAX` less its NUL. Extraction cannot make a longer path, nor
+/// `symlink(2)` a longer target; refusing them bounds what one entry costs
+/// the index (the directories a path implies cost its depth times its
+/// length) and a view's lookup (a target's components).
+pub(crate) const PATH_LIMIT: usize = 4095;
+
 /// An entry's type. A hardlink stays a hardlink here; the index builder
 /// resolves it to its target's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +494,15 @@ impl Parser {
             _ => 0,
         };
         let path = clean(&raw_name);
+        let linked = matches!(kind, Kind::Hardlink | Kind::Symlink);
+        for (what, len) in [("path", path.len()), ("link target", raw_link.len())] {
+            if len > PATH_LIMIT && (what == "path" || linked) {
+                return Err(Error::invalid_content(format!(
+                    "tar entry at byte {offset} has a {len}-byte {what} \
+                     (at most {PATH_LIMIT}, as Linux allows)"
+                )));
+            }
+        }
         if path.is_empty() && kind != Kind::Dir {
             return Err(Error::invalid_content(format!(
                 "tar entry at byte {offset} names the root but is not a directory"
@@ -1046,6 +1062,52 @@ mod tests {
         );
         let e = parse_err(&[file(b"..", b"x"), end()].concat());
         assert!(e.message().contains("names the root"), "{e}");
+    }
+
+    #[test]
+    fn paths_and_link_targets_longer_than_path_max_are_refused() {
+        let at_limit = "a/".repeat(PATH_LIMIT / 2) + "b";
+        let over = at_limit.clone() + "c";
+        let with_path = |path: &str, typeflag: u8, link: &[u8]| {
+            let mut tar = pax(b'x', &[(b"path", path.as_bytes()), (b"linkpath", link)]);
+            tar.extend(entry(b"placeholder", typeflag, b"", b""));
+            tar.extend(end());
+            tar
+        };
+        let entries = parse(&with_path(&at_limit, b'2', at_limit.as_bytes())).unwrap();
+        assert_eq!(entries[0].path.len(), PATH_LIMIT);
+        assert_eq!(entries[0].link.len(), PATH_LIMIT);
+        // `./` and `..` are cleaned away before the path is measured.
+        let dotted = format!("./x/../{at_limit}");
+        assert_eq!(
+            parse(&with_path(&dotted, b'0', b"")).unwrap()[0].path.len(),
+            PATH_LIMIT
+        );
+        // The entry's header is the block before the end marker.
+        let header_at = |tar: &[u8]| tar.len() - 3 * BLOCK;
+        let tar = with_path(&over, b'0', b"");
+        let e = parse_err(&tar);
+        assert_eq!(e.kind(), ErrorKind::InvalidContent);
+        assert_eq!(
+            e.message(),
+            format!(
+                "tar entry at byte {} has a 4096-byte path (at most 4095, as Linux allows)",
+                header_at(&tar)
+            )
+        );
+        for typeflag in [b'1', b'2'] {
+            let tar = with_path("l", typeflag, over.as_bytes());
+            assert_eq!(
+                parse_err(&tar).message(),
+                format!(
+                    "tar entry at byte {} has a 4096-byte link target \
+                     (at most 4095, as Linux allows)",
+                    header_at(&tar)
+                )
+            );
+        }
+        // A link target on any other kind of entry is not one.
+        assert!(parse(&with_path("f", b'0', over.as_bytes())).is_ok());
     }
 
     #[test]

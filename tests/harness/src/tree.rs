@@ -339,3 +339,118 @@ fn libc_major(rdev: u64) -> u32 {
 fn libc_minor(rdev: u64) -> u32 {
     (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32
 }
+
+/// Hand-made tar bytes, for what the `tar` crate refuses to write: `..`
+/// and absolute names, entries below files, duplicate paths, overflowing
+/// size fields, GNU sparse headers. Every header is a ustar block (mode
+/// 0644 unless given, owner 0:0, mtime 1700000000) with a valid checksum,
+/// unless [`RawTar::block`] adds one as it is.
+///
+/// ```no_run
+/// use harness::{raw_header, RawTar};
+/// let mut huge = raw_header(b"huge", b'0', 0o644, 0, b"");
+/// huge[124..136].copy_from_slice(b"77777777777\0");
+/// harness::seal_header(&mut huge);
+/// let tar = RawTar::new().file("../../etc/passwd", b"inside").block(huge).finish();
+/// # let _ = tar;
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct RawTar {
+    bytes: Vec<u8>,
+}
+
+/// The tar block size.
+pub const TAR_BLOCK: usize = 512;
+
+impl RawTar {
+    pub fn new() -> RawTar {
+        RawTar::default()
+    }
+
+    /// A regular file, mode 0644.
+    pub fn file(self, name: &str, content: &[u8]) -> RawTar {
+        self.file_mode(name, 0o644, content)
+    }
+
+    pub fn file_mode(self, name: &str, mode: u32, content: &[u8]) -> RawTar {
+        let header = raw_header(name.as_bytes(), b'0', mode, content.len() as u64, b"");
+        self.block(header).data(content)
+    }
+
+    pub fn dir(self, name: &str, mode: u32) -> RawTar {
+        self.block(raw_header(name.as_bytes(), b'5', mode, 0, b""))
+    }
+
+    pub fn symlink(self, name: &str, target: &str) -> RawTar {
+        let header = raw_header(name.as_bytes(), b'2', 0o777, 0, target.as_bytes());
+        self.block(header)
+    }
+
+    pub fn hardlink(self, name: &str, target: &str) -> RawTar {
+        let header = raw_header(name.as_bytes(), b'1', 0o644, 0, target.as_bytes());
+        self.block(header)
+    }
+
+    /// A PAX extended header (`x`) with `records`, for the next entry.
+    pub fn pax(self, records: &[(&str, &[u8])]) -> RawTar {
+        let data: Vec<u8> = records
+            .iter()
+            .flat_map(|(key, value)| pax_record(key, value))
+            .collect();
+        let header = raw_header(b"PaxHeader", b'x', 0o644, data.len() as u64, b"");
+        self.block(header).data(&data)
+    }
+
+    /// One block, as given.
+    pub fn block(mut self, block: [u8; TAR_BLOCK]) -> RawTar {
+        self.bytes.extend_from_slice(&block);
+        self
+    }
+
+    /// `data`, padded with zeros to whole blocks.
+    pub fn data(mut self, data: &[u8]) -> RawTar {
+        self.bytes.extend_from_slice(data);
+        self.bytes
+            .resize(self.bytes.len().next_multiple_of(TAR_BLOCK), 0);
+        self
+    }
+
+    /// The tar, ended by the two zero blocks of the end-of-archive marker.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend_from_slice(&[0; 2 * TAR_BLOCK]);
+        self.bytes
+    }
+}
+
+/// A ustar header block: `name` and `link` at most 100 bytes each (use a
+/// PAX `path` record for longer names), owner 0:0, mtime 1700000000, the
+/// checksum set.
+pub fn raw_header(name: &[u8], typeflag: u8, mode: u32, size: u64, link: &[u8]) -> [u8; TAR_BLOCK] {
+    assert!(name.len() <= 100 && link.len() <= 100, "too long for ustar");
+    let mut block = [0u8; TAR_BLOCK];
+    block[..name.len()].copy_from_slice(name);
+    octal_field(&mut block[100..108], mode.into());
+    octal_field(&mut block[108..116], 0);
+    octal_field(&mut block[116..124], 0);
+    octal_field(&mut block[124..136], size);
+    octal_field(&mut block[136..148], 1_700_000_000);
+    block[156] = typeflag;
+    block[157..157 + link.len()].copy_from_slice(link);
+    block[257..263].copy_from_slice(b"ustar\0");
+    block[263..265].copy_from_slice(b"00");
+    seal_header(&mut block);
+    block
+}
+
+/// Sets a header's checksum field from its other bytes, as POSIX sums them.
+pub fn seal_header(block: &mut [u8; TAR_BLOCK]) {
+    block[148..156].fill(b' ');
+    let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// `value` as a zero-padded, NUL-terminated octal field filling `field`.
+fn octal_field(field: &mut [u8], value: u64) {
+    let text = format!("{value:0width$o}\0", width = field.len() - 1);
+    field.copy_from_slice(text.as_bytes());
+}
