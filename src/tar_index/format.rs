@@ -5,7 +5,6 @@
 //! `docs/tar-index.md`.
 
 // Wired into the pass and the view next.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -490,6 +489,7 @@ impl TarIndex {
     }
 
     /// The size in bytes of the tar this index describes.
+    #[cfg(test)]
     pub(crate) fn tar_size(&self) -> u64 {
         self.tar_size
     }

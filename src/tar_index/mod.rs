@@ -5,7 +5,6 @@
 //! from a tar already on disk.
 
 // Wired into the pass and the view next.
-#![cfg_attr(not(test), allow(dead_code))]
 
 pub(crate) mod format;
 pub(crate) mod parse;

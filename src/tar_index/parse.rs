@@ -4,7 +4,6 @@
 //! Format rules and edge cases are specified in `docs/tar-index.md`.
 
 // Wired into the pass and the view next.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 
