@@ -26,7 +26,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(CARGO) build --release --example pull
+	$(CARGO) build --release --example pull --example view
 	bash scripts/demo.sh
 
 # Times cold and warm pulls against skopeo and the decompression floor

@@ -38,6 +38,17 @@
 // Patch version of the library this header belongs to.
 #define OCI_CACHE_VERSION_PATCH 0
 
+// What a path of a view is (`oci_stat.type`). A hardlink is reported as
+// what it links to.
+typedef enum oci_file_type {
+  OCI_FILE_REGULAR = 1,
+  OCI_FILE_DIRECTORY = 2,
+  OCI_FILE_SYMLINK = 3,
+  OCI_FILE_CHAR_DEVICE = 4,
+  OCI_FILE_BLOCK_DEVICE = 5,
+  OCI_FILE_FIFO = 6,
+} oci_file_type;
+
 // An image cache: a local store, the registries behind it, and the runtime
 // its calls run on. Thread-safe: every call taking `const oci_cache *` may
 // run on it from many threads at once; only `oci_cache_free` takes
@@ -63,9 +74,13 @@ typedef struct oci_call_options oci_call_options;
 // between threads and calls.
 typedef struct oci_cancel oci_cancel;
 
+// The merged entries of one directory, sorted by name (bytewise), without
+// `.` and `..`. Immutable and thread-safe; names live as long as the list.
+typedef struct oci_dir_list oci_dir_list;
+
 // What `oci_cache_disk_usage_report` counted: bytes and files of the
-// store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
-// be read from any thread.
+// store's blobs and of a `dst`'s layer tars and their indexes, from one
+// walk. Immutable: may be read from any thread.
 typedef struct oci_disk_usage oci_disk_usage;
 
 // A detailed error: a status code and a message naming the reference,
@@ -91,6 +106,27 @@ typedef struct oci_layer_reader oci_layer_reader;
 // Strings it returns live as long as the report.
 typedef struct oci_verify_report oci_verify_report;
 
+// An image's files, its layers merged as the OCI image spec says (upper
+// layers win, whiteouts and opaque directories apply). Immutable and
+// thread-safe: every call on it may run from any thread at once. It holds
+// its own fds of the layer tars, so it stays valid after its image and
+// cache are freed; it does no network I/O and is not affected by fork.
+//
+// Paths are absolute inside the image (`"/etc/os-release"`); a relative
+// path is taken from `"/"`, and `""` and `"/"` name the root. `.` and `..`
+// are resolved lexically, never above `"/"`. Symlinks in intermediate
+// components are followed inside the image root (an absolute target starts
+// again at the image's `"/"`, never the host's); more than 40 links in one
+// lookup, or a loop, is `OCI_E_INVALID_CONTENT`. A missing or whited-out
+// path, or one that runs through a non-directory, is `OCI_E_NOT_FOUND`.
+// Entries whose tar name is not valid UTF-8 cannot be named. Error
+// messages name the path asked for.
+typedef struct oci_view oci_view;
+
+// The extended attributes of one path of a view (`oci_view_xattrs`):
+// immutable, thread-safe, independent of the view.
+typedef struct oci_xattr_list oci_xattr_list;
+
 // The result of every fallible call: `OCI_OK` (0) or a negative `OCI_E_*`
 // code. Fixed width, so it never depends on the size of a C enum. The
 // values are stable across releases. The comments on the `OCI_E_*` codes
@@ -108,6 +144,30 @@ typedef int32_t oci_status;
 // returning non-zero cancels the call (`OCI_E_CANCELED`). It must not make
 // blocking oci_* calls: they fail with `OCI_E_INVALID_ARGUMENT`.
 typedef int32_t (*oci_progress_fn)(void *user_data, size_t layer, const char *digest, uint64_t downloaded, int64_t download_total, uint64_t written, int64_t written_total);
+
+// A path's metadata, as its tar entry stores it (`oci_view_stat`).
+typedef struct oci_stat {
+  // An `oci_file_type`.
+  int32_t type;
+  // Permission bits with setuid, setgid and sticky (`mode & 07777`); a
+  // symlink's is what its tar entry stores.
+  uint32_t mode;
+  uint32_t uid;
+  uint32_t gid;
+  // Seconds since the epoch.
+  int64_t mtime_sec;
+  uint32_t mtime_nsec;
+  // Devices only, else 0.
+  uint32_t dev_major;
+  uint32_t dev_minor;
+  // Regular files: bytes; symlinks: the length of the target; else 0.
+  uint64_t size;
+  // The topmost layer (bottom is 0) with an entry of its own for the
+  // path (a whiteout or a child's entry alone does not count); a
+  // hardlink's is its own entry's layer. The root with no entry in any
+  // layer is a directory 0755 owned by 0:0 from layer 0.
+  uint32_t layer;
+} oci_stat;
 
 // Success.
 #define OCI_OK 0
@@ -168,42 +228,42 @@ extern "C" {
 
 // Opens a cache with `options` (NULL = defaults). The runtime starts on the
 // first call that needs it.
-oci_status oci_cache_new(const oci_cache_options *options, oci_cache **cache_out, oci_error **err_out);
+oci_status oci_cache_new(const struct oci_cache_options *options, struct oci_cache **cache_out, struct oci_error **err_out);
 
 // Releases the caller's reference to `cache`. Images and readers made from
 // it stay usable; the runtime stops when the last of them is freed. Calls
 // running on `cache` in other threads, or the call whose progress callback
 // this is, hold their own reference: they complete normally. NULL is a
 // no-op.
-void oci_cache_free(oci_cache *cache);
+void oci_cache_free(struct oci_cache *cache);
 
 // Writes the digest `reference` names (`"sha256:<hex>"`, NUL-terminated)
 // to `digest_out`: its pinned digest, else the store's record of it, else
 // the registry's. For a multi-platform image this is the index's digest.
 // `OCI_E_BUFFER_TOO_SMALL` if `digest_cap` bytes cannot hold it and its
 // NUL (72 bytes always suffice for sha256, 136 for sha512).
-oci_status oci_cache_resolve(const oci_cache *cache, const char *reference, const oci_call_options *options, char *digest_out, size_t digest_cap, oci_error **err_out);
+oci_status oci_cache_resolve(const struct oci_cache *cache, const char *reference, const struct oci_call_options *options, char *digest_out, size_t digest_cap, struct oci_error **err_out);
 
 // The status code of `err`; `OCI_E_INVALID_ARGUMENT` if `err` is NULL.
-oci_status oci_error_code(const oci_error *err);
+oci_status oci_error_code(const struct oci_error *err);
 
 // The message of `err`, valid until `oci_error_free(err)`; NULL if `err` is NULL.
-const char *oci_error_message(const oci_error *err);
+const char *oci_error_message(const struct oci_error *err);
 
 // The OS error number (`errno`, e.g. `ENOSPC`, `EROFS`, `EACCES`,
 // `ECONNREFUSED`) that caused `err`, found anywhere along its chain of
 // causes; a write refused by the free-space reserve gives `ENOSPC`, as a
 // full disk would. 0 when there is none (the failure did not come from
 // the OS) or `err` is NULL.
-int oci_error_os_errno(const oci_error *err);
+int oci_error_os_errno(const struct oci_error *err);
 
 // The HTTP status (e.g. 401, 404, 503) of the registry's answer that made
 // `err`; 0 when the failure came from no such answer (a refused
 // connection, a local error…) or `err` is NULL.
-int oci_error_http_status(const oci_error *err);
+int oci_error_http_status(const struct oci_error *err);
 
 // Frees `err`. NULL is a no-op.
-void oci_error_free(oci_error *err);
+void oci_error_free(struct oci_error *err);
 
 // The library's version, `"MAJOR.MINOR.PATCH"`; a static string. It agrees
 // with the `OCI_CACHE_VERSION_*` macros of the header it was built with.
@@ -219,39 +279,39 @@ const char *oci_version(void);
 // the image in the store waits for the store's lock (held by another
 // process, say) without holding a runtime thread, as long as it takes
 // unless the options' deadline or cancel token ends the wait.
-oci_status oci_fetch_image(const oci_cache *cache, const char *reference, const char *platform, const oci_call_options *options, oci_image **image_out, oci_error **err_out);
+oci_status oci_fetch_image(const struct oci_cache *cache, const char *reference, const char *platform, const struct oci_call_options *options, struct oci_image **image_out, struct oci_error **err_out);
 
 // The normalized reference, e.g. `"docker.io/library/alpine:3.20"`; NULL if `image` is NULL.
-const char *oci_image_reference(const oci_image *image);
+const char *oci_image_reference(const struct oci_image *image);
 
 // The digest of the platform's image manifest, `"sha256:<hex>"`; NULL if `image` is NULL.
-const char *oci_image_digest(const oci_image *image);
+const char *oci_image_digest(const struct oci_image *image);
 
 // The image config, JSON, NUL-terminated; NULL if `image` is NULL.
-const char *oci_image_config(const oci_image *image);
+const char *oci_image_config(const struct oci_image *image);
 
 // The number of layers; 0 if `image` is NULL.
-size_t oci_image_layer_count(const oci_image *image);
+size_t oci_image_layer_count(const struct oci_image *image);
 
 // The digest of layer `index`'s compressed blob; NULL if out of range.
-const char *oci_image_layer_digest(const oci_image *image, size_t index);
+const char *oci_image_layer_digest(const struct oci_image *image, size_t index);
 
 // The diff_id (digest of the uncompressed tar) of layer `index`; NULL if out of range.
-const char *oci_image_layer_diff_id(const oci_image *image, size_t index);
+const char *oci_image_layer_diff_id(const struct oci_image *image, size_t index);
 
 // The media type of layer `index`'s blob; NULL if out of range.
-const char *oci_image_layer_media_type(const oci_image *image, size_t index);
+const char *oci_image_layer_media_type(const struct oci_image *image, size_t index);
 
 // The size in bytes of layer `index`'s compressed blob; -1 if out of range.
-int64_t oci_image_layer_size(const oci_image *image, size_t index);
+int64_t oci_image_layer_size(const struct oci_image *image, size_t index);
 
 // Frees `image`. NULL is a no-op.
-void oci_image_free(oci_image *image);
+void oci_image_free(struct oci_image *image);
 
 // Starts streaming layer `index` of `image`, uncompressed. Read it with
 // `oci_layer_reader_read`. `OCI_E_UNSUPPORTED` for a layer media type the
 // library does not handle, `OCI_E_INVALID_ARGUMENT` for an index out of range.
-oci_status oci_fetch_layer(const oci_cache *cache, const oci_image *image, size_t index, const oci_call_options *options, oci_layer_reader **reader_out, oci_error **err_out);
+oci_status oci_fetch_layer(const struct oci_cache *cache, const struct oci_image *image, size_t index, const struct oci_call_options *options, struct oci_layer_reader **reader_out, struct oci_error **err_out);
 
 // Reads up to `cap` bytes into `buf` and stores the count in `*n_out`.
 // The cancel token of the options given to `oci_fetch_layer` applies to
@@ -262,22 +322,22 @@ oci_status oci_fetch_layer(const oci_cache *cache, const oci_image *image, size_
 // failure inside the library (`OCI_E_INTERNAL`) too, never an end. `cap`
 // must be at least 1: `cap == 0` is `OCI_E_INVALID_ARGUMENT`. After an
 // error from the layer, every read fails the same way.
-oci_status oci_layer_reader_read(oci_layer_reader *reader, uint8_t *buf, size_t cap, size_t *n_out, oci_error **err_out);
+oci_status oci_layer_reader_read(struct oci_layer_reader *reader, uint8_t *buf, size_t cap, size_t *n_out, struct oci_error **err_out);
 
 // Frees `reader`, stopping its download. NULL is a no-op.
-void oci_layer_reader_free(oci_layer_reader *reader);
+void oci_layer_reader_free(struct oci_layer_reader *reader);
 
 // Writes layer `index` of `image` to `dst/<alg>/<hex of diff_id>`
 // (replacing any file there) and stores in `*fd_out` a fresh descriptor
 // of it: `O_RDONLY | O_CLOEXEC`, offset 0, owned by the caller. `dst` must
 // exist. The file appears whole and verified, or not at all.
-oci_status oci_extract_layer(const oci_cache *cache, const oci_image *image, size_t index, const char *dst, const oci_call_options *options, int *fd_out, oci_error **err_out);
+oci_status oci_extract_layer(const struct oci_cache *cache, const struct oci_image *image, size_t index, const char *dst, const struct oci_call_options *options, int *fd_out, struct oci_error **err_out);
 
 // Extracts every layer of `image` into `dst` concurrently, replacing files
 // already there, and stores one fd per layer in `fds_out` (bottom layer
 // first), each as in `oci_extract_layer`. `fds_cap` below the layer count
 // gives `OCI_E_BUFFER_TOO_SMALL` before any work. On failure no fd is open.
-oci_status oci_extract_layers(const oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
+oci_status oci_extract_layers(const struct oci_cache *cache, const struct oci_image *image, const char *dst, const struct oci_call_options *options, int *fds_out, size_t fds_cap, struct oci_error **err_out);
 
 // Like `oci_extract_layers`, but layers already in `dst` are opened without
 // touching the network; only missing ones are fetched. The warm path of a
@@ -288,7 +348,7 @@ oci_status oci_extract_layers(const oci_cache *cache, const oci_image *image, co
 // does a symlink in place of `dst/sha256`. A store layer blob found corrupt while extracting is
 // removed and fetched again (once); if that fails too, the status is still
 // `OCI_E_DIGEST_MISMATCH`, naming the blob.
-oci_status oci_rootfs(const oci_cache *cache, const oci_image *image, const char *dst, const oci_call_options *options, int *fds_out, size_t fds_cap, oci_error **err_out);
+oci_status oci_rootfs(const struct oci_cache *cache, const struct oci_image *image, const char *dst, const struct oci_call_options *options, int *fds_out, size_t fds_cap, struct oci_error **err_out);
 
 // Stores in `*list_out` the images the cache's store records in its
 // `index.json` under a name (entries with an
@@ -298,32 +358,32 @@ oci_status oci_rootfs(const oci_cache *cache, const oci_image *image, const char
 // by images counts for each). Other entries (other tools') are skipped.
 // Takes no lock. Free the list with `oci_image_list_free`.
 // `OCI_E_INVALID_ARGUMENT` for a cache without a store.
-oci_status oci_cache_list(const oci_cache *cache, const oci_call_options *options, oci_image_list **list_out, oci_error **err_out);
+oci_status oci_cache_list(const struct oci_cache *cache, const struct oci_call_options *options, struct oci_image_list **list_out, struct oci_error **err_out);
 
 // The number of images in `list`; 0 if `list` is NULL.
-size_t oci_image_list_count(const oci_image_list *list);
+size_t oci_image_list_count(const struct oci_image_list *list);
 
 // The normalized reference image `index` is recorded under, e.g.
 // `"docker.io/library/alpine:3.20"`; NULL if `list` is NULL or `index`
 // out of range.
-const char *oci_image_list_reference(const oci_image_list *list, size_t index);
+const char *oci_image_list_reference(const struct oci_image_list *list, size_t index);
 
 // The digest recorded for image `index`, `"sha256:<hex>"`: its manifest's,
 // or its index's for a multi-platform image; NULL if `list` is NULL or
 // `index` out of range.
-const char *oci_image_list_digest(const oci_image_list *list, size_t index);
+const char *oci_image_list_digest(const struct oci_image_list *list, size_t index);
 
 // The media type of the manifest or index recorded for image `index`;
 // NULL if `list` is NULL or `index` out of range.
-const char *oci_image_list_media_type(const oci_image_list *list, size_t index);
+const char *oci_image_list_media_type(const struct oci_image_list *list, size_t index);
 
 // The bytes of the store's blobs image `index` reaches (manifests, configs
 // and the layer blobs the store holds); -1 if `list` is NULL or `index`
 // out of range.
-int64_t oci_image_list_size(const oci_image_list *list, size_t index);
+int64_t oci_image_list_size(const struct oci_image_list *list, size_t index);
 
 // Frees `list`. NULL is a no-op.
-void oci_image_list_free(oci_image_list *list);
+void oci_image_list_free(struct oci_image_list *list);
 
 // Drops `reference` from the store's `index.json`. Its blobs, and its
 // layer tars in any `dst`, stay until `oci_cache_prune`. While another
@@ -333,7 +393,7 @@ void oci_image_list_free(oci_image_list *list);
 // it takes. `OCI_E_NOT_FOUND` if the store does not record `reference`;
 // `OCI_E_INVALID_ARGUMENT` for a malformed reference or a cache without a
 // store.
-oci_status oci_cache_remove(const oci_cache *cache, const char *reference, const oci_call_options *options, oci_error **err_out);
+oci_status oci_cache_remove(const struct oci_cache *cache, const char *reference, const struct oci_call_options *options, struct oci_error **err_out);
 
 // Removes the store's blobs, and the layer tars under `dst` (NULL: the
 // store only), that no entry of the store's `index.json` reaches, and
@@ -350,39 +410,49 @@ oci_status oci_cache_remove(const oci_cache *cache, const char *reference, const
 // (`OCI_E_CANCELED`) ends the prune between files (what was removed until
 // then stays removed). `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a
 // cache without a store.
-oci_status oci_cache_prune(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, oci_error **err_out);
+oci_status oci_cache_prune(const struct oci_cache *cache, const char *dst, const struct oci_call_options *options, uint64_t *files_out, uint64_t *bytes_out, struct oci_error **err_out);
 
 // Stores in `*store_bytes_out` the bytes of the store's blobs, and in
 // `*dst_bytes_out` those of the layer tars under `dst` (NULL: 0). `dst`
 // must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store. For
 // the file counts too, see `oci_cache_disk_usage_report`.
-oci_status oci_cache_disk_usage(const oci_cache *cache, const char *dst, const oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, oci_error **err_out);
+oci_status oci_cache_disk_usage(const struct oci_cache *cache, const char *dst, const struct oci_call_options *options, uint64_t *store_bytes_out, uint64_t *dst_bytes_out, struct oci_error **err_out);
 
 // Stores in `*usage_out` the bytes and the number of files of the store's
-// blobs and of the layer tars under `dst` (NULL: 0 and 0), counted in one
-// walk; read them with `oci_disk_usage_store_bytes` and the accessors after
-// it, and free the report with `oci_disk_usage_free`. A report rather than
-// more out-parameters, so later counts are new accessors, not a new
-// signature. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
-// without a store.
-oci_status oci_cache_disk_usage_report(const oci_cache *cache, const char *dst, const oci_call_options *options, oci_disk_usage **usage_out, oci_error **err_out);
+// blobs, of the layer tars under `dst` and of their indexes under
+// `dst/tar-index` (NULL `dst`: 0 for both), counted in one walk; read
+// them with `oci_disk_usage_store_bytes` and the accessors after it, and
+// free the report with `oci_disk_usage_free`. A report rather than more
+// out-parameters, so later counts are new accessors, not a new signature.
+// `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+oci_status oci_cache_disk_usage_report(const struct oci_cache *cache, const char *dst, const struct oci_call_options *options, struct oci_disk_usage **usage_out, struct oci_error **err_out);
 
 // The bytes of the store's blobs; 0 if `usage` is NULL.
-uint64_t oci_disk_usage_store_bytes(const oci_disk_usage *usage);
+uint64_t oci_disk_usage_store_bytes(const struct oci_disk_usage *usage);
 
 // The number of the store's blobs; 0 if `usage` is NULL.
-uint64_t oci_disk_usage_store_files(const oci_disk_usage *usage);
+uint64_t oci_disk_usage_store_files(const struct oci_disk_usage *usage);
 
 // The bytes of the layer tars under `dst` (0 without one); 0 if `usage`
 // is NULL.
-uint64_t oci_disk_usage_dst_bytes(const oci_disk_usage *usage);
+uint64_t oci_disk_usage_dst_bytes(const struct oci_disk_usage *usage);
 
 // The number of layer tars under `dst` (0 without one); 0 if `usage` is
 // NULL.
-uint64_t oci_disk_usage_dst_files(const oci_disk_usage *usage);
+uint64_t oci_disk_usage_dst_files(const struct oci_disk_usage *usage);
+
+// The bytes of the layer tars' indexes under `dst/tar-index` (0 without a
+// `dst`); 0 if `usage` is NULL. They are not part of
+// `oci_disk_usage_dst_bytes`.
+uint64_t oci_disk_usage_index_bytes(const struct oci_disk_usage *usage);
+
+// The number of layer tar indexes under `dst/tar-index` (0 without a
+// `dst`); 0 if `usage` is NULL. They are not part of
+// `oci_disk_usage_dst_files`.
+uint64_t oci_disk_usage_index_files(const struct oci_disk_usage *usage);
 
 // Frees `usage`. NULL is a no-op.
-void oci_disk_usage_free(oci_disk_usage *usage);
+void oci_disk_usage_free(struct oci_disk_usage *usage);
 
 // Re-hashes every store blob, and every layer tar under `dst` (NULL: the
 // store only), against its name, and stores in `*report_out` how many
@@ -391,106 +461,127 @@ void oci_disk_usage_free(oci_disk_usage *usage);
 // `oci_rootfs` fetches them again. Free the report with
 // `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
 // token ends it between chunks of a file. Files that are not regular
-// (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
-// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
-oci_status oci_cache_verify(const oci_cache *cache, const char *dst, bool remove_corrupt, const oci_call_options *options, oci_verify_report **report_out, oci_error **err_out);
+// (symlinks, FIFOs) are skipped, never followed or waited on. The layer
+// tars' indexes under `dst/tar-index` are re-checked too (their checksum,
+// format and diff_id), and with `remove_corrupt` a bad one is deleted.
+// Indexes are reported apart from blobs and tars
+// (`oci_verify_report_indexes_checked`,
+// `oci_verify_report_corrupt_index_path`): a bad index loses no content,
+// as a view rebuilds it from its tar. `dst` must exist.
+// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+oci_status oci_cache_verify(const struct oci_cache *cache, const char *dst, bool remove_corrupt, const struct oci_call_options *options, struct oci_verify_report **report_out, struct oci_error **err_out);
 
-// The number of files re-hashed: store blobs and layer tars; 0 if
-// `report` is NULL.
-uint64_t oci_verify_report_checked(const oci_verify_report *report);
+// The number of files re-hashed: store blobs and layer tars (indexes are
+// counted by `oci_verify_report_indexes_checked`); 0 if `report` is NULL.
+uint64_t oci_verify_report_checked(const struct oci_verify_report *report);
 
 // The number of files whose content did not match their digest; 0 if
 // `report` is NULL.
-size_t oci_verify_report_corrupt_count(const oci_verify_report *report);
+size_t oci_verify_report_corrupt_count(const struct oci_verify_report *report);
 
 // The path of corrupt file `index`: under the store's `blobs`, or under
 // `dst` as `realpath()` spells it. Removed if `oci_cache_verify` was asked
 // to. NULL if `report` is NULL or `index` out of range.
-const char *oci_verify_report_corrupt_path(const oci_verify_report *report, size_t index);
+const char *oci_verify_report_corrupt_path(const struct oci_verify_report *report, size_t index);
+
+// The number of layer tar indexes under `dst/tar-index` re-checked
+// (checksum, format and diff_id); 0 without a `dst`, or if `report` is
+// NULL.
+uint64_t oci_verify_report_indexes_checked(const struct oci_verify_report *report);
+
+// The number of indexes that failed that check; 0 if `report` is NULL.
+// They are not part of `oci_verify_report_corrupt_count`.
+size_t oci_verify_report_corrupt_index_count(const struct oci_verify_report *report);
+
+// The path of corrupt index `index`: under `dst/tar-index`, with `dst` as
+// `realpath()` spells it. Removed if `oci_cache_verify` was asked to; the
+// next view of its layer writes it again from the tar. NULL if `report`
+// is NULL or `index` out of range.
+const char *oci_verify_report_corrupt_index_path(const struct oci_verify_report *report, size_t index);
 
 // Frees `report`. NULL is a no-op.
-void oci_verify_report_free(oci_verify_report *report);
+void oci_verify_report_free(struct oci_verify_report *report);
 
 // Makes options with every default: no store, the host's platform, 2
 // runtime worker threads, 3 layers fetched at once, and a time limit on
 // every network step (connect 30 s, TLS handshake 10 s, response headers
 // 30 s, stall 60 s: see `oci_cache_options_set_connect_timeout_ms` and
 // the setters after it).
-oci_status oci_cache_options_new(oci_cache_options **options_out);
+oci_status oci_cache_options_new(struct oci_cache_options **options_out);
 
 // Keeps images in the OCI image layout at `dir`, created if missing, and
 // resolves references there before asking a registry. Unset: no local
 // store; references are still resolved and layers still extracted.
-oci_status oci_cache_options_set_store(oci_cache_options *options, const char *dir);
+oci_status oci_cache_options_set_store(struct oci_cache_options *options, const char *dir);
 
 // The platform picked from multi-platform images, `"os/arch[/variant]"`,
 // e.g. `"linux/arm64/v8"`. Default: the host's. A malformed platform gives
 // `OCI_E_INVALID_ARGUMENT`.
-oci_status oci_cache_options_set_platform(oci_cache_options *options, const char *platform);
+oci_status oci_cache_options_set_platform(struct oci_cache_options *options, const char *platform);
 
 // Reaches `host` (`"host[:port]"`) over plain HTTP. Loopback registries
 // are reached so too, unless a host CA certificate is set for them; other
 // hosts need HTTPS unless added here.
-oci_status oci_cache_options_add_insecure_registry(oci_cache_options *options, const char *host);
+oci_status oci_cache_options_add_insecure_registry(struct oci_cache_options *options, const char *host);
 
 // Presents `username` and `password` to `host` (`"host[:port]"` as in
 // references; Docker Hub is `"index.docker.io"`), overriding auth files.
-oci_status oci_cache_options_add_credentials(oci_cache_options *options, const char *host, const char *username, const char *password);
+oci_status oci_cache_options_add_credentials(struct oci_cache_options *options, const char *host, const char *username, const char *password);
 
 // Reads credentials from the docker/podman auth file at `path` only,
 // instead of looking in `$REGISTRY_AUTH_FILE`,
 // `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
 // and `~/.docker/config.json`.
-oci_status oci_cache_options_set_auth_file(oci_cache_options *options, const char *path);
+oci_status oci_cache_options_set_auth_file(struct oci_cache_options *options, const char *path);
 
 // Trusts the CA certificates in the PEM file at `pem_path` for every registry.
-oci_status oci_cache_options_add_ca_certificate(oci_cache_options *options, const char *pem_path);
+oci_status oci_cache_options_add_ca_certificate(struct oci_cache_options *options, const char *pem_path);
 
 // Trusts the CA certificates in the PEM file at `pem_path` for `host`
 // (`"host[:port]"`) only.
-oci_status oci_cache_options_add_host_ca_certificate(oci_cache_options *options, const char *host, const char *pem_path);
+oci_status oci_cache_options_add_host_ca_certificate(struct oci_cache_options *options, const char *host, const char *pem_path);
 
 // Tries `mirror` (`"host[:port]"`, e.g. a pull-through cache) before
 // `registry` (Docker Hub is `"index.docker.io"`). Mirrors are tried in the
 // order added; one that is unreachable, answers 5xx or lacks the content
 // hands over to the next, and the registry itself comes last.
-oci_status oci_cache_options_add_mirror(oci_cache_options *options, const char *registry, const char *mirror);
+oci_status oci_cache_options_add_mirror(struct oci_cache_options *options, const char *registry, const char *mirror);
 
 // Reads containerd-style host configuration (`dir/<registry>/hosts.toml`,
 // else `dir/_default/hosts.toml`): mirrors in file order with their
 // capabilities, `ca` and `skip_verify`, and the `server`'s scheme and TLS
 // settings. `override_path` is refused (`OCI_E_UNSUPPORTED` at first use).
-oci_status oci_cache_options_set_hosts_dir(oci_cache_options *options, const char *dir);
+oci_status oci_cache_options_set_hosts_dir(struct oci_cache_options *options, const char *dir);
 
 // How many times a request is tried on connection trouble, 5xx or 429
 // (default 4, at least 1); also how many times an interrupted blob
 // download is resumed.
-oci_status oci_cache_options_set_attempts(oci_cache_options *options, uint32_t attempts);
+oci_status oci_cache_options_set_attempts(struct oci_cache_options *options, uint32_t attempts);
 
 // Threads of the cache's internal runtime (default 2, at least 1). Blocking
 // work (decompression, hashing, disk writes) runs on separate threads.
-oci_status oci_cache_options_set_worker_threads(oci_cache_options *options, size_t threads);
+oci_status oci_cache_options_set_worker_threads(struct oci_cache_options *options, size_t threads);
 
 // Whether the store keeps the compressed layer blobs it downloads
 // (default true, a complete OCI layout). With false it keeps only
 // manifests and configs: less disk for users who need only the layer tars.
-oci_status oci_cache_options_set_keep_layer_blobs(oci_cache_options *options, bool keep);
+oci_status oci_cache_options_set_keep_layer_blobs(struct oci_cache_options *options, bool keep);
 
 // The most bytes a layer may uncompress to (default: no limit); a layer
 // past it fails with `OCI_E_INVALID_CONTENT`. A guard against
 // decompression bombs.
-oci_status oci_cache_options_set_max_layer_size(oci_cache_options *options, uint64_t bytes);
+oci_status oci_cache_options_set_max_layer_size(struct oci_cache_options *options, uint64_t bytes);
 
 // The free space, in bytes, that every layer tar and store blob write
 // leaves on its file system. Default (without this call): 5% of the file
 // system or 1 GiB, whichever is smaller; 0 turns the reserve off. A write
 // that would eat into it fails with `OCI_E_IO` naming the reserve and
 // leaves nothing behind, instead of filling the disk.
-oci_status oci_cache_options_set_free_space_reserve(oci_cache_options *options, uint64_t bytes);
+oci_status oci_cache_options_set_free_space_reserve(struct oci_cache_options *options, uint64_t bytes);
 
 // How many layers `oci_extract_layers` and `oci_rootfs` fetch at once
 // (default 3, at least 1).
-oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *options, size_t layers);
+oci_status oci_cache_options_set_max_concurrent_layers(struct oci_cache_options *options, size_t layers);
 
 // The size, in bytes, from which a layer blob is downloaded as parallel
 // ranges. Default: 4194304 (4 MiB); 0 turns ranged download off. The
@@ -506,13 +597,13 @@ oci_status oci_cache_options_set_max_concurrent_layers(oci_cache_options *option
 // as one stream, and so does a cache without a store (without
 // `keep_layer_blobs` the temp file is removed at the end). Progress counts
 // the contiguous bytes.
-oci_status oci_cache_options_set_range_threshold(oci_cache_options *options, uint64_t bytes);
+oci_status oci_cache_options_set_range_threshold(struct oci_cache_options *options, uint64_t bytes);
 
 // How many connections one ranged blob download uses at once (default 8,
 // at least 1; 1 turns ranged download off). Over every blob, no host gets
 // more than 8 range requests at once. See
 // `oci_cache_options_set_range_threshold`.
-oci_status oci_cache_options_set_range_connections(oci_cache_options *options, size_t connections);
+oci_status oci_cache_options_set_range_connections(struct oci_cache_options *options, size_t connections);
 
 // How long setting up a TCP connection to a registry, mirror, token realm
 // or descriptor URL may take, in milliseconds. Default: 30000 (30 s, as
@@ -522,63 +613,140 @@ oci_status oci_cache_options_set_range_connections(oci_cache_options *options, s
 // handshake are one step in the HTTP client: an HTTPS connection gets
 // connect + TLS handshake timeouts for both, and turning either off
 // leaves it unbounded.
-oci_status oci_cache_options_set_connect_timeout_ms(oci_cache_options *options, uint64_t ms);
+oci_status oci_cache_options_set_connect_timeout_ms(struct oci_cache_options *options, uint64_t ms);
 
 // How long a TLS handshake may take, in milliseconds, on top of the
 // connect timeout (see `oci_cache_options_set_connect_timeout_ms`).
 // Default: 10000 (10 s); 0 turns the limit of HTTPS connection setup off.
-oci_status oci_cache_options_set_tls_handshake_timeout_ms(oci_cache_options *options, uint64_t ms);
+oci_status oci_cache_options_set_tls_handshake_timeout_ms(struct oci_cache_options *options, uint64_t ms);
 
 // How long a request waits for the response headers once connected, in
 // milliseconds, token requests included. Default: 30000 (30 s); 0 turns
 // the limit off. The stall timeout, when shorter, bounds this wait too. A
 // server that does not answer in time fails the call with `OCI_E_TIMEOUT`
 // naming the host (not retried).
-oci_status oci_cache_options_set_response_timeout_ms(oci_cache_options *options, uint64_t ms);
+oci_status oci_cache_options_set_response_timeout_ms(struct oci_cache_options *options, uint64_t ms);
 
 // How long a response may go without a byte, in milliseconds: the wait
 // for headers and for each next part of a body, token answers included.
 // Default: 60000 (60 s); 0 turns the limit off. A call's own
 // `oci_call_options_set_stall_timeout_ms` overrides it for that call.
-oci_status oci_cache_options_set_stall_timeout_ms(oci_cache_options *options, uint64_t ms);
+oci_status oci_cache_options_set_stall_timeout_ms(struct oci_cache_options *options, uint64_t ms);
 
 // Frees `options`. NULL is a no-op.
-void oci_cache_options_free(oci_cache_options *options);
+void oci_cache_options_free(struct oci_cache_options *options);
 
 // Makes an untriggered cancel token.
-oci_status oci_cancel_new(oci_cancel **cancel_out);
+oci_status oci_cancel_new(struct oci_cancel **cancel_out);
 
 // Triggers `cancel`. Safe from any thread, including while calls using it run.
-oci_status oci_cancel_trigger(oci_cancel *cancel);
+oci_status oci_cancel_trigger(struct oci_cancel *cancel);
 
 // Releases the caller's reference to `cancel`; call options holding it keep
 // it alive. NULL is a no-op.
-void oci_cancel_free(oci_cancel *cancel);
+void oci_cancel_free(struct oci_cancel *cancel);
 
 // Makes call options with nothing set.
-oci_status oci_call_options_new(oci_call_options **options_out);
+oci_status oci_call_options_new(struct oci_call_options **options_out);
 
 // Makes calls using `options` cancelable with `cancel` (NULL removes it).
 // The options hold their own reference to the token.
-oci_status oci_call_options_set_cancel(oci_call_options *options, oci_cancel *cancel);
+oci_status oci_call_options_set_cancel(struct oci_call_options *options, struct oci_cancel *cancel);
 
 // Fails calls using `options` with `OCI_E_TIMEOUT` once they have run for
 // `ms` milliseconds (0 removes the deadline).
-oci_status oci_call_options_set_deadline_ms(oci_call_options *options, uint64_t ms);
+oci_status oci_call_options_set_deadline_ms(struct oci_call_options *options, uint64_t ms);
 
 // Fails calls using `options` with `OCI_E_TIMEOUT` when a registry sends
 // nothing (no response, or no next bytes of one) for `ms` milliseconds,
 // instead of the cache's stall timeout (default 60 s, see
 // `oci_cache_options_set_stall_timeout_ms`); 0 turns the stall timeout off
 // for these calls. Unset: the cache's.
-oci_status oci_call_options_set_stall_timeout_ms(oci_call_options *options, uint64_t ms);
+oci_status oci_call_options_set_stall_timeout_ms(struct oci_call_options *options, uint64_t ms);
 
 // Reports progress of calls using `options` to `callback` with
 // `user_data` (see `oci_progress_fn`); a NULL callback removes it.
-oci_status oci_call_options_set_progress(oci_call_options *options, oci_progress_fn callback, void *user_data);
+oci_status oci_call_options_set_progress(struct oci_call_options *options, oci_progress_fn callback, void *user_data);
 
 // Frees `options`. NULL is a no-op.
-void oci_call_options_free(oci_call_options *options);
+void oci_call_options_free(struct oci_call_options *options);
+
+// Opens the view of `image`'s files: runs `oci_rootfs` first (layers
+// already in `dst` are reused, missing ones fetched; `dst` must exist),
+// then opens every layer tar's index beside it in `dst`, building and
+// writing any that is missing or bad. `options` (NULL for none) applies as
+// in `oci_rootfs`. Free the view with `oci_view_free`.
+oci_status oci_view_open(const struct oci_cache *cache, const struct oci_image *image, const char *dst, const struct oci_call_options *options, struct oci_view **view_out, struct oci_error **err_out);
+
+// Frees `view` and closes its fds of the layer tars (fds handed out by
+// `oci_view_open_file` stay open). NULL is a no-op.
+void oci_view_free(struct oci_view *view);
+
+// Stores the metadata of `path` in `*stat_out`, not following a symlink
+// in the last component (`lstat`). `stat("/")` reports the topmost
+// layer's entry for the root directory.
+oci_status oci_view_stat(const struct oci_view *view, const char *path, struct oci_stat *stat_out, struct oci_error **err_out);
+
+// Copies the target of symlink `path`, as stored, into `buf`,
+// NUL-terminated, and its length without the NUL into `*len_out`. When
+// `cap` cannot hold it and its NUL: `OCI_E_BUFFER_TOO_SMALL` with
+// `*len_out` set and `buf` untouched. `path` not a symlink is
+// `OCI_E_INVALID_ARGUMENT`.
+oci_status oci_view_readlink(const struct oci_view *view, const char *path, char *buf, size_t cap, size_t *len_out, struct oci_error **err_out);
+
+// Copies `path` with every symlink followed inside the image root, as an
+// absolute path, into `buf` by `oci_view_readlink`'s rule. A missing path
+// or a dangling link is `OCI_E_NOT_FOUND`.
+oci_status oci_view_resolve(const struct oci_view *view, const char *path, char *buf, size_t cap, size_t *len_out, struct oci_error **err_out);
+
+// Lists the merged entries of directory `path` (followed like
+// `oci_view_open_file`), sorted by name (bytewise), without `.` and `..`;
+// names that are not valid UTF-8 are left out. `path` not a directory is
+// `OCI_E_INVALID_ARGUMENT`. Free the list with `oci_dir_list_free`.
+oci_status oci_view_readdir(const struct oci_view *view, const char *path, struct oci_dir_list **list_out, struct oci_error **err_out);
+
+// The number of names in `list`; 0 if `list` is NULL.
+size_t oci_dir_list_count(const struct oci_dir_list *list);
+
+// Name `index` of `list` (a name, not a path); NULL if out of range or
+// `list` is NULL.
+const char *oci_dir_list_name(const struct oci_dir_list *list, size_t index);
+
+// Frees `list` and its names. NULL is a no-op.
+void oci_dir_list_free(struct oci_dir_list *list);
+
+// The extended attributes of `path` (`lgetxattr` semantics: a symlink in
+// the last component is not followed; a hardlink has its target's), as
+// its tar entry's PAX `SCHILY.xattr.*` records give them, sorted by name;
+// the root with no entry in any layer has none. Free the list with
+// `oci_xattr_list_free`.
+oci_status oci_view_xattrs(const struct oci_view *view, const char *path, struct oci_xattr_list **list_out, struct oci_error **err_out);
+
+// The number of extended attributes in `list`; 0 if `list` is NULL.
+size_t oci_xattr_list_count(const struct oci_xattr_list *list);
+
+// The name of extended attribute `index` of `list` (`"security.capability"`);
+// NULL if out of range or `list` is NULL.
+const char *oci_xattr_list_name(const struct oci_xattr_list *list, size_t index);
+
+// The value of extended attribute `index` of `list`: raw bytes, not
+// NUL-terminated, their count in `*len_out` (when `len_out` is not NULL).
+// NULL (and `*len_out` untouched) if out of range or `list` is NULL; an
+// empty value is a non-NULL pointer with a length of 0.
+const uint8_t *oci_xattr_list_value(const struct oci_xattr_list *list, size_t index, size_t *len_out);
+
+// Frees `list` and its names and values. NULL is a no-op.
+void oci_xattr_list_free(struct oci_xattr_list *list);
+
+// A regular file's bytes, zero-copy: stores in `*fd_out` a fresh fd of
+// the layer tar that holds them (`O_RDONLY | O_CLOEXEC`, a new open file
+// description at offset 0, the caller's to close; read it with `pread`,
+// `sendfile` or `copy_file_range`, or `lseek` then `read`), and in `*offset_out` and
+// `*size_out` where the bytes are in it. The last component is followed
+// (inside the root); a hardlink gives its target's data; anything but a
+// regular file is `OCI_E_INVALID_ARGUMENT` naming its type, and a GNU
+// sparse file `OCI_E_UNSUPPORTED`.
+oci_status oci_view_open_file(const struct oci_view *view, const char *path, int *fd_out, uint64_t *offset_out, uint64_t *size_out, struct oci_error **err_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,12 +2,14 @@
 # The demo: starts a throwaway registry on loopback, pushes an image built
 # from files on this machine (gzip and zstd variants), then pulls it with
 # oci-cache into demo-out/store (an OCI layout) and demo-out/layers, and
-# pulls it again with the registry stopped to show the warm, offline path.
+# pulls it again with the registry stopped to show the warm, offline path,
+# then reads files of the image through the view, without unpacking it.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/demo-out"
 pull="$root/target/release/examples/pull"
+view="$root/target/release/examples/view"
 work=$(mktemp -d)
 registry_pid=""
 cleanup() {
@@ -54,5 +56,10 @@ echo "== registry stopped; pull again from the store and the layer directory"
 
 echo "== skopeo reads the store"
 skopeo inspect "oci:$out/store:127.0.0.1:$port/demo:gzip" | jq '{Digest, Layers, Os, Architecture}'
-echo "== layer tars"
-ls -l "$out/layers/sha256"
+echo "== layer tars, and their indexes (written in the same pass)"
+ls -l "$out/layers/sha256" "$out/layers/tar-index/sha256"
+
+echo "== the image's files, read through the view without unpacking"
+"$view" "127.0.0.1:$port/demo:gzip" "$out/store" "$out/layers" /usr/share/common-licenses
+"$view" "127.0.0.1:$port/demo:gzip" "$out/store" "$out/layers" /usr/share/common-licenses/Apache-2.0 >"$work/license"
+head -n 5 "$work/license"

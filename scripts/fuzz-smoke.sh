@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz-smoke.sh                    every target, a bounded number of runs
 #   scripts/fuzz-smoke.sh layer manifest     only these targets
-#   FUZZ_SECONDS=520 scripts/fuzz-smoke.sh   the long run: 520 s a target, ~1 hour
+#   FUZZ_SECONDS=450 scripts/fuzz-smoke.sh   the long run: 450 s a target, ~1 hour
 #   FUZZ_CORPUS_OUT=dir scripts/fuzz-smoke.sh   keep new inputs in dir/<target>
 #
 # The committed seeds are only read: new inputs go to a temp dir (removed at

@@ -249,6 +249,24 @@ impl Dir {
         }
     }
 
+    /// Removes `name` if it is an empty directory; true if it was one.
+    /// Nothing there, a file or a link is left as it is; a directory with
+    /// something in it is an error naming it.
+    pub(crate) fn remove_empty_dir(&self, name: &str) -> Result<bool> {
+        let c_name = c_string(OsStr::new(name), &self.join(name))?;
+        // SAFETY: a valid C string and directory descriptor. AT_REMOVEDIR
+        // removes only an empty directory and never follows a link.
+        let removed =
+            unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), libc::AT_REMOVEDIR) };
+        if removed == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error() {
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(false),
+            e => Err(Error::io_at("removing directory", &self.join(name), e)),
+        }
+    }
+
     /// The names in this directory, `.` and `..` left out.
     pub(crate) fn names(&self) -> Result<Vec<OsString>> {
         let failed = |e| Error::io_at("listing", self.path(), e);
@@ -432,6 +450,28 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
+}
+
+/// A new open file description of `file`, `O_RDONLY | O_CLOEXEC` at offset
+/// 0, so that its reader's offset is its own. Opened through
+/// `/proc/self/fd`, which names `file` itself whatever became of its path
+/// (renamed, replaced, deleted); where `/proc` is not mounted, a duplicate
+/// of `file` (which shares its offset) instead.
+pub(crate) fn reopen_read_only(file: &File) -> io::Result<File> {
+    let fd = file.as_raw_fd();
+    // std opens with O_CLOEXEC.
+    match File::open(format!("/proc/self/fd/{fd}")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
+    // SAFETY: fcntl on a descriptor `file` owns; the new one is owned by the
+    // File made of it.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` was just made and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(dup) })
 }
 
 /// A file being written that takes its final name only on [`commit`](Self::commit).

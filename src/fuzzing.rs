@@ -131,3 +131,41 @@ pub fn layer(data: &[u8]) -> Result<()> {
     file.rewind().map_err(io)?;
     layer::unpack_local(&check, file).map(drop)
 }
+
+/// A layer tar through the tar index: the first byte picks the chunk size
+/// the parser is fed (1 to 256 bytes, as the pass feeds it whatever its
+/// writer wrote), the rest is the tar. A tar the parser accepts must give an
+/// index that opens, in which every record is found by lookup and listed by
+/// its parent. The input is also opened as an index, which must fail
+/// cleanly.
+pub fn tar_index(data: &[u8]) -> Result<()> {
+    use crate::tar_index::format::{build, TarIndex};
+    use crate::tar_index::parse::Parser;
+
+    let Some((&selector, tar)) = data.split_first() else {
+        return Ok(());
+    };
+    let diff_id = Digest::sha256_of(b"");
+    let _ = TarIndex::from_bytes(data.to_vec(), &diff_id);
+    let mut parser = Parser::new();
+    for chunk in tar.chunks(usize::from(selector) + 1) {
+        parser.feed(chunk)?;
+    }
+    let size = parser.position();
+    let bytes = build(parser.finish()?, &diff_id, size)?;
+    let index = TarIndex::from_bytes(bytes, &diff_id)
+        .unwrap_or_else(|e| panic!("a built index does not open: {e}"));
+    for at in 0..index.len() {
+        let entry = index.entry(at);
+        let path = entry.path();
+        let found = index.lookup(&path).map(|e| e.path());
+        assert_eq!(found.as_deref(), Some(&path[..]), "lookup of record {at}");
+        if !path.is_empty() {
+            let listed = index
+                .children(entry.parent())
+                .any(|c| c.name() == entry.name());
+            assert!(listed, "record {at} is not listed by its parent");
+        }
+    }
+    Ok(())
+}

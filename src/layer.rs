@@ -5,7 +5,9 @@
 //! the decompressor, whose output is hashed against the diff_id. That work
 //! runs on a blocking thread fed from the network through a bounded channel;
 //! the output's hash and write run on a second thread, so that a layer
-//! keeps two cores busy.
+//! keeps two cores busy. A tar's index (see `tar_index`) lives at
+//! `dst/tar-index/<alg>/<hex of diff_id>`, built on demand by
+//! [`ensure_index`].
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -30,6 +32,8 @@ use crate::fill::Fill;
 use crate::fs::{self, Dir, PendingFile, Reserve, CONTENT_MODE};
 use crate::http::BlobStream;
 use crate::registry::RangedBlob;
+use crate::tar_index::format::{self as index_format, TarIndex};
+use crate::tar_index::{self, parse::Parser};
 use crate::work::{Progress, ProgressFn, Work};
 
 /// Chunks in flight between the network and the decompressor, and between
@@ -82,6 +86,66 @@ pub(crate) fn tar_path(dst: &Path, diff_id: &Digest) -> PathBuf {
     dst.join(diff_id.algorithm()).join(diff_id.hex())
 }
 
+/// The directory under `dst` holding the tar indexes, one subdirectory per
+/// digest algorithm, as the tars have.
+pub(crate) const INDEX_DIR: &str = "tar-index";
+
+/// Where the index of the tar of `diff_id` lives under `dst`.
+#[cfg(test)]
+pub(crate) fn index_path(dst: &Path, diff_id: &Digest) -> PathBuf {
+    dst.join(INDEX_DIR)
+        .join(diff_id.algorithm())
+        .join(diff_id.hex())
+}
+
+/// The index of `tar`, the layer tar of `diff_id` under `dst` (opened by
+/// the caller, who keeps reading it): the one on disk if it checks out (its
+/// checksum, version, diff_id and the tar's size), else built by one
+/// sequential read of `tar` that also checks it hashes to its name, and
+/// written atomically in its place (a corrupt one, a symlink, a FIFO or an
+/// empty directory there is replaced, never read or followed; a directory
+/// with something in it is an error naming it). `DigestMismatch` when the
+/// tar is not the one its name says; `InvalidContent` when it does not
+/// parse as a tar. Blocks: call it on a blocking thread.
+pub(crate) fn ensure_index(
+    dst: &Path,
+    diff_id: &Digest,
+    tar: &File,
+    reserve: Reserve,
+) -> Result<TarIndex> {
+    let (algorithm, name) = (diff_id.algorithm(), diff_id.hex());
+    let tar_path = tar_path(dst, diff_id);
+    let what = format!("layer tar {}", tar_path.display());
+    let tar_size = tar
+        .metadata()
+        .map_err(|e| Error::io_at("reading the size of", &tar_path, e))?
+        .len();
+    let root = Dir::open(dst)?;
+    let existing = match root.sub(INDEX_DIR)? {
+        Some(indexes) => indexes.sub(algorithm)?,
+        None => None,
+    };
+    if let Some(dir) = existing {
+        match TarIndex::open_in(&dir, name, diff_id, tar_size) {
+            Ok(Some(index)) => return Ok(index),
+            Ok(None) => {}
+            // Corrupt, truncated, another version or another tar's (its
+            // diff_id or its size), or too long to read: rebuilt.
+            Err(e) if e.kind() == crate::ErrorKind::InvalidContent => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // A reader of its own, so the caller's file offset stays where it was.
+    let reader = fs::reopen_read_only(tar).map_err(|e| Error::io_at("reopening", &tar_path, e))?;
+    let bytes = tar_index::build_from_tar(reader, diff_id, &what)?;
+    let dir = root.create_sub(INDEX_DIR)?.create_sub(algorithm)?;
+    // A rename cannot replace a directory: an empty one holds nothing to
+    // lose, so it goes; one with something in it is left, and refused.
+    dir.remove_empty_dir(name)?;
+    fs::write_atomic(&dir, name, &bytes, CONTENT_MODE, reserve)?;
+    TarIndex::from_bytes(bytes, diff_id)
+}
+
 /// Where [`extract`] writes a layer tar.
 pub(crate) struct Target {
     /// The caller's directory; the tar goes to [`tar_path`] under it.
@@ -115,10 +179,20 @@ pub(crate) async fn extract(
         if target.sweep {
             // Best effort: what a failed sweep leaves, a prune removes.
             let _ = fs::remove_stale_temps_in(&dir);
+            let indexes = Dir::open(&target.dst)
+                .and_then(|root| root.sub(INDEX_DIR))
+                .and_then(|indexes| {
+                    indexes
+                        .map(|i| i.sub(check.diff_id.algorithm()))
+                        .transpose()
+                });
+            if let Ok(Some(Some(indexes))) = indexes {
+                let _ = fs::remove_stale_temps_in(&indexes);
+            }
         }
         let name = check.diff_id.hex();
         let tar = PendingFile::create(&dir, name, CONTENT_MODE, target.reserve)?;
-        let (tar, copy) = unpack(&check, input, tar)?;
+        let (tar, copy, parser) = unpack(&check, input, tar, true)?;
         // A call that ended early leaves nothing new, even a finished layer.
         if abandoned.load(Ordering::Relaxed) {
             return Err(Error::canceled(format!(
@@ -128,6 +202,9 @@ pub(crate) async fn extract(
         }
         tar.commit()?;
         copy.map_or(Ok(()), PendingFile::commit)?;
+        if let Some(parser) = parser {
+            write_index(&target.dst, &check.diff_id, parser, target.reserve);
+        }
         dir.open_regular(name)?.ok_or_else(|| {
             Error::io(format!(
                 "{} was replaced by something else as it was written",
@@ -136,6 +213,28 @@ pub(crate) async fn extract(
         })
     })
     .await
+}
+
+/// Writes the index of the tar of `diff_id` that `parser` read as the tar
+/// was written, after the tar was committed: an index never names a tar
+/// that is not durable. Best effort: a tar that does not parse, or an index
+/// that cannot be written, leaves no index, and [`ensure_index`] tries again
+/// (and reports the tar's parse error) when a view needs it; the tar itself
+/// is fine either way.
+fn write_index(dst: &Path, diff_id: &Digest, parser: Parser, reserve: Reserve) {
+    let size = parser.position();
+    let Ok(entries) = parser.finish() else {
+        return;
+    };
+    let Ok(bytes) = index_format::build(entries, diff_id, size) else {
+        return;
+    };
+    let written = Dir::open(dst)
+        .and_then(|root| root.create_sub(INDEX_DIR))
+        .and_then(|indexes| indexes.create_sub(diff_id.algorithm()))
+        .and_then(|dir| fs::write_atomic(&dir, diff_id.hex(), &bytes, CONTENT_MODE, reserve));
+    // Nothing to undo: a failed write removed its temp file.
+    drop(written);
 }
 
 /// Streams the uncompressed layer. The stream ends only after both digests
@@ -148,8 +247,8 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
     let failure = sender.clone();
     tokio::task::spawn_blocking(move || {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            unpack(&check, input, ChannelWriter(sender))
-                .and_then(|(_, copy)| copy.map_or(Ok(()), PendingFile::commit))
+            unpack(&check, input, ChannelWriter(sender), false)
+                .and_then(|(_, copy, _)| copy.map_or(Ok(()), PendingFile::commit))
         }))
         .unwrap_or_else(|panic| {
             Err(Error::panicked(
@@ -174,7 +273,7 @@ pub(crate) fn stream(check: LayerCheck, blob: Blob, copy: Option<PendingFile>) -
 #[cfg(feature = "fuzzing")]
 pub(crate) fn unpack_local(check: &LayerCheck, file: File) -> Result<Vec<u8>> {
     let input = Input::start(Blob::Local(file), None, check);
-    unpack(check, input, Vec::new()).map(|(out, _)| out)
+    unpack(check, input, Vec::new(), false).map(|(out, _, _)| out)
 }
 
 /// Marks the work of a dropped call as abandoned and stops its download.
@@ -205,14 +304,16 @@ async fn blocking<T: Send + 'static>(
 
 /// Decompresses `input` into `out`, checking the blob's size and digest and
 /// the output's diff_id. Returns `out` and the blob's store copy, neither
-/// committed. The output is hashed and written to `out` by a second thread
+/// committed, and with `index` the tar's headers parsed from the same bytes
+/// (the parser holds its error if they do not parse). The output is hashed and written to `out` by a second thread
 /// (see [`Split`]), which has ended when this returns; a panic there goes
 /// on here.
 fn unpack<W: Write + Send>(
     check: &LayerCheck,
     mut input: Input,
     out: W,
-) -> Result<(W, Option<PendingFile>)> {
+    index: bool,
+) -> Result<(W, Option<PendingFile>, Option<Parser>)> {
     let reporter = check.progress.clone().map(|report| Reporter {
         report,
         layer: check.index,
@@ -225,6 +326,7 @@ fn unpack<W: Write + Send>(
         written: 0,
         downloaded: 0,
         reporter,
+        parser: index.then(Parser::new),
     };
     let limit = check.max_size.map(|limit| (limit, check.what.as_str()));
     let downloaded = input.downloaded.clone();
@@ -259,7 +361,7 @@ fn unpack<W: Write + Send>(
         let downloaded = downloaded.load(Ordering::Relaxed);
         reporter.report(downloaded, written.written, Some(written.written));
     }
-    Ok((written.inner, copy))
+    Ok((written.inner, copy, written.parser))
 }
 
 /// The decompressor's side of a layer's two threads: fills buffers from the
@@ -563,12 +665,18 @@ struct HashingWriter<W> {
     /// The compressed bytes read when the bytes being written were made.
     downloaded: u64,
     reporter: Option<Reporter>,
+    /// Reads the tar's headers for its index, when one is written.
+    parser: Option<Parser>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        if let Some(parser) = &mut self.parser {
+            // A failure stays in the parser: the tar is written all the same.
+            let _ = parser.feed(&buf[..n]);
+        }
         self.written += n as u64;
         if let Some(reporter) = &self.reporter {
             reporter.report(self.downloaded, self.written, None);
@@ -658,6 +766,9 @@ impl AsyncRead for LayerReader {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
     use crate::ErrorKind;
     use tokio::io::AsyncReadExt;
@@ -692,6 +803,331 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A small layer tar: a directory, a file and a symlink.
+    fn small_tar() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        builder.append_data(&mut dir, "etc/", io::empty()).unwrap();
+        let mut file = tar::Header::new_ustar();
+        file.set_mode(0o644);
+        file.set_size(5);
+        builder
+            .append_data(&mut file, "etc/hosts", &b"hello"[..])
+            .unwrap();
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "etc/alias", "hosts")
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    /// A dst holding `tar` as a layer tar, and its diff_id.
+    fn dst_with(tar: &[u8]) -> (tempfile::TempDir, Digest) {
+        let dst = tempfile::tempdir().unwrap();
+        let diff_id = Digest::sha256_of(tar);
+        let path = tar_path(dst.path(), &diff_id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, tar).unwrap();
+        (dst, diff_id)
+    }
+
+    fn ensure(dst: &Path, diff_id: &Digest) -> Result<TarIndex> {
+        let tar = File::open(tar_path(dst, diff_id)).unwrap();
+        ensure_index(dst, diff_id, &tar, Reserve::OFF)
+    }
+
+    /// The index bytes `build_from_tar` makes of `tar`.
+    fn expected_index(tar: &[u8], diff_id: &Digest) -> Vec<u8> {
+        tar_index::build_from_tar(tar, diff_id, "test tar").unwrap()
+    }
+
+    /// Every non-directory under `dst`, relative to it, sorted.
+    fn files(dst: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![dst.to_owned()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    let path = entry.path();
+                    found.push(path.strip_prefix(dst).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_tar_with_no_index_gets_one_on_demand() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let index = ensure(dst.path(), &diff_id).unwrap();
+        let path = index_path(dst.path(), &diff_id);
+        assert_eq!(
+            path,
+            dst.path().join("tar-index/sha256").join(diff_id.hex())
+        );
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written, expected_index(&tar, &diff_id));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(index.lookup(b"etc/hosts").unwrap().size(), 5);
+        // The second call reads it back, rewriting nothing.
+        let before = std::fs::metadata(&path).unwrap().ino();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), before);
+        let hex = diff_id.hex();
+        assert_eq!(
+            files(dst.path()),
+            [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
+        );
+    }
+
+    #[test]
+    fn a_bad_index_is_rebuilt_never_trusted() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let good = expected_index(&tar, &diff_id);
+        let mut other = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        other.append_data(&mut header, "x", &b"abc"[..]).unwrap();
+        let other = other.into_inner().unwrap();
+        let wrong_diff_id = expected_index(&other, &Digest::sha256_of(&other));
+        let mut corrupt = good.clone();
+        corrupt[80] ^= 1;
+        let truncated = good[..good.len() - 1].to_vec();
+        // Well formed and of this diff_id, but for a tar of another size.
+        let mut other_size = good[..good.len() - 32].to_vec();
+        other_size[56..64].copy_from_slice(&(tar.len() as u64 + 512).to_le_bytes());
+        let sum = <sha2::Sha256 as sha2::Digest>::digest(&other_size);
+        other_size.extend_from_slice(&sum);
+        let path = index_path(dst.path(), &diff_id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for (what, content) in [
+            ("corrupt", corrupt),
+            ("truncated", truncated),
+            ("wrong diff_id", wrong_diff_id),
+            ("another tar size", other_size),
+            ("empty", Vec::new()),
+        ] {
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, &content).unwrap();
+            let index = ensure(dst.path(), &diff_id).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(index.lookup(b"etc/hosts").unwrap().size(), 5, "{what}");
+            assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: rewritten");
+        }
+
+        // A symlink to a valid index elsewhere is replaced, not followed.
+        let outside = tempfile::tempdir().unwrap();
+        let planted = outside.path().join("index");
+        std::fs::write(&planted, &good).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&planted, &path).unwrap();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        assert_eq!(std::fs::read(&planted).unwrap(), good, "left alone");
+
+        // A FIFO is replaced without being opened: opening it would block
+        // with no writer, so the call runs on a thread with a deadline.
+        std::fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let (sender, receiver) = sync_mpsc::channel();
+        let (dst_path, id) = (dst.path().to_owned(), diff_id.clone());
+        thread::spawn(move || {
+            let _ = sender.send(ensure(&dst_path, &id).map(drop));
+        });
+        let outcome = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("ensure_index blocked on a FIFO");
+        outcome.unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        let hex = diff_id.hex();
+        assert_eq!(
+            files(dst.path()),
+            [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")]
+        );
+
+        // An empty directory is replaced; one with something in it is not
+        // this library's to remove.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        ensure(dst.path(), &diff_id).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), "kept").unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(
+            err.message()
+                .starts_with(&format!("removing directory {}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn no_index_comes_of_a_wrong_or_malformed_tar() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        // A tar that does not hash to its name.
+        let tar_file = tar_path(dst.path(), &diff_id);
+        std::fs::write(&tar_file, [&tar[..], &[0u8; 512][..]].concat()).unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+        assert!(
+            err.message().contains(&tar_file.display().to_string()),
+            "{err}"
+        );
+        // A verified tar that does not parse: no index, the parse error.
+        let garbage = vec![b'x'; 1024];
+        let (bad_dst, bad_id) = dst_with(&garbage);
+        let err = ensure(bad_dst.path(), &bad_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+        let bad_path = tar_path(bad_dst.path(), &bad_id);
+        assert!(
+            err.message()
+                .starts_with(&format!("layer tar {}: ", bad_path.display())),
+            "{err}"
+        );
+        assert_eq!(files(dst.path()), [format!("sha256/{}", diff_id.hex())]);
+        assert_eq!(files(bad_dst.path()), [format!("sha256/{}", bad_id.hex())]);
+    }
+
+    /// Extracts `tar`, compressed as `media_type` says, into a new dst.
+    fn extract_layer(tar: &[u8], media_type: &str) -> (tempfile::TempDir, Digest) {
+        let dst = tempfile::tempdir().unwrap();
+        let diff_id = extract_into(dst.path(), tar, media_type);
+        (dst, diff_id)
+    }
+
+    /// Extracts `tar`, compressed as `media_type` says, into `dst`; returns
+    /// its diff_id.
+    fn extract_into(dst: &Path, tar: &[u8], media_type: &str) -> Digest {
+        let blob = match media_type.rsplit('+').next() {
+            Some("gzip") => {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                encoder.write_all(tar).unwrap();
+                encoder.finish().unwrap()
+            }
+            Some("zstd") => zstd::encode_all(tar, 1).unwrap(),
+            _ => tar.to_vec(),
+        };
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&blob).unwrap();
+        io::Seek::rewind(&mut file).unwrap();
+        let diff_id = Digest::sha256_of(tar);
+        let check = LayerCheck {
+            what: "layer 0 of test".into(),
+            index: 0,
+            digest: Digest::sha256_of(&blob),
+            size: blob.len() as u64,
+            diff_id: diff_id.clone(),
+            codec: Codec::of(media_type).unwrap(),
+            max_size: None,
+            progress: None,
+        };
+        let target = Target {
+            dst: dst.to_owned(),
+            reserve: Reserve::OFF,
+            sweep: true,
+        };
+        runtime()
+            .block_on(extract(check, Blob::Local(file), None, target))
+            .unwrap();
+        diff_id
+    }
+
+    #[test]
+    fn extracting_a_layer_writes_its_index_in_the_same_pass() {
+        // Larger than a writer buffer, so headers straddle buffers.
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..40 {
+            let content = vec![i as u8; 10_000 + i * 777];
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o640);
+            header.set_size(content.len() as u64);
+            let name = format!("dir{}/{}-{}", i % 3, "long".repeat(30), i);
+            builder
+                .append_data(&mut header, name, &content[..])
+                .unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        assert!(tar.len() > 2 * OUTPUT_BUFFER);
+        for media_type in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar",
+        ] {
+            let (dst, diff_id) = extract_layer(&tar, media_type);
+            let written = std::fs::read(index_path(dst.path(), &diff_id)).unwrap();
+            assert_eq!(written, expected_index(&tar, &diff_id), "{media_type}");
+            let hex = diff_id.hex();
+            assert_eq!(
+                files(dst.path()),
+                [format!("sha256/{hex}"), format!("tar-index/sha256/{hex}")],
+                "{media_type}"
+            );
+            assert_eq!(std::fs::read(tar_path(dst.path(), &diff_id)).unwrap(), tar);
+        }
+    }
+
+    #[test]
+    fn a_layer_that_does_not_parse_is_extracted_with_no_index() {
+        let garbage = vec![b'x'; 3000];
+        let (dst, diff_id) = extract_layer(&garbage, "application/vnd.oci.image.layer.v1.tar");
+        assert_eq!(files(dst.path()), [format!("sha256/{}", diff_id.hex())]);
+        assert_eq!(
+            std::fs::read(tar_path(dst.path(), &diff_id)).unwrap(),
+            garbage
+        );
+        // The view asking for the index gets the parse error.
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidContent, "{err}");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_index_directory_is_never_followed() {
+        let tar = small_tar();
+        let (dst, diff_id) = dst_with(&tar);
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dst.path().join(INDEX_DIR)).unwrap();
+        let err = ensure(dst.path(), &diff_id).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "{} is a symbolic link; links below dst and the store are never followed",
+                dst.path().join(INDEX_DIR).display()
+            )
+        );
+        // The pass still writes the tar, and no index through the link.
+        let other = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), other.path().join(INDEX_DIR)).unwrap();
+        let plain = "application/vnd.oci.image.layer.v1.tar";
+        let other_id = extract_into(other.path(), &tar, plain);
+        assert_eq!(
+            std::fs::read(tar_path(other.path(), &other_id)).unwrap(),
+            tar
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -39,7 +39,9 @@
 //!   - `maintenance`: list, prune, disk usage and verify, over `store`;
 //!   - `store`: the local OCI image layout;
 //!   - `layer`: the decompress-and-verify pipeline of layer blobs (which
-//!     follows a ranged download's contiguous prefix through `fill`).
+//!     follows a ranged download's contiguous prefix through `fill`);
+//!   - `view`: the [`View`] of an image's files, read through each layer
+//!     tar's index (`tar_index`) with the layers merged by `lookup`.
 //! - Leaf modules, which use only each other: `call` ([`CallOptions`]: a
 //!   call's deadline, stall timeout, [`CancelToken`]s, and the wait for its
 //!   blocking work to clean up when it ends early), `work` ([`Progress`]
@@ -51,6 +53,8 @@
 //!   written up to, which the single pass follows), `reference` (image
 //!   references, parsed without compiling a regex), `tls` (registry
 //!   clients' TLS: system roots read once, for the first https host),
+//!   `tar_index` (the index of a layer tar: an incremental header parser,
+//!   the index file's writer and reader, see `docs/tar-index.md`),
 //!   `digest`, `manifest`, `platform`, `fs`, `error`.
 
 mod auth;
@@ -71,13 +75,16 @@ mod http;
 #[cfg(feature = "isal")]
 mod inflate;
 mod layer;
+mod lookup;
 mod maintenance;
 mod manifest;
 mod platform;
 mod reference;
 mod registry;
 mod store;
+mod tar_index;
 mod tls;
+mod view;
 mod work;
 
 pub use cache::{CacheOptions, Image, ImageCache, Layer};
@@ -88,4 +95,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use layer::LayerReader;
 pub use maintenance::{DiskUsage, Pruned, StoredImage, Verified};
 pub use platform::Platform;
+pub use view::{FileKind, Stat, View};
 pub use work::{Progress, ProgressFn};

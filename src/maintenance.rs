@@ -1,6 +1,8 @@
 //! Cache management: what the layout's roots reach, and the upkeep built
 //! on it: listing images, pruning blobs and layer tars nothing reaches,
-//! measuring disk use, and re-hashing everything to find corruption.
+//! measuring disk use, and re-hashing everything to find corruption. A layer
+//! tar's index (`dst/tar-index/<alg>/<hex>`) goes with its tar: pruned
+//! when the tar is unreached or gone, measured, and re-checked by verify.
 //! File work runs on blocking threads that stop between files once their
 //! call is dropped; the store's lock is held only to delete, never while
 //! walking or hashing. Files are opened so that a FIFO, symlink or device
@@ -19,7 +21,9 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fs;
+use crate::layer::INDEX_DIR;
 use crate::store::{algorithm_dirs, Store, StoreLock};
+use crate::tar_index::format::TarIndex;
 use crate::work::{blocking, Stop};
 
 /// The most bytes of a blob read as a JSON document while walking: as
@@ -62,13 +66,18 @@ impl Pruned {
     }
 }
 
-/// Bytes and files under the store's blobs and the layer tars of a `dst`.
+/// Bytes and files under the store's blobs, and the layer tars and their
+/// indexes in a `dst`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskUsage {
     pub store_bytes: u64,
     pub store_files: u64,
+    /// The layer tars (not their indexes).
     pub dst_bytes: u64,
     pub dst_files: u64,
+    /// The layer tars' indexes under `dst/tar-index`.
+    pub index_bytes: u64,
+    pub index_files: u64,
 }
 
 /// What a verify found.
@@ -78,6 +87,11 @@ pub struct Verified {
     pub checked: u64,
     /// Files whose content does not hash to their name; removed if asked.
     pub corrupt: Vec<PathBuf>,
+    /// Layer tar indexes checked (their own checksum, format and diff_id).
+    pub indexes_checked: u64,
+    /// Indexes that failed that check; removed if asked (a view rebuilds
+    /// them from their tar).
+    pub corrupt_indexes: Vec<PathBuf>,
 }
 
 /// The blobs and layer tars some roots reach.
@@ -310,14 +324,30 @@ fn remove_dead_temps(store: &Store, dst: Option<&Path>, stop: &Stop) -> Result<P
     let mut pruned = Pruned::default();
     stop.check("pruning temp files")?;
     pruned.add(store.remove_stale_temps()?);
-    for dir in dst.map(algorithm_dirs).transpose()?.unwrap_or_default() {
+    let mut dirs = dst.map(algorithm_dirs).transpose()?.unwrap_or_default();
+    dirs.extend(dst.map(index_dirs).transpose()?.unwrap_or_default());
+    for dir in dirs {
         stop.check("pruning temp files")?;
         pruned.add(fs::remove_stale_temps(&dir)?);
     }
     Ok(pruned)
 }
 
-/// The store blobs and `dst` layer tars that `reached` does not reach.
+/// The algorithm directories of `dst/tar-index`, if it is a directory (a
+/// symlink there is not followed: nothing under it is ours).
+fn index_dirs(dst: &Path) -> Result<Vec<PathBuf>> {
+    let indexes = dst.join(INDEX_DIR);
+    match std::fs::symlink_metadata(&indexes) {
+        Ok(meta) if meta.is_dir() => algorithm_dirs(&indexes),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::io_at("reading the type of", &indexes, e))
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The store blobs, `dst` layer tars and their indexes that `reached` does
+/// not reach, and indexes whose tar is gone.
 fn unreached(
     store: &Store,
     dst: Option<&Path>,
@@ -334,7 +364,22 @@ fn unreached(
                 .map(|(_, p)| p),
         );
     }
+    // Indexes go before their tars, so that none is left naming a removed
+    // tar if the prune stops; one removed as a pull writes its tar again is
+    // rebuilt when a view needs it.
     let mut candidates = Vec::new();
+    if let Some(dst) = dst {
+        for dir in index_dirs(dst)? {
+            stop.check("listing tar indexes")?;
+            for (diff_id, path) in content_files(&dir)? {
+                let tar = crate::layer::tar_path(dst, &diff_id);
+                let tar_there = std::fs::symlink_metadata(tar).is_ok_and(|m| m.is_file());
+                if !tar_there || !reached.diff_ids.contains(&diff_id) {
+                    candidates.push(path);
+                }
+            }
+        }
+    }
     for dir in dst.map(algorithm_dirs).transpose()?.unwrap_or_default() {
         stop.check("listing layer tars")?;
         let files = content_files(&dir)?.into_iter();
@@ -344,8 +389,8 @@ fn unreached(
                 .map(|(_, p)| p),
         );
     }
-    // Deleted from the end, in name order like the listing, every layer tar
-    // before any store blob: a pull that records its image between two
+    // Deleted from the end, in name order like the listing, every index
+    // and layer tar before any store blob: a pull that records its image between two
     // slices of deletion (see `delete_batch`) then finds a tar missing
     // wherever its layer blob went, and extracts it again, which brings the
     // blob back. Blobs first, a tar could stay while its blob went.
@@ -377,14 +422,27 @@ pub(crate) async fn disk_usage(store: Arc<Store>, dst: Option<PathBuf>) -> Resul
                 usage.dst_bytes += file_size(&path)?;
             }
         }
+        for dir in dst
+            .as_deref()
+            .map(index_dirs)
+            .transpose()?
+            .unwrap_or_default()
+        {
+            for (_, path) in content_files(&dir)? {
+                stop.check("measuring tar indexes")?;
+                usage.index_files += 1;
+                usage.index_bytes += file_size(&path)?;
+            }
+        }
         Ok(usage)
     })
     .await
 }
 
 /// Re-hashes every store blob and every layer tar under `dst` against its
-/// name, and with `remove_corrupt` deletes the ones that do not match, so
-/// that the next pull fetches them again. Needs no lock: a corrupt file is
+/// name, and re-checks every tar index (checksum, format, diff_id), and
+/// with `remove_corrupt` deletes the ones that do not match, so that the
+/// next pull fetches them again (a view rebuilds an index). Needs no lock: a corrupt file is
 /// removed only if it is still the file that was hashed.
 pub(crate) async fn verify(
     store: Arc<Store>,
@@ -414,6 +472,26 @@ pub(crate) async fn verify(
                     remove_if_same(&path, &meta)?;
                 }
                 verified.corrupt.push(path);
+            }
+        }
+        let index_dirs = dst.as_deref().map(index_dirs).transpose()?;
+        for dir in index_dirs.unwrap_or_default() {
+            for (diff_id, path) in content_files(&dir)? {
+                stop.check("verifying")?;
+                let Some((mut file, meta)) = open_regular(&path)? else {
+                    continue;
+                };
+                verified.indexes_checked += 1;
+                let mut bytes = Vec::with_capacity(meta.len() as usize);
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| Error::io_at("reading", &path, e))?;
+                if TarIndex::from_bytes(bytes, &diff_id).is_ok() {
+                    continue;
+                }
+                if remove_corrupt {
+                    remove_if_same(&path, &meta)?;
+                }
+                verified.corrupt_indexes.push(path);
             }
         }
         Ok(verified)

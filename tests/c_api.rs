@@ -6,8 +6,10 @@
 //! contracts, free order, fork and threads: plainly, built with
 //! AddressSanitizer and UBSan (leaks included), and under valgrind;
 //! `tests/c/options_test.c` shows the cache options act (plainly and under
-//! the sanitizers). This file only sets the stage (registries, fixtures,
-//! builds) and judges what the programs report.
+//! the sanitizers); `tests/c/view_test.c` reads an image's files through
+//! the view (plainly, with the sanitizers, and under valgrind). This file
+//! only sets the stage (registries, fixtures, builds) and judges what the
+//! programs report.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -65,14 +67,6 @@ fn warn_if_stale(library: &Path) {
                 library.display()
             );
         }
-    }
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
     }
 }
 
@@ -230,14 +224,10 @@ fn compile(what: &str, command: &mut Command) {
     );
 }
 
-/// Checks `dst` holds exactly app's layer tars, byte for byte.
+/// Checks `dst` holds exactly app's layer tars, byte for byte, and their
+/// indexes.
 fn assert_app_layers(dst: &Path, app: &PushedImage) {
-    let mut expected: Vec<PathBuf> = app
-        .diff_ids
-        .iter()
-        .map(|d| dst.join("sha256").join(d.strip_prefix("sha256:").unwrap()))
-        .collect();
-    expected.sort();
+    let expected = layer_files(dst, app.diff_ids.iter().map(String::as_str));
     assert_eq!(files_under(dst), expected, "files under {}", dst.display());
     for (diff_id, layer) in app.diff_ids.iter().zip(&app.layers) {
         let path = dst
@@ -596,4 +586,159 @@ fn c_programs_use_the_c_abi() {
         "pull-static rewrote layers"
     );
     eprintln!("c_api done in {:.1?}", started.elapsed());
+}
+
+/// Builds `tests/c/{name}.c` into `output` against the shared library, with
+/// the extra compiler `flags` (the sanitizers, say).
+fn build_c_test(name: &str, output: &Path, flags: &[&str]) {
+    let root = manifest_dir();
+    let lib = library_dir();
+    compile(
+        &format!("cc {name}.c {}", flags.join(" ")),
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-D_POSIX_C_SOURCE=200809L", "-g"])
+            .args(flags)
+            .arg("-I")
+            .arg(root.join("include"))
+            .arg(root.join(format!("tests/c/{name}.c")))
+            .arg("-o")
+            .arg(output)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-loci_cache")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lpthread"),
+    );
+}
+
+/// view_test.c reads `c/view:v1` (the harness's view layers, gzip then
+/// plain, and a layer with a symlink loop) through the C view: plainly,
+/// with ASan and UBSan (leaks included), and under valgrind, each with its
+/// own store and dst, and each must run and pass every check it planned.
+#[test]
+fn c_view_reads_an_image() {
+    let work = tempfile::Builder::new()
+        .prefix("oci-cache-c-view-")
+        .tempdir()
+        .expect("creating a temp dir");
+    let work = work.path();
+    let program = work.join("view_test");
+    let sanitized = work.join("view_test_sanitized");
+    build_c_test("view_test", &program, &[]);
+    build_c_test("view_test", &sanitized, &C_SANITIZER_FLAGS);
+
+    let registry = Registry::start();
+    let mut layers = view_layers().into_iter();
+    let (lower, upper) = (layers.next().unwrap(), layers.next().unwrap());
+    let looped = vec![
+        TarEntry::Symlink("loop-a", "loop-b"),
+        TarEntry::Symlink("loop-b", "loop-a"),
+    ];
+    push_image(
+        &registry.host(),
+        "c/view",
+        Some("v1"),
+        vec![
+            FixtureLayer::gzip(layer_tar(&lower)),
+            FixtureLayer::plain(layer_tar(&upper)),
+            FixtureLayer::gzip(layer_tar(&looped)),
+        ],
+        false,
+        ("linux", host_arch(), None),
+    );
+    let reference = format!("{}/c/view:v1", registry.host());
+    let tmp = |name: &str| {
+        let dir = work.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    };
+    let judge = |ran: &Run, what: &str| {
+        if let Err(problem) = c_plan_met(ran) {
+            panic!("{what}: {problem}: {}", ran.describe());
+        }
+    };
+
+    let mut command = Command::new(&program);
+    command
+        .env("OCI_TEST_REF", &reference)
+        .env("OCI_TEST_TMP", tmp("plain"));
+    judge(&run("view_test", &mut command, RUN_LIMIT), "view_test");
+
+    let mut command = Command::new(&sanitized);
+    command
+        .env("OCI_TEST_REF", &reference)
+        .env("OCI_TEST_TMP", tmp("sanitized"));
+    sanitizer_env(&mut command);
+    let what = "view_test under ASan and UBSan";
+    judge(&run(what, &mut command, VALGRIND_LIMIT), what);
+
+    let log = work.join("view-valgrind.log");
+    let mut command = valgrind_command(&program, &log);
+    command
+        .env("OCI_TEST_REF", &reference)
+        .env("OCI_TEST_TMP", tmp("valgrind"));
+    let ran = run("view_test under valgrind", &mut command, VALGRIND_LIMIT);
+    assert_valgrind_clean(&log, &ran);
+    judge(&ran, "view_test under valgrind");
+
+    // examples-c/cat.c (oci-cat) prints a file through a symlink, and
+    // names the call that failed for what is not a regular file.
+    let cat = work.join("oci-cat");
+    let lib = library_dir();
+    compile(
+        "cc examples-c/cat.c",
+        Command::new("cc")
+            .args([
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-O2",
+            ])
+            .arg("-I")
+            .arg(manifest_dir().join("include"))
+            .arg(manifest_dir().join("examples-c/cat.c"))
+            .arg("-o")
+            .arg(&cat)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-loci_cache")
+            .arg(format!("-Wl,-rpath,{}", lib.display())),
+    );
+    let dst = tmp("cat");
+    let mut command = Command::new(&cat);
+    command.arg(&reference).arg("/etc/rel").arg(&dst);
+    let ran = run("oci-cat /etc/rel", &mut command, RUN_LIMIT);
+    assert!(
+        ran.status.success() && ran.stdout.as_bytes() == [7; 5000],
+        "oci-cat /etc/rel should print libc.so's 5000 bytes of 7: {}",
+        ran.describe()
+    );
+    // Without DST the layers go to a directory in $TMPDIR, deleted once the
+    // view is open.
+    let temp = tmp("cat-temp");
+    let mut command = Command::new(&cat);
+    command.arg(&reference).arg("/etc/rel").env("TMPDIR", &temp);
+    let ran = run("oci-cat /etc/rel without DST", &mut command, RUN_LIMIT);
+    assert!(
+        ran.status.success() && ran.stdout.as_bytes() == [7; 5000],
+        "oci-cat without DST should print the same bytes: {}",
+        ran.describe()
+    );
+    let left: Vec<_> = std::fs::read_dir(&temp).unwrap().collect();
+    assert!(left.is_empty(), "oci-cat left {left:?} in TMPDIR");
+    let mut command = Command::new(&cat);
+    command.arg(&reference).arg("/dev").arg(&dst);
+    let ran = run("oci-cat /dev", &mut command, RUN_LIMIT);
+    assert!(
+        ran.status.code() == Some(1)
+            && ran.stdout.is_empty()
+            && ran.stderr.contains(
+                "oci_view_open_file failed (-1): invalid argument: /dev is a directory, not a regular file"
+            ),
+        "oci-cat /dev should exit 1 naming oci_view_open_file: {}",
+        ran.describe()
+    );
 }

@@ -90,7 +90,30 @@ fn assert_consistent(store: &Path, dst: &Path, when: &str) -> Vec<PathBuf> {
             );
         }
     }
+    // A tar index under its final name is whole (its trailing checksum,
+    // docs/tar-index.md, matches) and names a tar that is there.
+    for path in files_under(&dst.join("tar-index/sha256")) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") {
+            temps.push(path);
+            continue;
+        }
+        let content = std::fs::read(&path).unwrap();
+        let (body, checksum) = content.split_at(content.len().saturating_sub(32));
+        assert!(
+            content.starts_with(b"OCITIDX\0")
+                && sha256(body) == format!("sha256:{}", hex(checksum)),
+            "{when}: index {} is partial or corrupt",
+            path.display()
+        );
+        let tar = tar_path(dst, &format!("sha256:{name}"));
+        assert!(tar.is_file(), "{when}: index {} has no tar", path.display());
+    }
     temps
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,11 +308,21 @@ async fn eight_processes_share_one_store_and_dst() {
         .collect();
     tars.sort();
     tars.dedup();
-    assert_eq!(files_under(&dst), tars, "layer tars in dst");
+    let mut expected: Vec<PathBuf> = images
+        .iter()
+        .flat_map(|image| &image.diff_ids)
+        .map(|diff_id| index_path(&dst, diff_id))
+        .chain(tars.iter().cloned())
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(files_under(&dst), expected, "layer tars and indexes in dst");
     let verified = cache.verify(Some(&dst), false).await.unwrap();
     assert_eq!(verified.corrupt, Vec::<PathBuf>::new());
     // 6 distinct layer blobs, 3 configs and 3 manifests.
     assert_eq!(verified.checked, 12 + tars.len() as u64);
+    assert_eq!(verified.indexes_checked, tars.len() as u64);
+    assert_eq!(verified.corrupt_indexes, Vec::<PathBuf>::new());
 }
 
 /// The next state of a xorshift64 generator (fixed seeds: runs repeat).
@@ -344,6 +377,7 @@ async fn killed_pulls_into_one_dst_leave_no_garbage_after_the_next_pull() {
     // no layer tar or layer blob yet, so every run writes temp files.
     let unfinished = || {
         for diff_id in &pushed.diff_ids {
+            let _ = std::fs::remove_file(index_path(&dst, diff_id));
             let _ = std::fs::remove_file(tar_path(&dst, diff_id));
         }
         for digest in &pushed.layer_digests {

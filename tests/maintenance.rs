@@ -74,6 +74,15 @@ async fn pull_two_images() -> Pulled {
     }
 }
 
+/// The index paths of both images' layer tars.
+fn all_indexes(p: &Pulled) -> Vec<PathBuf> {
+    p.images
+        .iter()
+        .flat_map(|image| &image.diff_ids)
+        .map(|diff_id| index_path(p.dst.path(), diff_id))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_disk_usage_count_what_is_there() {
     let p = pull_two_images().await;
@@ -88,11 +97,16 @@ async fn list_and_disk_usage_count_what_is_there() {
 
     let usage = p.cache.disk_usage(Some(p.dst.path())).await.unwrap();
     let blobs = files_under(&p.store.path().join("blobs"));
-    let tars = files_under(p.dst.path());
-    // 3 layer blobs (one shared), 2 configs, 2 manifests; 3 tars.
+    let tars = files_under(&p.dst.path().join("sha256"));
+    let indexes = files_under(&p.dst.path().join("tar-index"));
+    assert_eq!(indexes, sorted(all_indexes(&p)));
+    // 3 layer blobs (one shared), 2 configs, 2 manifests; 3 tars, and
+    // their 3 indexes counted apart.
     assert_eq!((usage.store_files, usage.dst_files), (7, 3));
     assert_eq!(usage.store_bytes, total_size(&blobs));
     assert_eq!(usage.dst_bytes, total_size(&tars));
+    assert_eq!(usage.index_files, 3);
+    assert_eq!(usage.index_bytes, total_size(&indexes));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +116,10 @@ async fn remove_then_prune_drops_only_what_nothing_else_reaches() {
     let first_only: Vec<PathBuf> = image_blobs(store, &p.images[0])
         .into_iter()
         .filter(|path| !image_blobs(store, &p.images[1]).contains(path))
-        .chain([tar_path(dst, &p.images[0].diff_ids[1])])
+        .chain([
+            tar_path(dst, &p.images[0].diff_ids[1]),
+            index_path(dst, &p.images[0].diff_ids[1]),
+        ])
         .collect();
     let freed = total_size(&first_only);
 
@@ -143,10 +160,11 @@ async fn remove_then_prune_drops_only_what_nothing_else_reaches() {
         store.join("oci-layout"),
     ]);
     assert_eq!(files_under(store), sorted(kept));
+    // The indexes of the tars still used stay with them.
     let kept_tars: Vec<PathBuf> = p.images[1]
         .diff_ids
         .iter()
-        .map(|d| tar_path(dst, d))
+        .flat_map(|d| [tar_path(dst, d), index_path(dst, d)])
         .collect();
     assert_eq!(files_under(dst), sorted(kept_tars));
     assert_eq!(p.cache.prune(Some(dst)).await.unwrap(), Pruned::default());
@@ -162,6 +180,7 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
     let (store, dst) = (p.store.path(), p.dst.path());
     let clean = p.cache.verify(Some(dst), false).await.unwrap();
     assert_eq!((clean.checked, clean.corrupt.len()), (10, 0));
+    assert_eq!((clean.indexes_checked, clean.corrupt_indexes.len()), (3, 0));
 
     let blob = blob_path(store, &p.images[1].layer_digests[0]);
     let tar = tar_path(dst, &p.images[1].diff_ids[0]);
@@ -169,12 +188,21 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::write(path, b"bit rot").unwrap();
     }
+    // One index flipped by a bit: counted apart from blobs and tars.
+    let index = index_path(dst, &p.images[1].diff_ids[1]);
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[70] ^= 1;
+    std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&index, &bytes).unwrap();
     let found = p.cache.verify(Some(dst), false).await.unwrap();
     assert_eq!(found.checked, 10);
     assert_eq!(
         sorted(found.corrupt),
         sorted(vec![blob.clone(), tar.clone()])
     );
+    assert_eq!(found.indexes_checked, 3);
+    assert_eq!(found.corrupt_indexes, vec![index.clone()]);
+    assert!(index.exists(), "verify without removal removed an index");
     assert!(
         blob.exists() && tar.exists(),
         "verify without removal removed something"
@@ -182,7 +210,8 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
 
     let removed = p.cache.verify(Some(dst), true).await.unwrap();
     assert_eq!(removed.corrupt.len(), 2);
-    assert!(!blob.exists() && !tar.exists());
+    assert_eq!(removed.corrupt_indexes, vec![index.clone()]);
+    assert!(!blob.exists() && !tar.exists() && !index.exists());
     // The next rootfs brings both back, whole.
     let image = p.cache.fetch_image(&p.refs[1], None).await.unwrap();
     let mut files = p.cache.rootfs(&image, dst).await.unwrap();
@@ -196,15 +225,70 @@ async fn verify_finds_and_removes_corrupt_blobs_and_tars() {
         sha256(&std::fs::read(&blob).unwrap()),
         p.images[1].layer_digests[0]
     );
+    let again = p.cache.verify(Some(dst), false).await.unwrap();
+    assert_eq!(again.corrupt.len(), 0);
+    // The re-extracted tar's index is written again; the removed index of
+    // an intact tar stays absent until a view needs it.
+    assert_eq!((again.indexes_checked, again.corrupt_indexes.len()), (2, 0));
+    assert!(index_path(dst, &p.images[1].diff_ids[0]).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_indexes_without_their_tar_and_dead_index_temps() {
+    let p = pull_two_images().await;
+    let dst = p.dst.path();
+    // A tar gone (removed by hand): its index goes at the next prune.
+    let gone = &p.images[0].diff_ids[1];
+    let orphan = index_path(dst, gone);
+    let orphan_size = std::fs::metadata(&orphan).unwrap().len();
+    std::fs::remove_file(tar_path(dst, gone)).unwrap();
+    // A dead writer's temp index goes too; a symlink or a foreign name in
+    // the index directory is not ours and stays.
+    let index_dir = orphan.parent().unwrap().to_owned();
+    let dead = index_dir.join(".tmp-dead");
+    std::fs::write(&dead, b"half an index").unwrap();
+    let link = index_dir.join(&sha256(b"planted")[7..]);
+    std::os::unix::fs::symlink(&orphan, &link).unwrap();
+    let foreign = index_dir.join("notes.txt");
+    std::fs::write(&foreign, b"mine").unwrap();
+    let before = p.cache.disk_usage(Some(dst)).await.unwrap();
+    assert_eq!((before.index_files, before.dst_files), (3, 2), "{before:?}");
+
+    let pruned = p.cache.prune(Some(dst)).await.unwrap();
     assert_eq!(
-        p.cache
-            .verify(Some(dst), false)
-            .await
-            .unwrap()
-            .corrupt
-            .len(),
-        0
+        pruned,
+        Pruned {
+            files: 2,
+            bytes: orphan_size + 13
+        }
     );
+    let mut expected: Vec<PathBuf> = all_indexes(&p)
+        .into_iter()
+        .filter(|path| path != &orphan)
+        .chain([link.clone(), foreign.clone()])
+        .collect();
+    expected.extend(
+        p.images
+            .iter()
+            .flat_map(|image| &image.diff_ids)
+            .filter(|d| *d != gone)
+            .map(|d| tar_path(dst, d)),
+    );
+    assert_eq!(files_under(dst), sorted(expected));
+    let after = p.cache.disk_usage(Some(dst)).await.unwrap();
+    let left: Vec<PathBuf> = all_indexes(&p)
+        .into_iter()
+        .filter(|path| path != &orphan)
+        .collect();
+    assert_eq!(
+        (after.index_files, after.index_bytes),
+        (2, total_size(&sorted(left))),
+        "{after:?}"
+    );
+    // The next rootfs brings the tar back with its index.
+    let image = p.cache.fetch_image(&p.refs[0], None).await.unwrap();
+    p.cache.rootfs(&image, dst).await.unwrap();
+    assert!(orphan.is_file() && tar_path(dst, gone).is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,7 @@ fn assert_layer_files(dst: &Path, files: &mut [File], pushed: &PushedImage) {
         assert_eq!(sha256(&on_disk), pushed.diff_ids[i]);
         assert_read_only(file, &path);
         expected.push(path);
+        expected.push(index_path(dst, &pushed.diff_ids[i]));
     }
     expected.sort();
     expected.dedup();
@@ -222,7 +223,10 @@ async fn every_layer_media_type_round_trips() {
             "extract_layer",
         );
         assert_read_only(&mut file, &path);
-        assert_eq!(files_under(single.path()), vec![path]);
+        assert_eq!(
+            files_under(single.path()),
+            layer_files(single.path(), [pushed.diff_ids[last].as_str()])
+        );
 
         let out_of_range = cache
             .extract_layer(&image, pushed.layers.len(), single.path())

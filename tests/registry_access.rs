@@ -43,9 +43,7 @@ fn push_small_image(endpoint: &Endpoint, repo: &str) -> PushedImage {
 /// `dst` holds exactly `pushed`'s layer tars, byte for byte.
 #[track_caller]
 fn assert_layer_tars(dst: &Path, pushed: &PushedImage) {
-    let mut expected: Vec<PathBuf> = pushed.diff_ids.iter().map(|d| tar_path(dst, d)).collect();
-    expected.sort();
-    expected.dedup();
+    let expected = layer_files(dst, pushed.diff_ids.iter().map(String::as_str));
     assert_eq!(files_under(dst), expected, "files under {}", dst.display());
     for (diff_id, layer) in pushed.diff_ids.iter().zip(&pushed.layers) {
         let path = tar_path(dst, diff_id);
@@ -281,13 +279,13 @@ async fn child_pull() {
             within("rootfs", cache.rootfs(&image, dst.path()))
                 .await
                 .unwrap_or_else(|e| panic!("rootfs of {reference}: {e}"));
-            let mut expected: Vec<PathBuf> = var("OCI_TEST_DIFF_IDS")
-                .split(',')
-                .map(|d| tar_path(dst.path(), d))
-                .collect();
-            expected.sort();
+            let diff_ids = var("OCI_TEST_DIFF_IDS");
+            let expected = layer_files(dst.path(), diff_ids.split(','));
             assert_eq!(files_under(dst.path()), expected);
-            for path in &expected {
+            let tars = expected
+                .iter()
+                .filter(|p| !p.starts_with(dst.path().join("tar-index")));
+            for path in tars {
                 let name = path.file_name().unwrap().to_string_lossy();
                 assert_eq!(
                     sha256(&std::fs::read(path).unwrap()),
@@ -1502,13 +1500,25 @@ fn assert_call_options_test(ran: &Run, tmp: &Path, app: &PushedImage, what: &str
         Vec::<PathBuf>::new(),
         "{what}: files left in stalled"
     );
-    for file in files_under(&tmp.join("canceled")) {
+    let canceled = tmp.join("canceled");
+    for file in files_under(&canceled.join("sha256")) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let content = std::fs::read(&file).unwrap();
         assert_eq!(
             sha256(&content),
             format!("sha256:{name}"),
             "{what}: {} is not a whole layer",
+            file.display()
+        );
+    }
+    // An index is there only with its (whole) tar, and nothing else is.
+    for file in files_under(&canceled) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let diff_id = format!("sha256:{name}");
+        let tar = tar_path(&canceled, &diff_id);
+        assert!(
+            file == tar || (file == index_path(&canceled, &diff_id) && tar.is_file()),
+            "{what}: {} left in canceled",
             file.display()
         );
     }

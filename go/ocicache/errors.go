@@ -42,7 +42,8 @@ type Error struct {
 
 	// cause is what made this package report the error, when there is more
 	// than the code to match: context.Canceled or deadlineExceeded for a
-	// call its context ended, ErrClosed.
+	// call its context ended, ErrClosed, or the io/fs error of a View's
+	// failure (fs.ErrNotExist, fs.ErrInvalid, fs.ErrClosed).
 	cause error
 }
 
@@ -107,7 +108,7 @@ var (
 )
 
 // ErrClosed is matched (besides ErrInvalidArgument) by the error of a call
-// made on a Cache, Image or layer reader after its Close.
+// made on a Cache, Image, layer reader or View after its Close.
 var ErrClosed = errors.New("use of a closed handle")
 
 var sentinels = []*Error{

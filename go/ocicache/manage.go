@@ -1,6 +1,7 @@
 // This file owns cache management: List and Remove over the images a
 // store records, and Prune, DiskUsage and Verify over the store and a
-// directory of layer tars. Each needs a Cache opened with Options.Store.
+// directory of layer tars with their indexes. Each needs a Cache opened
+// with Options.Store.
 
 package ocicache
 
@@ -46,6 +47,10 @@ type DiskUsage struct {
 	// DstBytes and DstFiles are the size and number of the layer tars
 	// under dst; 0 without one.
 	DstBytes, DstFiles uint64
+	// IndexBytes and IndexFiles are the size and number of the layer tars'
+	// indexes under dst/tar-index, which views read (see View); 0 without
+	// a dst.
+	IndexBytes, IndexFiles uint64
 }
 
 // Verified is what Verify found.
@@ -56,6 +61,14 @@ type Verified struct {
 	// their name: under the store's blobs, or under dst with its symlinks
 	// resolved.
 	Corrupt []string
+	// IndexesChecked is the number of layer tar indexes under
+	// dst/tar-index re-checked: their checksum, format and diff_id.
+	IndexesChecked uint64
+	// CorruptIndexes are the paths of the indexes that failed that check,
+	// under dst with its symlinks resolved. They are apart from Corrupt as
+	// they lose no content: the next View of their layer writes them again
+	// from the tar.
+	CorruptIndexes []string
 }
 
 // List returns the images the store records under a name, in the order of
@@ -139,8 +152,9 @@ func (c *Cache) Prune(ctx context.Context, dst string) (Pruned, error) {
 	return Pruned{Files: uint64(files), Bytes: uint64(bytes)}, nil
 }
 
-// DiskUsage returns the bytes and the number of the store's blobs and of
-// the layer tars under dst ("" = none), counted in one walk.
+// DiskUsage returns the bytes and the number of the store's blobs, of the
+// layer tars under dst ("" = none) and of their indexes, counted in one
+// walk.
 func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -166,13 +180,17 @@ func (c *Cache) DiskUsage(ctx context.Context, dst string) (DiskUsage, error) {
 		StoreFiles: uint64(C.oci_disk_usage_store_files(usage)),
 		DstBytes:   uint64(C.oci_disk_usage_dst_bytes(usage)),
 		DstFiles:   uint64(C.oci_disk_usage_dst_files(usage)),
+		IndexBytes: uint64(C.oci_disk_usage_index_bytes(usage)),
+		IndexFiles: uint64(C.oci_disk_usage_index_files(usage)),
 	}, nil
 }
 
 // Verify re-hashes every store blob, and every layer tar under dst ("" =
-// the store only), against its name and reports those that do not match.
-// With removeCorrupt it deletes them, so that the next RootFS fetches them
-// again. It ends between chunks of a file once ctx is done.
+// the store only), against its name and reports those that do not match;
+// it re-checks the tars' indexes too, reported apart. With removeCorrupt
+// it deletes the bad ones, so that the next RootFS fetches them again (and
+// the next View rebuilds an index). It ends between chunks of a file once
+// ctx is done.
 func (c *Cache) Verify(ctx context.Context, dst string, removeCorrupt bool) (Verified, error) {
 	ptr, err := c.acquire()
 	if err != nil {
@@ -193,9 +211,15 @@ func (c *Cache) Verify(ctx context.Context, dst string, removeCorrupt bool) (Ver
 		return Verified{}, err
 	}
 	defer C.oci_verify_report_free(report)
-	v := Verified{Checked: uint64(C.oci_verify_report_checked(report))}
+	v := Verified{
+		Checked:        uint64(C.oci_verify_report_checked(report)),
+		IndexesChecked: uint64(C.oci_verify_report_indexes_checked(report)),
+	}
 	for i := 0; i < int(C.oci_verify_report_corrupt_count(report)); i++ {
 		v.Corrupt = append(v.Corrupt, C.GoString(C.oci_verify_report_corrupt_path(report, C.size_t(i))))
+	}
+	for i := 0; i < int(C.oci_verify_report_corrupt_index_count(report)); i++ {
+		v.CorruptIndexes = append(v.CorruptIndexes, C.GoString(C.oci_verify_report_corrupt_index_path(report, C.size_t(i))))
 	}
 	return v, nil
 }

@@ -12,7 +12,8 @@
 // (Options.Store) first and the registry second. FetchImage gets an image's
 // manifest and config; RootFS, ExtractLayers and ExtractLayer put its layers
 // at DST/sha256/<hex of diff_id> and return them as *os.File; FetchLayer
-// streams one layer.
+// streams one layer. View reads an image's files without unpacking it: an
+// io/fs file system over the layer tars, merged as the OCI image spec says.
 //
 //	cache, err := ocicache.Open(ocicache.Options{Store: "/var/lib/images"})
 //	if err != nil { ... }
@@ -22,6 +23,10 @@
 //	defer img.Close()
 //	files, err := cache.RootFS(ctx, img, "/var/lib/layers")
 //	// files[i] is img.Layers[i]; the caller closes them.
+//	view, err := cache.View(ctx, img, "/var/lib/layers")
+//	if err != nil { ... }
+//	defer view.Close()
+//	osRelease, err := view.ReadFile("etc/os-release")
 //
 // # Linking
 //
@@ -506,7 +511,8 @@ func cString(what, s string) (*C.char, error) {
 }
 
 // Close releases the cache, after waiting for the calls in flight on it.
-// Images and readers made from it stay usable. Closing twice is a no-op.
+// Images, readers and views made from it stay usable. Closing twice is a
+// no-op.
 // Closing from a progress function fails instead of waiting forever for
 // the call that runs it.
 func (c *Cache) Close() error {

@@ -24,6 +24,7 @@ use crate::manifest::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::registry::{Download, Limits, Registry};
 use crate::store::{Staged, Store};
+use crate::view::View;
 use crate::work;
 
 mod image;
@@ -321,6 +322,39 @@ impl ImageCache {
         self.extract_all(image, dst, true).await
     }
 
+    /// The [`View`] of `image`'s files: runs [`rootfs`](Self::rootfs)
+    /// first (missing layers are fetched), then loads each layer tar's
+    /// index. The view keeps its own fds of the tars and outlives this
+    /// cache and `image`.
+    pub async fn view(&self, image: &Image, dst: impl AsRef<Path>) -> Result<View> {
+        let files = self.rootfs(image, dst.as_ref()).await?;
+        let layers: Vec<(File, Digest)> = files
+            .into_iter()
+            .zip(&image.layers)
+            .map(|(file, layer)| (file, layer.diff_id.clone()))
+            .collect();
+        let (dst, reserve) = (dst.as_ref().to_owned(), self.inner.free_space_reserve);
+        // Each tar's index is opened, or built and written if missing or
+        // bad; the work stops between layers once the call is dropped.
+        let load = move |stop: &work::Stop| {
+            let indexed = layers
+                .into_iter()
+                .map(|(tar, diff_id)| {
+                    stop.check("loading the view's indexes")?;
+                    let index = layer::ensure_index(&dst, &diff_id, &tar, reserve)?;
+                    Ok((tar, index))
+                })
+                .collect::<Result<_>>()?;
+            Ok(View::new(indexed))
+        };
+        self.call
+            .bounded(
+                || format!("view of {}", image.reference),
+                work::blocking(load),
+            )
+            .await
+    }
+
     async fn extract_all(&self, image: &Image, dst: &Path, reuse: bool) -> Result<Vec<File>> {
         let all = async {
             if let Some(files) = reuse.then(|| self.rootfs_cached(image, dst)).flatten() {
@@ -585,9 +619,9 @@ impl ImageCache {
         .await
     }
 
-    /// Removes the store's blobs, and the layer tars under `dst`, that no
-    /// entry of `index.json` reaches, and temp files left by killed
-    /// writers. Every entry is a root, named or not (as other tools such as
+    /// Removes the store's blobs, and the layer tars under `dst` with their
+    /// indexes, that no entry of `index.json` reaches, indexes whose tar is
+    /// gone, and temp files left by killed writers. Every entry is a root, named or not (as other tools such as
     /// skopeo write them), whatever its media type; everything it reaches
     /// through `manifests`, `config`, `layers`, `blobs` and `subject` stays,
     /// and so do the layer tars of every reached config's diff_ids. Safe
@@ -602,7 +636,8 @@ impl ImageCache {
             .await
     }
 
-    /// Bytes and files of the store's blobs, and of the layer tars under `dst`.
+    /// Bytes and files of the store's blobs, and of the layer tars and
+    /// (apart) their indexes under `dst`.
     pub async fn disk_usage(&self, dst: Option<&Path>) -> Result<DiskUsage> {
         let dst = dst.map(existing_dir).transpose()?;
         self.maintain("disk_usage", |store| maintenance::disk_usage(store, dst))
@@ -610,9 +645,10 @@ impl ImageCache {
     }
 
     /// Re-hashes every store blob and every layer tar under `dst` and
-    /// reports those that do not match their digest; with `remove_corrupt`
-    /// it deletes them, so the next [`rootfs`](Self::rootfs) fetches them
-    /// again. Takes no lock; a deadline or dropping the call ends it
+    /// reports those that do not match their digest, and re-checks every
+    /// tar index (reported apart); with `remove_corrupt` it deletes them,
+    /// so the next [`rootfs`](Self::rootfs) fetches them again (an index is
+    /// rebuilt when a view needs it). Takes no lock; a deadline or dropping the call ends it
     /// between chunks of a file. Files that are not regular (symlinks,
     /// FIFOs) are skipped, never followed or waited on.
     pub async fn verify(&self, dst: Option<&Path>, remove_corrupt: bool) -> Result<Verified> {

@@ -1,12 +1,13 @@
 //! Cache management: `oci_cache_list` and its `oci_image_list`,
 //! `oci_cache_remove`, `oci_cache_prune`, `oci_cache_disk_usage`,
 //! `oci_cache_disk_usage_report` and its `oci_disk_usage`, and
-//! `oci_cache_verify` and its `oci_verify_report`. Each is a skin over the
-//! `ImageCache` method of the same name and needs a cache with a store.
+//! `oci_cache_verify` and its `oci_verify_report` (tar indexes included).
+//! Each is a skin over the `ImageCache` method of the same name and needs a
+//! cache with a store.
 
 use std::ffi::{c_char, CString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::cache::oci_cache;
 use super::options::oci_call_options;
@@ -34,6 +35,8 @@ struct ListEntry {
 pub struct oci_verify_report {
     checked: u64,
     corrupt: Vec<CString>,
+    indexes_checked: u64,
+    corrupt_indexes: Vec<CString>,
 }
 
 impl Castable for oci_image_list {
@@ -45,8 +48,8 @@ impl Castable for oci_verify_report {
 }
 
 /// What `oci_cache_disk_usage_report` counted: bytes and files of the
-/// store's blobs and of a `dst`'s layer tars, from one walk. Immutable: may
-/// be read from any thread.
+/// store's blobs and of a `dst`'s layer tars and their indexes, from one
+/// walk. Immutable: may be read from any thread.
 pub struct oci_disk_usage {
     usage: DiskUsage,
 }
@@ -249,12 +252,12 @@ pub extern "C" fn oci_cache_disk_usage(
 }
 
 /// Stores in `*usage_out` the bytes and the number of files of the store's
-/// blobs and of the layer tars under `dst` (NULL: 0 and 0), counted in one
-/// walk; read them with `oci_disk_usage_store_bytes` and the accessors after
-/// it, and free the report with `oci_disk_usage_free`. A report rather than
-/// more out-parameters, so later counts are new accessors, not a new
-/// signature. `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache
-/// without a store.
+/// blobs, of the layer tars under `dst` and of their indexes under
+/// `dst/tar-index` (NULL `dst`: 0 for both), counted in one walk; read
+/// them with `oci_disk_usage_store_bytes` and the accessors after it, and
+/// free the report with `oci_disk_usage_free`. A report rather than more
+/// out-parameters, so later counts are new accessors, not a new signature.
+/// `dst` must exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_disk_usage_report(
     cache: *const oci_cache,
@@ -299,6 +302,22 @@ pub extern "C" fn oci_disk_usage_dst_files(usage: *const oci_disk_usage) -> u64 
     getter(usage, 0, |u| Some(u.usage.dst_files))
 }
 
+/// The bytes of the layer tars' indexes under `dst/tar-index` (0 without a
+/// `dst`); 0 if `usage` is NULL. They are not part of
+/// `oci_disk_usage_dst_bytes`.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_index_bytes(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.index_bytes))
+}
+
+/// The number of layer tar indexes under `dst/tar-index` (0 without a
+/// `dst`); 0 if `usage` is NULL. They are not part of
+/// `oci_disk_usage_dst_files`.
+#[no_mangle]
+pub extern "C" fn oci_disk_usage_index_files(usage: *const oci_disk_usage) -> u64 {
+    getter(usage, 0, |u| Some(u.usage.index_files))
+}
+
 /// Frees `usage`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn oci_disk_usage_free(usage: *mut oci_disk_usage) {
@@ -312,8 +331,14 @@ pub extern "C" fn oci_disk_usage_free(usage: *mut oci_disk_usage) {
 /// `oci_rootfs` fetches them again. Free the report with
 /// `oci_verify_report_free`. Takes no lock; the options' deadline or cancel
 /// token ends it between chunks of a file. Files that are not regular
-/// (symlinks, FIFOs) are skipped, never followed or waited on. `dst` must
-/// exist. `OCI_E_INVALID_ARGUMENT` for a cache without a store.
+/// (symlinks, FIFOs) are skipped, never followed or waited on. The layer
+/// tars' indexes under `dst/tar-index` are re-checked too (their checksum,
+/// format and diff_id), and with `remove_corrupt` a bad one is deleted.
+/// Indexes are reported apart from blobs and tars
+/// (`oci_verify_report_indexes_checked`,
+/// `oci_verify_report_corrupt_index_path`): a bad index loses no content,
+/// as a view rebuilds it from its tar. `dst` must exist.
+/// `OCI_E_INVALID_ARGUMENT` for a cache without a store.
 #[no_mangle]
 pub extern "C" fn oci_cache_verify(
     cache: *const oci_cache,
@@ -330,21 +355,27 @@ pub extern "C" fn oci_cache_verify(
         let verified = cache.run(options, |cache| async move {
             cache.verify(dst, remove_corrupt).await
         })?;
-        let corrupt = verified
-            .corrupt
-            .iter()
-            .map(|path| c_string(path.as_os_str().as_bytes(), "a corrupt file's path"))
-            .collect::<Outcome<Vec<_>>>()?;
         *report_out = to_boxed_mut_ptr(oci_verify_report {
             checked: verified.checked,
-            corrupt,
+            corrupt: c_paths(&verified.corrupt, "a corrupt file's path")?,
+            indexes_checked: verified.indexes_checked,
+            corrupt_indexes: c_paths(&verified.corrupt_indexes, "a corrupt index's path")?,
         });
         Ok(())
     })
 }
 
-/// The number of files re-hashed: store blobs and layer tars; 0 if
-/// `report` is NULL.
+/// `paths` for C; one with a NUL byte is `OCI_E_INVALID_CONTENT` naming
+/// `what`.
+fn c_paths(paths: &[PathBuf], what: &str) -> Outcome<Vec<CString>> {
+    paths
+        .iter()
+        .map(|path| c_string(path.as_os_str().as_bytes(), what))
+        .collect()
+}
+
+/// The number of files re-hashed: store blobs and layer tars (indexes are
+/// counted by `oci_verify_report_indexes_checked`); 0 if `report` is NULL.
 #[no_mangle]
 pub extern "C" fn oci_verify_report_checked(report: *const oci_verify_report) -> u64 {
     getter(report, 0, |r| Some(r.checked))
@@ -367,6 +398,35 @@ pub extern "C" fn oci_verify_report_corrupt_path(
 ) -> *const c_char {
     getter(report, std::ptr::null(), |r| {
         Some(r.corrupt.get(index)?.as_ptr())
+    })
+}
+
+/// The number of layer tar indexes under `dst/tar-index` re-checked
+/// (checksum, format and diff_id); 0 without a `dst`, or if `report` is
+/// NULL.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_indexes_checked(report: *const oci_verify_report) -> u64 {
+    getter(report, 0, |r| Some(r.indexes_checked))
+}
+
+/// The number of indexes that failed that check; 0 if `report` is NULL.
+/// They are not part of `oci_verify_report_corrupt_count`.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_corrupt_index_count(report: *const oci_verify_report) -> usize {
+    getter(report, 0, |r| Some(r.corrupt_indexes.len()))
+}
+
+/// The path of corrupt index `index`: under `dst/tar-index`, with `dst` as
+/// `realpath()` spells it. Removed if `oci_cache_verify` was asked to; the
+/// next view of its layer writes it again from the tar. NULL if `report`
+/// is NULL or `index` out of range.
+#[no_mangle]
+pub extern "C" fn oci_verify_report_corrupt_index_path(
+    report: *const oci_verify_report,
+    index: usize,
+) -> *const c_char {
+    getter(report, std::ptr::null(), |r| {
+        Some(r.corrupt_indexes.get(index)?.as_ptr())
     })
 }
 

@@ -23,6 +23,7 @@ pub mod image;
 pub mod layer;
 pub mod manage;
 pub mod options;
+pub mod view;
 
 pub use error::*;
 pub(crate) use handle::*;

@@ -1061,7 +1061,8 @@ static void test_happy_path(oci_cache *cache, const oci_image *app) {
         close(one);
 
     set_context("what is under dst after all that");
-    CHECK(count_regular_files(dst) == LAYERS);
+    /* Each layer tar and its index (dst/tar-index). */
+    CHECK(count_regular_files(dst) == 2 * LAYERS);
     for (size_t i = 0; i < LAYERS; i++) {
         layer_path(path, dst, i);
         CHECK(access(path, R_OK) == 0);
@@ -1144,7 +1145,7 @@ static void test_hostile_dst(oci_cache *cache, const oci_image *app) {
     CHECK(count_regular_files(bare) == 0);
     EXPECT_OK(oci_rootfs(unlimited, app, bare, NULL, fds, LAYERS, &err), &err);
     close_fds(fds, LAYERS);
-    CHECK(count_regular_files(bare) == LAYERS);
+    CHECK(count_regular_files(bare) == 2 * LAYERS);
     oci_cache_free(strict);
     oci_cache_free(unlimited);
 }
@@ -1195,10 +1196,19 @@ static int same_string(const char *got, const char *want) {
     return got && want && strcmp(got, want) == 0;
 }
 
-/* Two checks: a verify of store and dst re-hashed `checked` files and found
- * `corrupt` of them corrupt. Returns the report, or NULL. */
+/* Where a view keeps the index of layer `i`'s tar: dst/tar-index/<alg>/<hex>. */
+static void index_path(char *path, const char *dst, size_t i) {
+    const char *diff_id = cfg.layers[i].diff_id;
+    const char *colon = strchr(diff_id, ':');
+    snprintf(path, PATH_CAP, "%s/tar-index/sha256/%s", dst, colon ? colon + 1 : diff_id);
+}
+
+/* Three checks: a verify of store and dst re-hashed `checked` files and
+ * found `corrupt` of them corrupt, and re-checked `indexes` tar indexes and
+ * found `bad_indexes` of them corrupt. Returns the report, or NULL. */
 static oci_verify_report *verify(oci_cache *cache, const char *dst, bool remove_corrupt,
-                                 uint64_t checked, size_t corrupt) {
+                                 uint64_t checked, size_t corrupt, uint64_t indexes,
+                                 size_t bad_indexes) {
     oci_error *err = NULL;
     oci_verify_report *report = NULL;
     oci_status status = oci_cache_verify(cache, dst, remove_corrupt, NULL, &report, &err);
@@ -1206,6 +1216,8 @@ static oci_verify_report *verify(oci_cache *cache, const char *dst, bool remove_
     oci_error_free(err);
     CHECK(oci_verify_report_checked(report) == checked &&
           oci_verify_report_corrupt_count(report) == corrupt);
+    CHECK(oci_verify_report_indexes_checked(report) == indexes &&
+          oci_verify_report_corrupt_index_count(report) == bad_indexes);
     return report;
 }
 
@@ -1263,6 +1275,10 @@ static void test_cache_management(void) {
     CHECK(oci_image_list_size(NULL, 0) == -1);
     CHECK(oci_verify_report_checked(NULL) == 0 && oci_verify_report_corrupt_count(NULL) == 0 &&
           oci_verify_report_corrupt_path(NULL, 0) == NULL);
+    CHECK(oci_verify_report_indexes_checked(NULL) == 0 &&
+          oci_verify_report_corrupt_index_count(NULL) == 0 &&
+          oci_verify_report_corrupt_index_path(NULL, 0) == NULL);
+    CHECK(oci_disk_usage_index_bytes(NULL) == 0 && oci_disk_usage_index_files(NULL) == 0);
 
     set_context("bad strings and a missing dst for the cache management calls");
     EXPECT_ERROR(oci_cache_remove(cache, "\xff\xfe", NULL, &err), OCI_E_INVALID_ARGUMENT, &err,
@@ -1322,9 +1338,19 @@ static void test_cache_management(void) {
     other_only += file_size(path);
     tar_path(path, dst, oci_image_layer_diff_id(other, 0));
     long long other_tar = file_size(path);
-    int store_files = 0, dst_files = 0;
+    /* The tars alone: their indexes (dst/tar-index) are counted apart. */
+    char tars[PATH_CAP + 128];
+    snprintf(tars, sizeof tars, "%s/sha256", dst);
+    char indexes[PATH_CAP + 128];
+    snprintf(indexes, sizeof indexes, "%s/tar-index/sha256/%s", dst,
+             oci_image_layer_diff_id(other, 0) + strlen("sha256:"));
+    long long other_index = file_size(indexes);
+    snprintf(indexes, sizeof indexes, "%s/tar-index", dst);
+    int store_files = 0, dst_files = 0, index_files = 0;
     long long store_total = sum_file_sizes(blobs, &store_files);
-    long long dst_total = sum_file_sizes(dst, &dst_files);
+    long long dst_total = sum_file_sizes(tars, &dst_files);
+    long long index_total = sum_file_sizes(indexes, &index_files);
+    CHECK(index_files == LAYERS + 1 && other_index > 0);
     CHECK(store_files == 9 && store_total == app_size + other_only);
     CHECK(dst_files == LAYERS + 1 && other_tar > 0);
 
@@ -1359,6 +1385,24 @@ static void test_cache_management(void) {
     EXPECT_OK(oci_cache_disk_usage(cache, NULL, NULL, &store_bytes, &dst_bytes, &err), &err);
     CHECK(store_bytes == (uint64_t)store_total && dst_bytes == 0);
 
+    set_context("oci_cache_disk_usage_report with the tar indexes");
+    {
+        oci_disk_usage *usage = NULL;
+        EXPECT_OK(oci_cache_disk_usage_report(cache, dst, NULL, &usage, &err), &err);
+        CHECK(oci_disk_usage_store_bytes(usage) == (uint64_t)store_total &&
+              oci_disk_usage_store_files(usage) == (uint64_t)store_files);
+        CHECK(oci_disk_usage_dst_bytes(usage) == (uint64_t)dst_total &&
+              oci_disk_usage_dst_files(usage) == (uint64_t)dst_files);
+        CHECK(oci_disk_usage_index_bytes(usage) == (uint64_t)index_total &&
+              oci_disk_usage_index_files(usage) == (uint64_t)index_files);
+        oci_disk_usage_free(usage);
+        usage = NULL;
+        EXPECT_OK(oci_cache_disk_usage_report(cache, NULL, NULL, &usage, &err), &err);
+        CHECK(oci_disk_usage_dst_files(usage) == 0 && oci_disk_usage_index_bytes(usage) == 0 &&
+              oci_disk_usage_index_files(usage) == 0);
+        oci_disk_usage_free(usage);
+    }
+
     set_context("oci_cache_remove of %s", cfg.multi_ref);
     EXPECT_OK(oci_cache_remove(cache, cfg.multi_ref, NULL, &err), &err);
     EXPECT_ERROR(oci_cache_remove(cache, cfg.multi_ref, NULL, &err), OCI_E_NOT_FOUND, &err,
@@ -1379,15 +1423,17 @@ static void test_cache_management(void) {
     files = bytes = 777;
     EXPECT_OK(oci_cache_prune(cache, dst, NULL, &files, &bytes, &err), &err);
     {
-        int store_after = 0, dst_after = 0;
+        int store_after = 0, dst_after = 0, index_after = 0;
         long long bytes_after = sum_file_sizes(blobs, &store_after);
-        bytes_after += sum_file_sizes(dst, &dst_after);
+        bytes_after += sum_file_sizes(tars, &dst_after);
+        bytes_after += sum_file_sizes(indexes, &index_after);
         /* The index, the other platform's manifest, config and layer blob,
-         * and its layer tar: what multi alone reached. */
-        CHECK(files == 5 && bytes == (uint64_t)(other_only + other_tar));
-        CHECK(files == (uint64_t)(store_files + dst_files - store_after - dst_after) &&
-              bytes == (uint64_t)(store_total + dst_total - bytes_after));
-        CHECK(store_after == 5 && dst_after == LAYERS);
+         * and its layer tar and tar index: what multi alone reached. */
+        CHECK(files == 6 && bytes == (uint64_t)(other_only + other_tar + other_index));
+        CHECK(files == (uint64_t)(store_files + dst_files + index_files - store_after -
+                                  dst_after - index_after) &&
+              bytes == (uint64_t)(store_total + dst_total + index_total - bytes_after));
+        CHECK(store_after == 5 && dst_after == LAYERS && index_after == LAYERS);
     }
     blob_path(path, store, cfg.multi_digest);
     CHECK(file_size(path) == -1);
@@ -1412,10 +1458,11 @@ static void test_cache_management(void) {
     CHECK(files == 0 && bytes == 0);
 
     set_context("oci_cache_verify of an intact store and dst");
-    report = verify(cache, dst, false, 5 + LAYERS, 0);
-    CHECK(oci_verify_report_corrupt_path(report, 0) == NULL);
+    report = verify(cache, dst, false, 5 + LAYERS, 0, LAYERS, 0);
+    CHECK(oci_verify_report_corrupt_path(report, 0) == NULL &&
+          oci_verify_report_corrupt_index_path(report, 0) == NULL);
     oci_verify_report_free(report);
-    report = verify(cache, NULL, false, 5, 0);
+    report = verify(cache, NULL, false, 5, 0, 0, 0);
     oci_verify_report_free(report);
 
     set_context("oci_cache_verify of a dst whose layer 0 tar was overwritten");
@@ -1431,12 +1478,12 @@ static void test_cache_management(void) {
     char expected[PATH_CAP];
     layer_path(expected, real_dst, 0);
     /* Found, and left alone when not asked to remove it. */
-    report = verify(cache, dst, false, 5 + LAYERS, 1);
+    report = verify(cache, dst, false, 5 + LAYERS, 1, LAYERS, 0);
     CHECK(same_string(oci_verify_report_corrupt_path(report, 0), expected));
     CHECK(oci_verify_report_corrupt_path(report, 1) == NULL);
     oci_verify_report_free(report);
     CHECK(access(path, F_OK) == 0);
-    report = verify(cache, dst, true, 5 + LAYERS, 1);
+    report = verify(cache, dst, true, 5 + LAYERS, 1, LAYERS, 0);
     CHECK(same_string(oci_verify_report_corrupt_path(report, 0), expected));
     oci_verify_report_free(report);
     CHECK(access(path, F_OK) != 0);
@@ -1447,7 +1494,43 @@ static void test_cache_management(void) {
         check_layer_fd(fds[i], dst, i);
     close_fds(fds, LAYERS);
     /* Restored with the right content: it hashes to its name again. */
-    report = verify(cache, dst, false, 5 + LAYERS, 0);
+    report = verify(cache, dst, false, 5 + LAYERS, 0, LAYERS, 0);
+    oci_verify_report_free(report);
+
+    set_context("oci_cache_verify of a dst whose layer 1 tar index was overwritten");
+    index_path(path, dst, 1);
+    long long index_size = file_size(path);
+    CHECK(index_size > 0 && chmod(path, 0600) == 0);
+    {
+        FILE *file = fopen(path, "w");
+        REQUIRE(file != NULL);
+        fputs("not an index\n", file);
+        fclose(file);
+    }
+    index_path(expected, real_dst, 1);
+    /* Listed apart from the blobs and tars, and kept when not asked to remove it. */
+    report = verify(cache, dst, false, 5 + LAYERS, 0, LAYERS, 1);
+    CHECK(same_string(oci_verify_report_corrupt_index_path(report, 0), expected));
+    CHECK(oci_verify_report_corrupt_index_path(report, 1) == NULL &&
+          oci_verify_report_corrupt_path(report, 0) == NULL);
+    oci_verify_report_free(report);
+    CHECK(file_size(path) == (long long)strlen("not an index\n"));
+    report = verify(cache, dst, true, 5 + LAYERS, 0, LAYERS, 1);
+    CHECK(same_string(oci_verify_report_corrupt_index_path(report, 0), expected));
+    oci_verify_report_free(report);
+    CHECK(access(path, F_OK) != 0);
+    report = verify(cache, dst, false, 5 + LAYERS, 0, LAYERS - 1, 0);
+    oci_verify_report_free(report);
+
+    set_context("oci_view_open after verify removed a corrupt tar index");
+    {
+        oci_view *view = NULL;
+        EXPECT_OK(oci_view_open(cache, app, dst, NULL, &view, &err), &err);
+        oci_view_free(view);
+    }
+    /* Written again from its tar, the same size as before. */
+    CHECK(file_size(path) == index_size);
+    report = verify(cache, dst, false, 5 + LAYERS, 0, LAYERS, 0);
     oci_verify_report_free(report);
 
     oci_image_free(other);
@@ -1751,7 +1834,7 @@ static void test_threads(oci_cache *cache, const oci_image *app) {
                     workers[i].first_failure);
         CHECK(workers[i].failures == 0);
     }
-    CHECK(count_regular_files(dst) == LAYERS);
+    CHECK(count_regular_files(dst) == 2 * LAYERS);
 }
 
 /* A socket on 127.0.0.1 that listens and never accepts: connections

@@ -62,6 +62,24 @@ pub fn tar_path(dst: &Path, diff_id: &str) -> PathBuf {
     dst.join("sha256").join(hex_of(diff_id))
 }
 
+/// The layer tars of `diff_ids` under `dst` with their indexes (written
+/// with every tar that parses), sorted, without duplicates: what `dst`
+/// holds after a rootfs of layers that are all tars.
+pub fn layer_files<'a>(dst: &Path, diff_ids: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = diff_ids
+        .into_iter()
+        .flat_map(|d| [tar_path(dst, d), index_path(dst, d)])
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Where the index of the layer tar of `diff_id` lives under `dst`.
+pub fn index_path(dst: &Path, diff_id: &str) -> PathBuf {
+    dst.join("tar-index").join("sha256").join(hex_of(diff_id))
+}
+
 fn hex_of(digest: &str) -> &str {
     digest
         .strip_prefix("sha256:")

@@ -118,6 +118,16 @@ impl FixtureLayer {
 /// `(os, architecture, variant)`.
 pub type PlatformSpec<'a> = (&'a str, &'a str, Option<&'a str>);
 
+/// This machine's architecture as OCI names it: the platform a cache picks
+/// by default.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// An image as built (and usually pushed): exact bytes and digests.
 #[derive(Debug, Clone)]
 pub struct PushedImage {

@@ -25,6 +25,7 @@ pub mod silent;
 pub mod tls;
 pub mod token;
 pub mod tools;
+pub mod tree;
 
 pub use cache::*;
 pub use ctest::*;
@@ -40,3 +41,4 @@ pub use silent::*;
 pub use tls::*;
 pub use token::*;
 pub use tools::*;
+pub use tree::*;
