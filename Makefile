@@ -1,7 +1,8 @@
 # Entry points for a fresh Debian machine: `make demo` and `make test`; each
-# installs what it needs first (scripts/setup.sh). `make lib` builds the C
-# libraries, `make install PREFIX=...` installs them with the header and
-# pkg-config file, and `make uninstall PREFIX=...` removes those files.
+# installs what it needs first (scripts/setup.sh). `make` builds the C
+# libraries (`make lib`) and the command line (`make cli`); `make install`
+# installs them with the header and pkg-config file (PREFIX, DESTDIR and the
+# directories below may be set), and `make uninstall` removes those files.
 
 # bash with pipefail: `make lib` shows cargo's output as it comes and keeps a
 # copy, without losing cargo's exit status.
@@ -9,6 +10,14 @@ SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 CARGO ?= cargo
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+# The installed library and command line carry no debug info: it goes to
+# $(DEBUGDIR) followed by the file's own path, with a .debug suffix, and the
+# file names it in .gnu_debuglink, so gdb finds it when DEBUGDIR is its
+# debug-file-directory (/usr/lib/debug: PREFIX=/usr). Empty: left out.
+DEBUGDIR ?= $(LIBDIR)/debug
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB := target/release
@@ -20,7 +29,9 @@ LIB := target/release
 STATIC_LIBS_FILE := $(LIB)/native-static-libs
 GO_STATIC_LIBS := go/ocicache/link_static_libs.go
 
-.PHONY: setup demo lib header header-check install uninstall test bench
+.PHONY: all setup demo lib cli header header-check install uninstall test bench
+
+all: lib cli
 
 setup:
 	bash scripts/setup.sh
@@ -55,6 +66,11 @@ lib:
 	@# Rewritten only when it changes, so Go's build cache stays valid.
 	cmp -s $(LIB)/link_static_libs.go $(GO_STATIC_LIBS) || cp $(LIB)/link_static_libs.go $(GO_STATIC_LIBS)
 
+# The command line, `oci-cache` (cli/), a package of its own so that its
+# dependencies never enter the libraries.
+cli:
+	$(CARGO) build --release -p oci-cache-cli
+
 header:
 	cbindgen --quiet --config cbindgen.toml --crate oci-cache --output include/oci_cache.h
 
@@ -63,26 +79,43 @@ header-check:
 	  if ! diff -u include/oci_cache.h $$tmp; then rm -f $$tmp; \
 	    echo "include/oci_cache.h is stale: run make header and commit it" >&2; exit 1; fi; rm -f $$tmp
 
-install: lib
-	install -D -m 0644 include/oci_cache.h $(DESTDIR)$(PREFIX)/include/oci_cache.h
-	install -D -m 0755 $(LIB)/liboci_cache.so $(DESTDIR)$(PREFIX)/lib/liboci_cache.so.$(VERSION)
-	ln -sf liboci_cache.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/liboci_cache.so.$(MAJOR)
-	ln -sf liboci_cache.so.$(MAJOR) $(DESTDIR)$(PREFIX)/lib/liboci_cache.so
-	install -D -m 0644 $(LIB)/liboci_cache.a $(DESTDIR)$(PREFIX)/lib/liboci_cache.a
-	mkdir -p $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	sed -e 's|@PREFIX@|$(PREFIX)|; s|@VERSION@|$(VERSION)|' \
-	    -e 's|@STATIC_LIBS@|'"$$(cat $(STATIC_LIBS_FILE))"'|' \
-	    oci-cache.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/oci-cache.pc
+# $(call install_stripped,FILE,PATH,MODE): installs FILE at PATH without
+# its debug info, which goes to $(DEBUGDIR)PATH.debug unless DEBUGDIR is
+# empty.
+define install_stripped
+	install -D -m $(3) $(1) $(DESTDIR)$(2)
+	$(if $(DEBUGDIR),install -d $(DESTDIR)$(DEBUGDIR)$(dir $(2)) && \
+	  objcopy --only-keep-debug $(1) $(DESTDIR)$(DEBUGDIR)$(2).debug && \
+	  chmod 0644 $(DESTDIR)$(DEBUGDIR)$(2).debug)
+	objcopy --strip-debug --strip-unneeded $(DESTDIR)$(2)
+	$(if $(DEBUGDIR),objcopy --add-gnu-debuglink=$(DESTDIR)$(DEBUGDIR)$(2).debug $(DESTDIR)$(2))
+endef
 
-# Removes exactly what install put there; the directories stay, as they may
-# hold other packages' files.
+SO := liboci_cache.so.$(VERSION)
+INSTALLED := $(INCLUDEDIR)/oci_cache.h $(LIBDIR)/$(SO) $(LIBDIR)/liboci_cache.so.$(MAJOR) \
+	$(LIBDIR)/liboci_cache.so $(LIBDIR)/liboci_cache.a $(LIBDIR)/pkgconfig/oci-cache.pc \
+	$(BINDIR)/oci-cache $(if $(DEBUGDIR),$(DEBUGDIR)$(LIBDIR)/$(SO).debug $(DEBUGDIR)$(BINDIR)/oci-cache.debug)
+
+install: lib cli
+	install -D -m 0644 include/oci_cache.h $(DESTDIR)$(INCLUDEDIR)/oci_cache.h
+	$(call install_stripped,$(LIB)/liboci_cache.so,$(LIBDIR)/$(SO),0755)
+	ln -sf $(SO) $(DESTDIR)$(LIBDIR)/liboci_cache.so.$(MAJOR)
+	ln -sf liboci_cache.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/liboci_cache.so
+	install -D -m 0644 $(LIB)/liboci_cache.a $(DESTDIR)$(LIBDIR)/liboci_cache.a
+	strip --strip-debug $(DESTDIR)$(LIBDIR)/liboci_cache.a
+	$(call install_stripped,$(LIB)/oci-cache,$(BINDIR)/oci-cache,0755)
+	mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|^libdir=.*|libdir=$(LIBDIR)|; s|^includedir=.*|includedir=$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|; s|@STATIC_LIBS@|'"$$(cat $(STATIC_LIBS_FILE))"'|' \
+	    oci-cache.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/oci-cache.pc
+
+# Removes exactly what install put there. Directories stay, as they may hold
+# other packages' files; in a DESTDIR staging tree, those left empty along
+# the installed paths go too.
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/include/oci_cache.h \
-	    $(DESTDIR)$(PREFIX)/lib/liboci_cache.so.$(VERSION) \
-	    $(DESTDIR)$(PREFIX)/lib/liboci_cache.so.$(MAJOR) \
-	    $(DESTDIR)$(PREFIX)/lib/liboci_cache.so \
-	    $(DESTDIR)$(PREFIX)/lib/liboci_cache.a \
-	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/oci-cache.pc
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	$(if $(DESTDIR),cd $(DESTDIR) && for path in $(INSTALLED); do dir=$$(dirname "$${path#/}"); \
+	    [ ! -d "$$dir" ] || rmdir -p --ignore-fail-on-non-empty "$$dir"; done)
 
 test: setup header-check lib
 	bash scripts/install-check.sh

@@ -2,8 +2,11 @@
 # Installs into a temporary prefix the way a packager would, then builds the
 # C example (shared and static) and the Go example (the ocicache_pkgconfig
 # tag) against that copy through pkg-config alone and runs them: the header,
-# libraries, SONAME links and oci-cache.pc must all be in place. Last,
-# `make uninstall` must remove every file install put there.
+# libraries, SONAME links and oci-cache.pc must all be in place. Then
+# `make uninstall` must remove every file install put there. Last, a
+# packager's DESTDIR install: exactly the expected files, the library and
+# command line without debug sections (their debug info split beside), the
+# command line running, and an uninstall that leaves the staging tree empty.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +14,7 @@ prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 
 make -s -C "$root" install PREFIX="$prefix" >/dev/null
-for f in include/oci_cache.h lib/liboci_cache.a lib/liboci_cache.so lib/liboci_cache.so.0 lib/pkgconfig/oci-cache.pc; do
+for f in include/oci_cache.h lib/liboci_cache.a lib/liboci_cache.so lib/liboci_cache.so.0 lib/pkgconfig/oci-cache.pc bin/oci-cache; do
     [ -e "$prefix/$f" ] || { echo "install-check: $prefix/$f is missing" >&2; exit 1; }
 done
 
@@ -55,4 +58,45 @@ make -s -C "$root" uninstall PREFIX="$prefix" >/dev/null
 rm -rf "$prefix/pull" "$prefix/pull-static" "$prefix/pull-go" "$GOCACHE"
 left=$(find "$prefix" ! -type d)
 [ -z "$left" ] || { echo "install-check: uninstall left behind:" $left >&2; exit 1; }
+
+# A packager's staging install: PREFIX=/usr under DESTDIR. The library and
+# the command line carry no debug sections; their debug info sits where
+# gdb looks for it (/usr/lib/debug + the file's path), named by their
+# .gnu_debuglink.
+stage=$prefix/stage
+make -s -C "$root" install PREFIX=/usr DESTDIR="$stage" >/dev/null
+so=$(cd "$stage/usr/lib" && echo liboci_cache.so.*.*.*)
+expected="usr/bin/oci-cache
+usr/include/oci_cache.h
+usr/lib/debug/usr/bin/oci-cache.debug
+usr/lib/debug/usr/lib/$so.debug
+usr/lib/liboci_cache.a
+usr/lib/liboci_cache.so
+usr/lib/liboci_cache.so.0
+usr/lib/$so
+usr/lib/pkgconfig/oci-cache.pc"
+got=$(cd "$stage" && find . ! -type d | sed 's|^\./||' | LC_ALL=C sort)
+[ "$got" = "$(echo "$expected" | LC_ALL=C sort)" ] ||
+    { echo "install-check: DESTDIR install made:" $got >&2; exit 1; }
+grep -qx 'libdir=/usr/lib' "$stage/usr/lib/pkgconfig/oci-cache.pc" ||
+    { echo "install-check: oci-cache.pc does not name /usr/lib" >&2; exit 1; }
+for f in "usr/lib/$so" usr/bin/oci-cache; do
+    if readelf -S "$stage/$f" | grep -q '\.debug_'; then
+        echo "install-check: $f has debug sections" >&2; exit 1
+    fi
+    link=$(readelf --string-dump=.gnu_debuglink "$stage/$f" 2>/dev/null | sed -n 's/^ *\[ *0\] *//p')
+    [ "$link" = "$(basename "$f").debug" ] ||
+        { echo "install-check: $f links its debug info as '$link'" >&2; exit 1; }
+    readelf -S "$stage/usr/lib/debug/$f.debug" | grep -q '\.debug_info' ||
+        { echo "install-check: usr/lib/debug/$f.debug has no .debug_info" >&2; exit 1; }
+done
+if readelf -S "$stage/usr/lib/liboci_cache.a" | grep -q '\.debug_'; then
+    echo "install-check: liboci_cache.a has debug sections" >&2; exit 1
+fi
+version=$("$stage/usr/bin/oci-cache" --version)
+[ "$version" = "oci-cache ${so#liboci_cache.so.}" ] ||
+    { echo "install-check: the installed oci-cache --version said '$version'" >&2; exit 1; }
+make -s -C "$root" uninstall PREFIX=/usr DESTDIR="$stage" >/dev/null
+left=$(find "$stage" -mindepth 1)
+[ -z "$left" ] || { echo "install-check: the DESTDIR uninstall left behind:" $left >&2; exit 1; }
 echo "install-check: ok"
