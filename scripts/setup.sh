@@ -3,12 +3,14 @@
 # machine: the registry the tests start, the tools that read the store back,
 # the C/C++ and Go toolchains (and cmake, which builds zlib-ng; nasm,
 # autoconf, automake and libtool, which build ISA-L's igzip for the default
-# `isal` feature; TLS is rustls with ring, which needs only the C compiler), valgrind
-# for the C and Go tests, the pinned cbindgen the header is generated with,
-# and cargo-fuzz with a nightly toolchain for the fuzz smoke run.
+# `isal` feature; TLS is rustls with ring, which needs only the C compiler),
+# valgrind for the C and Go tests, binutils for `make install` (objcopy,
+# strip), bsdutils for the command line's terminal tests (script), the
+# pinned cbindgen the header is generated with, and cargo-fuzz with a
+# nightly toolchain for the fuzz smoke run.
 set -euo pipefail
 
-packages=(docker-registry skopeo umoci jq zstd pigz curl gcc g++ make cmake nasm autoconf automake libtool pkg-config valgrind golang-go)
+packages=(docker-registry skopeo umoci jq zstd pigz curl tar gcc g++ make cmake nasm autoconf automake libtool pkg-config binutils bsdutils valgrind golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
