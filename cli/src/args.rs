@@ -1,9 +1,13 @@
 //! The command line's grammar (clap derive): global options, subcommands,
 //! and the help text that documents defaults, environment and exit codes.
 
+// The doc comments below are clap's help text, read by people at a
+// terminal: HOST[:PORT] and <hex> there are neither links nor HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const LONG_ABOUT: &str = "\
 Pulls OCI images into verified, uncompressed layer tars, reads an image's \
@@ -38,6 +42,14 @@ config, auth or CA file (library: invalid argument)
   14  internal error
 Library errors are 1 minus the C status code (OCI_E_NOT_FOUND = -2 gives 3). \
 Every error is one line on stderr starting with 'oci-cache: '.";
+
+/// Parses the process's arguments; every subcommand's long help ends with
+/// the settings, defaults and exit codes too.
+pub fn parse() -> Result<Cli, clap::Error> {
+    let command = Cli::command().mut_subcommands(|sub| sub.after_long_help(AFTER_LONG_HELP));
+    let mut matches = command.try_get_matches()?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
 
 /// oci-cache: pull OCI images into verified layer tars.
 #[derive(Debug, Parser)]

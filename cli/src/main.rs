@@ -9,8 +9,6 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::output::{Failure, EXIT_USAGE};
 
 fn main() -> ExitCode {
@@ -22,7 +20,7 @@ fn main() -> ExitCode {
         );
         std::process::exit(14);
     }));
-    let cli = match args::Cli::try_parse() {
+    let cli = match args::parse() {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
