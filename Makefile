@@ -20,7 +20,7 @@ LIB := target/release
 STATIC_LIBS_FILE := $(LIB)/native-static-libs
 GO_STATIC_LIBS := go/ocicache/link_static_libs.go
 
-.PHONY: setup demo lib header header-check install uninstall test bench
+.PHONY: setup demo lib cli header header-check install uninstall test bench
 
 setup:
 	bash scripts/setup.sh
@@ -54,6 +54,11 @@ lib:
 	  echo "// #cgo LDFLAGS: $$(cat $(STATIC_LIBS_FILE))"; echo 'import "C"'; } > $(LIB)/link_static_libs.go
 	@# Rewritten only when it changes, so Go's build cache stays valid.
 	cmp -s $(LIB)/link_static_libs.go $(GO_STATIC_LIBS) || cp $(LIB)/link_static_libs.go $(GO_STATIC_LIBS)
+
+# The command line, target/release/oci-cache (a workspace member of its own,
+# so its dependencies stay out of the libraries).
+cli:
+	$(CARGO) build --release -p oci-cache-cli
 
 header:
 	cbindgen --quiet --config cbindgen.toml --crate oci-cache --output include/oci_cache.h
@@ -90,6 +95,7 @@ test: setup header-check lib
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) test
+	$(CARGO) test -p oci-cache-cli
 	@# The zlib-ng fallback (no `isal` feature) still builds and decodes.
 	$(CARGO) test --lib --no-default-features codec
 	$(CARGO) test -p oci-cache-harness --doc
