@@ -34,8 +34,7 @@ named with --insecure-registry.
 Exit codes:
    0  success
    1  verify found corrupt files and did not remove them
-   2  usage error: unknown flag, malformed reference or platform, unreadable \
-config, auth or CA file (library: invalid argument)
+   2  usage: bad flag, reference or platform; unreadable config/auth/CA file
    3  not found           4  unauthorized       5  unsupported
    6  digest mismatch     7  invalid content    8  network
    9  io                 10  canceled (Ctrl-C) 11  timeout

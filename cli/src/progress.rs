@@ -70,7 +70,8 @@ impl Display {
             for bar in layers.iter().flatten() {
                 bar.finish();
             }
-            let _ = bars.multi.println(summary);
+            // Below the finished bars, which no longer redraw.
+            let _ = writeln!(std::io::stderr(), "\n{summary}");
         }
     }
 
