@@ -508,6 +508,43 @@ fn library_errors_exit_with_their_codes() {
         "digest mismatch: ",
     );
 
+    // Unsupported: 5, a layer media type the library does not handle.
+    let odd = build_image(
+        "unused",
+        "cli/odd",
+        vec![FixtureLayer::with_type(
+            "application/vnd.example.layer.v1.tar+lz4",
+            tar_layer(&[("a", b"a\n")]),
+            b"lz4 bytes".to_vec(),
+        )],
+        false,
+        ("linux", host_arch(), None),
+    );
+    fake.add_image(
+        "cli/odd",
+        "v1",
+        &odd.manifest,
+        &odd.config,
+        vec![(odd.layer_digests[0].clone(), b"lz4 bytes".to_vec())],
+    );
+    let ran = home.run(&["--no-store", "pull", &format!("{}/cli/odd:v1", fake.host())]);
+    assert_fails(&ran, 5, "unsupported: ");
+
+    // Invalid content: 7, a manifest that is not JSON.
+    fake.add_image("cli/garbled", "v1", b"{not json", &built.config, vec![]);
+    let ran = home.run(&[
+        "--no-store",
+        "pull",
+        &format!("{}/cli/garbled:v1", fake.host()),
+    ]);
+    assert_fails(&ran, 7, "invalid content: ");
+
+    // Io: 9, a dst that is a regular file.
+    let file = home.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let ran = home.run(&["--dst", file.to_str().unwrap(), "du"]);
+    assert_fails(&ran, 9, "io: ");
+
     // Unauthorized: 4.
     let locked = FakeRegistry::start();
     locked.add_image("cli/locked", "v1", &built.manifest, &built.config, vec![]);
