@@ -123,6 +123,7 @@ test: setup header-check lib
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) test
+	$(CARGO) test -p oci-cache-cli
 	@# The zlib-ng fallback (no `isal` feature) still builds and decodes.
 	$(CARGO) test --lib --no-default-features codec
 	$(CARGO) test -p oci-cache-harness --doc
