@@ -21,6 +21,7 @@ DEBUGDIR ?= $(LIBDIR)/debug
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB := target/release
+CLI := target/cli/oci-cache
 # What the static library needs besides itself, as rustc reports it when
 # `make lib` builds it (--print native-static-libs): the one source of the
 # list. oci-cache.pc's Libs.private (so `pkg-config --static`,
@@ -69,7 +70,7 @@ lib:
 # The command line, `oci-cache` (cli/), a package of its own so that its
 # dependencies never enter the libraries.
 cli:
-	$(CARGO) build --release -p oci-cache-cli
+	$(CARGO) build --profile cli -p oci-cache-cli
 
 header:
 	cbindgen --quiet --config cbindgen.toml --crate oci-cache --output include/oci_cache.h
@@ -103,7 +104,7 @@ install: lib cli
 	ln -sf liboci_cache.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/liboci_cache.so
 	install -D -m 0644 $(LIB)/liboci_cache.a $(DESTDIR)$(LIBDIR)/liboci_cache.a
 	strip --strip-debug $(DESTDIR)$(LIBDIR)/liboci_cache.a
-	$(call install_stripped,$(LIB)/oci-cache,$(BINDIR)/oci-cache,0755)
+	$(call install_stripped,$(CLI),$(BINDIR)/oci-cache,0755)
 	mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|^libdir=.*|libdir=$(LIBDIR)|; s|^includedir=.*|includedir=$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|; s|@STATIC_LIBS@|'"$$(cat $(STATIC_LIBS_FILE))"'|' \
