@@ -306,6 +306,14 @@ mod tests {
             assert!(decode(&bad).is_err(), "trailing {tail:?}");
         }
         assert!(decode(b"").is_err(), "an empty blob is not a gzip stream");
+        // A member whose deflate data runs into its trailer (found by the
+        // fuzz target): an error, never a panic or a read outside the input.
+        let runs_on = [
+            &b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x24\x02\x03\x03"[..],
+            &[0; 14],
+        ]
+        .concat();
+        assert!(decode(&runs_on).is_err());
     }
 
     #[test]

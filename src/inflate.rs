@@ -13,6 +13,12 @@ use isal_sys::igzip_lib as isal;
 /// How many compressed bytes are read from the blob at a time.
 const INPUT_BUFFER: usize = 128 * 1024;
 
+/// How many inflated bytes a refill keeps in front of the new ones. ISA-L
+/// reads ahead into a 64-bit bit buffer, and when a member ends it hands
+/// back the whole bytes it did not use by moving `next_in` back over them:
+/// they must still be there, even if they came from an earlier read.
+const KEPT: usize = 8;
+
 /// Reads the tar out of a gzip blob of one or more members (pigz and
 /// parallel compressors write several), checking the CRC32 and ISIZE of
 /// every member. Bytes after a member are taken for the next member, so
@@ -23,7 +29,8 @@ pub(crate) struct GzipDecoder<R> {
     /// window, and the Huffman tables), too big to move around by value.
     state: Box<isal::inflate_state>,
     input: Box<[u8]>,
-    /// `input[start..end]` is read from the blob and not yet inflated.
+    /// `input[start..end]` is read from the blob and not yet inflated; up
+    /// to [`KEPT`] bytes before `start` are the last ones inflated.
     start: usize,
     end: usize,
     /// The last member ended and the blob ended with it.
@@ -52,16 +59,19 @@ impl<R: Read> GzipDecoder<R> {
         }
     }
 
-    /// Refills the input buffer once it is used up; false at the blob's end.
+    /// Refills the input buffer once it is used up, after the last [`KEPT`]
+    /// bytes inflated; false at the blob's end.
     fn fill(&mut self) -> io::Result<bool> {
         if self.start == self.end {
-            self.end = loop {
-                match self.blob.read(&mut self.input) {
+            let kept = self.end.min(KEPT);
+            self.input.copy_within(self.end - kept..self.end, 0);
+            let read = loop {
+                match self.blob.read(&mut self.input[kept..]) {
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     result => break result?,
                 }
             };
-            self.start = 0;
+            (self.start, self.end) = (kept, kept + read);
         }
         Ok(self.start < self.end)
     }
@@ -90,8 +100,16 @@ impl<R: Read> Read for GzipDecoder<R> {
             // keeps its own copy of the window, so neither buffer is read
             // again after the call returns.
             let status = unsafe { isal::isal_inflate(state) };
-            self.start = self.end - state.avail_in as usize;
+            // What is left, handed-back bytes included, must lie in the
+            // buffer; on malformed input ISA-L has been seen to report more
+            // (a wrapped count).
+            let left = self.end.checked_sub(state.avail_in as usize);
             let written = room - state.avail_out as usize;
+            let Some(left) = left else {
+                self.failed = Some(isal::ISAL_INVALID_BLOCK);
+                return Err(corrupt(isal::ISAL_INVALID_BLOCK));
+            };
+            self.start = left;
             if status != isal::ISAL_DECOMP_OK as c_int {
                 self.failed = Some(status);
                 return Err(corrupt(status));
