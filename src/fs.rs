@@ -875,7 +875,7 @@ pub(crate) fn remove_stale_temps_in(dir: &Dir) -> Result<(u64, u64)> {
             .modified()
             .ok()
             .and_then(|at| SystemTime::now().duration_since(at).ok())
-            .map_or(true, |age| age < TEMP_GRACE);
+            .is_none_or(|age| age < TEMP_GRACE);
         if (meta.len() == 0 && young) || !try_lock(&temp, &dir.join(name))? {
             continue;
         }

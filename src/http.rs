@@ -120,7 +120,7 @@ where
         // ours (hyper starts it from the request's task): whether it needs
         // TLS, and a clock that holds off its wait for response headers.
         let clock = REQUEST.try_with(Arc::clone).ok();
-        let tls = clock.as_ref().map_or(true, |clock| clock.tls);
+        let tls = clock.as_ref().is_none_or(|clock| clock.tls);
         let setting_up = clock.map(SettingUp::start);
         let limit = self.limit;
         let connecting = self.inner.call(request);

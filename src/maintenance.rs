@@ -177,7 +177,7 @@ fn queue(pending: &mut Vec<(Digest, bool)>, descriptor: &Value, document: bool) 
         return;
     };
     let media_type = descriptor.get("mediaType").and_then(Value::as_str);
-    let json = media_type.map_or(true, |t| t.is_empty() || t.ends_with("json"));
+    let json = media_type.is_none_or(|t| t.is_empty() || t.ends_with("json"));
     pending.push((digest, document || json));
 }
 

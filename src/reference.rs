@@ -31,7 +31,7 @@ fn quick(s: &str) -> Option<Reference> {
         Some(colon) if !rest[colon..].contains('/') => (&rest[..colon], Some(&rest[colon + 1..])),
         _ => (rest, None),
     };
-    let tag_ok = tag.map_or(true, |tag| {
+    let tag_ok = tag.is_none_or(|tag| {
         let mut bytes = tag.bytes();
         tag.len() <= 128
             && bytes
@@ -39,7 +39,7 @@ fn quick(s: &str) -> Option<Reference> {
                 .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
             && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     });
-    if !tag_ok || !valid_name(name) || !digest.map_or(true, valid_digest) {
+    if !tag_ok || !valid_name(name) || !digest.is_none_or(valid_digest) {
         return None;
     }
     let (registry, repository) = split_domain(name);
@@ -91,9 +91,7 @@ fn valid_domain(domain: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
     };
     host.split('.').all(label_ok)
-        && port.map_or(true, |port| {
-            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-        })
+        && port.is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `algorithm:hex`, as oci-spec takes it: sha256, sha384 or sha512 with

@@ -310,10 +310,10 @@ impl View {
             .metadata()
             .map_err(|e| Error::io(format!("opening {path}: {e}")).with_source(e))?
             .len();
-        if !data
+        if data
             .offset
             .checked_add(data.size)
-            .is_some_and(|end| end <= len)
+            .is_none_or(|end| end > len)
         {
             return Err(Error::invalid_content(format!(
                 "{path}: the layer's index places its data past the end of its {len}-byte tar"

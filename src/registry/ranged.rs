@@ -98,7 +98,7 @@ fn answers(response: &Response, (first, last): (u64, u64), size: u64) -> bool {
     response.status() == StatusCode::PARTIAL_CONTENT
         && served_range(response.headers()) == Some((first, last))
         && (total == Some("*") || total == Some(size.to_string().as_str()))
-        && content_length(response.headers()).map_or(true, |n| n == last - first + 1)
+        && content_length(response.headers()).is_none_or(|n| n == last - first + 1)
 }
 
 /// A ranged download under way: `fill` tells the reader what has landed
@@ -297,7 +297,7 @@ impl Shared {
                 let served = if answers(&response, (*at, last), self.plan.size) {
                     Served::Range
                 } else if response.status() == StatusCode::OK
-                    && content_length(response.headers()).map_or(true, |n| n == self.plan.size)
+                    && content_length(response.headers()).is_none_or(|n| n == self.plan.size)
                 {
                     Served::Whole
                 } else {
