@@ -75,6 +75,17 @@ pub(crate) struct Found<E> {
     pub entry: Option<(usize, E)>,
 }
 
+/// Where a walk ends: in a directory, with the directories on the way (the
+/// root first), or at anything else, the last component.
+enum Walked<E> {
+    Directory(Vec<Dir>),
+    Other {
+        path: String,
+        layer: usize,
+        entry: E,
+    },
+}
+
 /// A directory as merged: the layers from `floor` up show in it, those below
 /// are hidden by a whiteout, an opaque marker or a non-directory above them.
 #[derive(Debug, Clone)]
@@ -129,6 +140,20 @@ impl<'a, L: Layer> Merged<'a, L> {
     /// lexical in it), following symlinks in every component but the last,
     /// and in the last too if `follow_last`.
     pub(crate) fn lookup(&self, path: &str, follow_last: bool) -> Result<Found<L::Entry>, Missed> {
+        Ok(match self.walk(path, follow_last)? {
+            Walked::Directory(walked) => Found {
+                path: walked.last().expect("the root stays").path.clone(),
+                entry: self.entry_of(&walked),
+            },
+            Walked::Other { path, layer, entry } => Found {
+                path,
+                entry: Some((layer, entry)),
+            },
+        })
+    }
+
+    /// Walks to `path` as [`lookup`](Self::lookup) finds it.
+    fn walk(&self, path: &str, follow_last: bool) -> Result<Walked<L::Entry>, Missed> {
         let mut todo: VecDeque<String> = clean(path).into_iter().collect();
         // The parent's walk, when one is kept; else the parent's key, to
         // keep the walk once it is made.
@@ -185,9 +210,10 @@ impl<'a, L: Layer> Merged<'a, L> {
                         walked.push(child);
                     }
                     _ if is_last => {
-                        return Ok(Found {
+                        return Ok(Walked::Other {
                             path: join(&dir.path, &name),
-                            entry: Some((layer, entry)),
+                            layer,
+                            entry,
                         })
                     }
                     // A path that runs through a file.
@@ -207,17 +233,17 @@ impl<'a, L: Layer> Merged<'a, L> {
                 }
             }
         }
-        let path = walked.last().expect("the root stays").path.clone();
-        Ok(Found {
-            path,
-            entry: self.entry_of(&walked),
-        })
+        Ok(Walked::Directory(walked))
     }
 
     /// The merged names in directory `path` (followed like any lookup),
-    /// sorted bytewise, without whiteout markers or what they hide.
-    pub(crate) fn names(&self, path: &str) -> Result<Vec<String>, Missed> {
-        let dir = self.directory(path)?;
+    /// sorted bytewise, without whiteout markers or what they hide; `None`
+    /// when `path` is not a directory.
+    pub(crate) fn names(&self, path: &str) -> Result<Option<Vec<String>>, Missed> {
+        let Walked::Directory(mut walked) = self.walk(path, true)? else {
+            return Ok(None);
+        };
+        let dir = walked.pop().expect("the root stays");
         let mut names: Vec<String> = self.layers[dir.floor..]
             .iter()
             .flat_map(|layer| layer.names(&dir.path))
@@ -226,24 +252,7 @@ impl<'a, L: Layer> Merged<'a, L> {
         names.sort_unstable();
         names.dedup();
         names.retain(|name| self.child(&dir, name).is_some());
-        Ok(names)
-    }
-
-    /// Directory `path` as merged, or NotFound if it is not one.
-    fn directory(&self, path: &str) -> Result<Dir, Missed> {
-        let found = self.lookup(path, true)?;
-        let mut walked = vec![self.root()];
-        // Walk the resolved path again: it holds no symlink now, and each of
-        // its components is a directory.
-        for name in found.path.split('/').filter(|n| !n.is_empty()) {
-            let dir = walked.last().expect("the root stays");
-            let (layer, entry) = self.child(dir, name).ok_or(Missed::NotFound)?;
-            if self.layers[layer].kind(&entry) != Kind::Directory {
-                return Err(Missed::NotFound);
-            }
-            walked.push(self.descend(dir, name, layer));
-        }
-        Ok(walked.pop().expect("the root stays"))
+        Ok(Some(names))
     }
 
     /// The root: the layers below the topmost one that makes it opaque are
@@ -469,14 +478,14 @@ mod tests {
 
     fn names(layers: &[Mem], path: &str) -> Vec<String> {
         let walks = Walks::default();
-        let names = Merged::new(layers).names(path).expect("a directory");
+        let names = Merged::new(layers).names(path).unwrap();
         for _ in 0..2 {
             assert_eq!(
                 Merged::with_walks(layers, &walks).names(path).unwrap(),
                 names
             );
         }
-        names
+        names.expect("a directory")
     }
 
     #[test]

@@ -244,18 +244,19 @@ impl View {
     /// [`open_file`](Self::open_file)), sorted bytewise, without `.` and
     /// `..`.
     pub fn read_dir(&self, path: &str) -> Result<Vec<String>> {
-        if let Some(node) = self.find(path, true)? {
-            if node.kind != FileKind::Directory {
-                return Err(Error::invalid_argument(format!(
-                    "{path} is {}, not a directory",
-                    node.kind.name()
-                )));
-            }
-        }
         let indexed = self.indexed();
-        Merged::with_walks(&indexed, &self.walks)
+        let names = Merged::with_walks(&indexed, &self.walks)
             .names(path)
-            .map_err(|missed| missed_error(path, missed))
+            .map_err(|missed| missed_error(path, missed))?;
+        // Not a directory: found again to say what it is (a hardlink as
+        // its target, or not found if that is gone).
+        names.ok_or_else(|| {
+            let kind = match self.find(path, true) {
+                Ok(node) => node.map_or(FileKind::Directory, |n| n.kind),
+                Err(e) => return e,
+            };
+            Error::invalid_argument(format!("{path} is {}, not a directory", kind.name()))
+        })
     }
 
     /// The target of symlink `path`, as stored.
