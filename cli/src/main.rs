@@ -9,7 +9,7 @@ mod progress;
 
 use std::process::ExitCode;
 
-use crate::output::{Failure, EXIT_USAGE};
+use crate::output::{Failure, EXIT_INTERNAL, EXIT_USAGE};
 
 fn main() -> ExitCode {
     // A bug must still end as one line and a code, not a backtrace.
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             "oci-cache: internal error: {}",
             info.to_string().replace('\n', " ")
         );
-        std::process::exit(14);
+        std::process::exit(EXIT_INTERNAL.into());
     }));
     let cli = match args::parse() {
         Ok(cli) => cli,

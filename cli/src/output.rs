@@ -9,6 +9,8 @@ use oci_cache::{Error, ErrorKind};
 pub const EXIT_CORRUPT: u8 = 1;
 /// Exit code: bad input, including the library's invalid-argument errors.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: a bug (OCI_E_INTERNAL, or a panic of the command line).
+pub const EXIT_INTERNAL: u8 = 14;
 
 /// Why a command failed: an exit code and one line for stderr.
 #[derive(Debug)]
@@ -49,20 +51,8 @@ impl From<Error> for Failure {
 /// 1 minus the C status code of the kind (OCI_E_NOT_FOUND = -2 gives 3),
 /// so the table follows include/oci_cache.h and stays stable.
 pub fn exit_code(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::InvalidArgument => 2,
-        ErrorKind::NotFound => 3,
-        ErrorKind::Unauthorized => 4,
-        ErrorKind::Unsupported => 5,
-        ErrorKind::DigestMismatch => 6,
-        ErrorKind::InvalidContent => 7,
-        ErrorKind::Network => 8,
-        ErrorKind::Io => 9,
-        ErrorKind::Canceled => 10,
-        ErrorKind::Timeout => 11,
-        // OCI_E_INTERNAL is -13; a kind added later reads as internal too.
-        _ => 14,
-    }
+    // Status codes run from -1 to -13: exit codes 2 to 14.
+    u8::try_from(1 - oci_cache::ffi::status_of(kind)).unwrap_or(EXIT_INTERNAL)
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the output
@@ -80,4 +70,16 @@ pub fn print(text: &str) -> Result<(), Failure> {
 /// Writes one JSON document and a newline.
 pub fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
     print(&format!("{value}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_error_codes_start_at_usage_and_end_at_internal() {
+        assert_eq!(exit_code(ErrorKind::InvalidArgument), EXIT_USAGE);
+        assert_eq!(exit_code(ErrorKind::NotFound), 3);
+        assert_eq!(exit_code(ErrorKind::Internal), EXIT_INTERNAL);
+    }
 }

@@ -63,8 +63,9 @@ impl From<Error> for Failure {
     }
 }
 
-/// The C status code of each kind of error.
-pub(crate) fn status_of(kind: ErrorKind) -> oci_status {
+/// The C status code (`OCI_E_*`) of each kind of error; the command line's
+/// exit codes are made from it too.
+pub fn status_of(kind: ErrorKind) -> oci_status {
     match kind {
         ErrorKind::InvalidArgument => OCI_E_INVALID_ARGUMENT,
         ErrorKind::NotFound => OCI_E_NOT_FOUND,
